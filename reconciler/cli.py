@@ -1,0 +1,313 @@
+"""The command line: parses arguments and calls the engine or the daemon, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reconciler import __version__
+from reconciler.errors import ModelError, ReconcilerError
+
+EXIT_ERROR = 1
+
+
+def _err(message: str) -> None:
+    print(f"reconciler: {message}", file=sys.stderr)
+
+
+def _warn(message: str) -> None:
+    print(f"reconciler: warning: {message}", file=sys.stderr)
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="the daemon's configuration file; flags override it")
+    p.add_argument("--repo", help="control repo: a local directory (working tree) or a git URL")
+    p.add_argument("--ref", help="a branch, tag or commit (read from git, not the working tree)")
+    p.add_argument("--node", help="the node name (default: this host's FQDN)")
+    p.add_argument("--facts", type=Path, dest="facts_file", help="YAML or JSON facts to add")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_source_options(p)
+    p.add_argument("--root", type=Path, help="prefix every managed path with this directory")
+    p.add_argument("--state-dir", type=Path, help="where reports, backups and the inventory live")
+    p.add_argument("--noop", action="store_true", help="check only: report drift, change nothing")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reconciler",
+        description="Pull-based GitOps agent: converge this node to its control repo.",
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "apply", help="converge the node (exit 0 in sync, 2 changed, 4 failed, 6 both)"
+    )
+    _add_run_options(p)
+    p = sub.add_parser("plan", help="show what apply would change; change nothing")
+    _add_run_options(p)
+
+    p = sub.add_parser("validate", help="check every file of the repo and compile every role")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--repo")
+    p.add_argument("--ref")
+    p.add_argument(
+        "--node", action="append", default=[], help="also compile this node (repeatable)"
+    )
+    p.add_argument("--facts", type=Path, dest="facts_file")
+
+    p = sub.add_parser("facts", help="print this node's facts")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--node")
+    p.add_argument("--facts", type=Path, dest="facts_file")
+
+    p = sub.add_parser("status", help="the last run of this node")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = sub.add_parser("explain", help="which data level, file, line and commit set a value")
+    p.add_argument("key", help="<profile>.<parameter>, e.g. nginx.port")
+    _add_source_options(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        handler = _HANDLERS[args.command]
+        return handler(args)
+    except ModelError as exc:
+        _err(f"the control repo has {len(exc.problems)} problem(s):")
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    except ReconcilerError as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Options from --config (when given) overridden by flags."""
+    values: dict[str, Any] = {
+        "repo": None,
+        "ref": None,
+        "node": None,
+        "root": Path("/"),
+        "state_dir": Path("/var/lib/reconciler"),
+        "facts_dirs": [],
+        "noop": False,
+        "timeout": 60.0,
+    }
+    config_path = getattr(args, "config", None)
+    if config_path is not None:
+        from reconciler.config import load_config
+
+        config = load_config(config_path)
+        values.update(
+            repo=config.source.url,
+            ref=config.source.branch,
+            node=config.node,
+            root=config.root,
+            state_dir=config.state_dir,
+            facts_dirs=list(config.facts_dirs),
+            noop=config.reconcile.mode == "noop",
+            timeout=config.source.timeout,
+        )
+    for key in ("repo", "ref", "node", "root", "state_dir"):
+        value = getattr(args, key, None)
+        if value is not None:
+            values[key] = value
+    if getattr(args, "noop", False):
+        values["noop"] = True
+    return values
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from reconciler.engine.pipeline import RunOptions
+
+    values = _settings(args)
+    if values["repo"] is None:
+        raise ReconcilerError("no control repo: give --repo PATH|URL or --config FILE")
+    return RunOptions(
+        repo=str(values["repo"]),
+        ref=values["ref"],
+        node=values["node"],
+        root=Path(values["root"]),
+        state_dir=Path(values["state_dir"]),
+        facts_file=getattr(args, "facts_file", None),
+        facts_dirs=values["facts_dirs"],
+        noop=values["noop"],
+        timeout=values["timeout"],
+    )
+
+
+def _colour() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def _run(args: argparse.Namespace, plan: bool) -> int:
+    from reconciler.engine.pipeline import run
+    from reconciler.engine.report import render_text
+
+    report, _ = run(_options(args), plan=plan, warn=_warn)
+    if args.format == "json":
+        print(report.to_json())
+    else:
+        sys.stdout.write(render_text(report, _colour(), plan))
+    if plan:
+        if report.failed:
+            return EXIT_ERROR
+        return 2 if report.changed else 0
+    return report.exit_code()
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    return _run(args, plan=False)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    return _run(args, plan=True)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from reconciler.engine.pipeline import RunOptions, gather_facts
+    from reconciler.model.catalog import Compiler, validate_repo
+    from reconciler.source import open_snapshot
+
+    values = _settings(args)
+    repo = values["repo"] or "."
+    snapshot = open_snapshot(str(repo), values["ref"], Path(values["state_dir"]), values["timeout"])
+    options = RunOptions(
+        repo=str(repo), facts_file=args.facts_file, facts_dirs=values["facts_dirs"]
+    )
+    this_node, facts = gather_facts(options, _warn)
+    problems = validate_repo(snapshot, facts, this_node)
+    compiled = []
+    for node in args.node:
+        try:
+            catalog = Compiler(snapshot).compile(node, {**facts, "node": node})
+            compiled.append(f"{node}: role {catalog.role}, {len(catalog.entries)} resources")
+        except ModelError as exc:
+            problems += [p for p in exc.problems if p not in problems]
+    if problems:
+        _err(f"{snapshot.description}: {len(problems)} problem(s):")
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    for line in compiled:
+        print(line)
+    print(f"{snapshot.description}: valid ({snapshot.revision or 'working tree'})")
+    return 0
+
+
+def cmd_facts(args: argparse.Namespace) -> int:
+    from reconciler import facts as factsmod
+    from reconciler.engine.pipeline import RunOptions, gather_facts
+
+    values = _settings(args)
+    options = RunOptions(
+        repo="", node=values["node"], facts_file=args.facts_file, facts_dirs=values["facts_dirs"]
+    )
+    _, facts = gather_facts(options, _warn)
+    sys.stdout.write(factsmod.render(facts, args.format))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from reconciler.engine.state import last_report
+
+    values = _settings(args)
+    report = last_report(Path(values["state_dir"]), _warn)
+    if report is None:
+        _err(f"no run report in {values['state_dir']} yet")
+        return EXIT_ERROR
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+        return 0
+    summary = report.get("summary", {})
+    print(f"node:      {report.get('node')} (role {report.get('role')})")
+    print(f"revision:  {report.get('revision') or 'working tree'} ({report.get('branch') or '-'})")
+    print(
+        f"last run:  {report.get('started')} in {report.get('duration_seconds', 0):.2f}s"
+        f"{' (noop)' if report.get('noop') else ''}"
+    )
+    print("resources: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    for item in report.get("resources", []):
+        if item.get("status") in ("failed", "would_change", "skipped"):
+            print(
+                f"  {item['status']:<12} {item['id']}"
+                + (f": {item['error']}" if item.get("error") else "")
+            )
+    for error in report.get("errors", []):
+        print(f"  error: {error}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from reconciler.engine.pipeline import RunOptions, gather_facts
+    from reconciler.model.catalog import Compiler
+    from reconciler.resources.base import digest
+    from reconciler.source import open_snapshot
+
+    values = _settings(args)
+    repo = values["repo"] or "."
+    snapshot = open_snapshot(str(repo), values["ref"], Path(values["state_dir"]), values["timeout"])
+    options = RunOptions(
+        repo=str(repo),
+        node=values["node"],
+        facts_file=args.facts_file,
+        facts_dirs=values["facts_dirs"],
+    )
+    node, facts = gather_facts(options, _warn)
+    compiler = Compiler(snapshot)
+    value, found, default_at, data = compiler.explain(node, facts, args.key)
+    profile = args.key.split(".", 1)[0]
+    sensitive = args.key.split(".", 1)[1] in compiler.profile(profile, default_at).sensitive
+    shown = digest(json.dumps(value)) if sensitive else json.dumps(value)
+    revision = snapshot.revision or "working tree"
+    print(f"{args.key} = {shown}   (node {node})")
+    if found is not None:
+        print(
+            f"  set by data level {found.level!r}: {found.where.file}:{found.where.line}"
+            f" at {revision}"
+        )
+        print(f"  (the default is at {default_at.file}:{default_at.line})")
+    else:
+        print(f"  the profile's default: {default_at.file}:{default_at.line} at {revision}")
+    print("  levels, first wins:")
+    used = {level: file for level, file, _ in data.levels}
+    skipped = dict(data.skipped)
+    for level in compiler.settings.hierarchy:
+        if level in used:
+            mark = "<- this one" if found is not None and found.level == level else ""
+            print(f"    {level:<32} {used[level]} {mark}")
+        elif level in skipped:
+            print(f"    {level:<32} skipped: {skipped[level]}")
+        else:
+            print(f"    {level:<32} no file")
+    return 0
+
+
+_HANDLERS = {
+    "apply": cmd_apply,
+    "plan": cmd_plan,
+    "validate": cmd_validate,
+    "facts": cmd_facts,
+    "status": cmd_status,
+    "explain": cmd_explain,
+}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

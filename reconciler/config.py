@@ -1,0 +1,265 @@
+"""The daemon's configuration file (SPEC section 5): typed, validated as a whole.
+
+Every unknown key and bad value is reported with its line, all at once. Durations are written
+``30s``, ``5m``, ``1h`` (or a plain number of seconds).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import ConfigError, Location, ModelError, Problem
+from reconciler.model.yamlload import LocMap, load
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``30s`` -> 30.0; raises ValueError for anything else."""
+    if isinstance(value, bool):
+        raise ValueError("not a duration")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(str(value).strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a duration like 30s, 5m or 1h")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Verify:
+    format: str
+    allowed_signers: Path
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    url: str | None = None
+    branch: str | None = None
+    poll_interval: float = 60.0
+    timeout: float = 60.0
+    allow_rewind: bool = False
+    verify: Verify | None = None
+
+
+@dataclass(frozen=True)
+class ReconcileConfig:
+    interval: float = 1800.0
+    splay: float = 300.0
+    mode: str = "enforce"
+    watch: bool = True
+
+
+@dataclass(frozen=True)
+class CoordinationConfig:
+    backend: str = "local"
+    path: Path = Path("/var/lib/reconciler/coordination")
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "json"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    node: str | None = None
+    root: Path = Path("/")
+    state_dir: Path = Path("/var/lib/reconciler")
+    facts_dirs: tuple[Path, ...] = (Path("/etc/reconciler/facts.d"),)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
+    listen: str = "127.0.0.1:9717"
+    webhook_secret_file: Path | None = None
+    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    path: Path | None = None
+
+
+class _Reader:
+    """Reads typed values out of a LocMap, collecting problems with their lines."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+
+    def section(self, parent: LocMap, key: str, allowed: set[str], prefix: str = "") -> LocMap:
+        value = parent.get(key)
+        if value is None:
+            empty = LocMap()
+            empty.lines = {}
+            empty.line = parent.line_of(key)
+            return empty
+        if not isinstance(value, LocMap):
+            self.fail(parent, key, "must be a mapping", prefix)
+            empty = LocMap()
+            empty.lines = {}
+            return empty
+        self.known(value, allowed, f"{prefix}{key}.")
+        return value
+
+    def known(self, mapping: LocMap, allowed: set[str], prefix: str = "") -> None:
+        for key in mapping:
+            if key not in allowed:
+                self.fail(mapping, key, "unknown key", prefix)
+
+    def fail(self, mapping: LocMap, key: str, message: str, prefix: str = "") -> None:
+        self.problems.append(
+            Problem(message, Location(self.file, mapping.line_of(key), f"{prefix}{key}"))
+        )
+
+    def get(
+        self, mapping: LocMap, key: str, kind: str, default: Any, prefix: str = "", **opts: Any
+    ) -> Any:
+        if key not in mapping or mapping[key] is None:
+            return default
+        value = mapping[key]
+        try:
+            if kind == "str":
+                if not isinstance(value, str):
+                    raise ValueError("must be a string")
+                choices = opts.get("choices")
+                if choices and value not in choices:
+                    raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
+                return value
+            if kind == "bool":
+                if not isinstance(value, bool):
+                    raise ValueError("must be true or false")
+                return value
+            if kind == "duration":
+                seconds = parse_duration(value)
+                if seconds <= 0 and not opts.get("zero_ok"):
+                    raise ValueError("must be more than zero")
+                return seconds
+            if kind == "path":
+                if not isinstance(value, str) or not value.startswith("/"):
+                    raise ValueError("must be an absolute path")
+                return Path(value)
+            if kind == "paths":
+                items = value if isinstance(value, list) else [value]
+                if not all(isinstance(v, str) and v.startswith("/") for v in items):
+                    raise ValueError("must be a list of absolute paths")
+                return tuple(Path(v) for v in items)
+            if kind == "strs":
+                items = value if isinstance(value, list) else [value]
+                if not all(isinstance(v, str) for v in items):
+                    raise ValueError("must be a list of strings")
+                return tuple(items)
+        except ValueError as exc:
+            self.fail(mapping, key, str(exc), prefix)
+            return default
+        raise AssertionError(kind)
+
+
+def parse_config(text: bytes | str, name: str) -> Config:
+    try:
+        raw = load(text, name)
+    except ModelError as exc:
+        raise ConfigError("\n".join(str(p) for p in exc.problems)) from None
+    if raw is None:
+        empty = LocMap()
+        empty.lines = {}
+        raw = empty
+    if not isinstance(raw, LocMap):
+        raise ConfigError(f"{name}: the configuration must be a mapping")
+    r = _Reader(name)
+    r.known(
+        raw,
+        {
+            "node",
+            "root",
+            "state_dir",
+            "facts_dirs",
+            "source",
+            "reconcile",
+            "listen",
+            "webhook",
+            "coordination",
+            "log",
+        },
+    )
+    d = Config()
+    src = r.section(
+        raw, "source", {"url", "branch", "poll_interval", "timeout", "allow_rewind", "verify"}
+    )
+    verify = None
+    if "verify" in src:
+        v = r.section(src, "verify", {"format", "allowed_signers"}, "source.")
+        fmt = r.get(v, "format", "str", "ssh", "source.verify.", choices=("ssh", "gpg"))
+        signers = r.get(v, "allowed_signers", "path", None, "source.verify.")
+        if signers is None:
+            r.fail(src, "verify", "needs allowed_signers (ssh) or a keyring (gpg)", "source.")
+        else:
+            verify = Verify(fmt, signers)
+    url = r.get(src, "url", "str", None, "source.")
+    if url is not None:
+        from reconciler.source import is_git_url
+        from reconciler.source.git import check_url
+
+        if is_git_url(url) or url.startswith("-"):
+            try:
+                check_url(url)
+            except ConfigError as exc:
+                r.fail(src, "url", str(exc), "source.")
+    source = SourceConfig(
+        url=url,
+        branch=r.get(src, "branch", "str", None, "source."),
+        poll_interval=r.get(src, "poll_interval", "duration", 60.0, "source."),
+        timeout=r.get(src, "timeout", "duration", 60.0, "source."),
+        allow_rewind=r.get(src, "allow_rewind", "bool", False, "source."),
+        verify=verify,
+    )
+    rec = r.section(raw, "reconcile", {"interval", "splay", "mode", "watch"})
+    reconcile = ReconcileConfig(
+        interval=r.get(rec, "interval", "duration", 1800.0, "reconcile."),
+        splay=r.get(rec, "splay", "duration", 300.0, "reconcile.", zero_ok=True),
+        mode=r.get(rec, "mode", "str", "enforce", "reconcile.", choices=("enforce", "noop")),
+        watch=r.get(rec, "watch", "bool", True, "reconcile."),
+    )
+    hook = r.section(raw, "webhook", {"secret_file"})
+    coord = r.section(raw, "coordination", {"backend", "path", "endpoints"})
+    coordination = CoordinationConfig(
+        backend=r.get(coord, "backend", "str", "local", "coordination.", choices=("local", "etcd")),
+        path=r.get(coord, "path", "path", d.coordination.path, "coordination."),
+        endpoints=r.get(coord, "endpoints", "strs", d.coordination.endpoints, "coordination."),
+    )
+    lg = r.section(raw, "log", {"format", "level"})
+    log = LogConfig(
+        format=r.get(lg, "format", "str", "json", "log.", choices=("json", "console")),
+        level=r.get(
+            lg, "level", "str", "info", "log.", choices=("debug", "info", "warning", "error")
+        ),
+    )
+    listen = r.get(raw, "listen", "str", d.listen)
+    if isinstance(listen, str) and not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$", listen):
+        r.fail(raw, "listen", "must be HOST:PORT like 127.0.0.1:9717")
+    config = Config(
+        node=r.get(raw, "node", "str", None),
+        root=r.get(raw, "root", "path", d.root),
+        state_dir=r.get(raw, "state_dir", "path", d.state_dir),
+        facts_dirs=r.get(raw, "facts_dirs", "paths", d.facts_dirs),
+        source=source,
+        reconcile=reconcile,
+        listen=listen,
+        webhook_secret_file=r.get(hook, "secret_file", "path", None, "webhook."),
+        coordination=coordination,
+        log=log,
+        path=Path(name),
+    )
+    if r.problems:
+        raise ConfigError("\n".join(str(p) for p in r.problems))
+    return config
+
+
+def load_config(path: Path) -> Config:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,207 @@
+"""One run, from a control repo to a report: the function the CLI and the daemon both call.
+
+fetch (a snapshot of the repo) -> facts -> compile (the node's catalog) -> check/apply over the
+graph -> prune -> inventory and report. Anything wrong before the apply phase raises, and nothing
+of that revision has been applied.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.resources._fs import BackupStore, Root
+from reconciler.resources._run import Runner
+
+from reconciler.engine import state
+from reconciler.engine.report import ResourceResult, RunReport
+from reconciler.engine.run import DEFAULT_WORKERS, converge, execute
+from reconciler.model.catalog import Catalog, Compiler
+from reconciler.resources.base import REGISTRY, Context, Resource
+from reconciler.source import Snapshot, open_snapshot
+
+
+@dataclass
+class RunOptions:
+    repo: str
+    ref: str | None = None
+    node: str | None = None
+    root: Path = Path("/")
+    state_dir: Path = Path("/var/lib/reconciler")
+    facts_file: Path | None = None
+    facts_dirs: list[Path] = field(default_factory=list)
+    noop: bool = False
+    timeout: float = 60.0
+    workers: int = DEFAULT_WORKERS
+
+
+Warn = Callable[[str], None]
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+def gather_facts(options: RunOptions, warn: Warn = _ignore) -> tuple[str, dict[str, Any]]:
+    from reconciler import facts as factsmod
+
+    found = factsmod.gather(
+        node=options.node, facts_dirs=options.facts_dirs, facts_file=options.facts_file
+    )
+    for warning in found.warnings:
+        warn(warning)
+    return str(found.facts["node"]), found.facts
+
+
+def make_context(options: RunOptions, fingerprints: Mapping[str, Any]) -> Context:
+    root = Root(options.root)
+    return Context(
+        root=root,
+        state_dir=options.state_dir,
+        backups=BackupStore(options.state_dir),
+        runner=Runner(base_env={"RECONCILER_ROOT": str(root.prefix)}),
+        fingerprints=dict(fingerprints),
+    )
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def run(
+    options: RunOptions,
+    plan: bool = False,
+    warn: Warn = _ignore,
+    snapshot: Snapshot | None = None,
+) -> tuple[RunReport, Catalog]:
+    """Compile and converge the node once. ``plan`` checks only and writes no state."""
+    phases: dict[str, float] = {}
+    started_wall = now_iso()
+    t0 = time.perf_counter()
+    if snapshot is None:
+        snapshot = open_snapshot(options.repo, options.ref, options.state_dir, options.timeout)
+    phases["fetch"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    node, facts = gather_facts(options, warn)
+    catalog = Compiler(snapshot).compile(node, facts)
+    phases["compile"] = time.perf_counter() - t
+
+    noop = options.noop or plan
+    report = RunReport(
+        node=node,
+        revision=catalog.revision,
+        branch=catalog.branch,
+        noop=noop,
+        started=started_wall,
+        role=catalog.role,
+        run_id=secrets.token_hex(6),
+    )
+    if plan:
+        previous = state.Inventory.load(options.state_dir)
+        _converge(catalog, options, previous, report, noop=True, phases=phases)
+    else:
+        with state.run_lock(options.state_dir):
+            previous = state.Inventory.load(options.state_dir, warn)
+            ctx = _converge(catalog, options, previous, report, noop=noop, phases=phases)
+            if not noop:
+                _prune(catalog, previous, ctx, report)
+                _save_inventory(catalog, previous, ctx, report, options.state_dir)
+    report.phases = phases
+    report.duration_seconds = time.perf_counter() - t0
+    if not plan:
+        state.save_report(options.state_dir, report.to_dict())
+    return report, catalog
+
+
+def _converge(
+    catalog: Catalog,
+    options: RunOptions,
+    previous: state.Inventory,
+    report: RunReport,
+    noop: bool,
+    phases: dict[str, float],
+) -> Context:
+    t = time.perf_counter()
+    ctx = make_context(options, previous.fingerprints)
+    ctx.catalog_paths = frozenset(
+        path for entry in catalog.entries.values() for path in entry.resource.managed_paths()
+    )
+    corrective = {
+        rid
+        for rid, entry in catalog.entries.items()
+        if (item := previous.resources.get(rid)) is not None
+        and item.digest == entry.resource.desired_digest()
+    }
+    report.resources = execute(catalog, ctx, noop, corrective, options.workers)
+    phases["apply" if not noop else "check"] = time.perf_counter() - t
+    return ctx
+
+
+def _prunable(rid: str, item: state.InventoryItem) -> Resource | None:
+    cls = REGISTRY.get(item.type)
+    if cls is None:
+        return None
+    defaults = {key: spec.default for key, spec in cls.attributes.items()}
+    try:
+        return cls(item.title, defaults).pruned()
+    except Exception:
+        return None
+
+
+def _prune(catalog: Catalog, previous: state.Inventory, ctx: Context, report: RunReport) -> None:
+    """Remove what left the catalog, when the repo asks for it and it is not a mass removal."""
+    gone = {rid: item for rid, item in previous.resources.items() if rid not in catalog.entries}
+    if not gone or not catalog.settings.prune:
+        return
+    total = len(previous.resources)
+    if not catalog.settings.allow_mass_prune and (not catalog.entries or len(gone) * 2 > total):
+        reason = "EmptyCatalog" if not catalog.entries else "MassPrune"
+        report.errors.append(
+            f"{reason}: refusing to prune {len(gone)} of {total} managed resources "
+            "(set allow_mass_prune: true in reconciler.yaml to allow it)"
+        )
+        return
+    for rid, item in sorted(gone.items()):
+        remover = _prunable(rid, item)
+        if remover is None:
+            continue
+        result = ResourceResult(rid, origin="prune")
+        converge(remover, ctx, noop=False, refresh=False, result=result)
+        report.resources.append(result)
+
+
+def _save_inventory(
+    catalog: Catalog,
+    previous: state.Inventory,
+    ctx: Context,
+    report: RunReport,
+    state_dir: Path,
+) -> None:
+    pruned_ok = {r.id for r in report.resources if r.origin == "prune" and r.status != "failed"}
+    resources = {
+        rid: state.InventoryItem(e.resource.type, e.resource.title, e.resource.desired_digest())
+        for rid, e in catalog.entries.items()
+    }
+    refused = any(e.startswith(("EmptyCatalog", "MassPrune")) for e in report.errors)
+    if catalog.settings.prune:
+        # Keep what is still to prune (refused or failed), so that a later run can finish it.
+        for rid, item in previous.resources.items():
+            if (
+                rid not in resources
+                and rid not in pruned_ok
+                and (refused or rid in {r.id for r in report.resources if r.origin == "prune"})
+            ):
+                resources[rid] = item
+    paths = ctx.catalog_paths
+    fingerprints = {p: f for p, f in ctx.fingerprints.items() if p in paths}
+    state.Inventory(catalog.revision, resources, fingerprints).save(state_dir)
+
+
+def state_dir_default() -> Path:
+    return Path(os.environ.get("RECONCILER_STATE_DIR", "/var/lib/reconciler"))

@@ -1,0 +1,175 @@
+"""Run reports: what a run found and did, per resource; JSON for machines, text for people."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.resources.base import Change
+
+STATUSES = ("in_sync", "changed", "would_change", "failed", "skipped")
+
+
+@dataclass
+class ResourceResult:
+    id: str
+    status: str = "in_sync"
+    changes: list[Change] = field(default_factory=list)
+    error: str | None = None
+    duration_seconds: float = 0.0
+    corrective: bool = False  # the repo did not change this resource: the node drifted
+    origin: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        changes = []
+        for change in self.changes:
+            item: dict[str, Any] = {
+                "property": change.property,
+                "from": change.before,
+                "to": change.after,
+                "corrective": self.corrective,
+            }
+            if change.diff:
+                item["diff"] = change.diff
+            changes.append(item)
+        return {
+            "id": self.id,
+            "status": self.status,
+            "changes": changes,
+            "error": self.error,
+            "duration_seconds": round(self.duration_seconds, 6),
+        }
+
+
+@dataclass
+class RunReport:
+    node: str
+    revision: str | None
+    branch: str | None
+    noop: bool
+    started: str
+    role: str | None = None
+    run_id: str = ""
+    duration_seconds: float = 0.0
+    resources: list[ResourceResult] = field(default_factory=list)
+    # Problems of the run itself (a rejected revision, a refused prune), as messages.
+    errors: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for result in self.resources:
+            counts[result.status] += 1
+        summary = {"total": len(self.resources), **counts}
+        if not self.noop:
+            summary.pop("would_change")
+        return summary
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or any(r.status == "failed" for r in self.resources)
+
+    @property
+    def changed(self) -> bool:
+        return any(r.status in ("changed", "would_change") for r in self.resources)
+
+    def exit_code(self) -> int:
+        """0 nothing to change, 2 changes, 4 failures, 6 changes and failures."""
+        return (2 if self.changed else 0) | (4 if self.failed else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "role": self.role,
+            "revision": self.revision,
+            "branch": self.branch,
+            "noop": self.noop,
+            "run_id": self.run_id,
+            "started": self.started,
+            "duration_seconds": round(self.duration_seconds, 6),
+            "phases": {k: round(v, 6) for k, v in self.phases.items()},
+            "summary": self.summary(),
+            "errors": self.errors,
+            "resources": [r.to_dict() for r in self.resources],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# -- text ---------------------------------------------------------------------------------------
+
+_COLOURS = {"add": "32", "change": "33", "remove": "31", "fail": "31;1", "dim": "2", "bold": "1"}
+_MARKS = {
+    "changed": ("~", "change"),
+    "would_change": ("~", "change"),
+    "failed": ("!", "fail"),
+    "skipped": ("-", "dim"),
+}
+
+
+def render_text(report: RunReport, colour: bool, plan: bool) -> str:
+    """A report as an operator reads it: what changes, with diffs, and a one-line summary."""
+
+    def paint(text: str, style: str) -> str:
+        return f"\033[{_COLOURS[style]}m{text}\033[0m" if colour else text
+
+    lines: list[str] = []
+    for result in report.resources:
+        if result.status == "in_sync":
+            continue
+        mark, style = _MARKS[result.status]
+        if result.changes and result.changes[0].property == "ensure":
+            if result.changes[0].after == "absent":
+                mark, style = "-", "remove"
+            elif result.status != "failed":
+                mark, style = "+", "add"
+        why = ""
+        if result.status in ("changed", "would_change") and result.corrective:
+            why = paint("  (drift)", "dim")
+        lines.append(f"{paint(mark, style)} {paint(result.id, 'bold')}{why}")
+        for change in result.changes:
+            if change.property in ("executed", "refreshed"):
+                lines.append(f"    {change.property}: {change.after}")
+                continue
+            lines.append(f"    {change.property}: {change.before} -> {change.after}")
+            if change.diff:
+                for diff_line in change.diff.rstrip("\n").splitlines():
+                    diff_style = (
+                        "add"
+                        if diff_line.startswith("+") and not diff_line.startswith("+++")
+                        else "remove"
+                        if diff_line.startswith("-") and not diff_line.startswith("---")
+                        else "dim"
+                    )
+                    lines.append("      " + paint(diff_line, diff_style))
+        if result.status == "skipped":
+            lines.append(f"    skipped: {result.error}")
+        elif result.error:
+            lines.append("    " + paint(f"error: {result.error}", "fail"))
+    for error in report.errors:
+        lines.append(paint(f"error: {error}", "fail"))
+    summary = report.summary()
+    pending = summary.get("would_change", 0)
+    revision = (report.revision or "working tree")[:12]
+    if plan or report.noop:
+        if pending:
+            head = f"Plan: {pending} to change"
+        else:
+            head = "No changes. The node matches the desired state"
+        tail = f", {summary['failed']} failed" if summary["failed"] else ""
+        lines.append(
+            paint(head, "bold")
+            + f"{tail} ({summary['total']} resources, revision {revision}, role {report.role})."
+        )
+    else:
+        parts = [f"{summary['changed']} changed", f"{summary['failed']} failed"]
+        if summary["skipped"]:
+            parts.append(f"{summary['skipped']} skipped")
+        lines.append(
+            paint("Applied: " + ", ".join(parts), "bold")
+            + f" ({summary['total']} resources in {report.duration_seconds:.2f}s, "
+            f"revision {revision}, role {report.role})."
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,134 @@
+"""Apply a catalog: walk the resource graph, converge each resource, contain every failure.
+
+Resources run in graph order. Cheap filesystem resources run inline; the others (commands,
+packages) go to a small thread pool, so that independent slow resources overlap. A resource
+whose prerequisite failed or was skipped is skipped. A refresh (notify/subscribe) reaches its
+target only when the source changed and the target itself was not skipped or failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from reconciler.engine.report import ResourceResult
+from reconciler.errors import ReconcilerError
+from reconciler.model.catalog import Catalog, Entry
+from reconciler.resources.base import Context, Resource, ResourceId
+
+DEFAULT_WORKERS = 4
+
+
+@dataclass
+class _Node:
+    entry: Entry
+    waiting: int
+    blocked_by: ResourceId | None = None
+    refresh: bool = False
+
+
+def converge(
+    resource: Resource, ctx: Context, noop: bool, refresh: bool, result: ResourceResult
+) -> None:
+    """Check and, unless noop, apply one resource; then deliver a pending refresh."""
+    started = time.perf_counter()
+    try:
+        changes = resource.check_apply(ctx, apply=False)
+        if changes and not noop:
+            made = resource.check_apply(ctx, apply=True)
+            changes = made or changes
+            if resource.recheck:
+                left = resource.check_apply(ctx, apply=False)
+                if left:
+                    raise ReconcilerError(
+                        "DidNotConverge: still differs after applying: "
+                        + ", ".join(c.property for c in left)
+                    )
+        if refresh:
+            changes = changes + resource.refresh(ctx, apply=not noop)
+        result.changes = changes
+        if changes:
+            result.status = "would_change" if noop else "changed"
+    except ReconcilerError as exc:
+        result.status = "failed"
+        result.error = str(exc)
+    except Exception as exc:  # contained: one resource's bug must not end the run
+        result.status = "failed"
+        result.error = f"unexpected error: {type(exc).__name__}: {exc}"
+    result.duration_seconds = time.perf_counter() - started
+
+
+def execute(
+    catalog: Catalog,
+    ctx: Context,
+    noop: bool,
+    corrective: set[ResourceId] | None = None,
+    workers: int = DEFAULT_WORKERS,
+) -> list[ResourceResult]:
+    """Run every resource of the catalog once; return results in graph order.
+
+    ``corrective`` names the resources whose desired state is unchanged since the last good
+    run: a change to one of them repairs drift rather than applying a new revision.
+    """
+    order = catalog.order()
+    rank = {rid: i for i, rid in enumerate(order)}
+    nodes = {rid: _Node(catalog.entries[rid], len(catalog.after.get(rid, ()))) for rid in order}
+    dependents: dict[ResourceId, list[ResourceId]] = {}
+    for rid, deps in catalog.after.items():
+        for dep in deps:
+            dependents.setdefault(dep, []).append(rid)
+    results: dict[ResourceId, ResourceResult] = {}
+    ready: deque[ResourceId] = deque(rid for rid in order if nodes[rid].waiting == 0)
+    running: dict[Future[None], ResourceId] = {}
+
+    def start(rid: ResourceId) -> ResourceResult:
+        node = nodes[rid]
+        result = ResourceResult(
+            rid,
+            origin=node.entry.origin,
+            corrective=corrective is not None and rid in corrective,
+        )
+        results[rid] = result
+        if node.blocked_by is not None:
+            result.status = "skipped"
+            result.error = f"DependencyFailed: {node.blocked_by} did not converge"
+        return result
+
+    def finish(rid: ResourceId) -> None:
+        result = results[rid]
+        if result.status in ("changed", "would_change"):
+            ctx.changed.add(rid)
+            for target in catalog.refreshes.get(rid, ()):
+                nodes[target].refresh = True
+        for dependent in dependents.get(rid, ()):
+            node = nodes[dependent]
+            if result.status in ("failed", "skipped") and node.blocked_by is None:
+                node.blocked_by = rid
+            node.waiting -= 1
+            if node.waiting == 0:
+                ready.append(dependent)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="resource") as pool:
+        while ready or running:
+            while ready:
+                rid = ready.popleft()
+                result = start(rid)
+                node = nodes[rid]
+                if result.status == "skipped":
+                    finish(rid)
+                    continue
+                resource = node.entry.resource
+                noop_here = noop or node.entry.noop
+                if resource.inline or workers <= 1:
+                    converge(resource, ctx, noop_here, node.refresh, result)
+                    finish(rid)
+                else:
+                    future = pool.submit(converge, resource, ctx, noop_here, node.refresh, result)
+                    running[future] = rid
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish(running.pop(future))
+    return sorted(results.values(), key=lambda r: rank[r.id])

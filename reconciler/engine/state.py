@@ -1,0 +1,152 @@
+"""The state directory: the run lock, the inventory of managed resources, and run reports.
+
+Every file here is written atomically; a file that cannot be read back (truncated by a crash,
+corrupted) is set aside with a warning and treated as missing, never a reason to stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import LockHeld
+from reconciler.resources.base import Fingerprint
+
+KEEP_REPORTS = 50
+INVENTORY_VERSION = 1
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a temporary file beside it, fsync, rename, fsync of the dir."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_json(path: Path, warn: Any = None) -> Any:
+    """Read a JSON state file; a corrupted one is renamed ``*.corrupt`` and None returned."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        aside = path.with_name(path.name + ".corrupt")
+        with contextlib.suppress(OSError):
+            os.replace(path, aside)
+        if warn is not None:
+            warn(f"{path}: unreadable ({exc}); set aside as {aside.name}, starting afresh")
+        return None
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+@contextlib.contextmanager
+def run_lock(state_dir: Path) -> Iterator[None]:
+    """Hold the state directory's lock for one run; LockHeld names the holder when taken."""
+    prepare_state_dir(state_dir)
+    path = state_dir / "run.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise LockHeld(f"another run holds the lock {path} (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@dataclass
+class InventoryItem:
+    type: str
+    title: str
+    digest: str
+
+
+@dataclass
+class Inventory:
+    """What the last good applied revision managed, and what the last run saw of its files."""
+
+    revision: str | None = None
+    resources: dict[str, InventoryItem] = field(default_factory=dict)
+    fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, state_dir: Path, warn: Any = None) -> Inventory:
+        raw = read_json(state_dir / "inventory.json", warn)
+        try:
+            if not isinstance(raw, dict) or raw.get("version") != INVENTORY_VERSION:
+                return cls()
+            return cls(
+                raw.get("revision"),
+                {
+                    rid: InventoryItem(item["type"], item["title"], item["digest"])
+                    for rid, item in raw["resources"].items()
+                },
+                {p: Fingerprint.from_list(v) for p, v in raw.get("fingerprints", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if warn is not None:
+                warn(f"{state_dir / 'inventory.json'}: unreadable ({exc}); starting afresh")
+            return cls()
+
+    def save(self, state_dir: Path) -> None:
+        write_json(
+            state_dir / "inventory.json",
+            {
+                "version": INVENTORY_VERSION,
+                "revision": self.revision,
+                "resources": {
+                    rid: {"type": i.type, "title": i.title, "digest": i.digest}
+                    for rid, i in self.resources.items()
+                },
+                "fingerprints": {p: f.to_list() for p, f in self.fingerprints.items()},
+            },
+        )
+
+
+def save_report(state_dir: Path, report: dict[str, Any]) -> Path:
+    """Keep the report and the newest KEEP_REPORTS before it."""
+    reports = state_dir / "reports"
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = reports / f"{stamp}-{report.get('run_id', 'run')}.json"
+    write_json(path, report)
+    old = sorted(p for p in reports.glob("*.json"))
+    for stale in old[:-KEEP_REPORTS]:
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    return path
+
+
+def last_report(state_dir: Path, warn: Any = None) -> dict[str, Any] | None:
+    """The newest readable report, or None."""
+    for path in sorted((state_dir / "reports").glob("*.json"), reverse=True):
+        data = read_json(path, warn)
+        if isinstance(data, dict):
+            return data
+    return None

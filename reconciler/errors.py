@@ -1,0 +1,90 @@
+"""One error tree for reconciler.
+
+Every error a user can cause carries where it comes from (file, line, key) so that the message
+names it, and a reason code that reports and metrics use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where something was written: a repo-relative file, a 1-based line, a dotted key."""
+
+    file: str | None = None
+    line: int | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        parts = []
+        if self.file:
+            parts.append(self.file if self.line is None else f"{self.file}:{self.line}")
+        if self.key:
+            parts.append(f"key {self.key!r}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input, with where it is."""
+
+    message: str
+    where: Location = Location()
+
+    def __str__(self) -> str:
+        where = str(self.where)
+        return f"{where}: {self.message}" if where else self.message
+
+
+class ReconcilerError(Exception):
+    """Base of every error reconciler raises on purpose."""
+
+    reason = "Error"
+
+
+class ModelError(ReconcilerError):
+    """The control repo is wrong: one or more problems, all reported together."""
+
+    reason = "ModelError"
+
+    def __init__(self, problems: Iterable[Problem], reason: str = "compile") -> None:
+        self.problems = list(problems)
+        self.stage = reason  # parse, validate or compile: the metric's reason label
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @classmethod
+    def one(cls, message: str, where: Location = Location(), reason: str = "compile") -> ModelError:
+        return cls([Problem(message, where)], reason)
+
+
+class SourceError(ReconcilerError):
+    """The control repo could not be read: missing, unreachable, bad ref."""
+
+    reason = "FetchFailed"
+
+
+class ConfigError(ReconcilerError):
+    """The daemon's configuration file is wrong."""
+
+    reason = "ConfigError"
+
+
+class LockHeld(ReconcilerError):
+    """Another run holds the state directory's lock."""
+
+    reason = "LockHeld"
+
+
+class PathEscape(ReconcilerError):
+    """A path would leave the root it must stay in."""
+
+    reason = "PathEscape"
+
+
+class ResourceError(ReconcilerError):
+    """A resource could not be checked or applied. The message is shown in the report."""
+
+    reason = "ResourceFailed"

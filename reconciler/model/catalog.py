@@ -1,0 +1,497 @@
+"""Compile a node's catalog: its resources, resolved and checked, with their relationships.
+
+``compile_catalog`` turns one snapshot and the node's facts into a ``Catalog`` or raises a
+``ModelError`` listing every problem found. A revision with any problem yields no catalog, so
+nothing of it can be applied.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import reconciler.resources  # noqa: F401  (registers the resource types)
+from reconciler.errors import Location, ModelError, Problem
+from reconciler.model import repo as repomod
+from reconciler.model.repo import DataValue, Profile, Settings
+from reconciler.model.templates import Renderer
+from reconciler.model.yamlload import LocList, LocMap
+from reconciler.resources.base import COMMON_ATTRIBUTES, REGISTRY, Attr, Resource, ResourceId
+from reconciler.source import Snapshot, clean_relpath
+
+RELATIONS = ("require", "before", "notify", "subscribe")
+
+
+@dataclass
+class Entry:
+    """One resource of the catalog and what the compiler knows about it."""
+
+    resource: Resource
+    where: Location
+    origin: str  # "profile:<name>" or "app:<app>/<component>"
+    noop: bool = False
+    relations: dict[str, list[ResourceId]] = field(default_factory=dict)
+
+
+@dataclass
+class Catalog:
+    node: str
+    role: str
+    revision: str | None
+    branch: str | None
+    settings: Settings
+    entries: dict[ResourceId, Entry]
+    # id -> ids that must be applied before it
+    after: dict[ResourceId, set[ResourceId]]
+    # id -> ids to refresh when it changes
+    refreshes: dict[ResourceId, set[ResourceId]]
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sensitive_params: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def order(self) -> list[ResourceId]:
+        """A topological order of the ids, stable for equal inputs."""
+        return topological_order(self.entries, self.after)
+
+
+def topological_order(
+    ids: Iterable[ResourceId], after: Mapping[ResourceId, set[ResourceId]]
+) -> list[ResourceId]:
+    """Order ids so each comes after its prerequisites; a cycle is a ModelError naming it."""
+    position = {rid: i for i, rid in enumerate(ids)}
+    waiting = {rid: len(after.get(rid, ())) for rid in position}
+    dependents: dict[ResourceId, list[ResourceId]] = {}
+    for rid, deps in after.items():
+        for dep in deps:
+            dependents.setdefault(dep, []).append(rid)
+    ready = [(position[rid], rid) for rid, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    order: list[ResourceId] = []
+    while ready:
+        _, rid = heapq.heappop(ready)
+        order.append(rid)
+        for dependent in dependents.get(rid, ()):
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                heapq.heappush(ready, (position[dependent], dependent))
+    if len(order) < len(position):
+        cycle = find_cycle({rid for rid, n in waiting.items() if n > 0}, after)
+        raise ModelError.one(
+            "dependency cycle: " + " -> ".join([*cycle, cycle[0]]), Location(), "compile"
+        )
+    return order
+
+
+def find_cycle(members: set[ResourceId], after: Mapping[ResourceId, set[ResourceId]]) -> list[str]:
+    start = min(members)
+    path: list[ResourceId] = []
+    seen: dict[ResourceId, int] = {}
+    current = start
+    while current not in seen:
+        seen[current] = len(path)
+        path.append(current)
+        current = min(dep for dep in after[current] if dep in members)
+    return path[seen[current] :]
+
+
+# -- compiling ----------------------------------------------------------------------------------
+
+
+class Compiler:
+    """Compiles catalogs from one snapshot; caches what does not depend on the node."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.settings = repomod.load_settings(snapshot)
+        self.renderer = Renderer(self._read_template)
+        self._profiles: dict[str, Profile] = {}
+
+    def _read_template(self, name: str) -> str:
+        path = "templates/" + clean_relpath(name, Location(key="template"))
+        try:
+            return self.snapshot.read(path).decode("utf-8")
+        except FileNotFoundError:
+            import jinja2
+
+            raise jinja2.TemplateNotFound(name) from None
+
+    def profile(self, name: str, where: Location) -> Profile:
+        if name not in self._profiles:
+            self._profiles[name] = repomod.load_profile(self.snapshot, name, where)
+        return self._profiles[name]
+
+    def compile(self, node: str, facts: Mapping[str, Any]) -> Catalog:
+        classification = repomod.classify(self.snapshot, node, facts)
+        return self.compile_role(node, classification.role, classification.where, facts)
+
+    def compile_role(
+        self, node: str, role: str, where: Location, facts: Mapping[str, Any]
+    ) -> Catalog:
+        problems: list[Problem] = []
+        profiles: list[Profile] = []
+        for name, line in repomod.load_role(self.snapshot, role, where):
+            try:
+                profiles.append(self.profile(name, line))
+            except ModelError as exc:
+                problems += exc.problems
+        data = repomod.load_data(self.snapshot, self.settings, node, role, facts)
+        known = {p.name: p for p in profiles}
+        for _, file, content in data.levels:
+            problems += repomod.check_data_file(file, content, known, self._profile_exists)
+        entries: dict[ResourceId, Entry] = {}
+        catalog = Catalog(
+            node, role, self.snapshot.revision, self.snapshot.branch, self.settings, entries, {}, {}
+        )
+        base_context = {"facts": facts, "node": node, "role": role}
+        for profile in profiles:
+            try:
+                params = self.resolve_params(profile, data, base_context)
+            except ModelError as exc:
+                problems += exc.problems
+                continue
+            catalog.params[profile.name] = params
+            catalog.sensitive_params[profile.name] = profile.sensitive
+            context = {**base_context, "params": params}
+            problems += self.add_resources(
+                entries, profile.resources, profile.file, f"profile:{profile.name}", context
+            )
+        if problems:
+            raise ModelError(_dedupe(problems), "compile")
+        link(catalog)
+        return catalog
+
+    def _profile_exists(self, name: str) -> bool:
+        return self.snapshot.exists(f"profiles/{name}.yaml")
+
+    def resolve_params(
+        self, profile: Profile, data: repomod.Data, context: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A profile's parameters: data first (as written, never rendered), else the default."""
+        params: dict[str, Any] = {}
+        problems: list[Problem] = []
+        for key, default in profile.params.items():
+            found = data.lookup(profile.name, key)
+            if found is not None:
+                params[key] = found.value
+                continue
+            where = Location(profile.file, profile.params.line_of(key), f"params.{key}")
+            try:
+                params[key] = self.render(default, context, where)
+            except ModelError as exc:
+                problems += exc.problems
+        if problems:
+            raise ModelError(problems)
+        return params
+
+    def explain(
+        self, node: str, facts: Mapping[str, Any], key: str
+    ) -> tuple[Any, DataValue | None, Location, repomod.Data]:
+        """Where ``profile.param`` gets its value for a node: (value, data hit, default, data)."""
+        profile_name, _, param = key.partition(".")
+        if not param:
+            raise ModelError.one(f"{key!r}: write the key as <profile>.<parameter>")
+        classification = repomod.classify(self.snapshot, node, facts)
+        profile = self.profile(profile_name, Location(key=key))
+        if param not in profile.params:
+            raise ModelError.one(
+                f"profile {profile_name!r} has no parameter {param!r}", Location(profile.file)
+            )
+        data = repomod.load_data(self.snapshot, self.settings, node, classification.role, facts)
+        found = data.lookup(profile_name, param)
+        default_at = Location(profile.file, profile.params.line_of(param), key)
+        if found is not None:
+            return found.value, found, default_at, data
+        context = {"facts": facts, "node": node, "role": classification.role}
+        value = self.render(profile.params[param], context, default_at)
+        return value, None, default_at, data
+
+    def render(self, value: Any, context: Mapping[str, Any], where: Location) -> Any:
+        """Render every string containing ``{{`` inside a value written in the repo."""
+        if isinstance(value, str):
+            return self.renderer.render_string(value, context, where) if "{{" in value else value
+        if isinstance(value, list):
+            return [self.render(v, context, where) for v in value]
+        if isinstance(value, dict):
+            return {k: self.render(v, context, where) for k, v in value.items()}
+        return value
+
+    def add_resources(
+        self,
+        entries: dict[ResourceId, Entry],
+        declarations: LocList,
+        file: str,
+        origin: str,
+        context: Mapping[str, Any],
+    ) -> list[Problem]:
+        problems: list[Problem] = []
+        for index, declaration in enumerate(declarations):
+            where = Location(file, declarations.line_of(index))
+            try:
+                entry = self.resource(declaration, where, origin, context)
+            except ModelError as exc:
+                problems += exc.problems
+                continue
+            if entry is None:
+                continue
+            rid = entry.resource.id
+            other = entries.get(rid)
+            if other is not None:
+                problems.append(
+                    Problem(f"duplicate resource {rid} (also declared at {other.where})", where)
+                )
+                continue
+            entries[rid] = entry
+        return problems
+
+    def resource(
+        self, declaration: Any, where: Location, origin: str, context: Mapping[str, Any]
+    ) -> Entry | None:
+        """One declaration to a catalog entry; None when its ``when:`` is false."""
+        if not isinstance(declaration, LocMap):
+            raise ModelError.one("a resource must be a mapping like '- file: /etc/motd'", where)
+        types = [key for key in declaration if key in REGISTRY]
+        if len(types) != 1:
+            unknown = [k for k in declaration if k not in COMMON_ATTRIBUTES]
+            if not types:
+                raise ModelError.one(
+                    f"no resource type among the keys {sorted(map(str, declaration))} "
+                    f"(types: {', '.join(sorted(REGISTRY))})"
+                    if unknown
+                    else "a resource needs a type key like 'file: /etc/motd'",
+                    where,
+                )
+            raise ModelError.one(f"more than one resource type: {', '.join(types)}", where)
+        kind = types[0]
+        cls = REGISTRY[kind]
+        problems: list[Problem] = []
+
+        def at(key: str) -> Location:
+            return Location(where.file, declaration.line_of(key), key)
+
+        if "when" in declaration:
+            condition = declaration["when"]
+            if isinstance(condition, bool):
+                holds = condition
+            elif isinstance(condition, str):
+                holds = bool(self.renderer.evaluate(condition, context, at("when")))
+            else:
+                raise ModelError.one("must be an expression or a boolean", at("when"))
+            if not holds:
+                return None
+        title = self.render(declaration[kind], context, at(kind))
+        if not isinstance(title, str | int) or isinstance(title, bool) or str(title) == "":
+            raise ModelError.one("the title must be a non-empty string", at(kind))
+        title = str(title)
+        attrs: dict[str, Any] = {}
+        for key, raw in declaration.items():
+            if key in (kind, "when"):
+                continue
+            if (
+                key not in cls.attributes
+                and key not in COMMON_ATTRIBUTES
+                and key
+                not in (
+                    "source",
+                    "template",
+                )
+            ):
+                problems.append(Problem(f"unknown attribute {key!r} for {kind}", at(str(key))))
+                continue
+            try:
+                attrs[key] = self.render(raw, context, at(key))
+            except ModelError as exc:
+                problems += exc.problems
+        if problems:
+            raise ModelError(problems)
+        if kind == "file":
+            self._file_content(attrs, context, at)
+        elif "source" in attrs or "template" in attrs:
+            key = "source" if "source" in attrs else "template"
+            raise ModelError.one(f"unknown attribute {key!r} for {kind}", at(key))
+        relations: dict[str, list[ResourceId]] = {}
+        for relation in RELATIONS:
+            if relation in attrs:
+                relations[relation] = _ids(attrs.pop(relation), at(relation))
+        noop = attrs.pop("noop", False)
+        sensitive = attrs.pop("sensitive", False)
+        for key, value in (("noop", noop), ("sensitive", sensitive)):
+            if not isinstance(value, bool):
+                problems.append(Problem("must be true or false", at(key)))
+        for key, spec in cls.attributes.items():
+            if key in attrs:
+                message = check_value(spec, attrs[key])
+                if message:
+                    problems.append(Problem(message, at(key)))
+            elif spec.required:
+                problems.append(Problem(f"{kind} needs the attribute {key!r}", where))
+            else:
+                attrs[key] = spec.default
+        if not problems:
+            problems += [
+                Problem(message, at(key) if key else where)
+                for key, message in cls.validate(title, attrs)
+            ]
+        if problems:
+            raise ModelError(problems)
+        resource = cls(title, attrs, sensitive=bool(sensitive))
+        return Entry(resource, where, origin, bool(noop), relations)
+
+    def _file_content(self, attrs: dict[str, Any], context: Mapping[str, Any], at: Any) -> None:
+        given = [key for key in ("content", "source", "template") if attrs.get(key) is not None]
+        if len(given) > 1:
+            raise ModelError.one(f"give only one of {', '.join(given)}", at(given[1]))
+        if "source" in attrs:
+            source = attrs.pop("source")
+            if not isinstance(source, str):
+                raise ModelError.one("must be a path under files/", at("source"))
+            path = "files/" + clean_relpath(source, at("source"))
+            try:
+                attrs["content"] = self.snapshot.read(path)
+            except FileNotFoundError:
+                raise ModelError.one(f"{path} not found", at("source")) from None
+        elif "template" in attrs:
+            name = attrs.pop("template")
+            if not isinstance(name, str):
+                raise ModelError.one("must be a path under templates/", at("template"))
+            clean_relpath(name, at("template"))
+            attrs["content"] = self.renderer.render_file(name, context, at("template"))
+
+
+def _ids(value: Any, where: Location) -> list[ResourceId]:
+    items = value if isinstance(value, list) else [value]
+    ids: list[ResourceId] = []
+    for item in items:
+        if not isinstance(item, str) or ":" not in item or item.split(":", 1)[0] not in REGISTRY:
+            raise ModelError.one(
+                f"{item!r} is not a resource id like 'package:nginx' or 'file:/etc/motd'", where
+            )
+        ids.append(item)
+    return ids
+
+
+def check_value(spec: Attr, value: Any) -> str | None:
+    """A message when ``value`` does not fit the attribute's schema."""
+    if value is None:
+        return None if not spec.required else "must not be empty"
+    kind = spec.kind
+    ok: bool
+    if kind == "str":
+        ok = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+        expected = "a string"
+    elif kind == "bool":
+        ok, expected = isinstance(value, bool), "true or false"
+    elif kind == "int":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        expected = "a number"
+    elif kind == "mode":
+        ok, expected = isinstance(value, str), 'a quoted octal string like "0644"'
+    elif kind in ("strlist", "argv"):
+        ok = isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str | int) for v in value)
+        )
+        expected = "a string or a list of strings"
+    elif kind == "intlist":
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, list) and all(isinstance(v, int) for v in value)
+        )
+        expected = "a number or a list of numbers"
+    elif kind == "mapping":
+        ok, expected = isinstance(value, dict), "a mapping"
+    else:
+        ok, expected = True, ""
+    if not ok:
+        return f"must be {expected}, not {repomod.type_name(value)}"
+    if spec.choices and str(value) not in spec.choices:
+        return f"must be one of {', '.join(spec.choices)}, not {value!r}"
+    return None
+
+
+def link(catalog: Catalog) -> None:
+    """Resolve relationships into ordering and refresh edges; check targets and cycles."""
+    entries = catalog.entries
+    after: dict[ResourceId, set[ResourceId]] = {rid: set() for rid in entries}
+    refreshes: dict[ResourceId, set[ResourceId]] = {}
+    problems: list[Problem] = []
+    for rid, entry in entries.items():
+        for relation, targets in entry.relations.items():
+            for target in targets:
+                if target not in entries:
+                    problems.append(
+                        Problem(
+                            f"{rid}: {relation} {target}, which is not in this node's catalog",
+                            Location(entry.where.file, entry.where.line, relation),
+                        )
+                    )
+                    continue
+                if relation in ("require", "subscribe"):
+                    after[rid].add(target)
+                else:
+                    after[target].add(rid)
+                if relation == "notify":
+                    refreshes.setdefault(rid, set()).add(target)
+                elif relation == "subscribe":
+                    refreshes.setdefault(target, set()).add(rid)
+        for target in entry.resource.autorequire():
+            if target in entries and target != rid and rid not in after[target]:
+                after[rid].add(target)
+    if problems:
+        raise ModelError(problems, "compile")
+    catalog.after = after
+    catalog.refreshes = refreshes
+    catalog.order()  # raises on a cycle
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: set[str] = set()
+    unique = []
+    for problem in problems:
+        if str(problem) not in seen:
+            seen.add(str(problem))
+            unique.append(problem)
+    return unique
+
+
+def compile_catalog(snapshot: Snapshot, node: str, facts: Mapping[str, Any]) -> Catalog:
+    return Compiler(snapshot).compile(node, facts)
+
+
+def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> list[Problem]:
+    """Check every file of the repo and compile every role with these facts."""
+    problems: list[Problem] = []
+    try:
+        compiler = Compiler(snapshot)
+    except ModelError as exc:
+        return exc.problems
+    try:
+        repomod.load_nodes(snapshot)
+    except ModelError as exc:
+        problems += exc.problems
+    for path in snapshot.files("profiles"):
+        name = path.removeprefix("profiles/").removesuffix(".yaml")
+        if path.endswith(".yaml"):
+            try:
+                compiler.profile(name, Location(path))
+            except ModelError as exc:
+                problems += exc.problems
+    profiles = compiler._profiles
+    for path in snapshot.files("data"):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        try:
+            content = repomod.expect_map(
+                repomod.read_yaml(snapshot, path), Location(path), "a data file"
+            )
+        except ModelError as exc:
+            problems += exc.problems
+            continue
+        problems += repomod.check_data_file(path, content, profiles, lambda _: False)
+    for path in snapshot.files("roles"):
+        role = path.removeprefix("roles/").removesuffix(".yaml")
+        if not path.endswith(".yaml"):
+            continue
+        try:
+            compiler.compile_role(node, role, Location(path), facts)
+        except ModelError as exc:
+            problems += exc.problems
+    return _dedupe(problems)

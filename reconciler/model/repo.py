@@ -1,0 +1,398 @@
+"""The control repo's files: settings, node classification, roles, profiles and data.
+
+Everything here reads a ``Snapshot`` and returns plain values with the location each came from.
+Problems are collected, not raised one by one, so that an author sees all of them at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from reconciler.errors import Location, ModelError, Problem
+from reconciler.model.yamlload import LocList, LocMap, load
+from reconciler.source import Snapshot
+
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
+DEFAULT_HIERARCHY = (
+    "nodes/{node}.yaml",
+    "roles/{role}.yaml",
+    "os/{facts.os.family}.yaml",
+    "common.yaml",
+)
+_MISSING = object()
+
+
+def read_yaml(snapshot: Snapshot, path: str) -> Any:
+    try:
+        data = snapshot.read(path)
+    except FileNotFoundError:
+        raise ModelError.one("file not found", Location(path), "parse") from None
+    return load(data, path)
+
+
+def expect_map(value: Any, where: Location, what: str) -> LocMap:
+    if value is None:
+        empty = LocMap()
+        empty.lines = {}
+        empty.line = where.line or 0
+        return empty
+    if not isinstance(value, LocMap):
+        raise ModelError.one(f"{what} must be a mapping, not {type_name(value)}", where, "validate")
+    return value
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        LocList: "a list",
+        LocMap: "a mapping",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
+
+
+def unknown_keys(
+    mapping: LocMap, allowed: Mapping[str, Any] | frozenset[str] | set[str], file: str, what: str
+) -> list[Problem]:
+    return [
+        Problem(f"unknown key {key!r} in {what}", Location(file, mapping.line_of(key), str(key)))
+        for key in mapping
+        if key not in allowed
+    ]
+
+
+def lookup_fact(facts: Mapping[str, Any], dotted: str) -> Any:
+    """The fact at a dotted path (``os.family``), or _MISSING."""
+    value: Any = facts
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    hierarchy: tuple[str, ...] = DEFAULT_HIERARCHY
+    prune: bool = False
+    allow_mass_prune: bool = False
+
+
+def load_settings(snapshot: Snapshot) -> Settings:
+    path = "reconciler.yaml"
+    if not snapshot.exists(path):
+        return Settings()
+    raw = expect_map(read_yaml(snapshot, path), Location(path), "reconciler.yaml")
+    problems = unknown_keys(raw, {"hierarchy", "prune", "allow_mass_prune"}, path, path)
+    hierarchy = raw.get("hierarchy", list(DEFAULT_HIERARCHY))
+    if not isinstance(hierarchy, list) or not all(isinstance(h, str) for h in hierarchy):
+        problems.append(
+            Problem(
+                "must be a list of paths", Location(path, raw.line_of("hierarchy"), "hierarchy")
+            )
+        )
+        hierarchy = list(DEFAULT_HIERARCHY)
+    for key in ("prune", "allow_mass_prune"):
+        if not isinstance(raw.get(key, False), bool):
+            problems.append(Problem("must be true or false", Location(path, raw.line_of(key), key)))
+    if problems:
+        raise ModelError(problems, "validate")
+    return Settings(
+        tuple(hierarchy), bool(raw.get("prune", False)), bool(raw.get("allow_mass_prune", False))
+    )
+
+
+# -- classification -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Classification:
+    role: str
+    where: Location  # the nodes.yaml entry (or default) that gave the role
+
+
+def load_nodes(snapshot: Snapshot) -> LocMap:
+    path = "nodes.yaml"
+    raw = expect_map(read_yaml(snapshot, path), Location(path), "nodes.yaml")
+    problems = unknown_keys(raw, {"nodes", "default"}, path, path)
+    entries = raw.get("nodes", [])
+    if not isinstance(entries, list):
+        problems.append(Problem("must be a list", Location(path, raw.line_of("nodes"), "nodes")))
+        entries = []
+    for index, entry in enumerate(entries):
+        line = entries.line_of(index) if isinstance(entries, LocList) else raw.line
+        if not isinstance(entry, LocMap):
+            problems.append(Problem("each entry must be a mapping", Location(path, line)))
+            continue
+        problems += unknown_keys(entry, {"match", "facts", "role"}, path, "a nodes entry")
+        role = entry.get("role")
+        if not isinstance(role, str) or not NAME.match(role):
+            problems.append(
+                Problem(
+                    f"role must be a name like 'web', got {role!r}", Location(path, line, "role")
+                )
+            )
+        if "match" in entry and not isinstance(entry["match"], str):
+            problems.append(Problem("must be a string", Location(path, line, "match")))
+        if "facts" in entry and not isinstance(entry["facts"], LocMap):
+            problems.append(Problem("must be a mapping", Location(path, line, "facts")))
+        if "match" not in entry and "facts" not in entry:
+            problems.append(Problem("an entry needs 'match' or 'facts'", Location(path, line)))
+    default = raw.get("default")
+    if default is not None and (not isinstance(default, str) or not NAME.match(default)):
+        problems.append(
+            Problem("must be a role name", Location(path, raw.line_of("default"), "default"))
+        )
+    if problems:
+        raise ModelError(problems, "validate")
+    return raw
+
+
+def classify(snapshot: Snapshot, node: str, facts: Mapping[str, Any]) -> Classification:
+    """The role of a node: the first nodes.yaml entry whose every condition holds."""
+    raw = load_nodes(snapshot)
+    entries: LocList = raw.get("nodes") or LocList()
+    for index, entry in enumerate(entries):
+        if "match" in entry and not fnmatchcase(node, entry["match"]):
+            continue
+        conditions = entry.get("facts") or {}
+        if all(_fact_holds(facts, k, v) for k, v in conditions.items()):
+            return Classification(entry["role"], Location("nodes.yaml", entries.line_of(index)))
+    if raw.get("default"):
+        return Classification(raw["default"], Location("nodes.yaml", raw.line_of("default")))
+    raise ModelError.one(
+        f"node {node!r} matches no entry and there is no default role", Location("nodes.yaml")
+    )
+
+
+def _fact_holds(facts: Mapping[str, Any], dotted: Any, expected: Any) -> bool:
+    actual = lookup_fact(facts, str(dotted))
+    if actual is _MISSING:
+        return False
+    return bool(actual == expected or str(actual) == str(expected))
+
+
+# -- roles and profiles -------------------------------------------------------------------------
+
+
+def load_role(snapshot: Snapshot, role: str, where: Location) -> list[tuple[str, Location]]:
+    """The profiles a role includes, each with the line that names it."""
+    path = f"roles/{role}.yaml"
+    if not NAME.match(role):
+        raise ModelError.one(f"{role!r} is not a valid role name", where)
+    if not snapshot.exists(path):
+        raise ModelError.one(f"role {role!r} not found (no {path})", where)
+    raw = expect_map(read_yaml(snapshot, path), Location(path), "a role")
+    problems = unknown_keys(raw, {"profiles", "description"}, path, "a role")
+    profiles = raw.get("profiles", [])
+    if not isinstance(profiles, LocList) or not all(isinstance(p, str) for p in profiles):
+        problems.append(
+            Problem(
+                "must be a list of profile names",
+                Location(path, raw.line_of("profiles"), "profiles"),
+            )
+        )
+        profiles = LocList()
+        profiles.lines = []
+    if problems:
+        raise ModelError(problems, "validate")
+    return [(name, Location(path, profiles.line_of(i))) for i, name in enumerate(profiles)]
+
+
+@dataclass
+class Profile:
+    name: str
+    file: str
+    params: LocMap
+    resources: LocList
+    sensitive: frozenset[str] = frozenset()
+
+
+def load_profile(snapshot: Snapshot, name: str, where: Location) -> Profile:
+    path = f"profiles/{name}.yaml"
+    if not NAME.match(name):
+        raise ModelError.one(f"{name!r} is not a valid profile name", where)
+    if not snapshot.exists(path):
+        raise ModelError.one(f"profile {name!r} not found (no {path})", where)
+    raw = expect_map(read_yaml(snapshot, path), Location(path), "a profile")
+    problems = unknown_keys(
+        raw, {"params", "resources", "description", "sensitive_params"}, path, "a profile"
+    )
+    params = raw.get("params")
+    try:
+        params = expect_map(params, Location(path, raw.line_of("params"), "params"), "params")
+    except ModelError as exc:
+        problems += exc.problems
+        params = expect_map(None, Location(path), "params")
+    resources = raw.get("resources")
+    if resources is None:
+        resources = LocList()
+        resources.lines = []
+    elif not isinstance(resources, LocList):
+        problems.append(
+            Problem("must be a list", Location(path, raw.line_of("resources"), "resources"))
+        )
+        resources = LocList()
+        resources.lines = []
+    sensitive = raw.get("sensitive_params", [])
+    if not isinstance(sensitive, list) or not all(isinstance(s, str) for s in sensitive):
+        problems.append(
+            Problem(
+                "must be a list of parameter names",
+                Location(path, raw.line_of("sensitive_params"), "sensitive_params"),
+            )
+        )
+        sensitive = []
+    if problems:
+        raise ModelError(problems, "validate")
+    return Profile(name, path, params, resources, frozenset(sensitive))
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataValue:
+    value: Any
+    level: str  # the hierarchy entry as written
+    where: Location
+
+
+@dataclass
+class Data:
+    """The data levels that apply to one node, first level first."""
+
+    levels: list[tuple[str, str, LocMap]] = field(default_factory=list)  # (level, file, content)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (level, why)
+
+    def lookup(self, profile: str, key: str) -> DataValue | None:
+        for level, file, content in self.levels:
+            section = content.get(profile)
+            if isinstance(section, LocMap) and key in section:
+                return DataValue(
+                    section[key], level, Location(file, section.line_of(key), f"{profile}.{key}")
+                )
+        return None
+
+
+def interpolate_level(level: str, node: str, role: str, facts: Mapping[str, Any]) -> str | None:
+    """A hierarchy level's file for this node, or None when a fact it names is missing."""
+    missing = False
+
+    def sub(match: re.Match[str]) -> str:
+        nonlocal missing
+        name = match.group(1).strip()
+        if name == "node":
+            return node
+        if name == "role":
+            return role
+        if name.startswith("facts."):
+            value = lookup_fact(facts, name[6:])
+            if value is _MISSING or value is None or isinstance(value, Mapping | list):
+                missing = True
+                return ""
+            return str(value)
+        missing = True
+        return ""
+
+    path = re.sub(r"\{([^{}]+)\}", sub, level)
+    return None if missing else path
+
+
+def load_data(
+    snapshot: Snapshot, settings: Settings, node: str, role: str, facts: Mapping[str, Any]
+) -> Data:
+    data = Data()
+    problems: list[Problem] = []
+    for level in settings.hierarchy:
+        rel = interpolate_level(level, node, role, facts)
+        if rel is None:
+            data.skipped.append((level, "names a fact this node does not have"))
+            continue
+        if "/" in rel and any(part in ("", ".", "..") for part in rel.split("/")):
+            data.skipped.append((level, f"{rel!r} is not a plain relative path"))
+            continue
+        path = f"data/{rel}"
+        if not snapshot.exists(path):
+            continue
+        try:
+            content = expect_map(read_yaml(snapshot, path), Location(path), "a data file")
+        except ModelError as exc:
+            problems += exc.problems
+            continue
+        data.levels.append((level, path, content))
+    if problems:
+        raise ModelError(problems, "parse")
+    return data
+
+
+def check_data_file(
+    path: str,
+    content: LocMap,
+    profiles: Mapping[str, Profile],
+    unchecked: Callable[[str], bool],
+) -> list[Problem]:
+    """Every key of a data file must be a declared parameter, of the default's type.
+
+    Sections for profiles not in ``profiles`` are passed over when ``unchecked(name)`` says
+    they exist elsewhere (a compile checks only the node's own profiles); else they are errors.
+    """
+    problems: list[Problem] = []
+    for name, section in content.items():
+        line = content.line_of(name)
+        profile = profiles.get(name)
+        if profile is None and unchecked(str(name)):
+            continue
+        if profile is None:
+            problems.append(Problem(f"no profile named {name!r}", Location(path, line, str(name))))
+            continue
+        if not isinstance(section, LocMap):
+            problems.append(
+                Problem("must be a mapping of parameters", Location(path, line, str(name)))
+            )
+            continue
+        for key, value in section.items():
+            where = Location(path, section.line_of(key), f"{name}.{key}")
+            if key not in profile.params:
+                problems.append(
+                    Problem(f"profile {name!r} has no parameter {key!r} ({profile.file})", where)
+                )
+                continue
+            default = profile.params[key]
+            if not same_kind(default, value):
+                problems.append(
+                    Problem(
+                        f"expected {type_name(default)} like the default at "
+                        f"{profile.file}:{profile.params.line_of(key)}, got {type_name(value)}",
+                        where,
+                    )
+                )
+    return problems
+
+
+def same_kind(default: Any, value: Any) -> bool:
+    """Whether a data value may replace a parameter's default."""
+    if default is None or value is None:
+        return True
+    if isinstance(default, str) and "{{" in default:
+        return True  # a computed default: any type may replace it
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, int | float) and isinstance(value, int | float):
+        return isinstance(value, int) or isinstance(default, float)
+    for kind in (str, list, dict):
+        if isinstance(default, kind):
+            return isinstance(value, kind)
+    return type(default) is type(value)

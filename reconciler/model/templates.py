@@ -1,0 +1,140 @@
+"""Jinja2 in a sandbox: values that contain ``{{``, ``when:`` expressions and template files.
+
+Undefined names are errors. Only strings written in the repo's profiles, apps and templates are
+ever treated as templates; a value that comes from data or facts is inserted as text and never
+rendered again, so ``{{`` in a fact stays ``{{``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from reconciler.errors import Location, ModelError
+
+MAX_OUTPUT = 4 * 1024 * 1024  # bytes a single render may produce
+
+
+def _make_env(loader: jinja2.BaseLoader | None = None) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        loader=loader,
+    )
+    env.filters["to_yaml"] = _to_yaml
+    env.filters["to_json"] = _to_json
+    return env
+
+
+def _to_yaml(value: Any) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(value, default_flow_style=False, sort_keys=True))
+
+
+def _to_json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+class Renderer:
+    """Renders values and template files of one snapshot; compiled templates are cached."""
+
+    def __init__(self, read_template: Callable[[str], str]) -> None:
+        self._read_template = read_template
+        self._env = _make_env(jinja2.FunctionLoader(self._load))
+        self._strings: dict[str, jinja2.Template] = {}
+        self._exprs: dict[str, Any] = {}
+
+    def _load(self, name: str) -> tuple[str, str, Callable[[], bool]]:
+        # The file name makes Jinja2 put the template's own line numbers into tracebacks.
+        return self._read_template(name), name, lambda: True
+
+    def _fail(self, exc: Exception, where: Location, what: str) -> ModelError:
+        line = where.line
+        if isinstance(exc, jinja2.TemplateSyntaxError) and exc.lineno and what == "template":
+            line = exc.lineno
+        message = getattr(exc, "message", None) or str(exc)
+        return ModelError.one(f"{what}: {message}", Location(where.file, line, where.key))
+
+    def render_string(self, source: str, context: Mapping[str, Any], where: Location) -> Any:
+        """Render a value. A value that is one ``{{ expr }}`` keeps the expression's type."""
+        stripped = source.strip()
+        if (
+            stripped.startswith("{{")
+            and stripped.endswith("}}")
+            and stripped.count("{{") == 1
+            and "{%" not in stripped
+        ):
+            return self.evaluate(stripped[2:-2], context, where)
+        try:
+            template = self._strings.get(source)
+            if template is None:
+                template = self._strings[source] = self._env.from_string(source)
+            return _bounded(template.render(context), where)
+        except jinja2.TemplateError as exc:
+            raise self._fail(exc, where, "template error") from None
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise self._fail(exc, where, "template error") from None
+
+    def evaluate(self, expression: str, context: Mapping[str, Any], where: Location) -> Any:
+        """Evaluate a Jinja2 expression (``when:``) to a value."""
+        try:
+            compiled = self._exprs.get(expression)
+            if compiled is None:
+                compiled = self._exprs[expression] = self._env.compile_expression(
+                    expression, undefined_to_none=False
+                )
+            value = compiled(**context)
+            if isinstance(value, jinja2.Undefined):
+                value._fail_with_undefined_error()
+            return value
+        except jinja2.TemplateError as exc:
+            raise self._fail(exc, where, "expression error") from None
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise self._fail(exc, where, "expression error") from None
+
+    def render_file(self, name: str, context: Mapping[str, Any], where: Location) -> str:
+        """Render ``templates/<name>``; errors name the template file and its line."""
+        try:
+            return _bounded(self._env.get_template(name).render(context), where)
+        except jinja2.TemplateNotFound:
+            raise ModelError.one(f"template {name!r} not found under templates/", where) from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise ModelError.one(
+                f"template syntax error: {exc.message}", Location(f"templates/{name}", exc.lineno)
+            ) from None
+        except jinja2.TemplateError as exc:
+            line = _template_line(exc, name)
+            raise ModelError.one(
+                f"template error: {getattr(exc, 'message', None) or exc} (rendered for {where})",
+                Location(f"templates/{name}", line),
+            ) from None
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise ModelError.one(
+                f"template error: {exc}", Location(f"templates/{name}", _template_line(exc, name))
+            ) from None
+
+
+def _template_line(exc: BaseException, name: str) -> int | None:
+    """The template line an exception was raised from, read from its traceback."""
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == name:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _bounded(text: str, where: Location) -> str:
+    if len(text) > MAX_OUTPUT:
+        raise ModelError.one(f"template output is larger than {MAX_OUTPUT} bytes", where)
+    return text

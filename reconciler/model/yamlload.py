@@ -1,0 +1,174 @@
+"""Safe YAML loading that remembers where every key and item was written.
+
+Documents are parsed by libyaml when it is there, constructed with PyYAML's safe constructor
+(no Python tags), and bounded: file size, nesting depth and alias expansion are capped before
+anything is built, so a hostile file cannot exhaust the machine. Mappings come back as
+``LocMap`` and sequences as ``LocList``, which carry the line of each key and item.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import yaml
+
+from reconciler.errors import Location, ModelError
+
+MAX_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_NODES = 1_000_000  # nodes after expanding aliases
+
+_BaseLoader: type[yaml.SafeLoader]
+try:
+    _BaseLoader = yaml.CSafeLoader  # type: ignore[assignment]
+except AttributeError:  # pragma: no cover - PyYAML built without libyaml
+    _BaseLoader = yaml.SafeLoader
+
+
+class LocMap(dict[Any, Any]):
+    """A mapping that knows its own line and the line of each of its keys."""
+
+    line: int = 0
+    lines: dict[Any, int]
+
+    def line_of(self, key: Any) -> int:
+        return self.lines.get(key, self.line)
+
+
+class LocList(list[Any]):
+    """A sequence that knows its own line and the line of each item."""
+
+    line: int = 0
+    lines: list[int]
+
+    def line_of(self, index: int) -> int:
+        return self.lines[index] if 0 <= index < len(self.lines) else self.line
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+    pass
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[LocMap]:
+    data = LocMap()
+    data.line = node.start_mark.line + 1
+    data.lines = {}
+    yield data
+    loader.flatten_mapping(node)
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark
+            ) from None
+        if key in data.lines:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {data.lines[key]})",
+                key_node.start_mark,
+            )
+        data.lines[key] = key_node.start_mark.line + 1
+        data[key] = loader.construct_object(value_node, deep=True)
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> Iterator[LocList]:
+    data = LocList()
+    data.line = node.start_mark.line + 1
+    data.lines = [child.start_mark.line + 1 for child in node.value]
+    yield data
+    data.extend(loader.construct_object(child, deep=True) for child in node.value)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+
+# Only flow collections, anchors and aliases can nest deeply on few bytes or expand; block
+# nesting is bounded by indentation, which we check on the text.
+_RISKY = re.compile(r"[\[{*&]")
+_DEEP_INDENT = re.compile(r"^ {128,}\S", re.MULTILINE)
+
+
+def _check_bounds(text: str, name: str) -> None:
+    if not _RISKY.search(text) and not _DEEP_INDENT.search(text):
+        return
+    depth = 0
+    aliases = 0
+    try:
+        for event in yaml.parse(text, Loader=_BaseLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark: Any = event.start_mark
+                    raise ModelError.one(
+                        f"nesting deeper than {MAX_DEPTH} levels",
+                        Location(name, mark.line + 1 if mark is not None else None),
+                        "parse",
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+            elif isinstance(event, yaml.AliasEvent):
+                aliases += 1
+    except yaml.YAMLError:
+        return  # the real parse below reports it with its line
+    if aliases:
+        _check_expansion(text, name)
+
+
+def _check_expansion(text: str, name: str) -> None:
+    """Refuse documents whose aliases would expand past MAX_NODES (billion laughs)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 1  # a recursive alias counts once; the constructor refuses loops
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        sizes[id(node)] = total
+        return total
+
+    for root in yaml.compose_all(text, Loader=_BaseLoader):
+        if root is not None and size(root) > MAX_NODES:
+            raise ModelError.one(
+                f"aliases expand to more than {MAX_NODES} nodes", Location(name), "parse"
+            )
+
+
+def load(data: bytes | str, name: str) -> Any:
+    """Parse one YAML document safely; ``name`` is the repo-relative file for errors."""
+    if len(data) > MAX_BYTES:
+        raise ModelError.one(f"file is larger than {MAX_BYTES} bytes", Location(name), "parse")
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelError.one(f"not UTF-8 text: {exc}", Location(name), "parse") from None
+    else:
+        text = data
+    _check_bounds(text, name)
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark: Any
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or str(exc)
+        if exc.context:
+            problem = f"{exc.context}: {problem}"
+        raise ModelError.one(f"invalid YAML: {problem}", Location(name, line), "parse") from None
+    except yaml.YAMLError as exc:
+        raise ModelError.one(f"invalid YAML: {exc}", Location(name), "parse") from None
+    except RecursionError:
+        raise ModelError.one("document nests too deeply", Location(name), "parse") from None
+    finally:
+        loader.dispose()

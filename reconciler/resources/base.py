@@ -1,0 +1,168 @@
+"""The one interface every resource type implements, and the registry of types.
+
+A resource converges through a single code path: ``check_apply(ctx, apply=False)`` returns the
+changes that would be made (noop and plan), ``check_apply(ctx, apply=True)`` makes them and
+returns what it did. Because both are the same code, noop and enforce cannot disagree. The engine
+re-checks after applying; a resource still drifted then did not converge and is failed.
+
+Values a resource receives are final: templates are rendered and file sources read by the
+compiler, so a resource never reads the control repo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from reconciler.resources._fs import BackupStore, Root
+    from reconciler.resources._run import Runner
+
+ResourceId = str  # "<type>:<title>", e.g. "file:/etc/motd"
+
+COMMON_ATTRIBUTES = frozenset(
+    {"require", "before", "notify", "subscribe", "when", "noop", "sensitive"}
+)
+
+
+def digest(value: str | bytes) -> str:
+    """The form in which a sensitive or large value is shown: its sha256."""
+    data = value.encode() if isinstance(value, str) else value
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Change:
+    """One property that differs (or differed) between desired and actual state.
+
+    ``before`` and ``after`` are display strings, already redacted for sensitive resources.
+    ``diff`` is a unified diff of text content, never set for sensitive resources.
+    """
+
+    property: str
+    before: str | None
+    after: str | None
+    diff: str | None = None
+
+
+@dataclass(frozen=True)
+class Attr:
+    """The schema of one attribute: its kind, whether it is required, its default, its choices.
+
+    Kinds: ``str``, ``bool``, ``int``, ``mode`` (an octal string like "0644"), ``strlist`` (a
+    string or a list of strings), ``argv`` (a string for /bin/sh -c or a list of strings),
+    ``intlist``, ``mapping`` (of strings to strings), ``any``.
+    """
+
+    kind: str = "str"
+    required: bool = False
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    doc: str = ""
+
+
+@dataclass
+class Fingerprint:
+    """What the last run saw of a file: its stat signature and content digest.
+
+    When a file's (size, mtime_ns, ctime_ns, inode) still match, its content has not been
+    written since: ctime moves on every write and cannot be set back by a user. That lets a
+    no-change run skip reading every file while still noticing every content change.
+    """
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    sha256: str
+
+    def to_list(self) -> list[Any]:
+        return [self.size, self.mtime_ns, self.ctime_ns, self.inode, self.sha256]
+
+    @classmethod
+    def from_list(cls, raw: Sequence[Any]) -> Fingerprint:
+        size, mtime_ns, ctime_ns, inode, sha = raw
+        return cls(int(size), int(mtime_ns), int(ctime_ns), int(inode), str(sha))
+
+
+@dataclass
+class Context:
+    """Everything a resource needs from the host, passed in so tests point it anywhere."""
+
+    root: Root
+    state_dir: Path
+    backups: BackupStore
+    runner: Runner
+    fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
+    # Set by the engine: the ids of resources that changed in this run (for daemon-reload etc).
+    changed: set[ResourceId] = field(default_factory=set)
+    # Every path (as written) that some resource of the catalog manages: for directory purge.
+    catalog_paths: frozenset[str] = frozenset()
+    log: Callable[..., None] = lambda *a, **k: None
+
+
+class Resource(ABC):
+    """A resource type. Subclasses set ``type`` and ``attributes`` and implement check_apply."""
+
+    type: ClassVar[str]
+    attributes: ClassVar[Mapping[str, Attr]] = {}
+    # Cheap resources (file-like) run inline in the engine's loop; the others go to its pool.
+    inline: ClassVar[bool] = False
+    # Whether the engine re-checks after applying. An exec has no state to re-check.
+    recheck: ClassVar[bool] = True
+
+    def __init__(self, title: str, attrs: Mapping[str, Any], sensitive: bool = False) -> None:
+        self.title = title
+        self.attrs = dict(attrs)
+        self.sensitive = sensitive
+
+    @property
+    def id(self) -> ResourceId:
+        return f"{self.type}:{self.title}"
+
+    @classmethod
+    def validate(cls, title: str, attrs: Mapping[str, Any]) -> list[tuple[str | None, str]]:
+        """Type-specific checks beyond the schema: (key or None, message) for each problem."""
+        return []
+
+    @abstractmethod
+    def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
+        """Return the changes needed; with ``apply`` also make them. Raise ResourceError."""
+
+    def refresh(self, ctx: Context, apply: bool) -> list[Change]:
+        """React to a notify/subscribe refresh (restart, run). Default: nothing to do."""
+        return []
+
+    def autorequire(self) -> list[ResourceId]:
+        """Ids this resource depends on when they are in the catalog (a file's parent dir)."""
+        return []
+
+    def managed_paths(self) -> list[str]:
+        """Paths (as written, before the root) this resource owns; for the watcher."""
+        return []
+
+    def desired_digest(self) -> str:
+        """A digest of the desired state, to tell corrective changes from new revisions."""
+        return digest(repr(sorted((k, repr(v)) for k, v in self.attrs.items())))
+
+    def pruned(self) -> Resource | None:
+        """The resource that removes this one when it leaves the catalog, or None."""
+        return None
+
+    def show(self, value: Any) -> str:
+        """A value as reports and logs may show it: a digest when the resource is sensitive."""
+        text = value if isinstance(value, str) else repr(value)
+        return digest(text) if self.sensitive else text
+
+
+REGISTRY: dict[str, type[Resource]] = {}
+
+
+def register(cls: type[Resource]) -> type[Resource]:
+    """Class decorator: make a resource type known by its ``type`` name."""
+    REGISTRY[cls.type] = cls
+    return cls
