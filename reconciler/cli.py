@@ -78,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="which data level, file, line and commit set a value")
     p.add_argument("key", help="<profile>.<parameter>, e.g. nginx.port")
     _add_source_options(p)
+
+    p = sub.add_parser("suspend", help="pause enforcement (drift is still measured)")
+    p.add_argument("--reason", required=True, help="why: shown in status, metrics and logs")
+    p.add_argument("--until", help="an end time (2026-11-25T08:00Z) or a duration (2h)")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--state-dir", type=Path)
+
+    p = sub.add_parser("resume", help="end a suspension")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--state-dir", type=Path)
+
+    p = sub.add_parser("daemon", help="run the agent (under systemd)")
+    p.add_argument("--config", type=Path, required=True)
+
+    p = sub.add_parser("demo", help="run the agent on the bundled example control repo")
+    p.add_argument("--exit-after", type=float, help="stop after this many seconds (for tests)")
     return parser
 
 
@@ -300,7 +316,41 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suspend(args: argparse.Namespace) -> int:
+    from reconciler.daemon import suspend
+
+    state_dir = Path(_settings(args)["state_dir"])
+    until = suspend.parse_until(args.until) if args.until else None
+    done = suspend.suspend(state_dir, args.reason, until)
+    print(f"enforcement {done.describe()}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from reconciler.daemon import suspend
+
+    state_dir = Path(_settings(args)["state_dir"])
+    print("enforcement resumed" if suspend.resume(state_dir) else "enforcement was not suspended")
+    return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from reconciler.daemon.agent import main as daemon_main
+
+    return daemon_main(args.config)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from reconciler import demo
+
+    return demo.main(args.exit_after)
+
+
 _HANDLERS = {
+    "demo": cmd_demo,
+    "suspend": cmd_suspend,
+    "resume": cmd_resume,
+    "daemon": cmd_daemon,
     "apply": cmd_apply,
     "plan": cmd_plan,
     "validate": cmd_validate,

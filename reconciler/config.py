@@ -199,14 +199,12 @@ def parse_config(text: bytes | str, name: str) -> Config:
             verify = Verify(fmt, signers)
     url = r.get(src, "url", "str", None, "source.")
     if url is not None:
-        from reconciler.source import is_git_url
         from reconciler.source.git import check_url
 
-        if is_git_url(url) or url.startswith("-"):
-            try:
-                check_url(url)
-            except ConfigError as exc:
-                r.fail(src, "url", str(exc), "source.")
+        try:
+            check_url(url)
+        except ConfigError as exc:
+            r.fail(src, "url", str(exc), "source.")
     source = SourceConfig(
         url=url,
         branch=r.get(src, "branch", "str", None, "source."),

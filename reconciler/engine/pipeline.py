@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.resources._fs import BackupStore, Root
-from reconciler.resources._run import Runner
-
 from reconciler.engine import state
 from reconciler.engine.report import ResourceResult, RunReport
 from reconciler.engine.run import DEFAULT_WORKERS, converge, execute
 from reconciler.model.catalog import Catalog, Compiler
+from reconciler.resources._fs import BackupStore, Root
+from reconciler.resources._run import Runner
 from reconciler.resources.base import REGISTRY, Context, Resource
 from reconciler.source import Snapshot, open_snapshot
 
@@ -38,6 +38,7 @@ class RunOptions:
     noop: bool = False
     timeout: float = 60.0
     workers: int = DEFAULT_WORKERS
+    stop: threading.Event | None = None
 
 
 Warn = Callable[[str], None]
@@ -138,7 +139,7 @@ def _converge(
         if (item := previous.resources.get(rid)) is not None
         and item.digest == entry.resource.desired_digest()
     }
-    report.resources = execute(catalog, ctx, noop, corrective, options.workers)
+    report.resources = execute(catalog, ctx, noop, corrective, options.workers, options.stop)
     phases["apply" if not noop else "check"] = time.perf_counter() - t
     return ctx
 

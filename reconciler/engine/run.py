@@ -8,6 +8,7 @@ target only when the source changed and the target itself was not skipped or fai
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -66,11 +67,13 @@ def execute(
     noop: bool,
     corrective: set[ResourceId] | None = None,
     workers: int = DEFAULT_WORKERS,
+    stop: threading.Event | None = None,
 ) -> list[ResourceResult]:
     """Run every resource of the catalog once; return results in graph order.
 
     ``corrective`` names the resources whose desired state is unchanged since the last good
-    run: a change to one of them repairs drift rather than applying a new revision.
+    run: a change to one of them repairs drift rather than applying a new revision. Once
+    ``stop`` is set, resources under way finish and the others are skipped.
     """
     order = catalog.order()
     rank = {rid: i for i, rid in enumerate(order)}
@@ -94,6 +97,9 @@ def execute(
         if node.blocked_by is not None:
             result.status = "skipped"
             result.error = f"DependencyFailed: {node.blocked_by} did not converge"
+        elif stop is not None and stop.is_set():
+            result.status = "skipped"
+            result.error = "Interrupted: the agent is stopping"
         return result
 
     def finish(rid: ResourceId) -> None:

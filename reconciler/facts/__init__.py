@@ -1,0 +1,384 @@
+"""Facts: what the node is, as templates and classification see it.
+
+Built-in facts are read from /proc, /sys and /etc without running anything, so gathering them
+costs a few milliseconds. External facts come from facts directories (YAML, JSON, and
+executables printing a JSON mapping, run with a timeout and bounded output); a broken one is a
+warning, as in Facter, and gathering goes on. ``--facts FILE`` comes last; a broken one is an
+error. Later sources are deep-merged over earlier ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.errors import Location, ModelError
+
+MAX_FACT_BYTES = 1024 * 1024
+_FAMILIES = {
+    "debian": "Debian",
+    "ubuntu": "Debian",
+    "rhel": "RedHat",
+    "fedora": "RedHat",
+    "centos": "RedHat",
+    "rocky": "RedHat",
+    "almalinux": "RedHat",
+    "ol": "RedHat",
+    "amzn": "RedHat",
+    "sles": "Suse",
+    "suse": "Suse",
+    "opensuse": "Suse",
+    "opensuse-leap": "Suse",
+    "arch": "Archlinux",
+    "manjaro": "Archlinux",
+    "alpine": "Alpine",
+    "gentoo": "Gentoo",
+}
+
+
+@dataclass
+class FactSet:
+    facts: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``extra`` into ``base``: mappings merge key by key, anything else replaces."""
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = _plain(value)
+    return base
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def lookup(facts: Mapping[str, Any], dotted: str) -> Any:
+    """The fact at a dotted path such as ``os.family``; KeyError when absent."""
+    value: Any = facts
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise KeyError(dotted)
+        value = value[part]
+    return value
+
+
+# -- built-in facts ---------------------------------------------------------------------------
+
+
+def parse_os_release(text: str) -> dict[str, Any]:
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            fields[key.strip()] = value.strip().strip('"').strip("'")
+    os_id = fields.get("ID", "linux").lower()
+    family = _FAMILIES.get(os_id)
+    if family is None:
+        for like in fields.get("ID_LIKE", "").lower().split():
+            if like in _FAMILIES:
+                family = _FAMILIES[like]
+                break
+    full = fields.get("VERSION_ID", "")
+    name = fields.get("NAME", os_id).split(" GNU/Linux")[0].split(" Linux")[0]
+    return {
+        "family": family or "Linux",
+        "name": name,
+        "id": os_id,
+        "release": {"full": full, "major": full.split(".")[0] if full else ""},
+        "codename": fields.get("VERSION_CODENAME") or None,
+    }
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            values[key] = int(parts[0]) * (1024 if parts[1:2] == ["kB"] else 1)
+    return {
+        "total_bytes": values.get("MemTotal", 0),
+        "available_bytes": values.get("MemAvailable", values.get("MemFree", 0)),
+    }
+
+
+def _interfaces(sys_net: Path) -> dict[str, Any]:
+    """Interfaces with MAC and addresses, without running a program."""
+    interfaces: dict[str, Any] = {}
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        names = []
+    for name in names:
+        mac = None
+        with contextlib.suppress(OSError):
+            mac = (sys_net / name / "address").read_text().strip() or None
+        interfaces[name] = {"mac": mac, "addresses": []}
+    try:
+        import fcntl
+        import struct
+
+        # IPv4 addresses through SIOCGIFADDR/SIOCGIFNETMASK: one ioctl each, no subprocess.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for name in interfaces:
+                packed = struct.pack("256s", name.encode()[:15])
+                try:
+                    addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, packed)[20:24])
+                    mask = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x891B, packed)[20:24])
+                except OSError:
+                    continue
+                prefix = sum(bin(int(octet)).count("1") for octet in mask.split("."))
+                interfaces[name]["addresses"].append(f"{addr}/{prefix}")
+    except OSError:
+        pass
+    try:
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 6 and parts[5] in interfaces:
+                raw = parts[0]
+                addr = ":".join(raw[i : i + 4] for i in range(0, 32, 4))
+                compact = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, addr))
+                interfaces[parts[5]]["addresses"].append(f"{compact}/{int(parts[2], 16)}")
+    except OSError:
+        pass
+    return interfaces
+
+
+def _virtual(proc: Path) -> str:
+    if Path("/.dockerenv").exists():
+        return "docker"
+    if Path("/run/.containerenv").exists():
+        return "podman"
+    try:
+        cgroup = (proc / "1/cgroup").read_text()
+        for name in ("docker", "lxc", "kubepods"):
+            if name in cgroup:
+                return "docker" if name == "kubepods" else name
+    except OSError:
+        pass
+    try:
+        if "microsoft" in (proc / "sys/kernel/osrelease").read_text().lower():
+            return "wsl"
+    except OSError:
+        pass
+    dmi = Path("/sys/class/dmi/id")
+    text = ""
+    for name in ("product_name", "sys_vendor", "board_vendor"):
+        try:
+            text += (dmi / name).read_text().lower()
+        except OSError:
+            continue
+    for needle, kind in (
+        ("kvm", "kvm"),
+        ("qemu", "kvm"),
+        ("vmware", "vmware"),
+        ("virtualbox", "virtualbox"),
+        ("xen", "xen"),
+        ("microsoft corporation", "hyperv"),
+        ("amazon ec2", "kvm"),
+        ("google", "gce"),
+    ):
+        if needle in text:
+            return kind
+    try:
+        if " hypervisor" in (proc / "cpuinfo").read_text():
+            return "virtual"
+    except OSError:
+        pass
+    return "physical"
+
+
+def builtin(node: str | None, proc: Path, etc: Path) -> FactSet:
+    found = FactSet()
+    facts = found.facts
+
+    def attempt(name: str, fn: Any) -> None:
+        try:
+            facts[name] = fn()
+        except Exception as exc:  # one broken fact must not stop the others
+            found.warnings.append(f"fact {name!r}: {type(exc).__name__}: {exc}")
+            facts[name] = None
+
+    hostname = socket.gethostname()
+    fqdn = socket.getfqdn(hostname) if "." not in hostname else hostname
+    if "." not in fqdn:
+        fqdn = hostname
+    domain = fqdn.split(".", 1)[1] if "." in fqdn else ""
+    facts.update(node=node or fqdn, hostname=hostname.split(".")[0], fqdn=fqdn, domain=domain)
+
+    def read_os() -> dict[str, Any]:
+        for candidate in (etc / "os-release", Path("/usr/lib/os-release")):
+            try:
+                return parse_os_release(candidate.read_text())
+            except OSError:
+                continue
+        return parse_os_release("")
+
+    attempt("os", read_os)
+    uname = platform.uname()
+    facts["kernel"] = {"name": uname.system, "release": uname.release, "version": uname.version}
+    facts["architecture"] = uname.machine
+    facts["processors"] = {"count": os.cpu_count() or 1}
+    attempt("memory", lambda: parse_meminfo((proc / "meminfo").read_text()))
+    attempt(
+        "networking",
+        lambda: _networking(hostname, fqdn, domain),
+    )
+    attempt("virtual", lambda: _virtual(proc))
+    facts["is_virtual"] = facts.get("virtual") not in (None, "physical")
+    facts["python"] = {"version": platform.python_version()}
+    attempt("uptime_seconds", lambda: int(float((proc / "uptime").read_text().split()[0])))
+    return found
+
+
+def _networking(hostname: str, fqdn: str, domain: str) -> dict[str, Any]:
+    interfaces = _interfaces(Path("/sys/class/net"))
+    primary = None
+    for name, info in interfaces.items():
+        if name == "lo":
+            continue
+        for address in info["addresses"]:
+            if "." in address:
+                primary = address.split("/")[0]
+                break
+        if primary:
+            break
+    return {
+        "hostname": hostname.split(".")[0],
+        "fqdn": fqdn,
+        "domain": domain,
+        "interfaces": interfaces,
+        "ip": primary,
+    }
+
+
+# -- external facts -----------------------------------------------------------------------------
+
+
+def _run_executable(path: Path, timeout: float) -> tuple[dict[str, Any] | None, str | None]:
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+    }
+    proc = subprocess.Popen(
+        [str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None, f"timed out after {timeout:g}s"
+    if proc.returncode != 0:
+        return None, f"exited {proc.returncode}"
+    if len(out) > MAX_FACT_BYTES:
+        return None, f"printed more than {MAX_FACT_BYTES} bytes"
+    try:
+        data = json.loads(out)
+    except ValueError as exc:
+        return None, f"did not print JSON: {exc}"
+    if not isinstance(data, dict):
+        return None, "did not print a JSON mapping"
+    return data, None
+
+
+def _read_fact_file(path: Path, timeout: float) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+    if not path.is_file():
+        return None, None
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        if os.access(path, os.X_OK):
+            return _run_executable(path, timeout)
+        return None, None  # other files (README, *.disabled) are not facts
+    if st.st_size > MAX_FACT_BYTES:
+        return None, f"larger than {MAX_FACT_BYTES} bytes"
+    try:
+        text = path.read_text()
+        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        return None, f"unreadable: {exc}".replace("\n", " ")
+    if data is None:
+        return {}, None
+    if not isinstance(data, dict):
+        return None, "must hold a mapping"
+    return data, None
+
+
+def load_facts_file(path: Path) -> dict[str, Any]:
+    """``--facts FILE``: a YAML or JSON mapping; anything wrong is an error naming the line."""
+    from reconciler.model.yamlload import load
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError.one(f"cannot read facts: {exc.strerror}", Location(str(path))) from None
+    value = load(data, str(path))  # JSON is YAML; errors carry the line
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ModelError.one("facts must be a mapping", Location(str(path), 1))
+    return dict(_plain(value))
+
+
+def gather(
+    node: str | None = None,
+    facts_dirs: Sequence[Path] = (),
+    facts_file: Path | None = None,
+    timeout: float = 10.0,
+    proc: Path = Path("/proc"),
+    etc: Path = Path("/etc"),
+) -> FactSet:
+    """Every fact of this node: built-in, then facts directories, then ``facts_file``."""
+    found = builtin(node, proc, etc)
+    name = found.facts["node"]
+    for directory in facts_dirs:
+        try:
+            entries = sorted(Path(directory).iterdir())
+        except OSError:
+            continue
+        for path in entries:
+            data, problem = _read_fact_file(path, timeout)
+            if problem:
+                found.warnings.append(f"facts {path}: {problem}; skipped")
+            elif data:
+                deep_merge(found.facts, data)
+    if facts_file is not None:
+        deep_merge(found.facts, load_facts_file(facts_file))
+    # The node name comes from --node or the host, never from a fact source (a fact must not
+    # be able to move a node into another role).
+    found.facts["node"] = name
+    return found
+
+
+def render(facts: Mapping[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(facts, indent=2, sort_keys=True) + "\n"
+    return str(yaml.safe_dump(_plain(facts), default_flow_style=False, sort_keys=True))

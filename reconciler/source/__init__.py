@@ -177,7 +177,13 @@ class GitSnapshot:
 
 
 def is_git_url(repo: str) -> bool:
-    return "://" in repo or (":" in repo and "@" in repo.split(":", 1)[0])
+    """Whether ``--repo`` names a remote (or something that pretends to be one)."""
+    return (
+        "://" in repo
+        or "::" in repo
+        or repo.startswith("-")
+        or (":" in repo and "@" in repo.split(":", 1)[0])
+    )
 
 
 def open_snapshot(repo: str, ref: str | None, state_dir: Path, timeout: float = 60.0) -> Snapshot:

@@ -1,0 +1,115 @@
+"""Benchmark the one-shot CLI on a generated catalog of N files, as whole processes.
+
+Scenarios, each timed as a complete ``reconciler apply`` process:
+  first apply  - on an empty root
+  no change    - everything already in sync
+  repair       - after 10% of the files had their content changed and 5% their mode
+
+Usage: python bench/run.py [--sizes 1000 10000] [--repeat 5]
+Prints a table of the median wall time and the peak RSS of each scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def generate_repo(repo: Path, n: int) -> None:
+    """A control repo whose one role holds N files in N/50 directories and one guarded exec."""
+    (repo / "roles").mkdir(parents=True)
+    (repo / "profiles").mkdir()
+    (repo / "nodes.yaml").write_text("default: bench\n")
+    (repo / "roles" / "bench.yaml").write_text("profiles: [bench]\n")
+    lines = ["resources:", "  - directory: /srv/bench"]
+    dirs = max(1, n // 50)
+    for d in range(dirs):
+        lines.append(f"  - directory: /srv/bench/d{d:04d}")
+    for i in range(n):
+        lines.append(f"  - file: /srv/bench/d{i % dirs:04d}/f{i:05d}.conf")
+        lines.append(f'    content: "file {i} of the benchmark, value {i * 7919 % 104729}\\n"')
+        lines.append('    mode: "0644"')
+    lines.append("  - exec: bench-marker")
+    lines.append('    command: "touch $RECONCILER_ROOT/srv/bench/.marker"')
+    lines.append("    creates: /srv/bench/.marker")
+    (repo / "profiles" / "bench.yaml").write_text("\n".join(lines) + "\n")
+
+
+def timed(argv: list[str]) -> tuple[float, float, int]:
+    """Run a command; return (seconds, peak RSS in MB, exit code)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 2):
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"{' '.join(argv)} exited {code}:\n{err}")
+    return elapsed, usage.ru_maxrss / 1024, code
+
+
+def damage(root: Path, n: int, rng: random.Random) -> None:
+    files = sorted((root / "srv" / "bench").rglob("*.conf"))
+    for path in rng.sample(files, n // 10):
+        path.write_text(path.read_text().upper())
+    for path in rng.sample(files, n // 20):
+        path.chmod(0o600)
+
+
+def bench(n: int, repeat: int, work: Path) -> list[tuple[str, float, float]]:
+    repo = work / f"repo-{n}"
+    generate_repo(repo, n)
+    exe = [sys.executable, "-m", "reconciler.cli", "apply", "--repo", str(repo), "--node", "bench"]
+    results: dict[str, list[tuple[float, float]]] = {
+        "first apply": [],
+        "no change": [],
+        "repair": [],
+    }
+    rng = random.Random(n)
+    for _ in range(repeat):
+        root, state = work / "root", work / "state"
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+        (root / "srv").mkdir(parents=True)
+        argv = [*exe, "--root", str(root), "--state-dir", str(state)]
+        seconds, rss, code = timed(argv)
+        assert code == 2, "the first apply must change things"
+        results["first apply"].append((seconds, rss))
+        seconds, rss, code = timed(argv)
+        assert code == 0, "a second apply must find nothing to change"
+        results["no change"].append((seconds, rss))
+        damage(root, n, rng)
+        seconds, rss, code = timed(argv)
+        assert code == 2, "the repair must change things"
+        results["repair"].append((seconds, rss))
+    return [
+        (name, statistics.median(s for s, _ in runs), max(r for _, r in runs))
+        for name, runs in results.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    print(f"reconciler one-shot CLI, median of {args.repeat} runs, {os.cpu_count()} cores")
+    print(f"{'N':>6}  {'scenario':<12} {'seconds':>8} {'peak RSS MB':>12}")
+    with tempfile.TemporaryDirectory(prefix="reconciler-bench-") as tmp:
+        for n in args.sizes:
+            for name, seconds, rss in bench(n, args.repeat, Path(tmp)):
+                print(f"{n:>6}  {name:<12} {seconds:>8.2f} {rss:>12.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

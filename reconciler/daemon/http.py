@@ -1,0 +1,195 @@
+"""The HTTP endpoints: /metrics, /healthz, /readyz, /status, / and POST /webhook.
+
+Handlers read the agent's state as it stands and never wait for a run. Bodies are bounded and
+read with a timeout, so a slow or huge request cannot hold the listener.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from reconciler import __version__
+from reconciler.daemon.webhook import MAX_BODY
+
+if TYPE_CHECKING:
+    from reconciler.daemon.agent import Agent
+
+READ_TIMEOUT = 10.0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = f"reconciler/{__version__}"
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(READ_TIMEOUT)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # requests are counted, not logged line by line
+
+    def _send(
+        self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        agent = self.server.agent
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, agent.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        elif path == "/healthz":
+            self._send(200, b"ok\n")
+        elif path == "/readyz":
+            if agent.state.applied:
+                self._send(200, b"ready\n")
+            else:
+                self._send(503, b"no good revision applied yet\n")
+        elif path == "/status":
+            self._send(200, json.dumps(status(agent), indent=2).encode(), "application/json")
+        elif path == "/":
+            self._send(200, page(status(agent)).encode(), "text/html; charset=utf-8")
+        else:
+            self._send(404, b"not found\n")
+
+    def do_POST(self) -> None:
+        agent = self.server.agent
+        if self.path.split("?", 1)[0] != "/webhook":
+            self._send(404, b"not found\n")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._result(411 if "Content-Length" not in self.headers else 400, "bad_request")
+            return
+        if length < 0 or length > MAX_BODY:
+            self.close_connection = True
+            self._result(413, "too_large")
+            return
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            self._result(408, "bad_request")
+            return
+        verdict = agent.verifier.check(dict(self.headers.items()), body)
+        code = {"accepted": 202, "duplicate": 200, "disabled": 404, "unauthorized": 401}[verdict]
+        if verdict == "accepted":
+            agent.log.info("webhook accepted; polling now")
+            agent.request("poll")
+        self._result(code, verdict)
+
+    def _result(self, code: int, result: str) -> None:
+        self.server.agent.metrics.webhooks.labels(result).inc()
+        self._send(code, (result + "\n").encode())
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], agent: Agent) -> None:
+        self.agent = agent
+        if ":" in address[0]:
+            import socket
+
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+
+class HttpServer:
+    def __init__(self, agent: Agent) -> None:
+        host, _, port = agent.config.listen.rpartition(":")
+        self.server = _Server((host.strip("[]"), int(port)), agent)
+        bound = self.server.server_address
+        self.address = f"{bound[0]!s}:{bound[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def status(agent: Agent) -> dict[str, Any]:
+    s = agent.state
+    report = s.last_report or {}
+    resources = report.get("resources", [])
+    return {
+        "node": s.node or report.get("node"),
+        "revision": s.revision,
+        "branch": s.branch,
+        "ready": s.applied,
+        "suspended": s.suspended,
+        "source_error": s.source_error,
+        "last_error": s.last_error,
+        "rejected": s.rejected,
+        "uptime_seconds": round(time.time() - s.started, 1),
+        "last_run": {
+            k: report.get(k)
+            for k in ("run_id", "started", "duration_seconds", "noop", "summary", "errors")
+        }
+        if report
+        else None,
+        "drifted": [r["id"] for r in resources if r["status"] == "would_change"],
+        "changed": [r["id"] for r in resources if r["status"] == "changed"],
+        "failed": [
+            {"id": r["id"], "error": r["error"]} for r in resources if r["status"] == "failed"
+        ],
+    }
+
+
+def page(data: dict[str, Any]) -> str:
+    e = html.escape
+
+    def items(values: list[Any]) -> str:
+        if not values:
+            return "<p class=none>none</p>"
+        rows = "".join(
+            f"<li><code>{e(v['id'])}</code> {e(str(v['error']))}</li>"
+            if isinstance(v, dict)
+            else f"<li><code>{e(v)}</code></li>"
+            for v in values
+        )
+        return f"<ul>{rows}</ul>"
+
+    run = data.get("last_run") or {}
+    summary = run.get("summary") or {}
+    banner = ""
+    if data.get("suspended"):
+        banner += f"<p class=warn>{e(data['suspended'])}</p>"
+    if data.get("source_error"):
+        banner += f"<p class=warn>source: {e(data['source_error'])}</p>"
+    for revision, why in (data.get("rejected") or {}).items():
+        banner += f"<p class=warn>rejected {e(revision[:12])}: {e(why)}</p>"
+    return f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>reconciler: {e(str(data.get("node")))}</title>
+<meta http-equiv=refresh content=10>
+<style>body{{font:15px system-ui,sans-serif;margin:2em auto;max-width:56em;color:#222}}
+code{{font-size:90%}}.warn{{background:#fee;border-left:4px solid #c33;padding:.4em .8em}}
+.none{{color:#888}}td{{padding:.1em 1em .1em 0}}</style></head><body>
+<h1>reconciler on {e(str(data.get("node")))}</h1>{banner}
+<table><tr><td>revision</td><td><code>{e(str(data.get("revision")))}</code> ({e(str(data.get("branch")))})</td></tr>
+<tr><td>last run</td><td>{e(str(run.get("started")))} in {e(str(run.get("duration_seconds")))} s{" (noop)" if run.get("noop") else ""}</td></tr>
+<tr><td>resources</td><td>{e(", ".join(f"{k} {v}" for k, v in summary.items()))}</td></tr></table>
+<h2>Drifted</h2>{items(data.get("drifted") or [])}
+<h2>Failed</h2>{items(data.get("failed") or [])}
+<p><a href=/status>/status</a> · <a href=/metrics>/metrics</a></p></body></html>
+"""

@@ -1,0 +1,86 @@
+"""symlink: a symbolic link and its target."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from typing import ClassVar
+
+from reconciler.errors import ResourceError
+from reconciler.resources import _fs
+from reconciler.resources.base import Attr, Change, Context, Resource, register
+from reconciler.resources.file import check_path_title, parent_dir_id
+
+
+@register
+class Symlink(Resource):
+    type = "symlink"
+    inline = True
+    attributes: ClassVar[Mapping[str, Attr]] = {
+        "target": Attr("str", doc="written into the link as it is"),
+        "ensure": Attr("str", default="present", choices=("present", "absent")),
+        "force": Attr("bool", default=False),
+    }
+
+    @classmethod
+    def validate(cls, title: str, attrs: Mapping[str, object]) -> list[tuple[str | None, str]]:
+        problems = check_path_title(title)
+        if attrs.get("ensure", "present") == "present" and not attrs.get("target"):
+            problems.append(("target", "a symlink needs a target"))
+        return problems
+
+    def autorequire(self) -> list[str]:
+        return parent_dir_id(self.title)
+
+    def managed_paths(self) -> list[str]:
+        return [self.title]
+
+    def pruned(self) -> Resource:
+        return Symlink(self.title, {"ensure": "absent"})
+
+    def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
+        host = ctx.root.path(self.title)
+        try:
+            st: os.stat_result | None = os.lstat(host)
+        except FileNotFoundError:
+            st = None
+        if self.attrs.get("ensure") == "absent":
+            if st is None:
+                return []
+            if not stat.S_ISLNK(st.st_mode):
+                raise ResourceError(f"{self.title} is not a symlink; not removed")
+            if apply:
+                os.unlink(host)
+                _fs.fsync_dir(host.parent)
+            return [Change("ensure", "present", "absent")]
+        target = str(self.attrs["target"])
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            current = os.readlink(host)
+            if current == target:
+                return []
+            change = Change("target", current, target)
+        elif st is not None:
+            if not self.attrs.get("force") or stat.S_ISDIR(st.st_mode):
+                raise ResourceError(
+                    f"{self.title} exists and is not a symlink"
+                    + ("" if stat.S_ISDIR(st.st_mode) else "; set force: true to replace it")
+                )
+            change = Change("ensure", "file", "symlink")
+        else:
+            change = Change("ensure", "absent", "present")
+        if apply:
+            if st is not None and stat.S_ISREG(st.st_mode):
+                ctx.backups.save(host, self.title)
+            tmp = host.parent / f".{host.name}{_fs.TMP_MARK}{secrets.token_hex(4)}"
+            try:
+                os.symlink(target, tmp)
+                os.replace(tmp, host)
+            except FileNotFoundError:
+                raise ResourceError(f"{self.title}: the parent directory does not exist") from None
+            finally:
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+            _fs.fsync_dir(host.parent)
+        return [change]

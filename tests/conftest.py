@@ -1,0 +1,128 @@
+"""Shared fixtures: control repos written to disk, and the real CLI run as a subprocess."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "control-repo"
+
+
+def write_tree(base: Path, files: Mapping[str, str | bytes]) -> Path:
+    """Write ``{relative path: content}`` under base; str content is dedented."""
+    for rel, content in files.items():
+        path = base / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            path.write_text(textwrap.dedent(content).lstrip("\n"))
+        else:
+            path.write_bytes(content)
+    return base
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "Test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def commit_all(repo: Path, message: str = "change") -> str:
+    if not (repo / ".git").exists():
+        git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--allow-empty", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def tree_hash(root: Path) -> str:
+    """A digest of every path, type, mode and content below root."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in sorted(os.walk(root)):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            st = path.lstat()
+            h.update(f"{path.relative_to(root)}\0{st.st_mode}\0{st.st_uid}\0".encode())
+            if path.is_symlink():
+                h.update(os.readlink(path).encode())
+            elif path.is_file():
+                h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+FHS = ("etc", "srv", "var/log", "var/lib", "opt", "usr/local/bin", "tmp")
+
+
+def seed_root(root: Path) -> Path:
+    """A private root that looks like a fresh machine: the usual top directories, empty."""
+    for name in FHS:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+class CLI:
+    """Runs ``python -m reconciler.cli`` as a user would, in a subprocess."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.root = tmp / "root"
+        self.state = tmp / "state"
+        seed_root(self.root)
+
+    def __call__(
+        self, *args: str, check: int | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+        if check is not None:
+            assert done.returncode == check, (done.returncode, done.stdout, done.stderr)
+        return done
+
+    def run(
+        self, command: str, repo: Path | str, *args: str, **kw: object
+    ) -> subprocess.CompletedProcess[str]:
+        return self(
+            command,
+            f"--repo={repo}",
+            "--root",
+            str(self.root),
+            "--state-dir",
+            str(self.state),
+            *args,
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> CLI:
+    return CLI(tmp_path)
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path) -> Callable[..., Path]:
+    def make(files: Mapping[str, str | bytes], name: str = "repo") -> Path:
+        return write_tree(tmp_path / name, files)
+
+    return make

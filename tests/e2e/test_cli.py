@@ -1,0 +1,443 @@
+"""The real CLI, run as a subprocess against temporary roots and real git repositories."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import CLI, EXAMPLE, commit_all, git, tree_hash
+
+FACTS = "facts.yaml"
+
+
+def example_copy(tmp_path: Path) -> Path:
+    repo = tmp_path / "control-repo"
+    shutil.copytree(EXAMPLE, repo)
+    return repo
+
+
+def facts_file(tmp_path: Path, **extra: object) -> Path:
+    path = tmp_path / FACTS
+    path.write_text(json.dumps({"os": {"family": "Debian", "name": "Debian"}, **extra}))
+    return path
+
+
+class TestExampleRepo:
+    def test_apply_converges_then_nothing_to_change(self, cli: CLI, tmp_path: Path) -> None:
+        repo = example_copy(tmp_path)
+        facts = str(facts_file(tmp_path))
+        first = cli.run("apply", repo, "--node", "web-1", "--facts", facts, check=2)
+        assert "Applied:" in first.stdout
+        site = (cli.root / "etc/nginx/sites-available/site.conf").read_text()
+        assert "listen 8081;" in site  # the per-node data level wins over the role's 8080
+        assert "server_name canary.example.com;" in site
+        assert (
+            os.readlink(cli.root / "etc/nginx/sites-enabled/site.conf")
+            == "../sites-available/site.conf"
+        )
+        assert (cli.root / "etc/sudoers.d/50-admins").read_text().splitlines()[1] == (
+            "%sysadmins ALL=(ALL:ALL) ALL"
+        )
+        assert oct((cli.root / "etc/sudoers.d/50-admins").stat().st_mode & 0o7777) == "0o440"
+        # the notify reached the refreshonly exec exactly once
+        assert (cli.root / "var/log/nginx-reload.log").read_text() == "nginx reloaded\n"
+        before = tree_hash(cli.root)
+        cli.run("apply", repo, "--node", "web-1", "--facts", facts, check=0)
+        assert tree_hash(cli.root) == before
+        assert (cli.root / "var/log/nginx-reload.log").read_text() == "nginx reloaded\n"
+
+    def test_db_role_edits_lines_without_fighting_the_file(self, cli: CLI, tmp_path: Path) -> None:
+        repo = example_copy(tmp_path)
+        facts = str(facts_file(tmp_path))
+        cli.run("apply", repo, "--node", "db-1", "--facts", facts, check=2)
+        conf = (cli.root / "etc/postgresql/postgresql.conf").read_text()
+        assert "max_connections = 200\n" in conf
+        assert "#max_connections" not in conf
+        cli.run("apply", repo, "--node", "db-1", "--facts", facts, check=0)
+
+    def test_validate_passes(self, cli: CLI) -> None:
+        done = cli("validate", "--repo", str(EXAMPLE), "--node", "web-1", "--node", "db-1", check=0)
+        assert "web-1: role web" in done.stdout
+        assert "db-1: role db" in done.stdout
+
+
+class TestPlan:
+    def test_plan_shows_drift_with_a_diff_and_changes_nothing(
+        self, cli: CLI, tmp_path: Path
+    ) -> None:
+        repo = example_copy(tmp_path)
+        facts = str(facts_file(tmp_path))
+        cli.run("apply", repo, "--node", "web-1", "--facts", facts, check=2)
+        motd = cli.root / "etc/motd"
+        motd.write_text(motd.read_text().replace("reverted", "kept forever"))
+        before = tree_hash(cli.root)
+        plan = cli.run("plan", repo, "--node", "web-1", "--facts", facts, check=2)
+        assert tree_hash(cli.root) == before
+        assert "~ file:/etc/motd  (drift)" in plan.stdout
+        assert (
+            "-Debian server managed by reconciler: local changes are kept forever." in plan.stdout
+        )
+        assert "+Debian server managed by reconciler: local changes are reverted." in plan.stdout
+        assert "Plan: 1 to change" in plan.stdout
+
+    def test_plan_on_a_fresh_root_lists_everything_and_writes_nothing(
+        self, cli: CLI, tmp_path: Path
+    ) -> None:
+        repo = example_copy(tmp_path)
+        facts = str(facts_file(tmp_path))
+        before = tree_hash(cli.root)
+        plan = cli.run(
+            "plan", repo, "--node", "web-1", "--facts", facts, "--format", "json", check=2
+        )
+        report = json.loads(plan.stdout)
+        assert report["noop"] is True
+        # everything, the two refreshonly execs included: their notifiers would change
+        assert report["summary"]["would_change"] == report["summary"]["total"] == 14
+        refreshed = [r for r in report["resources"] if r["id"].startswith("exec:")]
+        assert {c["property"] for r in refreshed for c in r["changes"]} == {"refreshed"}
+        assert tree_hash(cli.root) == before
+        assert not cli.state.exists()
+
+
+class TestReports:
+    def test_json_report_follows_the_spec(self, cli: CLI, tmp_path: Path) -> None:
+        repo = example_copy(tmp_path)
+        facts = str(facts_file(tmp_path))
+        done = cli.run(
+            "apply", repo, "--node", "web-1", "--facts", facts, "--format", "json", check=2
+        )
+        report = json.loads(done.stdout)
+        assert {
+            "node",
+            "revision",
+            "branch",
+            "noop",
+            "started",
+            "duration_seconds",
+            "summary",
+            "resources",
+        } <= set(report)
+        assert report["node"] == "web-1"
+        assert report["summary"]["total"] == len(report["resources"])
+        motd = next(r for r in report["resources"] if r["id"] == "file:/etc/motd")
+        assert motd["status"] == "changed"
+        assert motd["error"] is None
+        ensure = motd["changes"][0]
+        assert ensure["property"] == "ensure" and ensure["corrective"] is False
+        saved = sorted((cli.state / "reports").glob("*.json"))
+        assert len(saved) == 1 and json.loads(saved[0].read_text())["run_id"] == report["run_id"]
+
+    def test_drift_repair_is_corrective_and_backed_up(self, cli: CLI, tmp_path: Path) -> None:
+        repo = example_copy(tmp_path)
+        facts = str(facts_file(tmp_path))
+        cli.run("apply", repo, "--node", "web-1", "--facts", facts, check=2)
+        motd = cli.root / "etc/motd"
+        motd.write_text("hacked\n")
+        done = cli.run(
+            "apply", repo, "--node", "web-1", "--facts", facts, "--format", "json", check=2
+        )
+        report = json.loads(done.stdout)
+        changed = [r for r in report["resources"] if r["status"] == "changed"]
+        assert [r["id"] for r in changed] == ["file:/etc/motd"]
+        assert changed[0]["changes"][0]["corrective"] is True
+        index = (cli.state / "backups/index.jsonl").read_text().splitlines()
+        entry = json.loads(index[-1])
+        assert entry["path"] == "/etc/motd"
+        stored = cli.state / "backups/objects" / entry["sha256"][:2] / entry["sha256"]
+        assert stored.read_text() == "hacked\n"
+
+    def test_status_reads_the_last_report(self, cli: CLI, tmp_path: Path) -> None:
+        repo = example_copy(tmp_path)
+        cli.run("apply", repo, "--node", "web-1", "--facts", str(facts_file(tmp_path)), check=2)
+        done = cli("status", "--state-dir", str(cli.state), check=0)
+        assert "node:      web-1 (role web)" in done.stdout
+        data = json.loads(
+            cli("status", "--state-dir", str(cli.state), "--format", "json", check=0).stdout
+        )
+        assert data["node"] == "web-1"
+
+
+class TestFailures:
+    REPO = {
+        "nodes.yaml": "default: app\n",
+        "roles/app.yaml": "profiles: [app]\n",
+        "profiles/app.yaml": """
+            resources:
+              - exec: broken
+                command: "echo about to fail; exit 3"
+              - file: /etc/needs-broken
+                content: "x\\n"
+                require: exec:broken
+              - file: /etc/independent
+                content: "y\\n"
+            """,
+    }
+
+    def test_failure_skips_dependents_only(self, cli: CLI, make_repo: Callable[..., Path]) -> None:
+        repo = make_repo(self.REPO)
+        done = cli.run("apply", repo, "--node", "n1", "--format", "json", check=6)
+        results = {r["id"]: r for r in json.loads(done.stdout)["resources"]}
+        assert results["exec:broken"]["status"] == "failed"
+        assert "about to fail" in results["exec:broken"]["error"]
+        assert results["file:/etc/needs-broken"]["status"] == "skipped"
+        assert "DependencyFailed" in results["file:/etc/needs-broken"]["error"]
+        assert results["file:/etc/independent"]["status"] == "changed"
+        assert not (cli.root / "etc/needs-broken").exists()
+        assert (cli.root / "etc/independent").read_text() == "y\n"
+        cli.run("apply", repo, "--node", "n1", check=4)  # failures only, nothing else to change
+
+    def test_bad_repo_exits_1_naming_file_and_line(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {**self.REPO, "profiles/app.yaml": "resources:\n  - file: /etc/a\n    mode: [\n"}
+        )
+        before = tree_hash(cli.root)
+        done = cli.run("apply", repo, "--node", "n1", check=1)
+        assert re.search(r"profiles/app.yaml:[34]: invalid YAML", done.stderr)
+        assert tree_hash(cli.root) == before
+
+    def test_a_broken_revision_applies_nothing(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                **self.REPO,
+                "profiles/app.yaml": "resources:\n  - file: /etc/good\n    content: ok\n"
+                "  - file: /etc/bad\n    content: '{{ undefined_name }}'\n",
+            }
+        )
+        done = cli.run("apply", repo, "--node", "n1", check=1)
+        assert (
+            "profiles/app.yaml:5, key 'content': expression error: 'undefined_name' is undefined"
+            in done.stderr
+        )
+        assert not (cli.root / "etc/good").exists()
+
+    def test_lock_held_exits_1(self, cli: CLI, make_repo: Callable[..., Path]) -> None:
+        repo = make_repo(self.REPO)
+        cli.state.mkdir()
+        with open(cli.state / "run.lock", "w") as lock:
+            lock.write("4242\n")
+            lock.flush()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            done = cli.run("apply", repo, "--node", "n1", check=1)
+        assert "another run holds the lock" in done.stderr
+        assert "pid 4242" in done.stderr
+
+
+class TestGitSources:
+    def test_ref_reads_the_commit_not_the_working_tree(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                "nodes.yaml": "default: app\n",
+                "roles/app.yaml": "profiles: [app]\n",
+                "profiles/app.yaml": "resources:\n  - file: /etc/version\n    content: committed\n",
+            }
+        )
+        sha = commit_all(repo)
+        (repo / "profiles/app.yaml").write_text(
+            "resources:\n  - file: /etc/version\n    content: uncommitted\n"
+        )
+        done = cli.run("apply", repo, "--ref", "main", "--node", "n1", "--format", "json", check=2)
+        assert (cli.root / "etc/version").read_text() == "committed"
+        assert json.loads(done.stdout)["revision"] == sha
+        assert json.loads(done.stdout)["branch"] == "main"
+        cli.run("apply", repo, "--node", "n1", check=2)  # the working tree, for authors
+        assert (cli.root / "etc/version").read_text() == "uncommitted"
+
+    def test_url_is_fetched_into_a_mirror(
+        self, cli: CLI, make_repo: Callable[..., Path], tmp_path: Path
+    ) -> None:
+        repo = make_repo(
+            {
+                "nodes.yaml": "default: app\n",
+                "roles/app.yaml": "profiles: [app]\n",
+                "profiles/app.yaml": "resources:\n  - file: /etc/from-git\n    content: v1\n",
+            }
+        )
+        commit_all(repo)
+        bare = tmp_path / "remote.git"
+        git(tmp_path, "clone", "-q", "--bare", str(repo), str(bare))
+        url = f"file://{bare}"
+        cli.run("apply", url, "--node", "n1", check=2)
+        assert (cli.root / "etc/from-git").read_text() == "v1"
+        (repo / "profiles/app.yaml").write_text(
+            "resources:\n  - file: /etc/from-git\n    content: v2\n"
+        )
+        commit_all(repo)
+        git(repo, "push", "-q", str(bare), "main")
+        cli.run("apply", url, "--node", "n1", check=2)
+        assert (cli.root / "etc/from-git").read_text() == "v2"
+
+    def test_hooks_and_submodules_never_run(
+        self, cli: CLI, make_repo: Callable[..., Path], tmp_path: Path
+    ) -> None:
+        marker = tmp_path / "hook-ran"
+        repo = make_repo(
+            {
+                "nodes.yaml": "default: app\n",
+                "roles/app.yaml": "profiles: [app]\n",
+                "profiles/app.yaml": "resources:\n  - file: /etc/x\n    content: x\n",
+                ".gitmodules": '[submodule "evil"]\n\tpath = evil\n\turl = ext::sh -c touch% '
+                + str(marker)
+                + "\n",
+            }
+        )
+        commit_all(repo)
+        hook = repo / ".git/hooks/post-checkout"
+        hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        hook.chmod(0o755)
+        cli.run("apply", repo, "--ref", "main", "--node", "n1", check=2)
+        cli.run("apply", f"file://{repo}", "--node", "n1", check=0)
+        assert not marker.exists()
+
+    def test_forbidden_url_schemes(self, cli: CLI) -> None:
+        for url in ("ext::sh -c touch% /tmp/pwned", "-u/tmp/x", "ftp://example.com/repo.git"):
+            done = cli.run("apply", url, "--node", "n1", check=1)
+            assert "not allowed" in done.stderr or "neither" in done.stderr
+
+
+class TestPrune:
+    def repo(
+        self, make_repo: Callable[..., Path], files: list[str], prune: str = "prune: true\n"
+    ) -> Path:
+        resources = "".join(f"  - file: /etc/{f}\n    content: {f}\n" for f in files)
+        return make_repo(
+            {
+                "reconciler.yaml": prune,
+                "nodes.yaml": "default: app\n",
+                "roles/app.yaml": "profiles: [app]\n",
+                "profiles/app.yaml": "resources:\n" + resources,
+            }
+        )
+
+    def test_removed_resource_is_pruned_and_backed_up(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = self.repo(make_repo, ["a", "b", "c"])
+        cli.run("apply", repo, "--node", "n1", check=2)
+        self.repo(make_repo, ["a", "b"])
+        done = cli.run("apply", repo, "--node", "n1", "--format", "json", check=2)
+        assert not (cli.root / "etc/c").exists()
+        assert (cli.root / "etc/a").exists()
+        assert any(
+            r["id"] == "file:/etc/c" and r["status"] == "changed"
+            for r in json.loads(done.stdout)["resources"]
+        )
+        assert '"path":"/etc/c"' in (cli.state / "backups/index.jsonl").read_text().replace(" ", "")
+
+    def test_left_alone_without_prune(self, cli: CLI, make_repo: Callable[..., Path]) -> None:
+        repo = self.repo(make_repo, ["a", "b", "c"], prune="prune: false\n")
+        cli.run("apply", repo, "--node", "n1", check=2)
+        self.repo(make_repo, ["a", "b"], prune="prune: false\n")
+        cli.run("apply", repo, "--node", "n1", check=0)
+        assert (cli.root / "etc/c").exists()
+
+    def test_mass_prune_is_refused(self, cli: CLI, make_repo: Callable[..., Path]) -> None:
+        repo = self.repo(make_repo, ["a", "b", "c"])
+        cli.run("apply", repo, "--node", "n1", check=2)
+        self.repo(make_repo, ["a"])
+        done = cli.run("apply", repo, "--node", "n1", check=4)
+        assert "MassPrune: refusing to prune 2 of 3" in done.stdout
+        assert (cli.root / "etc/b").exists() and (cli.root / "etc/c").exists()
+        self.repo(make_repo, ["a"], prune="prune: true\nallow_mass_prune: true\n")
+        cli.run("apply", repo, "--node", "n1", check=2)
+        assert not (cli.root / "etc/b").exists() and not (cli.root / "etc/c").exists()
+
+    def test_empty_catalog_is_never_pruned(self, cli: CLI, make_repo: Callable[..., Path]) -> None:
+        repo = self.repo(make_repo, ["a"])
+        cli.run("apply", repo, "--node", "n1", check=2)
+        self.repo(make_repo, [])
+        (repo / "profiles/app.yaml").write_text("resources: []\n")
+        done = cli.run("apply", repo, "--node", "n1", check=4)
+        assert "EmptyCatalog" in done.stdout
+        assert (cli.root / "etc/a").exists()
+
+
+class TestSensitive:
+    def test_content_never_shown(self, cli: CLI, make_repo: Callable[..., Path]) -> None:
+        repo = make_repo(
+            {
+                "nodes.yaml": "default: app\n",
+                "roles/app.yaml": "profiles: [app]\n",
+                "profiles/app.yaml": "resources:\n  - file: /etc/secret\n    content: 'hunter2-old\\n'\n    sensitive: true\n",
+            }
+        )
+        cli.run("apply", repo, "--node", "n1", check=2)
+        (repo / "profiles/app.yaml").write_text(
+            "resources:\n  - file: /etc/secret\n    content: 'hunter2-new\\n'\n    sensitive: true\n"
+        )
+        plan = cli.run("plan", repo, "--node", "n1", check=2)
+        applied = cli.run("apply", repo, "--node", "n1", "--format", "json", check=2)
+        reports = "".join(p.read_text() for p in (cli.state / "reports").glob("*.json"))
+        for text in (plan.stdout, plan.stderr, applied.stdout, applied.stderr, reports):
+            assert "hunter2" not in text
+        assert "sha256:" in plan.stdout
+
+
+class TestExplainAndFacts:
+    def test_explain_names_level_file_and_line(self, cli: CLI, tmp_path: Path) -> None:
+        repo = example_copy(tmp_path)
+        sha = commit_all(repo)
+        facts = str(facts_file(tmp_path))
+        done = cli(
+            "explain",
+            "nginx.port",
+            "--node",
+            "web-1",
+            "--repo",
+            str(repo),
+            "--ref",
+            "main",
+            "--facts",
+            facts,
+            check=0,
+        )
+        assert "nginx.port = 8081" in done.stdout
+        assert (
+            f"set by data level 'nodes/{{node}}.yaml': data/nodes/web-1.yaml:3 at {sha}"
+            in done.stdout
+        )
+        done = cli(
+            "explain",
+            "nginx.port",
+            "--node",
+            "web-2",
+            "--repo",
+            str(repo),
+            "--facts",
+            facts,
+            check=0,
+        )
+        assert "nginx.port = 8080" in done.stdout
+        assert "data/roles/web.yaml:2" in done.stdout
+        done = cli(
+            "explain",
+            "nginx.nope",
+            "--node",
+            "web-2",
+            "--repo",
+            str(repo),
+            "--facts",
+            facts,
+            check=1,
+        )
+        assert "has no parameter 'nope'" in done.stderr
+
+    def test_facts_command(self, cli: CLI, tmp_path: Path) -> None:
+        extra = tmp_path / "extra.yaml"
+        extra.write_text("datacenter: ams1\n")
+        data = json.loads(
+            cli("facts", "--format", "json", "--facts", str(extra), "--node", "n9", check=0).stdout
+        )
+        assert data["datacenter"] == "ams1"
+        assert data["node"] == "n9"
+        assert data["processors"]["count"] >= 1

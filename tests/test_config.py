@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.config import load_config, parse_config, parse_duration
+from reconciler.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
+
+
+class TestDurations:
+    @pytest.mark.parametrize(
+        ("text", "seconds"),
+        [("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25), (45, 45.0)],
+    )
+    def test_units(self, text: str | int, seconds: float) -> None:
+        assert parse_duration(text) == seconds
+
+    @pytest.mark.parametrize("text", ["5 minutes", "-1s", "1w", "", True])
+    def test_bad(self, text: object) -> None:
+        with pytest.raises(ValueError):
+            parse_duration(text)
+
+
+class TestConfig:
+    def test_example_file_is_valid_and_documents_the_defaults(self) -> None:
+        config = load_config(EXAMPLE)
+        assert config.source.url == "https://git.example.com/infra/control-repo.git"
+        assert config.source.branch == "production"
+        assert config.source.poll_interval == 60.0
+        assert config.reconcile.interval == 1800.0
+        assert config.reconcile.splay == 300.0
+        assert config.listen == "127.0.0.1:9717"
+        assert config.state_dir == Path("/var/lib/reconciler")
+
+    def test_every_problem_is_named_with_its_line(self) -> None:
+        text = "source:\n  url: /srv/repo\n  poll_interval: soon\n  colour: blue\nreconcile:\n  mode: yolo\nlistn: x\n"
+        with pytest.raises(ConfigError) as err:
+            parse_config(text, "/etc/reconciler/config.yaml")
+        message = str(err.value)
+        assert (
+            "/etc/reconciler/config.yaml:3, key 'source.poll_interval': 'soon' is not a duration"
+            in message
+        )
+        assert "/etc/reconciler/config.yaml:4, key 'source.colour': unknown key" in message
+        assert (
+            "/etc/reconciler/config.yaml:6, key 'reconcile.mode': must be one of enforce, noop"
+            in message
+        )
+        assert "/etc/reconciler/config.yaml:7, key 'listn': unknown key" in message
+
+    @pytest.mark.parametrize(
+        "url", ["ext::sh -c 'touch /tmp/x'", "-u/tmp/x", "ftp://host/repo.git", "fd::3"]
+    )
+    def test_dangerous_urls_are_refused_before_git_runs(self, url: str) -> None:
+        with pytest.raises(ConfigError, match=r"source.url"):
+            parse_config(f'source:\n  url: "{url}"\n', "c.yaml")
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="cannot read the configuration"):
+            load_config(tmp_path / "nope.yaml")
