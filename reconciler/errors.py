@@ -33,6 +33,7 @@ class Problem:
 
     message: str
     where: Location = Location()
+    stage: str | None = None  # parse, validate or compile: where it was found
 
     def __str__(self) -> str:
         where = str(self.where)
@@ -45,14 +46,25 @@ class ReconcilerError(Exception):
     reason = "Error"
 
 
+STAGES = ("parse", "validate", "compile")
+
+
 class ModelError(ReconcilerError):
-    """The control repo is wrong: one or more problems, all reported together."""
+    """The control repo is wrong: one or more problems, all reported together.
+
+    ``stage`` (the metric's reason label) is the earliest stage any problem was found at, so
+    that a revision with broken YAML counts as a parse rejection however deep it was found.
+    """
 
     reason = "ModelError"
 
-    def __init__(self, problems: Iterable[Problem], reason: str = "compile") -> None:
-        self.problems = list(problems)
-        self.stage = reason  # parse, validate or compile: the metric's reason label
+    def __init__(self, problems: Iterable[Problem], reason: str | None = None) -> None:
+        self.problems = [
+            p if p.stage or reason is None else Problem(p.message, p.where, reason)
+            for p in problems
+        ]
+        stages = [p.stage or "compile" for p in self.problems] or ["compile"]
+        self.stage = min(stages, key=STAGES.index)
         super().__init__("\n".join(str(p) for p in self.problems))
 
     @classmethod

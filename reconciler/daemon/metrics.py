@@ -104,9 +104,15 @@ class Metrics:
             "bad_request",
         ):
             self.webhooks.labels(result)
+        from reconciler.resources.base import REGISTRY
+
+        for kind in REGISTRY:  # every series exists from the start, so rates and alerts work
+            self.drift_events.labels(kind)
+            self.resource_changes.labels(kind)
+            self.drifted.labels(kind).set(0)
         self._revision: tuple[str, str] | None = None
         self._corrected: deque[set[str]] = deque(maxlen=FLAP_WINDOW)
-        self._drift_types: set[str] = set()
+        self._drift_types: set[str] = set(REGISTRY)
 
     def set_revision(self, revision: str, branch: str) -> None:
         if self._revision is not None and self._revision != (revision, branch):

@@ -157,7 +157,7 @@ class Compiler:
                 entries, profile.resources, profile.file, f"profile:{profile.name}", context
             )
         if problems:
-            raise ModelError(_dedupe(problems), "compile")
+            raise ModelError(_dedupe(problems))
         link(catalog)
         return catalog
 

@@ -66,14 +66,15 @@ class Renderer:
 
     def render_string(self, source: str, context: Mapping[str, Any], where: Location) -> Any:
         """Render a value. A value that is one ``{{ expr }}`` keeps the expression's type."""
-        stripped = source.strip()
+        # Only the exact form "{{ expr }}" keeps its type: anything around it, even a newline,
+        # makes the value text.
         if (
-            stripped.startswith("{{")
-            and stripped.endswith("}}")
-            and stripped.count("{{") == 1
-            and "{%" not in stripped
+            source.startswith("{{")
+            and source.endswith("}}")
+            and source.count("{{") == 1
+            and "{%" not in source
         ):
-            return self.evaluate(stripped[2:-2], context, where)
+            return self.evaluate(source[2:-2], context, where)
         try:
             template = self._strings.get(source)
             if template is None:

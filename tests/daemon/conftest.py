@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import commit_all, git, write_tree
+from tests.conftest import commit_all, git, seed_root, write_tree
 
 REPO = {
     "nodes.yaml": "default: app\n",
@@ -110,7 +110,7 @@ class Daemon:
         self.tmp = tmp
         self.root = tmp / "root"
         self.state = tmp / "state"
-        self.root.mkdir(exist_ok=True)
+        seed_root(self.root)
         self.port = free_port()
         self.secret = b"s3cret-for-tests"
         (tmp / "webhook.secret").write_bytes(self.secret + b"\n")
@@ -197,6 +197,15 @@ log:
                 return int(r.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)
+
+    def post_declaring(self, length: int, headers: dict[str, str]) -> int:
+        """Send only the headers of a POST /webhook that declares ``length`` bytes of body."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            head = f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+            sock.sendall(head.encode())
+            status_line = sock.makefile("rb").readline().decode()
+        return int(status_line.split()[1])
 
     def signed(self, body: bytes, delivery: str) -> dict[str, str]:
         digest = hmac.new(self.secret, body, hashlib.sha256).hexdigest()

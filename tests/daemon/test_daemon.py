@@ -134,7 +134,7 @@ class TestWebhook:
             assert d.post("/webhook", body, {"Content-Type": "application/json"}) == 401
             wrong = d.signed(body + b" ", "delivery-2")
             assert d.post("/webhook", body, wrong) == 401
-            assert d.post("/webhook", b"x" * (2 * 1024 * 1024), d.signed(b"x", "big")) == 413
+            assert d.post_declaring(2 * 1024 * 1024, d.signed(b"x", "big")) == 413
             assert d.get("/healthz")[0] == 200  # still serving
             assert d.metric("reconciler_webhook_requests_total", result="accepted") == 1
             assert d.metric("reconciler_webhook_requests_total", result="unauthorized") == 2
@@ -226,7 +226,7 @@ class TestBadRevisions:
         assert motd(daemon) == "version 1\n"
         assert daemon.metric("reconciler_revision_info", revision=good, branch="production") == 1
         status = json.loads(daemon.get("/status")[1])
-        assert "profiles/app.yaml:3" in status["rejected"][bad]
+        assert re.search(r"profiles/app.yaml:[34]: invalid YAML", status["rejected"][bad])
         # not retried on every poll
         time.sleep(3)
         assert daemon.metric("reconciler_revisions_rejected_total", reason="parse") == 1
@@ -291,8 +291,16 @@ class TestLifecycle:
 
     def test_sigterm_during_a_run_finishes_cleanly(self, tmp_path: Path, server: GitServer) -> None:
         slow = {
-            "profiles/app.yaml": REPO["profiles/app.yaml"]
-            + "  - exec: slow\n    command: 'sleep 2'\n  - file: /etc/after-slow\n    content: x\n    require: exec:slow\n"
+            "profiles/app.yaml": """
+                resources:
+                  - file: /etc/motd
+                    content: "version 1\\n"
+                  - exec: slow
+                    command: "sleep 2"
+                  - file: /etc/after-slow
+                    content: x
+                    require: exec:slow
+                """
         }
         server.push(slow)
         d = Daemon(tmp_path, server.url)
