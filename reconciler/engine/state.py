@@ -28,8 +28,9 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically: a temporary file beside it, fsync, rename, fsync of the dir."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    text = json.dumps(data, separators=(",", ":"))
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"))
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -435,6 +435,15 @@ def link(catalog: Catalog) -> None:
         for target in entry.resource.autorequire():
             if target in entries and target != rid and rid not in after[target]:
                 after[rid].add(target)
+    last_of: dict[str, ResourceId] = {}
+    for rid, entry in entries.items():
+        key = entry.resource.serial_key()
+        if key is None:
+            continue
+        previous = last_of.get(key)
+        if previous is not None and rid not in after[previous]:
+            after[rid].add(previous)
+        last_of[key] = rid
     if problems:
         raise ModelError(problems, "compile")
     catalog.after = after

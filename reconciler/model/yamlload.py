@@ -9,7 +9,6 @@ anything is built, so a hostile file cannot exhaust the machine. Mappings come b
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -51,41 +50,55 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
     pass
 
 
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[LocMap]:
-    data = LocMap()
-    data.line = node.start_mark.line + 1
-    data.lines = {}
-    yield data
-    loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping key must be a plain value", key_node.start_mark
-            ) from None
-        if key in data.lines:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"duplicate key {key!r} (first at line {data.lines[key]})",
-                key_node.start_mark,
-            )
-        data.lines[key] = key_node.start_mark.line + 1
-        data[key] = loader.construct_object(value_node, deep=True)
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_STR = "tag:yaml.org,2002:str"
 
 
-def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> Iterator[LocList]:
-    data = LocList()
-    data.line = node.start_mark.line + 1
-    data.lines = [child.start_mark.line + 1 for child in node.value]
-    yield data
-    data.extend(loader.construct_object(child, deep=True) for child in node.value)
+def _convert(loader: _Loader, node: yaml.Node, memo: dict[int, Any]) -> Any:
+    """Build values from composed nodes, recording lines; faster than the generic constructor.
 
+    Scalars of other tags and any other collection tag go to PyYAML's safe constructor, which
+    refuses Python tags. An alias is the same node object: it is built once (``memo``).
+    """
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    if isinstance(node, yaml.ScalarNode):
+        return node.value if node.tag == _STR else loader.construct_object(node, deep=True)
+    if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
+        data = LocMap()
+        data.line = node.start_mark.line + 1
+        data.lines = {}
+        memo[id(node)] = data
+        loader.flatten_mapping(node)
+        for key_node, value_node in node.value:
+            key = _convert(loader, key_node, memo)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a plain value", key_node.start_mark
+                ) from None
+            if key in data.lines:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {data.lines[key]})",
+                    key_node.start_mark,
+                )
+            data.lines[key] = key_node.start_mark.line + 1
+            data[key] = _convert(loader, value_node, memo)
+        return data
+    if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
+        items = LocList()
+        items.line = node.start_mark.line + 1
+        items.lines = [child.start_mark.line + 1 for child in node.value]
+        memo[id(node)] = items
+        items.extend(_convert(loader, child, memo) for child in node.value)
+        return items
+    return loader.construct_object(node, deep=True)
 
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 
 # Only flow collections, anchors and aliases can nest deeply on few bytes or expand; block
 # nesting is bounded by indentation, which we check on the text.
@@ -157,7 +170,8 @@ def load(data: bytes | str, name: str) -> Any:
     _check_bounds(text, name)
     loader = _Loader(text)
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        return None if node is None else _convert(loader, node, {})
     except yaml.MarkedYAMLError as exc:
         mark: Any
         mark = exc.problem_mark or exc.context_mark

@@ -12,17 +12,24 @@ from __future__ import annotations
 import contextlib
 import grp
 import hashlib
+import itertools
 import json
 import os
 import pwd
-import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from reconciler.errors import PathEscape, ResourceError
 
 TMP_MARK = ".reconciler-tmp-"
+_serial = itertools.count()
+
+
+def temp_name(name: str) -> str:
+    """A temporary name beside ``name``: unique in this process, and O_EXCL guards the rest."""
+    return f".{name}{TMP_MARK}{os.getpid()}-{next(_serial)}"
 
 
 class Root:
@@ -30,6 +37,9 @@ class Root:
 
     def __init__(self, prefix: str | Path = "/") -> None:
         self.prefix = Path(os.path.realpath(prefix))
+        self._prefix = str(self.prefix).rstrip("/")
+        # Resolved parents, per run: a catalog has many files in few directories.
+        self._parents: dict[str, str] = {}
 
     def path(self, written: str) -> Path:
         """The host path of an absolute path as written in the repo; PathEscape if it leaves."""
@@ -40,15 +50,19 @@ class Root:
         parts = [p for p in written.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise PathEscape(f"{written!r} must not contain '..'")
-        host = self.prefix.joinpath(*parts)
         if not parts:
             return self.prefix
-        parent = Path(os.path.realpath(host.parent))
-        if parent != self.prefix and self.prefix not in parent.parents:
-            raise PathEscape(
-                f"{written!r} leaves the root {self.prefix} through a symlink (to {parent})"
-            )
-        return host
+        parent = self._prefix + "/" + "/".join(parts[:-1]) if len(parts) > 1 else self._prefix
+        real = self._parents.get(parent)
+        if real is None:
+            real = os.path.realpath(parent)
+            if real != self._prefix and not real.startswith(self._prefix + "/"):
+                raise PathEscape(
+                    f"{written!r} leaves the root {self.prefix} through a symlink (to {real})"
+                )
+            if os.path.isdir(real):  # only what exists can be cached: it may be created later
+                self._parents[parent] = real
+        return Path(parent + "/" + parts[-1])
 
     def contains(self, host: Path) -> bool:
         real = Path(os.path.realpath(host))
@@ -64,20 +78,31 @@ def fsync_dir(directory: Path) -> None:
 
 
 def atomic_write(
-    path: Path, data: bytes, mode: int | None = None, uid: int | None = None, gid: int | None = None
+    path: Path,
+    data: bytes,
+    mode: int | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    sync: Callable[[Path], None] | None = None,
 ) -> None:
-    """Replace ``path`` with ``data`` atomically; on any error the old file is untouched."""
-    try:
-        old = os.lstat(path)
-    except FileNotFoundError:
-        old = None
+    """Replace ``path`` with ``data`` atomically; on any error the old file is untouched.
+
+    ``sync`` makes the rename durable (default: fsync the directory now); the engine passes
+    one that fsyncs each directory once at the end of the run.
+    """
+    old: os.stat_result | None = None
+    if mode is None or uid is None or gid is None:
+        try:
+            old = os.lstat(path)
+        except FileNotFoundError:
+            old = None
     if mode is None:
         mode = (old.st_mode & 0o7777) if old is not None else 0o644
     if uid is None:
         uid = old.st_uid if old is not None else -1
     if gid is None:
         gid = old.st_gid if old is not None else -1
-    tmp = path.parent / f".{path.name}{TMP_MARK}{secrets.token_hex(4)}"
+    tmp = path.parent / temp_name(path.name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
@@ -96,7 +121,7 @@ def atomic_write(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    (sync or fsync_dir)(path.parent)
 
 
 def remove_stray_temporaries(directory: Path) -> int:

@@ -103,6 +103,18 @@ class Context:
     # Every path (as written) that some resource of the catalog manages: for directory purge.
     catalog_paths: frozenset[str] = frozenset()
     log: Callable[..., None] = lambda *a, **k: None
+    # Directories whose entries changed; the engine fsyncs each once at the end of the run.
+    # None: fsync at once.
+    dirty_dirs: set[Path] | None = None
+
+    def sync_dir(self, directory: Path) -> None:
+        """Make a rename or removal in ``directory`` durable (now, or at the end of the run)."""
+        if self.dirty_dirs is None:
+            from reconciler.resources._fs import fsync_dir
+
+            fsync_dir(directory)
+        else:
+            self.dirty_dirs.add(directory)
 
 
 class Resource(ABC):
@@ -140,6 +152,11 @@ class Resource(ABC):
     def autorequire(self) -> list[ResourceId]:
         """Ids this resource depends on when they are in the catalog (a file's parent dir)."""
         return []
+
+    def serial_key(self) -> str | None:
+        """Resources with the same key change one shared thing (the lines of one file): the
+        engine applies them one after another, in declaration order, never in parallel."""
+        return None
 
     def managed_paths(self) -> list[str]:
         """Paths (as written, before the root) this resource owns; for the watcher."""

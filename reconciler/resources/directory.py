@@ -72,7 +72,7 @@ class Directory(Resource):
             if apply:
                 backup_tree(ctx, host, self.path)
                 shutil.rmtree(host)
-                _fs.fsync_dir(host.parent)
+                ctx.sync_dir(host.parent)
             return [Change("ensure", "present", "absent")]
         if st is not None and not stat.S_ISDIR(st.st_mode):
             raise ResourceError(f"{self.path} exists and is not a directory")
@@ -109,7 +109,7 @@ class Directory(Resource):
                     ctx.backups.save(entry, written)
                 os.unlink(entry)
         if purge or st is None:
-            _fs.fsync_dir(host.parent if st is None else host)
+            ctx.sync_dir(host.parent if st is None else host)
         return changes
 
     def _unmanaged(self, ctx: Context, host: Path) -> list[str]:

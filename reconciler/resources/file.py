@@ -117,6 +117,7 @@ class File(Resource):
         )
         self._sha = hashlib.sha256(self._data).hexdigest() if self._data is not None else None
         self._mode = parse_mode(self.attrs.get("mode"))
+        self._digest: str | None = None
 
     @classmethod
     def validate(cls, title: str, attrs: Mapping[str, Any]) -> list[tuple[str | None, str]]:
@@ -137,8 +138,10 @@ class File(Resource):
         return [self.title]
 
     def desired_digest(self) -> str:
-        rest = sorted((k, repr(v)) for k, v in self.attrs.items() if k != "content")
-        return "sha256:" + hashlib.sha256(repr((self._sha, rest)).encode()).hexdigest()
+        if self._digest is None:
+            rest = sorted((k, repr(v)) for k, v in self.attrs.items() if k != "content")
+            self._digest = "sha256:" + hashlib.sha256(repr((self._sha, rest)).encode()).hexdigest()
+        return self._digest
 
     def pruned(self) -> Resource:
         return File(self.title, {**self.attrs, "ensure": "absent", "content": None, "backup": True})
@@ -204,8 +207,13 @@ class File(Resource):
             data = self._data if self._data is not None else b""
             if self._data is None and st is not None:
                 data = host.read_bytes()
+            if st is None:  # a new file: nothing to keep from an old one
+                mode = self._mode if self._mode is not None else 0o644
+                uid, gid = (-1 if uid is None else uid), (-1 if gid is None else gid)
+            else:
+                mode = self._mode
             try:
-                _fs.atomic_write(host, data, self._mode, uid, gid)
+                _fs.atomic_write(host, data, mode, uid, gid, sync=ctx.sync_dir)
             except FileNotFoundError:
                 raise ResourceError(f"{self.title}: the parent directory does not exist") from None
             except OSError as exc:
@@ -253,6 +261,6 @@ class File(Resource):
                         f"{self.title}: backup failed, not removed: {exc}"
                     ) from None
             os.unlink(host)
-            _fs.fsync_dir(host.parent)
+            ctx.sync_dir(host.parent)
             ctx.fingerprints.pop(self.title, None)
         return [Change("ensure", "present", "absent")]

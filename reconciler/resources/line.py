@@ -47,6 +47,9 @@ class Line(Resource):
     def autorequire(self) -> list[str]:
         return [f"file:{self.attrs['path']}"]
 
+    def serial_key(self) -> str:
+        return f"file:{self.attrs['path']}"
+
     def _edit(self, text: str) -> str:
         lines = text.splitlines()
         want = str(self.attrs.get("text") or self.title)
@@ -102,7 +105,7 @@ class Line(Resource):
         if apply:
             ctx.backups.save(host, path)
             try:
-                _fs.atomic_write(host, data)
+                _fs.atomic_write(host, data, sync=ctx.sync_dir)
             except OSError as exc:
                 raise ResourceError(
                     f"{path}: cannot write: {os.strerror(exc.errno or 0)}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from collections.abc import Mapping
 from typing import ClassVar
@@ -53,7 +52,7 @@ class Symlink(Resource):
                 raise ResourceError(f"{self.title} is not a symlink; not removed")
             if apply:
                 os.unlink(host)
-                _fs.fsync_dir(host.parent)
+                ctx.sync_dir(host.parent)
             return [Change("ensure", "present", "absent")]
         target = str(self.attrs["target"])
         if st is not None and stat.S_ISLNK(st.st_mode):
@@ -73,7 +72,7 @@ class Symlink(Resource):
         if apply:
             if st is not None and stat.S_ISREG(st.st_mode):
                 ctx.backups.save(host, self.title)
-            tmp = host.parent / f".{host.name}{_fs.TMP_MARK}{secrets.token_hex(4)}"
+            tmp = host.parent / _fs.temp_name(host.name)
             try:
                 os.symlink(target, tmp)
                 os.replace(tmp, host)
@@ -82,5 +81,5 @@ class Symlink(Resource):
             finally:
                 if os.path.lexists(tmp):
                     os.unlink(tmp)
-            _fs.fsync_dir(host.parent)
+            ctx.sync_dir(host.parent)
         return [change]
