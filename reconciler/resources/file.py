@@ -207,11 +207,10 @@ class File(Resource):
             data = self._data if self._data is not None else b""
             if self._data is None and st is not None:
                 data = host.read_bytes()
+            mode: int | None = self._mode
             if st is None:  # a new file: nothing to keep from an old one
-                mode = self._mode if self._mode is not None else 0o644
+                mode = 0o644 if mode is None else mode
                 uid, gid = (-1 if uid is None else uid), (-1 if gid is None else gid)
-            else:
-                mode = self._mode
             try:
                 _fs.atomic_write(host, data, mode, uid, gid, sync=ctx.sync_dir)
             except FileNotFoundError:
