@@ -19,6 +19,7 @@ from typing import Any
 from reconciler.engine import state
 from reconciler.engine.report import ResourceResult, RunReport
 from reconciler.engine.run import DEFAULT_WORKERS, converge, execute
+from reconciler.model import yamlload
 from reconciler.model.catalog import Catalog, Compiler
 from reconciler.resources._fs import BackupStore, Root
 from reconciler.resources._run import Runner
@@ -89,6 +90,7 @@ def run(
     phases["fetch"] = time.perf_counter() - t0
 
     t = time.perf_counter()
+    yamlload.use_cache(yamlload.ParseCache(options.state_dir / "cache" / "yaml", readonly=plan))
     node, facts = gather_facts(options, warn)
     catalog = Compiler(snapshot).compile(node, facts)
     phases["compile"] = time.perf_counter() - t

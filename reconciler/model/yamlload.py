@@ -8,7 +8,12 @@ anything is built, so a hostile file cannot exhaust the machine. Mappings come b
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import pickle
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -156,8 +161,78 @@ def _check_expansion(text: str, name: str) -> None:
             )
 
 
+class ParseCache:
+    """Parsed large documents, by the sha256 of their bytes, so a run with an unchanged repo
+    does not parse its big profiles again. Kept under the state directory, and used only
+    while that directory is ours alone (it holds pickles)."""
+
+    MIN_BYTES = 64 * 1024
+    KEEP = 32
+
+    def __init__(self, directory: Path, readonly: bool = False) -> None:
+        self.directory = directory
+        self.readonly = readonly  # plan writes no state, but may use what is there
+
+    def _usable(self) -> bool:
+        try:
+            if not self.readonly:
+                self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            st = os.stat(self.directory)
+        except OSError:
+            return False
+        return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+    def get(self, key: str) -> Any:
+        if not self._usable():
+            return None
+        try:
+            with open(self.directory / f"{key}.pickle", "rb") as f:
+                return pickle.load(f)
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+            return None
+
+    def put(self, key: str, value: Any) -> None:
+        if self.readonly or not self._usable():
+            return
+        path = self.directory / f"{key}.pickle"
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)
+            entries = sorted(self.directory.glob("*.pickle"), key=lambda p: p.stat().st_mtime)
+            for stale in entries[: -self.KEEP]:
+                stale.unlink()
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+_cache: ParseCache | None = None
+
+
+def use_cache(cache: ParseCache | None) -> None:
+    """Cache parsed large documents from now on (None: stop)."""
+    global _cache
+    _cache = cache
+
+
 def load(data: bytes | str, name: str) -> Any:
     """Parse one YAML document safely; ``name`` is the repo-relative file for errors."""
+    cache = _cache
+    if cache is not None and len(data) >= ParseCache.MIN_BYTES:
+        raw = data if isinstance(data, bytes) else data.encode()
+        key = hashlib.sha256(raw).hexdigest()
+        value = cache.get(key)
+        if value is None:
+            value = _load(data, name)
+            if value is not None:
+                cache.put(key, value)
+        return value
+    return _load(data, name)
+
+
+def _load(data: bytes | str, name: str) -> Any:
     if len(data) > MAX_BYTES:
         raise ModelError.one(f"file is larger than {MAX_BYTES} bytes", Location(name), "parse")
     if isinstance(data, bytes):

@@ -70,7 +70,8 @@ class Root:
 
 
 def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    """fsync a directory (its entries) or a file (its data): whatever the path is."""
+    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -152,8 +153,16 @@ class BackupStore:
         self.objects = self.base / "objects"
         self.index = self.base / "index.jsonl"
 
-    def save(self, host_path: Path, path_as_written: str) -> str:
-        """Store the file's content and metadata; raises when it cannot (the caller aborts)."""
+    def save(
+        self, host_path: Path, path_as_written: str, sync: Callable[[Path], None] | None = None
+    ) -> str:
+        """Store the file's content and metadata; raises when it cannot (the caller aborts).
+
+        The content is fsynced before this returns. ``sync`` (the run's deferred fsync) makes
+        the object's name and the index line durable with the run's other renames: they are
+        written before the file they back up is replaced, and the filesystem's journal keeps
+        that order.
+        """
         st = os.lstat(host_path)
         with open(host_path, "rb") as f:
             data = f.read()
@@ -161,7 +170,7 @@ class BackupStore:
         target = self.objects / sha[:2] / sha
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write(target, data, 0o600, None, None)
+            atomic_write(target, data, 0o600, -1, -1, sync=sync)
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "path": path_as_written,
@@ -173,7 +182,10 @@ class BackupStore:
         with open(self.index, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
             f.flush()
-            os.fsync(f.fileno())
+            if sync is None:
+                os.fsync(f.fileno())
+        if sync is not None:
+            sync(self.index)
         return sha
 
     def entries(self, path: str | None = None) -> list[dict[str, Any]]:

@@ -106,7 +106,7 @@ class Directory(Resource):
                 shutil.rmtree(entry)
             else:
                 if stat.S_ISREG(est.st_mode):
-                    ctx.backups.save(entry, written)
+                    ctx.backups.save(entry, written, sync=ctx.sync_dir)
                 os.unlink(entry)
         if purge or st is None:
             ctx.sync_dir(host.parent if st is None else host)

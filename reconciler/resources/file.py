@@ -203,7 +203,7 @@ class File(Resource):
         rewrite = st is None or any(c.property == "content" for c in changes)
         if rewrite:
             if st is not None and self.attrs.get("backup", True):
-                ctx.backups.save(host, self.title)
+                ctx.backups.save(host, self.title, sync=ctx.sync_dir)
             data = self._data if self._data is not None else b""
             if self._data is None and st is not None:
                 data = host.read_bytes()
@@ -254,7 +254,7 @@ class File(Resource):
         if apply:
             if stat.S_ISREG(st.st_mode) and self.attrs.get("backup", True):
                 try:
-                    ctx.backups.save(host, self.title)
+                    ctx.backups.save(host, self.title, sync=ctx.sync_dir)
                 except OSError as exc:
                     raise ReconcilerError(
                         f"{self.title}: backup failed, not removed: {exc}"

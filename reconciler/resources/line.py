@@ -103,7 +103,7 @@ class Line(Resource):
         before = "sha256:" + hashlib.sha256(old).hexdigest()
         after = "sha256:" + hashlib.sha256(data).hexdigest()
         if apply:
-            ctx.backups.save(host, path)
+            ctx.backups.save(host, path, sync=ctx.sync_dir)
             try:
                 _fs.atomic_write(host, data, sync=ctx.sync_dir)
             except OSError as exc:

@@ -71,7 +71,7 @@ class Symlink(Resource):
             change = Change("ensure", "absent", "present")
         if apply:
             if st is not None and stat.S_ISREG(st.st_mode):
-                ctx.backups.save(host, self.title)
+                ctx.backups.save(host, self.title, sync=ctx.sync_dir)
             tmp = host.parent / _fs.temp_name(host.name)
             try:
                 os.symlink(target, tmp)
