@@ -11,8 +11,8 @@ from typing import ClassVar
 
 from reconciler.errors import ResourceError
 from reconciler.resources import _fs
+from reconciler.resources._path import PathResource, owner_changes, parse_mode
 from reconciler.resources.base import Attr, Change, Context, Resource, register
-from reconciler.resources.file import check_path_title, owner_changes, parent_dir_id, parse_mode
 
 
 def backup_tree(ctx: Context, host: Path, written: str) -> None:
@@ -25,9 +25,8 @@ def backup_tree(ctx: Context, host: Path, written: str) -> None:
 
 
 @register
-class Directory(Resource):
+class Directory(PathResource):
     type = "directory"
-    inline = True
     attributes: ClassVar[Mapping[str, Attr]] = {
         "ensure": Attr("str", default="present", choices=("present", "absent")),
         "mode": Attr("mode"),
@@ -36,34 +35,11 @@ class Directory(Resource):
         "purge": Attr("bool", default=False),
     }
 
-    @classmethod
-    def validate(cls, title: str, attrs: Mapping[str, object]) -> list[tuple[str | None, str]]:
-        problems = check_path_title(title)
-        try:
-            parse_mode(attrs.get("mode"))
-        except ValueError as exc:
-            problems.append(("mode", str(exc)))
-        return problems
-
-    @property
-    def path(self) -> str:
-        return self.title.rstrip("/") or "/"
-
-    def autorequire(self) -> list[str]:
-        return parent_dir_id(self.path)
-
-    def managed_paths(self) -> list[str]:
-        return [self.path]
-
     def pruned(self) -> Resource:
         return Directory(self.title, {"ensure": "absent"})
 
     def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
-        host = ctx.root.path(self.path)
-        try:
-            st: os.stat_result | None = os.lstat(host)
-        except FileNotFoundError:
-            st = None
+        host, st = self.locate(ctx)
         if self.attrs.get("ensure") == "absent":
             if st is None:
                 return []

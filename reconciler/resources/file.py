@@ -2,98 +2,28 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
-import shutil
 import stat
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from reconciler.errors import ReconcilerError, ResourceError
 from reconciler.resources import _fs
+from reconciler.resources._path import (
+    PathResource,
+    displace,
+    owner_changes,
+    parse_mode,
+    text_diff,
+)
 from reconciler.resources.base import Attr, Change, Context, Fingerprint, Resource, register
-
-MAX_DIFF_BYTES = 256 * 1024
-
-
-def parse_mode(value: Any) -> int | None:
-    if value is None:
-        return None
-    text = str(value)
-    if not text or any(c not in "01234567" for c in text) or int(text, 8) > 0o7777:
-        raise ValueError(f'{value!r} is not an octal mode like "0644"')
-    return int(text, 8)
-
-
-def check_path_title(title: str) -> list[tuple[str | None, str]]:
-    if not title.startswith("/"):
-        return [(None, f"the path {title!r} must be absolute")]
-    if ".." in title.split("/"):
-        return [(None, f"the path {title!r} must not contain '..'")]
-    if "\0" in title:
-        return [(None, "the path must not contain NUL")]
-    return []
-
-
-def parent_dir_id(path: str) -> list[str]:
-    parent = os.path.dirname(path.rstrip("/"))
-    return [f"directory:{parent}"] if parent and parent != "/" else []
-
-
-def text_diff(path: str, old: bytes, new: bytes) -> str | None:
-    """A unified diff when both sides are small UTF-8 text; None otherwise."""
-    if len(old) > MAX_DIFF_BYTES or len(new) > MAX_DIFF_BYTES:
-        return None
-    try:
-        a, b = old.decode(), new.decode()
-    except UnicodeDecodeError:
-        return None
-    lines = difflib.unified_diff(
-        a.splitlines(keepends=True), b.splitlines(keepends=True), path, path, n=2
-    )
-    out = "".join(
-        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
-    )
-    return out or None
-
-
-def owner_changes(
-    resource: Resource, ctx: Context, st: os.stat_result | None
-) -> tuple[list[Change], int | None, int | None]:
-    """Changes of owner and group against ``st`` (None: the object is to be created)."""
-    changes: list[Change] = []
-    uid = gid = None
-    owner, group = resource.attrs.get("owner"), resource.attrs.get("group")
-    if owner is not None:
-        uid = _fs.resolve_uid(ctx.root, owner)
-        if st is not None and st.st_uid != uid:
-            changes.append(Change("owner", _fs.name_of_uid(ctx.root, st.st_uid), str(owner)))
-    if group is not None:
-        gid = _fs.resolve_gid(ctx.root, group)
-        if st is not None and st.st_gid != gid:
-            changes.append(Change("group", _fs.name_of_gid(ctx.root, st.st_gid), str(group)))
-    return changes, uid, gid
-
-
-def displace(ctx: Context, host: Path, written: str) -> None:
-    """Move a directory out of the way into the backup area (``force``): never rm -rf."""
-    aside = (
-        ctx.backups.base
-        / "displaced"
-        / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{host.name}"
-    )
-    aside.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    shutil.move(str(host), str(aside))
-    ctx.log("displaced", path=written, to=str(aside))
 
 
 @register
-class File(Resource):
+class File(PathResource):
     type = "file"
-    inline = True
     attributes: ClassVar[Mapping[str, Attr]] = {
         "ensure": Attr("str", default="present", choices=("present", "absent")),
         "content": Attr("any", doc="the file's content (source: and template: become this)"),
@@ -121,21 +51,11 @@ class File(Resource):
 
     @classmethod
     def validate(cls, title: str, attrs: Mapping[str, Any]) -> list[tuple[str | None, str]]:
-        problems = check_path_title(title)
-        try:
-            parse_mode(attrs.get("mode"))
-        except ValueError as exc:
-            problems.append(("mode", str(exc)))
+        problems = super().validate(title, attrs)
         content = attrs.get("content")
         if content is not None and not isinstance(content, str | bytes | int | float):
             problems.append(("content", "must be text"))
         return problems
-
-    def autorequire(self) -> list[str]:
-        return parent_dir_id(self.title)
-
-    def managed_paths(self) -> list[str]:
-        return [self.title]
 
     def desired_digest(self) -> str:
         if self._digest is None:
@@ -150,11 +70,8 @@ class File(Resource):
         return None if sha is None else f"sha256:{sha}"
 
     def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
-        host = ctx.root.path(self.title)
         try:
-            st: os.stat_result | None = os.lstat(host)
-        except FileNotFoundError:
-            st = None
+            host, st = self.locate(ctx)
         except NotADirectoryError:
             raise ResourceError(f"{self.title}: a parent is not a directory") from None
         if self.attrs.get("ensure") == "absent":

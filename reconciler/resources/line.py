@@ -14,8 +14,8 @@ from typing import ClassVar
 
 from reconciler.errors import ResourceError
 from reconciler.resources import _fs
+from reconciler.resources._path import text_diff
 from reconciler.resources.base import Attr, Change, Context, Resource, register
-from reconciler.resources.file import text_diff
 
 
 @register

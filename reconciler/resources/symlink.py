@@ -9,14 +9,13 @@ from typing import ClassVar
 
 from reconciler.errors import ResourceError
 from reconciler.resources import _fs
+from reconciler.resources._path import PathResource
 from reconciler.resources.base import Attr, Change, Context, Resource, register
-from reconciler.resources.file import check_path_title, parent_dir_id
 
 
 @register
-class Symlink(Resource):
+class Symlink(PathResource):
     type = "symlink"
-    inline = True
     attributes: ClassVar[Mapping[str, Attr]] = {
         "target": Attr("str", doc="written into the link as it is"),
         "ensure": Attr("str", default="present", choices=("present", "absent")),
@@ -25,26 +24,16 @@ class Symlink(Resource):
 
     @classmethod
     def validate(cls, title: str, attrs: Mapping[str, object]) -> list[tuple[str | None, str]]:
-        problems = check_path_title(title)
+        problems = super().validate(title, attrs)
         if attrs.get("ensure", "present") == "present" and not attrs.get("target"):
             problems.append(("target", "a symlink needs a target"))
         return problems
-
-    def autorequire(self) -> list[str]:
-        return parent_dir_id(self.title)
-
-    def managed_paths(self) -> list[str]:
-        return [self.title]
 
     def pruned(self) -> Resource:
         return Symlink(self.title, {"ensure": "absent"})
 
     def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
-        host = ctx.root.path(self.title)
-        try:
-            st: os.stat_result | None = os.lstat(host)
-        except FileNotFoundError:
-            st = None
+        host, st = self.locate(ctx)
         if self.attrs.get("ensure") == "absent":
             if st is None:
                 return []

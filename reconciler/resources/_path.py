@@ -1,0 +1,121 @@
+"""What the filesystem resource types share: paths as titles, modes, owners, diffs."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from reconciler.resources import _fs
+from reconciler.resources.base import Change, Context, Resource
+
+MAX_DIFF_BYTES = 256 * 1024
+
+
+def parse_mode(value: Any) -> int | None:
+    if value is None:
+        return None
+    text = str(value)
+    if not text or any(c not in "01234567" for c in text) or int(text, 8) > 0o7777:
+        raise ValueError(f'{value!r} is not an octal mode like "0644"')
+    return int(text, 8)
+
+
+def check_path_title(title: str) -> list[tuple[str | None, str]]:
+    if not title.startswith("/"):
+        return [(None, f"the path {title!r} must be absolute")]
+    if ".." in title.split("/"):
+        return [(None, f"the path {title!r} must not contain '..'")]
+    if "\0" in title:
+        return [(None, "the path must not contain NUL")]
+    return []
+
+
+def parent_dir_id(path: str) -> list[str]:
+    parent = os.path.dirname(path.rstrip("/"))
+    return [f"directory:{parent}"] if parent and parent != "/" else []
+
+
+def text_diff(path: str, old: bytes, new: bytes) -> str | None:
+    """A unified diff when both sides are small UTF-8 text; None otherwise."""
+    if len(old) > MAX_DIFF_BYTES or len(new) > MAX_DIFF_BYTES:
+        return None
+    try:
+        a, b = old.decode(), new.decode()
+    except UnicodeDecodeError:
+        return None
+    lines = difflib.unified_diff(
+        a.splitlines(keepends=True), b.splitlines(keepends=True), path, path, n=2
+    )
+    out = "".join(
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
+    )
+    return out or None
+
+
+def owner_changes(
+    resource: Resource, ctx: Context, st: os.stat_result | None
+) -> tuple[list[Change], int | None, int | None]:
+    """Changes of owner and group against ``st`` (None: the object is to be created)."""
+    changes: list[Change] = []
+    uid = gid = None
+    owner, group = resource.attrs.get("owner"), resource.attrs.get("group")
+    if owner is not None:
+        uid = _fs.resolve_uid(ctx.root, owner)
+        if st is not None and st.st_uid != uid:
+            changes.append(Change("owner", _fs.name_of_uid(ctx.root, st.st_uid), str(owner)))
+    if group is not None:
+        gid = _fs.resolve_gid(ctx.root, group)
+        if st is not None and st.st_gid != gid:
+            changes.append(Change("group", _fs.name_of_gid(ctx.root, st.st_gid), str(group)))
+    return changes, uid, gid
+
+
+def displace(ctx: Context, host: Path, written: str) -> None:
+    """Move a directory out of the way into the backup area (``force``): never rm -rf."""
+    aside = (
+        ctx.backups.base
+        / "displaced"
+        / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{host.name}"
+    )
+    aside.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.move(str(host), str(aside))
+    ctx.log("displaced", path=written, to=str(aside))
+
+
+class PathResource(Resource):
+    """A resource whose title is an absolute path (file, directory, symlink)."""
+
+    inline = True
+
+    @classmethod
+    def validate(cls, title: str, attrs: Mapping[str, Any]) -> list[tuple[str | None, str]]:
+        problems = check_path_title(title)
+        if "mode" in cls.attributes:
+            try:
+                parse_mode(attrs.get("mode"))
+            except ValueError as exc:
+                problems.append(("mode", str(exc)))
+        return problems
+
+    @property
+    def path(self) -> str:
+        return self.title.rstrip("/") or "/"
+
+    def autorequire(self) -> list[str]:
+        return parent_dir_id(self.path)
+
+    def managed_paths(self) -> list[str]:
+        return [self.path]
+
+    def locate(self, ctx: Context) -> tuple[Path, os.stat_result | None]:
+        """The host path (contained in the root) and what stands there now, if anything."""
+        host = ctx.root.path(self.path)
+        try:
+            return host, os.lstat(host)
+        except FileNotFoundError:
+            return host, None
