@@ -9,20 +9,23 @@ target only when the source changed and the target itself was not skipped or fai
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from reconciler.engine.report import ResourceResult
 from reconciler.errors import ReconcilerError
 from reconciler.model.catalog import Catalog, Entry
-from reconciler.resources._fs import fsync_dir
+from reconciler.resources._fs import fsync_dir, syncfs
 from reconciler.resources.base import Change, Context, Resource, ResourceId
 
 DEFAULT_WORKERS = 8
+STAGE_BATCH = 2048  # staged files committed together at the most
 
 
 @dataclass
@@ -33,6 +36,23 @@ class _Node:
     refresh: bool = False
 
 
+def _contain(result: ResourceResult, exc: Exception) -> None:
+    result.status = "failed"
+    if isinstance(exc, ReconcilerError):
+        result.error = str(exc)
+    else:  # contained: one resource's bug must not end the run
+        result.error = f"unexpected error: {type(exc).__name__}: {exc}"
+
+
+def _recheck(resource: Resource, ctx: Context) -> None:
+    """A resource must converge in one call: still differing after it applied is a failure."""
+    left = resource.check_apply(ctx, apply=False)
+    if left:
+        raise ReconcilerError(
+            "DidNotConverge: still differs after applying: " + ", ".join(c.property for c in left)
+        )
+
+
 def converge(
     resource: Resource,
     ctx: Context,
@@ -40,10 +60,12 @@ def converge(
     refresh: bool,
     result: ResourceResult,
     checked: list[Change] | None = None,
+    recheck: bool = True,
 ) -> None:
     """Check and, unless noop, apply one resource; then deliver a pending refresh.
 
-    ``checked``: the changes a check just found, so that it need not run again.
+    ``checked``: the changes a check just found, so that it need not run again. ``recheck``
+    False leaves the re-check to the caller (staged writes are re-checked after the commit).
     """
     started = time.perf_counter()
     try:
@@ -51,24 +73,15 @@ def converge(
         if changes and not noop:
             made = resource.check_apply(ctx, apply=True)
             changes = made or changes
-            if resource.recheck:
-                left = resource.check_apply(ctx, apply=False)
-                if left:
-                    raise ReconcilerError(
-                        "DidNotConverge: still differs after applying: "
-                        + ", ".join(c.property for c in left)
-                    )
+            if resource.recheck and recheck:
+                _recheck(resource, ctx)
         if refresh:
             changes = changes + resource.refresh(ctx, apply=not noop)
         result.changes = changes
         if changes:
             result.status = "would_change" if noop else "changed"
-    except ReconcilerError as exc:
-        result.status = "failed"
-        result.error = str(exc)
-    except Exception as exc:  # contained: one resource's bug must not end the run
-        result.status = "failed"
-        result.error = f"unexpected error: {type(exc).__name__}: {exc}"
+    except Exception as exc:
+        _contain(result, exc)
     result.duration_seconds = time.perf_counter() - started
 
 
@@ -86,6 +99,21 @@ def _quick_check(resource: Resource, ctx: Context, result: ResourceResult) -> li
         return None
     result.duration_seconds = time.perf_counter() - started
     return changes
+
+
+def _discard(staged: list[tuple[Path, Path]]) -> None:
+    for tmp, _ in staged:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _after_unstaged(resource: Resource, ctx: Context, result: ResourceResult) -> None:
+    """Re-check an inline resource whose change was made at once (a chmod, a new directory)."""
+    if resource.recheck:
+        try:
+            _recheck(resource, ctx)
+        except Exception as exc:
+            _contain(result, exc)
 
 
 def execute(
@@ -111,6 +139,41 @@ def execute(
             dependents.setdefault(dep, []).append(rid)
     results: dict[ResourceId, ResourceResult] = {}
     ready: deque[ResourceId] = deque(rid for rid in order if nodes[rid].waiting == 0)
+    # Inline resources stage their writes; a batch is committed (one syncfs, then renames and
+    # re-checks) when nothing else can progress without it, or when it grows large.
+    awaiting: list[tuple[ResourceId, list[tuple[Path, Path]]]] = []
+    staged_files = 0
+
+    def commit() -> None:
+        nonlocal staged_files
+        if not awaiting:
+            return
+        batch, awaiting[:] = list(awaiting), []
+        staged_files = 0
+        try:
+            for directory in {ctx.root.prefix, ctx.state_dir}:
+                if directory.exists():
+                    syncfs(directory)
+        except OSError as exc:
+            for rid, staged in batch:
+                _discard(staged)
+                _contain(results[rid], exc)
+                finish(rid)
+            return
+        for rid, staged in batch:
+            result = results[rid]
+            resource = nodes[rid].entry.resource
+            try:
+                for tmp, target in staged:
+                    os.replace(tmp, target)
+                    ctx.sync_dir(target.parent)
+                if resource.recheck:
+                    _recheck(resource, ctx)
+            except Exception as exc:
+                _discard(staged)
+                _contain(result, exc)
+            finish(rid)
+
     # Completed ids come back through a queue: waiting on thousands of futures at once
     # (concurrent.futures.wait) costs time in proportion to their number, on every call.
     completed: queue.SimpleQueue[ResourceId] = queue.SimpleQueue()
@@ -149,7 +212,7 @@ def execute(
     if ctx.dirty_dirs is None:
         ctx.dirty_dirs = set()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="resource") as pool:
-        while ready or running:
+        while ready or running or awaiting:
             while ready:
                 rid = ready.popleft()
                 result = start(rid)
@@ -171,11 +234,32 @@ def execute(
                         result.status = "would_change" if changes else "in_sync"
                         finish(rid)
                         continue
+                    if changes is not None:
+                        ctx.staging = []
+                        try:
+                            converge(resource, ctx, False, False, result, changes, recheck=False)
+                        finally:
+                            staged, ctx.staging = ctx.staging, None
+                        if result.status == "failed":
+                            _discard(staged)
+                            finish(rid)
+                        elif staged:
+                            awaiting.append((rid, staged))
+                            staged_files += len(staged)
+                            if staged_files >= STAGE_BATCH:
+                                commit()
+                        else:
+                            _after_unstaged(resource, ctx, result)
+                            finish(rid)
+                        continue
                 future = pool.submit(
                     converge, resource, ctx, noop_here, node.refresh, result, changes
                 )
                 future.add_done_callback(lambda _, rid=rid: completed.put(rid))  # type: ignore[misc]
                 running += 1
+            if not ready and awaiting:
+                commit()
+                continue
             if running:
                 finish(completed.get())
                 running -= 1

@@ -125,6 +125,63 @@ def atomic_write(
     (sync or fsync_dir)(path.parent)
 
 
+def stage_write(
+    path: Path, data: bytes, mode: int | None, uid: int | None, gid: int | None
+) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` (mode and owner first), unsynced.
+
+    The engine makes a batch of staged files durable with one syncfs, then renames each over
+    its target: the guarantee of atomic_write at a fraction of the cost of one fsync each.
+    """
+    old: os.stat_result | None = None
+    if mode is None or uid is None or gid is None:
+        with contextlib.suppress(FileNotFoundError):
+            old = os.lstat(path)
+    mode = mode if mode is not None else (old.st_mode & 0o7777 if old is not None else 0o644)
+    uid = uid if uid is not None else (old.st_uid if old is not None else -1)
+    gid = gid if gid is not None else (old.st_gid if old is not None else -1)
+    tmp = path.parent / temp_name(path.name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            if uid != -1 or gid != -1:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def syncfs(path: Path) -> None:
+    """Flush every dirty page of the filesystem holding ``path`` (syncfs(2); else sync(2))."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc_syncfs is None or _libc_syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _find_syncfs() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        func: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
+        return func
+    except (OSError, AttributeError):
+        return None
+
+
+_libc_syncfs = _find_syncfs()
+
+
 def remove_stray_temporaries(directory: Path) -> int:
     """Remove temporary files a killed run left in a directory; return how many."""
     removed = 0
@@ -154,14 +211,19 @@ class BackupStore:
         self.index = self.base / "index.jsonl"
 
     def save(
-        self, host_path: Path, path_as_written: str, sync: Callable[[Path], None] | None = None
+        self,
+        host_path: Path,
+        path_as_written: str,
+        sync: Callable[[Path], None] | None = None,
+        staged: bool = False,
     ) -> str:
         """Store the file's content and metadata; raises when it cannot (the caller aborts).
 
         The content is fsynced before this returns. ``sync`` (the run's deferred fsync) makes
         the object's name and the index line durable with the run's other renames: they are
         written before the file they back up is replaced, and the filesystem's journal keeps
-        that order.
+        that order. ``staged``: nothing is fsynced here; the engine syncs the filesystem
+        before it renames the staged replacement into place.
         """
         st = os.lstat(host_path)
         with open(host_path, "rb") as f:
@@ -170,7 +232,10 @@ class BackupStore:
         target = self.objects / sha[:2] / sha
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write(target, data, 0o600, -1, -1, sync=sync)
+            if staged:
+                os.replace(stage_write(target, data, 0o600, -1, -1), target)
+            else:
+                atomic_write(target, data, 0o600, -1, -1, sync=sync)
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "path": path_as_written,
@@ -182,7 +247,7 @@ class BackupStore:
         with open(self.index, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
             f.flush()
-            if sync is None:
+            if sync is None and not staged:
                 os.fsync(f.fileno())
         if sync is not None:
             sync(self.index)

@@ -106,6 +106,26 @@ class Context:
     # Directories whose entries changed; the engine fsyncs each once at the end of the run.
     # None: fsync at once.
     dirty_dirs: set[Path] | None = None
+    # Set by the engine around an inline apply: writes are staged here as (temporary, target)
+    # and renamed into place after one syncfs for the batch. None: write atomically at once.
+    staging: list[tuple[Path, Path]] | None = None
+
+    def write_file(
+        self, path: Path, data: bytes, mode: int | None, uid: int | None, gid: int | None
+    ) -> None:
+        """Replace a file's content atomically (now, or staged for the engine's batch)."""
+        from reconciler.resources import _fs
+
+        if self.staging is None:
+            _fs.atomic_write(path, data, mode, uid, gid, sync=self.sync_dir)
+        else:
+            self.staging.append((_fs.stage_write(path, data, mode, uid, gid), path))
+
+    def backup(self, host_path: Path, written: str) -> str:
+        """Keep a file's content in the backup store before it is replaced or removed."""
+        return self.backups.save(
+            host_path, written, sync=self.sync_dir, staged=self.staging is not None
+        )
 
     def sync_dir(self, directory: Path) -> None:
         """Make a rename or removal in ``directory`` durable (now, or at the end of the run)."""

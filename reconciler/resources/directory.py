@@ -82,7 +82,7 @@ class Directory(PathResource):
                 shutil.rmtree(entry)
             else:
                 if stat.S_ISREG(est.st_mode):
-                    ctx.backups.save(entry, written, sync=ctx.sync_dir)
+                    ctx.backup(entry, written)
                 os.unlink(entry)
         if purge or st is None:
             ctx.sync_dir(host.parent if st is None else host)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from reconciler.errors import ReconcilerError, ResourceError
-from reconciler.resources import _fs
 from reconciler.resources._path import (
     PathResource,
     displace,
@@ -120,7 +119,7 @@ class File(PathResource):
         rewrite = st is None or any(c.property == "content" for c in changes)
         if rewrite:
             if st is not None and self.attrs.get("backup", True):
-                ctx.backups.save(host, self.title, sync=ctx.sync_dir)
+                ctx.backup(host, self.title)
             data = self._data if self._data is not None else b""
             if self._data is None and st is not None:
                 data = host.read_bytes()
@@ -129,7 +128,7 @@ class File(PathResource):
                 mode = 0o644 if mode is None else mode
                 uid, gid = (-1 if uid is None else uid), (-1 if gid is None else gid)
             try:
-                _fs.atomic_write(host, data, mode, uid, gid, sync=ctx.sync_dir)
+                ctx.write_file(host, data, mode, uid, gid)
             except FileNotFoundError:
                 raise ResourceError(f"{self.title}: the parent directory does not exist") from None
             except OSError as exc:
@@ -139,7 +138,8 @@ class File(PathResource):
                 os.lchown(host, -1 if uid is None else uid, -1 if gid is None else gid)
             if self._mode is not None:
                 os.chmod(host, self._mode)
-        self._remember(ctx, os.lstat(host))
+        if ctx.staging is None:
+            self._remember(ctx, os.lstat(host))
         return changes
 
     def _content_in_sync(self, ctx: Context, st: os.stat_result) -> bool:
@@ -171,7 +171,7 @@ class File(PathResource):
         if apply:
             if stat.S_ISREG(st.st_mode) and self.attrs.get("backup", True):
                 try:
-                    ctx.backups.save(host, self.title, sync=ctx.sync_dir)
+                    ctx.backup(host, self.title)
                 except OSError as exc:
                     raise ReconcilerError(
                         f"{self.title}: backup failed, not removed: {exc}"

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from reconciler.errors import ResourceError
-from reconciler.resources import _fs
 from reconciler.resources._path import text_diff
 from reconciler.resources.base import Attr, Change, Context, Resource, register
 
@@ -103,9 +102,9 @@ class Line(Resource):
         before = "sha256:" + hashlib.sha256(old).hexdigest()
         after = "sha256:" + hashlib.sha256(data).hexdigest()
         if apply:
-            ctx.backups.save(host, path, sync=ctx.sync_dir)
+            ctx.backup(host, path)
             try:
-                _fs.atomic_write(host, data, sync=ctx.sync_dir)
+                ctx.write_file(host, data, None, None, None)
             except OSError as exc:
                 raise ResourceError(
                     f"{path}: cannot write: {os.strerror(exc.errno or 0)}"

@@ -60,7 +60,7 @@ class Symlink(PathResource):
             change = Change("ensure", "absent", "present")
         if apply:
             if st is not None and stat.S_ISREG(st.st_mode):
-                ctx.backups.save(host, self.title, sync=ctx.sync_dir)
+                ctx.backup(host, self.title)
             tmp = host.parent / _fs.temp_name(host.name)
             try:
                 os.symlink(target, tmp)
