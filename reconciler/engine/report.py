@@ -109,6 +109,13 @@ _MARKS = {
 }
 
 
+def _short(value: str | None) -> str | None:
+    """Digests shortened for people; reports keep them whole."""
+    if value is not None and value.startswith("sha256:") and len(value) > 19:
+        return value[:19] + "…"
+    return value
+
+
 def render_text(report: RunReport, colour: bool, plan: bool) -> str:
     """A report as an operator reads it: what changes, with diffs, and a one-line summary."""
 
@@ -133,7 +140,9 @@ def render_text(report: RunReport, colour: bool, plan: bool) -> str:
             if change.property in ("executed", "refreshed"):
                 lines.append(f"    {change.property}: {change.after}")
                 continue
-            lines.append(f"    {change.property}: {change.before} -> {change.after}")
+            lines.append(
+                f"    {change.property}: {_short(change.before)} -> {_short(change.after)}"
+            )
             if change.diff:
                 for diff_line in change.diff.rstrip("\n").splitlines():
                     diff_style = (

@@ -76,6 +76,8 @@ def converge(
             if resource.recheck and recheck:
                 _recheck(resource, ctx)
         if refresh:
+            if not changes:
+                result.corrective = False  # a refresh answers a change elsewhere, not drift
             changes = changes + resource.refresh(ctx, apply=not noop)
         result.changes = changes
         if changes:

@@ -85,6 +85,20 @@ class TestPlan:
         assert "+Debian server managed by reconciler: local changes are reverted." in plan.stdout
         assert "Plan: 1 to change" in plan.stdout
 
+    def test_a_new_revision_is_not_drift_and_its_refresh_neither(
+        self, cli: CLI, tmp_path: Path
+    ) -> None:
+        repo = example_copy(tmp_path)
+        facts = str(facts_file(tmp_path))
+        cli.run("apply", repo, "--node", "web-1", "--facts", facts, check=2)
+        node_data = repo / "data/nodes/web-1.yaml"
+        node_data.write_text(node_data.read_text().replace("8081", "9000"))
+        plan = cli.run("plan", repo, "--node", "web-1", "--facts", facts, check=2)
+        assert "~ file:/etc/nginx/sites-available/site.conf\n" in plan.stdout
+        assert "-    listen 8081;" in plan.stdout and "+    listen 9000;" in plan.stdout
+        assert "~ exec:reload-nginx\n    refreshed:" in plan.stdout
+        assert "(drift)" not in plan.stdout
+
     def test_plan_on_a_fresh_root_lists_everything_and_writes_nothing(
         self, cli: CLI, tmp_path: Path
     ) -> None:
