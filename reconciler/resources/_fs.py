@@ -216,6 +216,7 @@ class BackupStore:
         path_as_written: str,
         sync: Callable[[Path], None] | None = None,
         staged: bool = False,
+        data: bytes | None = None,
     ) -> str:
         """Store the file's content and metadata; raises when it cannot (the caller aborts).
 
@@ -226,8 +227,9 @@ class BackupStore:
         before it renames the staged replacement into place.
         """
         st = os.lstat(host_path)
-        with open(host_path, "rb") as f:
-            data = f.read()
+        if data is None:
+            with open(host_path, "rb") as f:
+                data = f.read()
         sha = hashlib.sha256(data).hexdigest()
         target = self.objects / sha[:2] / sha
         if not target.exists():

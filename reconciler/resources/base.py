@@ -121,10 +121,12 @@ class Context:
         else:
             self.staging.append((_fs.stage_write(path, data, mode, uid, gid), path))
 
-    def backup(self, host_path: Path, written: str) -> str:
-        """Keep a file's content in the backup store before it is replaced or removed."""
+    def backup(self, host_path: Path, written: str, data: bytes | None = None) -> str:
+        """Keep a file's content in the backup store before it is replaced or removed.
+
+        ``data``: the content as just read, when the caller has it."""
         return self.backups.save(
-            host_path, written, sync=self.sync_dir, staged=self.staging is not None
+            host_path, written, sync=self.sync_dir, staged=self.staging is not None, data=data
         )
 
     def sync_dir(self, directory: Path) -> None:

@@ -20,6 +20,10 @@ from reconciler.resources._path import (
 from reconciler.resources.base import Attr, Change, Context, Fingerprint, Resource, register
 
 
+def _key(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 @register
 class File(PathResource):
     type = "file"
@@ -47,6 +51,7 @@ class File(PathResource):
         self._sha = hashlib.sha256(self._data).hexdigest() if self._data is not None else None
         self._mode = parse_mode(self.attrs.get("mode"))
         self._digest: str | None = None
+        self._seen: tuple[tuple[int, int, int, int], bytes, Change | None] | None = None
 
     @classmethod
     def validate(cls, title: str, attrs: Mapping[str, Any]) -> list[tuple[str | None, str]]:
@@ -103,11 +108,9 @@ class File(PathResource):
             and self.attrs.get("replace", True)
             and not self._content_in_sync(ctx, st)
         ):
-            old = host.read_bytes()
-            old_sha = hashlib.sha256(old).hexdigest()
-            if old_sha != self._sha:
-                diff = None if self.sensitive else text_diff(self.title, old, self._data)
-                changes.append(Change("content", f"sha256:{old_sha}", f"sha256:{self._sha}", diff))
+            change = self._content_change(host, st)
+            if change is not None:
+                changes.append(change)
             else:
                 self._remember(ctx, st)
         if self._mode is not None and st is not None and (st.st_mode & 0o7777) != self._mode:
@@ -119,7 +122,9 @@ class File(PathResource):
         rewrite = st is None or any(c.property == "content" for c in changes)
         if rewrite:
             if st is not None and self.attrs.get("backup", True):
-                ctx.backup(host, self.title)
+                seen = self._seen
+                ctx.backup(host, self.title, seen[1] if seen and seen[0] == _key(st) else None)
+            self._seen = None
             data = self._data if self._data is not None else b""
             if self._data is None and st is not None:
                 data = host.read_bytes()
@@ -141,6 +146,22 @@ class File(PathResource):
         if ctx.staging is None:
             self._remember(ctx, os.lstat(host))
         return changes
+
+    def _content_change(self, host: Path, st: os.stat_result) -> Change | None:
+        """The content change against the file as it is, read once per state of the file: the
+        check, the apply that follows it and the backup share one read and one diff."""
+        seen = self._seen
+        if seen is not None and seen[0] == _key(st):
+            return seen[2]
+        old = host.read_bytes()
+        old_sha = hashlib.sha256(old).hexdigest()
+        change = None
+        if old_sha != self._sha:
+            assert self._data is not None
+            diff = None if self.sensitive else text_diff(self.title, old, self._data)
+            change = Change("content", f"sha256:{old_sha}", f"sha256:{self._sha}", diff)
+        self._seen = (_key(st), old, change) if change is not None else None
+        return change
 
     def _content_in_sync(self, ctx: Context, st: os.stat_result) -> bool:
         known = ctx.fingerprints.get(self.title)
