@@ -91,6 +91,8 @@ class Metrics:
             self.runs.labels(result)
         for state in RESOURCE_STATES:
             self.resources.labels(state)
+        for phase in ("fetch", "compile", "check", "apply"):
+            self.run_duration.labels(phase)
         for reason in ("signature", "parse", "validate", "compile", "rewind"):
             self.rejected.labels(reason)
         for result in ("success", "unchanged", "error"):
