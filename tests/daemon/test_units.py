@@ -1,0 +1,80 @@
+"""Small parts of the daemon on their own: suspension, webhook checks, backoff, flapping."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.daemon import suspend
+from reconciler.daemon.agent import BACKOFF_MAX, Backoff
+from reconciler.daemon.metrics import flapping
+from reconciler.daemon.webhook import WebhookVerifier
+from reconciler.errors import ReconcilerError
+
+
+class TestSuspend:
+    def test_until_lifts_itself(self, tmp_path: Path) -> None:
+        now = time.time()
+        s = suspend.suspend(tmp_path, "maintenance", suspend.parse_until("2h", now))
+        assert suspend.current(tmp_path, now + 3600) == s
+        assert "maintenance" in s.describe()
+        assert suspend.current(tmp_path, now + 7300) is None
+        assert not (tmp_path / suspend.FILE).exists()
+
+    def test_until_in_the_past_or_unreadable_is_refused(self) -> None:
+        with pytest.raises(ReconcilerError, match="in the past"):
+            suspend.parse_until("2000-01-01T00:00Z")
+        with pytest.raises(ReconcilerError, match="give a time"):
+            suspend.parse_until("next tuesday")
+
+    def test_resume_and_a_reason_is_required(self, tmp_path: Path) -> None:
+        with pytest.raises(ReconcilerError, match="reason"):
+            suspend.suspend(tmp_path, "  ", None)
+        suspend.suspend(tmp_path, "why", None)
+        assert suspend.resume(tmp_path) is True
+        assert suspend.current(tmp_path) is None
+        assert suspend.resume(tmp_path) is False
+
+
+class TestWebhookVerifier:
+    SECRET = b"It's a Secret to Everybody"
+    BODY = b"Hello, World!"
+
+    def test_githubs_published_test_vector(self) -> None:
+        # From GitHub's documentation on validating webhook deliveries.
+        signature = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        verifier = WebhookVerifier(self.SECRET)
+        assert verifier.check({"X-Hub-Signature-256": signature}, self.BODY) == "accepted"
+        assert (
+            verifier.check({"X-Hub-Signature-256": signature}, self.BODY + b" ") == "unauthorized"
+        )
+
+    def test_no_secret_means_off_and_replays_are_ignored(self) -> None:
+        assert WebhookVerifier(None).check({}, b"") == "disabled"
+        verifier = WebhookVerifier(b"k")
+        sig = "sha256=" + hmac.new(b"k", b"{}", hashlib.sha256).hexdigest()
+        headers = {"X-Reconciler-Signature": sig, "X-Reconciler-Delivery": "1"}
+        assert verifier.check(headers, b"{}") == "accepted"
+        assert verifier.check(headers, b"{}") == "duplicate"
+        assert verifier.check({"X-Gitlab-Token": "k"}, b"") == "accepted"
+        assert verifier.check({"X-Gitlab-Token": "K"}, b"") == "unauthorized"
+
+
+def test_backoff_grows_to_its_cap_with_jitter_and_resets() -> None:
+    backoff = Backoff()
+    delays = [backoff.next_delay() for _ in range(20)]
+    assert 0.5 <= delays[0] <= 1.0
+    assert all(d <= BACKOFF_MAX for d in delays)
+    assert delays[-1] >= BACKOFF_MAX / 2
+    backoff.reset()
+    assert backoff.next_delay() <= 1.0
+
+
+def test_flapping_needs_most_of_the_recent_runs() -> None:
+    runs = [{"file:/a"}, {"file:/a", "file:/b"}, set(), {"file:/a"}, {"file:/b"}]
+    assert flapping(runs) == {"file:/a"}
+    assert flapping([{"file:/a"}] * 2) == set()
