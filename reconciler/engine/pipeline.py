@@ -7,6 +7,7 @@ of that revision has been applied.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
@@ -19,9 +20,10 @@ from typing import Any
 from reconciler.engine import state
 from reconciler.engine.report import ResourceResult, RunReport
 from reconciler.engine.run import DEFAULT_WORKERS, converge, execute
+from reconciler.errors import ReconcilerError
 from reconciler.model import yamlload
 from reconciler.model.catalog import Catalog, Compiler
-from reconciler.resources._fs import BackupStore, Root
+from reconciler.resources._fs import BackupStore, Root, remove_stray_temporaries
 from reconciler.resources._run import Runner
 from reconciler.resources.base import REGISTRY, Context, Resource
 from reconciler.source import Snapshot, open_snapshot
@@ -113,8 +115,8 @@ def run(
             previous = state.Inventory.load(options.state_dir, warn)
             ctx = _converge(catalog, options, previous, report, noop=noop, phases=phases)
             if not noop:
-                _prune(catalog, previous, ctx, report)
-                _save_inventory(catalog, previous, ctx, report, options.state_dir)
+                left = _prune(catalog, previous, ctx, report)
+                _save_inventory(catalog, left, ctx, options.state_dir)
     report.phases = phases
     report.duration_seconds = time.perf_counter() - t0
     if not plan:
@@ -141,12 +143,17 @@ def _converge(
         if (item := previous.resources.get(rid)) is not None
         and item.digest == entry.resource.desired_digest()
     }
+    if not noop:
+        # A run killed between writing a temporary and renaming it left one behind.
+        for path in {os.path.dirname(p) or "/" for p in ctx.catalog_paths}:
+            with contextlib.suppress(ReconcilerError):  # the resource itself will say why
+                remove_stray_temporaries(ctx.root.path(path))
     report.resources = execute(catalog, ctx, noop, corrective, options.workers, options.stop)
     phases["apply" if not noop else "check"] = time.perf_counter() - t
     return ctx
 
 
-def _prunable(rid: str, item: state.InventoryItem) -> Resource | None:
+def _prunable(item: state.InventoryItem) -> Resource | None:
     cls = REGISTRY.get(item.type)
     if cls is None:
         return None
@@ -157,11 +164,16 @@ def _prunable(rid: str, item: state.InventoryItem) -> Resource | None:
         return None
 
 
-def _prune(catalog: Catalog, previous: state.Inventory, ctx: Context, report: RunReport) -> None:
-    """Remove what left the catalog, when the repo asks for it and it is not a mass removal."""
+def _prune(
+    catalog: Catalog, previous: state.Inventory, ctx: Context, report: RunReport
+) -> dict[str, state.InventoryItem]:
+    """Remove what left the catalog, when the repo asks for it and it is not a mass removal.
+
+    Returns what is still to prune (refused, or failed), so that a later run can finish it.
+    """
     gone = {rid: item for rid, item in previous.resources.items() if rid not in catalog.entries}
     if not gone or not catalog.settings.prune:
-        return
+        return {}
     total = len(previous.resources)
     if not catalog.settings.allow_mass_prune and (not catalog.entries or len(gone) * 2 > total):
         reason = "EmptyCatalog" if not catalog.entries else "MassPrune"
@@ -169,42 +181,26 @@ def _prune(catalog: Catalog, previous: state.Inventory, ctx: Context, report: Ru
             f"{reason}: refusing to prune {len(gone)} of {total} managed resources "
             "(set allow_mass_prune: true in reconciler.yaml to allow it)"
         )
-        return
+        return gone
+    left: dict[str, state.InventoryItem] = {}
     for rid, item in sorted(gone.items()):
-        remover = _prunable(rid, item)
+        remover = _prunable(item)
         if remover is None:
-            continue
+            continue  # nothing to remove for this type (an exec): forget it
         result = ResourceResult(rid, origin="prune")
         converge(remover, ctx, noop=False, refresh=False, result=result)
         report.resources.append(result)
+        if result.status == "failed":
+            left[rid] = item
+    return left
 
 
 def _save_inventory(
-    catalog: Catalog,
-    previous: state.Inventory,
-    ctx: Context,
-    report: RunReport,
-    state_dir: Path,
+    catalog: Catalog, left: dict[str, state.InventoryItem], ctx: Context, state_dir: Path
 ) -> None:
-    pruned_ok = {r.id for r in report.resources if r.origin == "prune" and r.status != "failed"}
     resources = {
         rid: state.InventoryItem(e.resource.type, e.resource.title, e.resource.desired_digest())
         for rid, e in catalog.entries.items()
     }
-    refused = any(e.startswith(("EmptyCatalog", "MassPrune")) for e in report.errors)
-    if catalog.settings.prune:
-        # Keep what is still to prune (refused or failed), so that a later run can finish it.
-        for rid, item in previous.resources.items():
-            if (
-                rid not in resources
-                and rid not in pruned_ok
-                and (refused or rid in {r.id for r in report.resources if r.origin == "prune"})
-            ):
-                resources[rid] = item
-    paths = ctx.catalog_paths
-    fingerprints = {p: f for p, f in ctx.fingerprints.items() if p in paths}
-    state.Inventory(catalog.revision, resources, fingerprints).save(state_dir)
-
-
-def state_dir_default() -> Path:
-    return Path(os.environ.get("RECONCILER_STATE_DIR", "/var/lib/reconciler"))
+    fingerprints = {p: f for p, f in ctx.fingerprints.items() if p in ctx.catalog_paths}
+    state.Inventory(catalog.revision, {**left, **resources}, fingerprints).save(state_dir)

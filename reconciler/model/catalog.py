@@ -1,6 +1,6 @@
 """Compile a node's catalog: its resources, resolved and checked, with their relationships.
 
-``compile_catalog`` turns one snapshot and the node's facts into a ``Catalog`` or raises a
+``Compiler.compile`` turns one snapshot and the node's facts into a ``Catalog`` or raises a
 ``ModelError`` listing every problem found. A revision with any problem yields no catalog, so
 nothing of it can be applied.
 """
@@ -48,7 +48,6 @@ class Catalog:
     # id -> ids to refresh when it changes
     refreshes: dict[ResourceId, set[ResourceId]]
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    sensitive_params: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def order(self) -> list[ResourceId]:
         """A topological order of the ids, stable for equal inputs."""
@@ -151,7 +150,6 @@ class Compiler:
                 problems += exc.problems
                 continue
             catalog.params[profile.name] = params
-            catalog.sensitive_params[profile.name] = profile.sensitive
             context = {**base_context, "params": params}
             problems += self.add_resources(
                 entries, profile.resources, profile.file, f"profile:{profile.name}", context
@@ -459,10 +457,6 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
             seen.add(str(problem))
             unique.append(problem)
     return unique
-
-
-def compile_catalog(snapshot: Snapshot, node: str, facts: Mapping[str, Any]) -> Catalog:
-    return Compiler(snapshot).compile(node, facts)
 
 
 def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> list[Problem]:

@@ -165,6 +165,17 @@ class TestReports:
         stored = cli.state / "backups/objects" / entry["sha256"][:2] / entry["sha256"]
         assert stored.read_text() == "hacked\n"
 
+    def test_temporaries_left_by_a_killed_run_are_removed(self, cli: CLI, tmp_path: Path) -> None:
+        repo = example_copy(tmp_path)
+        facts = str(facts_file(tmp_path))
+        cli.run("apply", repo, "--node", "web-1", "--facts", facts, check=2)
+        stray = cli.root / "etc/sudoers.d/.50-admins.reconciler-tmp-999-0"
+        stray.write_text("half a file")
+        cli.run("plan", repo, "--node", "web-1", "--facts", facts, check=0)
+        assert stray.exists()  # plan changes nothing
+        cli.run("apply", repo, "--node", "web-1", "--facts", facts, check=0)
+        assert not stray.exists()
+
     def test_status_reads_the_last_report(self, cli: CLI, tmp_path: Path) -> None:
         repo = example_copy(tmp_path)
         cli.run("apply", repo, "--node", "web-1", "--facts", str(facts_file(tmp_path)), check=2)
