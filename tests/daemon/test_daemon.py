@@ -88,6 +88,8 @@ class TestStartAndPoll:
                 daemon.metric("reconciler_revision_info", revision=sha, branch="production") == 1
             )
         )
+        time.sleep(1)  # past the watcher's debounce: the agent's own writes are not drift
+        assert daemon.metric("reconciler_drift_events_total", type="file") == 0
         # polls with nothing new cost one ls-remote and no run
         runs = daemon.metric("reconciler_runs_total", result="success")
         unchanged = daemon.metric("reconciler_source_fetches_total", result="unchanged")
