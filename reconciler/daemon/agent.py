@@ -36,7 +36,6 @@ from reconciler.source.git import Mirror, run_git
 
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 15 * 60.0
-DEBOUNCE = 0.2
 
 
 class Backoff:
@@ -107,9 +106,6 @@ class Agent:
         self._backoff = Backoff()
         self._next_fetch = 0.0  # monotonic time before which polls are skipped (backoff)
         self._rejected_backoff: dict[str, tuple[float, Backoff]] = {}
-        self._next_check = 0.0
-        self._watch_events: list[tuple[str, str]] = []
-        self._managed: dict[str, str] = {}  # host path -> resource type
         self.watcher: Any = None
         self._lock_fd: int | None = None
         self._mirror = self._make_mirror(self.config)
@@ -216,8 +212,6 @@ class Agent:
                     applied = self.poll()
                 if "check" in pending and not applied:
                     self.check()
-                if self.watcher is not None:
-                    self.watcher.flush()
         finally:
             self.notifier.stopping()
             schedule.stop()
@@ -488,11 +482,6 @@ class Agent:
         if self.watcher is None:
             self.watcher = Watcher(self)
         self.watcher.update(managed, ignore=changed_paths)
-
-    def drift_seen(self, kind: str) -> None:
-        """Called by the watcher for a change of a managed path made behind our back."""
-        self.metrics.drift_events.labels(kind).inc()
-        self.request("check")
 
     @property
     def running(self) -> bool:

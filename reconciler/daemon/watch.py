@@ -30,7 +30,6 @@ class Watcher(FileSystemEventHandler):
         self._watched: dict[str, Any] = {}
         self._held: list[str] = []
         self._timer: threading.Timer | None = None
-        self._kinds: set[str] = set()
         self.observer: Any = Observer()
         self.observer.daemon = True
         self.observer.start()
@@ -75,8 +74,8 @@ class Watcher(FileSystemEventHandler):
         kind = self._managed.get(path)
         if kind is None:
             return
+        self.agent.metrics.drift_events.labels(kind).inc()
         with self._lock:
-            self._kinds.add(kind)
             if self._timer is None:
                 self._timer = threading.Timer(DEBOUNCE_SECONDS, self._fire)
                 self._timer.daemon = True
@@ -84,12 +83,8 @@ class Watcher(FileSystemEventHandler):
 
     def _fire(self) -> None:
         with self._lock:
-            kinds, self._kinds, self._timer = self._kinds, set(), None
-        for kind in kinds:
-            self.agent.drift_seen(kind)
-
-    def flush(self) -> None:
-        """Nothing to do between runs; held events are settled by update()."""
+            self._timer = None
+        self.agent.request("check")
 
     def stop(self) -> None:
         self.observer.stop()
