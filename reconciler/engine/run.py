@@ -169,6 +169,7 @@ def execute(
                 for tmp, target in staged:
                     os.replace(tmp, target)
                     ctx.sync_dir(target.parent)
+                    resource.committed(ctx, target)
                 if resource.recheck:
                     _recheck(resource, ctx)
             except Exception as exc:

@@ -175,6 +175,9 @@ class Resource(ABC):
         """Ids this resource depends on when they are in the catalog (a file's parent dir)."""
         return []
 
+    def committed(self, ctx: Context, target: Path) -> None:  # noqa: B027 - optional hook
+        """A staged write of this resource was just renamed into place at ``target``."""
+
     def serial_key(self) -> str | None:
         """Resources with the same key change one shared thing (the lines of one file): the
         engine applies them one after another, in declaration order, never in parallel."""

@@ -147,6 +147,11 @@ class File(PathResource):
             self._remember(ctx, os.lstat(host))
         return changes
 
+    def committed(self, ctx: Context, target: Path) -> None:
+        # The bytes just renamed into place are the desired content: record the fingerprint, so
+        # the re-check need not read them back.
+        self._remember(ctx, os.lstat(target))
+
     def _content_change(self, host: Path, st: os.stat_result) -> Change | None:
         """The content change against the file as it is, read once per state of the file: the
         check, the apply that follows it and the backup share one read and one diff."""
