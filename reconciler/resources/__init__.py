@@ -1,3 +1,3 @@
 """Resource types. Importing this package registers every built-in type."""
 
-from reconciler.resources import directory, exec, file, line, symlink  # noqa: F401
+from reconciler.resources import directory, exec, file, group, line, symlink, user  # noqa: F401

@@ -466,3 +466,39 @@ class TestExplainAndFacts:
         assert data["datacenter"] == "ams1"
         assert data["node"] == "n9"
         assert data["processors"]["count"] >= 1
+
+
+class TestAccounts:
+    def test_user_is_created_after_its_groups_under_the_root(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        etc = cli.root / "etc"
+        (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+        (etc / "group").write_text("root:x:0:\n")
+        (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
+        (etc / "gshadow").write_text("root:*::\n")
+        repo = make_repo(
+            {
+                "nodes.yaml": "default: app\n",
+                "roles/app.yaml": "profiles: [app]\n",
+                "profiles/app.yaml": """
+                    resources:
+                      - user: app
+                        uid: 2001
+                        gid: app
+                        groups: [deploy]
+                        home: /srv/app
+                        shell: /bin/sh
+                      - group: deploy
+                      - group: app
+                        gid: 2001
+                    """,
+            }
+        )
+        done = cli.run("apply", repo, "--node", "n1", "--format", "json", check=2)
+        order = [r["id"] for r in json.loads(done.stdout)["resources"]]
+        assert order.index("user:app") > order.index("group:app")
+        assert order.index("user:app") > order.index("group:deploy")
+        assert "app:x:2001:2001::/srv/app:/bin/sh" in (etc / "passwd").read_text()
+        assert ":app\n" in (etc / "group").read_text()
+        cli.run("apply", repo, "--node", "n1", check=0)
