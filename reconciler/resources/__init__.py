@@ -1,3 +1,12 @@
 """Resource types. Importing this package registers every built-in type."""
 
-from reconciler.resources import directory, exec, file, group, line, symlink, user  # noqa: F401
+from reconciler.resources import (  # noqa: F401
+    artifact,
+    directory,
+    exec,
+    file,
+    group,
+    line,
+    symlink,
+    user,
+)

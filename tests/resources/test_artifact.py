@@ -1,0 +1,159 @@
+"""artifact against an HTTP server on 127.0.0.1: good, wrong checksum, truncated, hostile."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import ResourceError
+from reconciler.resources.artifact import Artifact
+from reconciler.resources.base import Context
+from tests.conftest import tree_hash
+from tests.resources.conftest import make
+
+
+def tar_gz(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path == "/truncated.tar.gz":
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"\x1f\x8b" + b"x" * 100)
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+def test_release_is_downloaded_verified_and_swapped(ctx: Context, served: tuple[str, Path]) -> None:
+    url, www = served
+    v1 = tar_gz({"bin/app": b"v1\n", "README": b"one\n"})
+    v2 = tar_gz({"bin/app": b"v2\n"})
+    (www / "v1.tar.gz").write_bytes(v1)
+    (www / "v2.tar.gz").write_bytes(v2)
+    (ctx.root.prefix / "opt").mkdir(exist_ok=True)
+    first = make(Artifact, "/opt/app", url=f"{url}/v1.tar.gz", sha256=sha(v1), extract="tar.gz")
+    assert [c.after for c in first.check_apply(ctx, False)] == [sha(v1)]
+    assert not (ctx.root.prefix / "opt/app").exists()
+    first.check_apply(ctx, True)
+    assert (ctx.root.prefix / "opt/app/bin/app").read_text() == "v1\n"
+    assert first.check_apply(ctx, False) == []
+    make(
+        Artifact, "/opt/app", url=f"{url}/v2.tar.gz", sha256=sha(v2), extract="tar.gz"
+    ).check_apply(ctx, True)
+    assert (ctx.root.prefix / "opt/app/bin/app").read_text() == "v2\n"
+    assert not (ctx.root.prefix / "opt/app/README").exists()
+    assert sorted(p.name for p in (ctx.root.prefix / "opt").iterdir()) == ["app"]
+
+
+def test_wrong_checksum_leaves_the_destination_as_it_was(
+    ctx: Context, served: tuple[str, Path]
+) -> None:
+    url, www = served
+    good = tar_gz({"app": b"good\n"})
+    (www / "good.tar.gz").write_bytes(good)
+    (www / "evil.tar.gz").write_bytes(tar_gz({"app": b"evil\n"}))
+    make(
+        Artifact, "/opt/app", url=f"{url}/good.tar.gz", sha256=sha(good), extract="tar.gz"
+    ).check_apply(ctx, True)
+    before = tree_hash(ctx.root.prefix)
+    with pytest.raises(ResourceError, match="checksum mismatch"):
+        make(
+            Artifact, "/opt/app", url=f"{url}/evil.tar.gz", sha256="0" * 64, extract="tar.gz"
+        ).check_apply(ctx, True)
+    with pytest.raises(ResourceError, match="download failed"):
+        make(
+            Artifact, "/opt/app", url=f"{url}/truncated.tar.gz", sha256="1" * 64, extract="tar.gz"
+        ).check_apply(ctx, True)
+    assert tree_hash(ctx.root.prefix) == before
+    assert not list((ctx.state_dir / "artifacts").glob("*.part"))
+
+
+@pytest.mark.parametrize(
+    "archive",
+    [
+        tar_gz({"../escape": b"x"}),
+        tar_gz({"/etc/owned": b"x"}),
+        tar_gz({"ok": b"x"}, links={"link": "/etc/shadow"}),
+    ],
+    ids=["dotdot", "absolute", "symlink-out"],
+)
+def test_hostile_tar_members_are_refused(
+    ctx: Context, served: tuple[str, Path], archive: bytes
+) -> None:
+    url, www = served
+    (www / "bad.tar.gz").write_bytes(archive)
+    before = tree_hash(ctx.root.prefix)
+    with pytest.raises(ResourceError, match="unsafe archive"):
+        make(
+            Artifact, "/opt/app", url=f"{url}/bad.tar.gz", sha256=sha(archive), extract="tar.gz"
+        ).check_apply(ctx, True)
+    assert tree_hash(ctx.root.prefix) == before
+    assert not (ctx.root.prefix.parent / "escape").exists()
+
+
+def test_hostile_zip_is_refused_and_plain_files_work(
+    ctx: Context, served: tuple[str, Path]
+) -> None:
+    url, www = served
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("../../escape", b"x")
+    bad = buf.getvalue()
+    (www / "bad.zip").write_bytes(bad)
+    with pytest.raises(ResourceError, match=r"unsafe archive refused: member .* would leave"):
+        make(Artifact, "/opt/z", url=f"{url}/bad.zip", sha256=sha(bad), extract="zip").check_apply(
+            ctx, True
+        )
+    (www / "tool.bin").write_bytes(b"\x7fELF")
+    make(Artifact, "/opt/tool", url=f"{url}/tool.bin", sha256=sha(b"\x7fELF")).check_apply(
+        ctx, True
+    )
+    assert (ctx.root.prefix / "opt/tool/tool.bin").read_bytes() == b"\x7fELF"
+
+
+def test_only_http_https_and_file_urls() -> None:
+    assert Artifact.validate("/opt/x", {"url": "ftp://h/x", "sha256": "0" * 64})
+    assert Artifact.validate("/opt/x", {"url": "https://h/x", "sha256": "abc"})
+    assert not Artifact.validate("/opt/x", {"url": "https://h/x", "sha256": "0" * 64})
