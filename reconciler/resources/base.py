@@ -100,6 +100,8 @@ class Context:
     fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
     # Set by the engine: the ids of resources that changed in this run (for daemon-reload etc).
     changed: set[ResourceId] = field(default_factory=set)
+    # Once-per-run actions already taken (a systemd daemon-reload).
+    done: set[str] = field(default_factory=set)
     # Every path (as written) that some resource of the catalog manages: for directory purge.
     catalog_paths: frozenset[str] = frozenset()
     log: Callable[..., None] = lambda *a, **k: None
