@@ -91,32 +91,8 @@ def atomic_write(
     ``sync`` makes the rename durable (default: fsync the directory now); the engine passes
     one that fsyncs each directory once at the end of the run.
     """
-    old: os.stat_result | None = None
-    if mode is None or uid is None or gid is None:
-        try:
-            old = os.lstat(path)
-        except FileNotFoundError:
-            old = None
-    if mode is None:
-        mode = (old.st_mode & 0o7777) if old is not None else 0o644
-    if uid is None:
-        uid = old.st_uid if old is not None else -1
-    if gid is None:
-        gid = old.st_gid if old is not None else -1
-    tmp = path.parent / temp_name(path.name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    tmp = stage_write(path, data, mode, uid, gid, fsync=True)
     try:
-        try:
-            if uid != -1 or gid != -1:
-                os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -126,12 +102,19 @@ def atomic_write(
 
 
 def stage_write(
-    path: Path, data: bytes, mode: int | None, uid: int | None, gid: int | None
+    path: Path,
+    data: bytes,
+    mode: int | None,
+    uid: int | None,
+    gid: int | None,
+    fsync: bool = False,
 ) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` (mode and owner first), unsynced.
+    """Write ``data`` to a temporary file beside ``path``; return the temporary's path.
 
-    The engine makes a batch of staged files durable with one syncfs, then renames each over
-    its target: the guarantee of atomic_write at a fraction of the cost of one fsync each.
+    The temporary gets its final owner and mode before any byte is written. When mode, uid
+    or gid is None the existing file's is kept (0644 and the caller's for a new file).
+    Without ``fsync`` the engine makes a batch of staged files durable with one syncfs before
+    renaming each over its target: atomic_write's guarantee for a fraction of the cost.
     """
     old: os.stat_result | None = None
     if mode is None or uid is None or gid is None:
@@ -150,6 +133,8 @@ def stage_write(
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
     except BaseException:
@@ -302,22 +287,21 @@ def _lookup(root: Root, table: str, name: str) -> int | None:
     return None
 
 
+def _resolve(root: Root, table: str, value: str | int, what: str) -> int:
+    if isinstance(value, int) or str(value).isdigit():
+        return int(value)
+    found = _lookup(root, table, str(value))
+    if found is None:
+        raise ResourceError(f"no {what} named {value!r}")
+    return found
+
+
 def resolve_uid(root: Root, owner: str | int) -> int:
-    if isinstance(owner, int) or str(owner).isdigit():
-        return int(owner)
-    uid = _lookup(root, "passwd", str(owner))
-    if uid is None:
-        raise ResourceError(f"no user named {owner!r}")
-    return uid
+    return _resolve(root, "passwd", owner, "user")
 
 
 def resolve_gid(root: Root, group: str | int) -> int:
-    if isinstance(group, int) or str(group).isdigit():
-        return int(group)
-    gid = _lookup(root, "group", str(group))
-    if gid is None:
-        raise ResourceError(f"no group named {group!r}")
-    return gid
+    return _resolve(root, "group", group, "group")
 
 
 def name_of_uid(root: Root, uid: int) -> str:
