@@ -419,23 +419,24 @@ class Agent:
     def _run(self, snapshot: GitSnapshot, revision: str) -> RunReport | None:
         enforcing, suspended = self._enforcing()
         log = self.log.bind(revision=revision)
-        self._running.set()
+        self._running.set()  # the watcher holds events until _update_watch settles them
         try:
             report, catalog = run(
                 self._options(noop=not enforcing), snapshot=snapshot, warn=self._warn
             )
         except LockHeld as exc:
+            self._running.clear()
             log.warning("run skipped", reason="LockHeld", error=str(exc))
             return None
         except ModelError:
+            self._running.clear()
             raise
         except ReconcilerError as exc:
+            self._running.clear()
             log.error("run failed", error=str(exc))
             self.state.last_error = str(exc)
             self.metrics.runs.labels("failure").inc()
             return None
-        finally:
-            self._running.clear()
         ended = time.time()
         self.state.node = report.node
         self.metrics.observe_run(report, ended, enforcing)
@@ -459,7 +460,10 @@ class Agent:
         )
         self.state.last_report = report.to_dict()
         self.state.last_error = "; ".join(report.errors) or None
-        self._update_watch(catalog, report)
+        try:
+            self._update_watch(catalog, report)
+        finally:
+            self._running.clear()
         self.notifier.status(self._status_line())
         return report
 
@@ -481,7 +485,7 @@ class Agent:
         }
         if self.watcher is None:
             self.watcher = Watcher(self)
-        self.watcher.update(managed, ignore=changed_paths)
+        self.watcher.update(managed, written=changed_paths)
 
     @property
     def running(self) -> bool:

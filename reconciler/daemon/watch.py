@@ -22,6 +22,15 @@ if TYPE_CHECKING:
 DEBOUNCE_SECONDS = 0.2
 
 
+def signature(path: str) -> tuple[int, int, int, int] | None:
+    """What a path is now (size, mtime, ctime, inode); None when it does not exist."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 class Watcher(FileSystemEventHandler):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -29,19 +38,26 @@ class Watcher(FileSystemEventHandler):
         self._managed: dict[str, str] = {}
         self._watched: dict[str, Any] = {}
         self._held: list[str] = []
+        self._own: dict[str, tuple[int, int, int, int] | None] = {}
         self._timer: threading.Timer | None = None
         self.observer: Any = Observer()
         self.observer.daemon = True
         self.observer.start()
 
-    def update(self, managed: dict[str, str], ignore: set[str]) -> None:
-        """Watch these paths from now on; drop held events for paths the last run wrote."""
+    def update(self, managed: dict[str, str], written: set[str]) -> None:
+        """Watch these paths from now on; ``written``: the paths the last run changed.
+
+        inotify events of the agent's own writes may arrive during the run or after it. An
+        event on a path the run wrote is the agent's own as long as the path is still exactly
+        as the run left it (same size, times and inode); any later change is drift.
+        """
+        own = {path: signature(path) for path in written}
         with self._lock:
             self._managed = managed
             held, self._held = self._held, []
+            self._own = own
         for path in held:
-            if path not in ignore:
-                self._seen(path)
+            self._seen(path)
         dirs = {os.path.dirname(p) for p in managed} | {
             p for p, _ in managed.items() if os.path.isdir(p)
         }
@@ -74,6 +90,8 @@ class Watcher(FileSystemEventHandler):
         kind = self._managed.get(path)
         if kind is None:
             return
+        if path in self._own and self._own[path] == signature(path):
+            return  # the agent's own write, still as it left it
         self.agent.metrics.drift_events.labels(kind).inc()
         with self._lock:
             if self._timer is None:
