@@ -92,15 +92,10 @@ class _Reader:
     def section(self, parent: LocMap, key: str, allowed: set[str], prefix: str = "") -> LocMap:
         value = parent.get(key)
         if value is None:
-            empty = LocMap()
-            empty.lines = {}
-            empty.line = parent.line_of(key)
-            return empty
+            return LocMap.empty(parent.line_of(key))
         if not isinstance(value, LocMap):
             self.fail(parent, key, "must be a mapping", prefix)
-            empty = LocMap()
-            empty.lines = {}
-            return empty
+            return LocMap.empty()
         self.known(value, allowed, f"{prefix}{key}.")
         return value
 
@@ -163,9 +158,7 @@ def parse_config(text: bytes | str, name: str) -> Config:
     except ModelError as exc:
         raise ConfigError("\n".join(str(p) for p in exc.problems)) from None
     if raw is None:
-        empty = LocMap()
-        empty.lines = {}
-        raw = empty
+        raw = LocMap.empty()
     if not isinstance(raw, LocMap):
         raise ConfigError(f"{name}: the configuration must be a mapping")
     r = _Reader(name)

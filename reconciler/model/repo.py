@@ -36,10 +36,7 @@ def read_yaml(snapshot: Snapshot, path: str) -> Any:
 
 def expect_map(value: Any, where: Location, what: str) -> LocMap:
     if value is None:
-        empty = LocMap()
-        empty.lines = {}
-        empty.line = where.line or 0
-        return empty
+        return LocMap.empty(where.line or 0)
     if not isinstance(value, LocMap):
         raise ModelError.one(f"{what} must be a mapping, not {type_name(value)}", where, "validate")
     return value
@@ -163,7 +160,7 @@ def load_nodes(snapshot: Snapshot) -> LocMap:
 def classify(snapshot: Snapshot, node: str, facts: Mapping[str, Any]) -> Classification:
     """The role of a node: the first nodes.yaml entry whose every condition holds."""
     raw = load_nodes(snapshot)
-    entries: LocList = raw.get("nodes") or LocList()
+    entries: LocList = raw.get("nodes") or LocList.empty()
     for index, entry in enumerate(entries):
         if "match" in entry and not fnmatchcase(node, entry["match"]):
             continue
@@ -187,14 +184,19 @@ def _fact_holds(facts: Mapping[str, Any], dotted: Any, expected: Any) -> bool:
 # -- roles and profiles -------------------------------------------------------------------------
 
 
+def _read_named(snapshot: Snapshot, kind: str, name: str, where: Location) -> tuple[str, LocMap]:
+    """The file of a role or profile named at ``where``, read as a mapping."""
+    path = f"{kind}s/{name}.yaml"
+    if not NAME.match(name):
+        raise ModelError.one(f"{name!r} is not a valid {kind} name", where)
+    if not snapshot.exists(path):
+        raise ModelError.one(f"{kind} {name!r} not found (no {path})", where)
+    return path, expect_map(read_yaml(snapshot, path), Location(path), f"a {kind}")
+
+
 def load_role(snapshot: Snapshot, role: str, where: Location) -> list[tuple[str, Location]]:
     """The profiles a role includes, each with the line that names it."""
-    path = f"roles/{role}.yaml"
-    if not NAME.match(role):
-        raise ModelError.one(f"{role!r} is not a valid role name", where)
-    if not snapshot.exists(path):
-        raise ModelError.one(f"role {role!r} not found (no {path})", where)
-    raw = expect_map(read_yaml(snapshot, path), Location(path), "a role")
+    path, raw = _read_named(snapshot, "role", role, where)
     problems = unknown_keys(raw, {"profiles", "description"}, path, "a role")
     profiles = raw.get("profiles", [])
     if not isinstance(profiles, LocList) or not all(isinstance(p, str) for p in profiles):
@@ -204,8 +206,7 @@ def load_role(snapshot: Snapshot, role: str, where: Location) -> list[tuple[str,
                 Location(path, raw.line_of("profiles"), "profiles"),
             )
         )
-        profiles = LocList()
-        profiles.lines = []
+        profiles = LocList.empty()
     if problems:
         raise ModelError(problems, "validate")
     return [(name, Location(path, profiles.line_of(i))) for i, name in enumerate(profiles)]
@@ -221,12 +222,7 @@ class Profile:
 
 
 def load_profile(snapshot: Snapshot, name: str, where: Location) -> Profile:
-    path = f"profiles/{name}.yaml"
-    if not NAME.match(name):
-        raise ModelError.one(f"{name!r} is not a valid profile name", where)
-    if not snapshot.exists(path):
-        raise ModelError.one(f"profile {name!r} not found (no {path})", where)
-    raw = expect_map(read_yaml(snapshot, path), Location(path), "a profile")
+    path, raw = _read_named(snapshot, "profile", name, where)
     problems = unknown_keys(
         raw, {"params", "resources", "description", "sensitive_params"}, path, "a profile"
     )
@@ -238,14 +234,12 @@ def load_profile(snapshot: Snapshot, name: str, where: Location) -> Profile:
         params = expect_map(None, Location(path), "params")
     resources = raw.get("resources")
     if resources is None:
-        resources = LocList()
-        resources.lines = []
+        resources = LocList.empty()
     elif not isinstance(resources, LocList):
         problems.append(
             Problem("must be a list", Location(path, raw.line_of("resources"), "resources"))
         )
-        resources = LocList()
-        resources.lines = []
+        resources = LocList.empty()
     sensitive = raw.get("sensitive_params", [])
     if not isinstance(sensitive, list) or not all(isinstance(s, str) for s in sensitive):
         problems.append(

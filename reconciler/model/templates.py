@@ -80,9 +80,7 @@ class Renderer:
             if template is None:
                 template = self._strings[source] = self._env.from_string(source)
             return _bounded(template.render(context), where)
-        except jinja2.TemplateError as exc:
-            raise self._fail(exc, where, "template error") from None
-        except (TypeError, ValueError, ArithmeticError) as exc:
+        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
             raise self._fail(exc, where, "template error") from None
 
     def evaluate(self, expression: str, context: Mapping[str, Any], where: Location) -> Any:
@@ -97,9 +95,7 @@ class Renderer:
             if isinstance(value, jinja2.Undefined):
                 value._fail_with_undefined_error()
             return value
-        except jinja2.TemplateError as exc:
-            raise self._fail(exc, where, "expression error") from None
-        except (TypeError, ValueError, ArithmeticError) as exc:
+        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
             raise self._fail(exc, where, "expression error") from None
 
     def render_file(self, name: str, context: Mapping[str, Any], where: Location) -> str:

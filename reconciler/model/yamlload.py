@@ -37,6 +37,12 @@ class LocMap(dict[Any, Any]):
     line: int = 0
     lines: dict[Any, int]
 
+    @classmethod
+    def empty(cls, line: int = 0) -> LocMap:
+        new = cls()
+        new.line, new.lines = line, {}
+        return new
+
     def line_of(self, key: Any) -> int:
         return self.lines.get(key, self.line)
 
@@ -46,6 +52,12 @@ class LocList(list[Any]):
 
     line: int = 0
     lines: list[int]
+
+    @classmethod
+    def empty(cls, line: int = 0) -> LocList:
+        new = cls()
+        new.line, new.lines = line, []
+        return new
 
     def line_of(self, index: int) -> int:
         return self.lines[index] if 0 <= index < len(self.lines) else self.line
