@@ -90,6 +90,12 @@ class LockHeld(ReconcilerError):
     reason = "LockHeld"
 
 
+class StateDirUnsafe(ReconcilerError):
+    """The state directory could have been written by someone else."""
+
+    reason = "StateDirUnsafe"
+
+
 class PathEscape(ReconcilerError):
     """A path would leave the root it must stay in."""
 

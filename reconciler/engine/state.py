@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import LockHeld
+from reconciler.errors import LockHeld, StateDirUnsafe
 from reconciler.resources.base import Fingerprint
 
 KEEP_REPORTS = 50
@@ -58,7 +58,19 @@ def read_json(path: Path, warn: Any = None) -> Any:
 
 
 def prepare_state_dir(state_dir: Path) -> None:
+    """Create the state directory, or refuse one that someone else could have written into.
+
+    It holds the mirror git runs in, backups and caches: a directory owned by another user, or
+    writable by group or others, could have been prepared by an attacker (CVE-2022-24765).
+    """
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.stat(state_dir)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise StateDirUnsafe(
+            f"{state_dir}: refusing a state directory owned by uid {st.st_uid} with mode "
+            f"{st.st_mode & 0o7777:04o}; it must belong to uid {os.geteuid()} and not be "
+            "writable by group or others"
+        )
 
 
 @contextlib.contextmanager

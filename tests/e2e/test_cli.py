@@ -502,3 +502,28 @@ class TestAccounts:
         assert "app:x:2001:2001::/srv/app:/bin/sh" in (etc / "passwd").read_text()
         assert ":app\n" in (etc / "group").read_text()
         cli.run("apply", repo, "--node", "n1", check=0)
+
+
+class TestStateDir:
+    def test_a_state_dir_others_can_write_is_refused(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                "nodes.yaml": "default: app\n",
+                "roles/app.yaml": "profiles: [app]\n",
+                "profiles/app.yaml": "resources:\n  - file: /etc/x\n    content: x\n",
+            }
+        )
+        cli.state.mkdir()
+        cli.state.chmod(0o777)
+        done = cli.run("apply", repo, "--node", "n1", check=1)
+        assert f"{cli.state}: refusing a state directory owned by uid" in done.stderr
+        assert "mode 0777" in done.stderr
+        assert not (cli.root / "etc/x").exists()
+        os.chown(cli.state, 4321, 4321)
+        cli.state.chmod(0o700)
+        done = cli.run("apply", repo, "--node", "n1", check=1)
+        assert "owned by uid 4321" in done.stderr
+        os.chown(cli.state, 0, 0)
+        cli.run("apply", repo, "--node", "n1", check=2)
