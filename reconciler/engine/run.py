@@ -180,6 +180,38 @@ def execute(
                 _contain(result, exc)
             finish(rid)
 
+    # Ready resources of batched types (packages) wait here, by type and noop, until nothing
+    # else can progress: then each group is converged at once, in the pool.
+    batches: dict[tuple[type[Resource], bool], list[ResourceId]] = {}
+
+    def converge_group(kind: type[Resource], noop_here: bool, rids: list[ResourceId]) -> None:
+        started = time.perf_counter()
+        try:
+            outcome = kind.converge_batch(
+                ctx, [nodes[rid].entry.resource for rid in rids], apply=not noop_here
+            )
+        except Exception as exc:  # contained like any resource's bug
+            outcome = {rid: exc for rid in rids}
+        elapsed = time.perf_counter() - started
+        for rid in rids:
+            result = results[rid]
+            result.duration_seconds = elapsed
+            changes = outcome.get(rid, ReconcilerError("no outcome from the batch"))
+            if isinstance(changes, Exception):
+                _contain(result, changes)
+            else:
+                result.changes = changes
+                if changes:
+                    result.status = "would_change" if noop_here else "changed"
+            completed.put(rid)
+
+    def flush_batches() -> int:
+        groups = list(batches.items())
+        batches.clear()
+        for (kind, noop_here), rids in groups:
+            pool.submit(converge_group, kind, noop_here, rids)
+        return sum(len(rids) for _, rids in groups)
+
     # Completed ids come back through a queue: waiting on thousands of futures at once
     # (concurrent.futures.wait) costs time in proportion to their number, on every call.
     completed: queue.SimpleQueue[ResourceId] = queue.SimpleQueue()
@@ -218,7 +250,7 @@ def execute(
     if ctx.dirty_dirs is None:
         ctx.dirty_dirs = set()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="resource") as pool:
-        while ready or running or awaiting:
+        while ready or running or awaiting or batches:
             while ready:
                 rid = ready.popleft()
                 result = start(rid)
@@ -231,6 +263,9 @@ def execute(
                 if workers <= 1:
                     converge(resource, ctx, noop_here, node.refresh, result)
                     finish(rid)
+                    continue
+                if type(resource).batched and not node.refresh:
+                    batches.setdefault((type(resource), noop_here), []).append(rid)
                     continue
                 changes = None
                 if resource.inline and not node.refresh:
@@ -265,6 +300,9 @@ def execute(
                 running += 1
             if not ready and awaiting:
                 commit()
+                continue
+            if not ready and not running and batches:
+                running += flush_batches()
                 continue
             if running:
                 finish(completed.get())

@@ -150,6 +150,9 @@ class Resource(ABC):
     inline: ClassVar[bool] = False
     # Whether the engine re-checks after applying. An exec has no state to re-check.
     recheck: ClassVar[bool] = True
+    # Types whose ready resources the engine converges together, through converge_batch (all
+    # the packages of a run in one apt transaction). Such a converge_batch re-checks itself.
+    batched: ClassVar[bool] = False
 
     def __init__(self, title: str, attrs: Mapping[str, Any], sensitive: bool = False) -> None:
         self.title = title
@@ -168,6 +171,20 @@ class Resource(ABC):
     @abstractmethod
     def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
         """Return the changes needed; with ``apply`` also make them. Raise ResourceError."""
+
+    @classmethod
+    def converge_batch(
+        cls, ctx: Context, resources: Sequence[Resource], apply: bool
+    ) -> dict[ResourceId, list[Change] | Exception]:
+        """Check (and with ``apply`` converge) several resources of this type at once: each
+        one's changes, or the exception that failed it. Default: one after another."""
+        outcome: dict[ResourceId, list[Change] | Exception] = {}
+        for resource in resources:
+            try:
+                outcome[resource.id] = resource.check_apply(ctx, apply)
+            except Exception as exc:
+                outcome[resource.id] = exc
+        return outcome
 
     def refresh(self, ctx: Context, apply: bool) -> list[Change]:
         """React to a notify/subscribe refresh (restart, run). Default: nothing to do."""
