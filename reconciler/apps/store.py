@@ -1,0 +1,723 @@
+"""The coordination store application deployments use (SPEC section 3).
+
+Every node publishes the state of the components it deploys, reads the states of the others,
+and takes one of a component's ``max_parallel`` deployment slots before it deploys. Two
+backends share one contract:
+
+``LocalStore``
+    Files under ``coordination.path``: every daemon that shares the directory (one machine, or
+    a shared filesystem with working locks) sees the others. Writes are atomic (temporary file,
+    fsync, rename) and slot changes happen under ``fcntl.flock`` on one lock file.
+
+``EtcdStore``
+    A real etcd v3 cluster through its JSON gateway. Slots are keys taken by a transaction and
+    bound to a lease, so a node that dies holding one frees it when the lease runs out.
+
+A slot is a lease: it expires ``ttl`` seconds after the last ``acquire_slot`` of its holder,
+which renews it, unless ``release_slot`` frees it first. ``wait`` blocks until anything in the
+store changes; it counts from the last read (``states``, ``holders``, ``acquire_slot``), so a
+change made between a read and the ``wait`` that follows it is not missed. A wake-up may be
+spurious (this node's own writes count too): callers read again and decide.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import http.client
+import json
+import math
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from reconciler.config import CoordinationConfig
+from reconciler.errors import ReconcilerError
+from reconciler.resources._fs import atomic_write
+
+STATES = ("deploying", "healthy", "failed", "waiting", "rolledback")
+POLL_INTERVAL = 0.1  # seconds between two looks of LocalStore.wait
+ETCD_TIMEOUT = 5.0  # seconds for each HTTP call to etcd
+ROOT = "/reconciler/"
+
+
+@dataclass(frozen=True)
+class ComponentState:
+    """What one node last said about one component of one app."""
+
+    node: str
+    version: str
+    state: str  # "deploying" | "healthy" | "failed" | "waiting" | "rolledback"
+    revision: str  # control-repo revision
+    updated: float  # unix time
+    message: str = ""
+
+
+class StoreError(ReconcilerError):
+    """The coordination store could not be reached or used."""
+
+    reason = "StoreError"
+
+
+class Store(Protocol):
+    def publish(self, app: str, component: str, state: ComponentState) -> None:
+        """Record ``state`` as what ``state.node`` says about the component."""
+
+    def states(self, app: str, component: str) -> dict[str, ComponentState]:
+        """Every node's last published state of the component: node -> state."""
+
+    def acquire_slot(
+        self, app: str, component: str, version: str, node: str, max_parallel: int, ttl: float
+    ) -> bool:
+        """Take (or renew) one of ``max_parallel`` slots; False when all are held by others."""
+
+    def release_slot(self, app: str, component: str, version: str, node: str) -> None:
+        """Free the node's slot, if it holds one."""
+
+    def holders(self, app: str, component: str, version: str) -> list[str]:
+        """The nodes that hold a live slot, in slot order."""
+
+    def wait(self, timeout: float) -> bool:
+        """Block until anything in the store changes (True) or ``timeout`` seconds (False)."""
+
+    def close(self) -> None:
+        """Let go of connections; a ``wait`` blocked in another thread returns False."""
+
+
+def open_store(config: CoordinationConfig) -> Store:
+    """The store the configuration names."""
+    if config.backend == "local":
+        return LocalStore(config.path)
+    if config.backend == "etcd":
+        return EtcdStore(config.endpoints)
+    raise StoreError(f"unknown coordination backend {config.backend!r}")
+
+
+def _part(name: str, what: str) -> str:
+    """One name as one path segment or key segment: no '/', no leading '.', never empty."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} must be a non-empty string, not {name!r}")
+    quoted = urllib.parse.quote(name, safe="")
+    return "%2E" + quoted[1:] if quoted.startswith(".") else quoted
+
+
+def _check_state(state: ComponentState) -> None:
+    if state.state not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)}, not {state.state!r}")
+
+
+def _check_slot(max_parallel: int, ttl: float) -> None:
+    if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+        raise ValueError(f"max_parallel must be a whole number of at least 1, not {max_parallel!r}")
+    if not ttl > 0:
+        raise ValueError(f"ttl must be more than zero, not {ttl!r}")
+
+
+def _encode_state(state: ComponentState) -> bytes:
+    return json.dumps(asdict(state), sort_keys=True).encode()
+
+
+def _decode_state(raw: bytes, where: str) -> ComponentState:
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        strings = {k: data[k] for k in ("node", "version", "state", "revision")}
+        if not all(isinstance(v, str) for v in strings.values()):
+            raise ValueError("node, version, state and revision must be strings")
+        updated = data["updated"]
+        if isinstance(updated, bool) or not isinstance(updated, int | float):
+            raise ValueError("updated must be a number")
+        message = data.get("message", "")
+        if not isinstance(message, str):
+            raise ValueError("message must be a string")
+    except (ValueError, KeyError) as exc:
+        raise StoreError(f"{where}: not a component state: {exc}") from None
+    return ComponentState(**strings, updated=float(updated), message=message)
+
+
+# --------------------------------------------------------------------------- local files
+
+
+class LocalStore:
+    """The store as files under one directory.
+
+    Layout::
+
+        <path>/.lock                                   flock'ed around every slot change
+        <path>/.generation                             a counter, bumped by every change
+        <path>/apps/<app>/<component>/<node>.json      one state per node
+        <path>/slots/<app>/<component>/<version>/<n>.json   {"holder": node, "expires": t}
+
+    Names are percent-encoded into single path segments. A state file is replaced atomically,
+    so readers need no lock; slot files change only under the lock, so the count of holders
+    and the take of a free slot are one step for every process that shares the directory.
+    An expired slot stays on disk until the next ``acquire_slot`` reclaims it; it counts for
+    nobody meanwhile.
+    """
+
+    def __init__(self, path: Path, poll_interval: float = POLL_INTERVAL) -> None:
+        self.path = Path(path)
+        self.poll_interval = poll_interval
+        self._seen: bytes | None = None  # the generation at the last read
+        self._closed = threading.Event()
+        with self._os_errors("create"):
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    # -- the contract
+
+    def publish(self, app: str, component: str, state: ComponentState) -> None:
+        _check_state(state)
+        directory = self.path / "apps" / _part(app, "app") / _part(component, "component")
+        with self._os_errors("publish"):
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(directory / f"{_part(state.node, 'node')}.json", _encode_state(state))
+            with self._locked():
+                self._bump()
+
+    def states(self, app: str, component: str) -> dict[str, ComponentState]:
+        directory = self.path / "apps" / _part(app, "app") / _part(component, "component")
+        found: dict[str, ComponentState] = {}
+        with self._os_errors("read states"):
+            self._seen = self._generation()
+            for entry in self._entries(directory):
+                with contextlib.suppress(FileNotFoundError):
+                    state = _decode_state(entry.read_bytes(), str(entry))
+                    found[state.node] = state
+        return found
+
+    def acquire_slot(
+        self, app: str, component: str, version: str, node: str, max_parallel: int, ttl: float
+    ) -> bool:
+        _check_slot(max_parallel, ttl)
+        _part(node, "node")
+        directory = self._slot_dir(app, component, version)
+        with self._os_errors("acquire a slot"), self._locked():
+            self._seen = self._generation()
+            now = time.time()
+            live, expired = self._slots(directory, now)
+            for path in expired:
+                path.unlink()
+            taken = next((n for n, holder in live.items() if holder == node), None)
+            if taken is None and len(live) >= max_parallel:
+                if expired:
+                    self._tidy(directory)
+                    self._bump()
+                return False
+            if taken is None:
+                taken = min(n for n in range(max_parallel) if n not in live)
+                changed = True
+            else:
+                changed = bool(expired)  # a renewal alone changes nothing others wait for
+            directory.mkdir(parents=True, exist_ok=True)
+            body = json.dumps({"holder": node, "expires": now + ttl}).encode()
+            atomic_write(directory / f"{taken}.json", body)
+            if changed:
+                self._bump()
+            return True
+
+    def release_slot(self, app: str, component: str, version: str, node: str) -> None:
+        directory = self._slot_dir(app, component, version)
+        with self._os_errors("release a slot"), self._locked():
+            live, expired = self._slots(directory, time.time())
+            mine = [directory / f"{n}.json" for n, holder in live.items() if holder == node]
+            for path in mine + expired:
+                path.unlink()
+            if mine or expired:
+                self._tidy(directory)
+                self._bump()
+
+    def holders(self, app: str, component: str, version: str) -> list[str]:
+        directory = self._slot_dir(app, component, version)
+        with self._os_errors("read slots"):
+            self._seen = self._generation()
+            live, _ = self._slots(directory, time.time())
+        return [live[n] for n in sorted(live)]
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._os_errors("wait"):
+            base = self._seen if self._seen is not None else self._generation()
+            expiry = self._next_expiry(time.time())
+            while not self._closed.is_set():
+                current = self._generation()
+                if current != base:
+                    self._seen = current
+                    return True
+                if expiry is not None and time.time() >= expiry:
+                    return True  # a slot ran out: for etcd that is a deleted key
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._closed.wait(min(self.poll_interval, remaining))
+        return False
+
+    def close(self) -> None:
+        self._closed.set()
+
+    # -- files
+
+    @contextlib.contextmanager
+    def _os_errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise StoreError(f"coordination store {self.path}: cannot {what}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _generation(self) -> bytes:
+        try:
+            return (self.path / ".generation").read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def _bump(self) -> None:
+        """Count one change; the caller holds the lock."""
+        try:
+            count = int(self._generation() or b"0")
+        except ValueError:
+            count = 0
+        atomic_write(self.path / ".generation", f"{count + 1}\n".encode())
+
+    @staticmethod
+    def _entries(directory: Path) -> list[Path]:
+        """The JSON files of a directory (not the temporaries of atomic writes)."""
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        return [directory / n for n in sorted(names) if n.endswith(".json") and n[0] != "."]
+
+    def _slot_dir(self, app: str, component: str, version: str) -> Path:
+        return (
+            self.path
+            / "slots"
+            / _part(app, "app")
+            / _part(component, "component")
+            / _part(version, "version")
+        )
+
+    def _slots(self, directory: Path, now: float) -> tuple[dict[int, str], list[Path]]:
+        """Live slots (index -> holder) and the files of expired ones."""
+        live: dict[int, str] = {}
+        expired: list[Path] = []
+        for path in self._entries(directory):
+            try:
+                index = int(path.name[: -len(".json")])
+                holder, expires = self._read_slot(path)
+            except FileNotFoundError:
+                continue  # released between the listing and the read (a reader without lock)
+            except ValueError:
+                continue  # not a slot file
+            if expires <= now:
+                expired.append(path)
+            else:
+                live[index] = holder
+        return live, expired
+
+    @staticmethod
+    def _read_slot(path: Path) -> tuple[str, float]:
+        try:
+            data = json.loads(path.read_bytes())
+            holder, expires = data["holder"], data["expires"]
+            if not isinstance(holder, str) or not isinstance(expires, int | float):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"{path}: not a slot (holder and expiry)") from None
+        return holder, float(expires)
+
+    def _tidy(self, directory: Path) -> None:
+        """Remove a version's slot directory once it is empty; the caller holds the lock."""
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+    def _next_expiry(self, now: float) -> float | None:
+        """The earliest moment a live slot runs out, if any slot is live."""
+        soonest: float | None = None
+        for dirpath, _dirs, _files in os.walk(self.path / "slots"):
+            for path in self._entries(Path(dirpath)):
+                try:
+                    _holder, expires = self._read_slot(path)
+                except (FileNotFoundError, StoreError):
+                    continue
+                if expires > now and (soonest is None or expires < soonest):
+                    soonest = expires
+        return soonest
+
+
+# --------------------------------------------------------------------------- etcd
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str) -> str:
+    return base64.b64decode(text).decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    """The range_end that makes a range cover every key starting with prefix."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class _Refused(StoreError):
+    """etcd answered, and the answer is an error (a 4xx with a gRPC status)."""
+
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_GRPC_NOT_FOUND = 5
+
+
+class EtcdStore:
+    """The store in an etcd v3 cluster, through its JSON gateway (``/v3/...``).
+
+    Keys::
+
+        /reconciler/apps/<app>/<component>/<node>             a state (JSON)
+        /reconciler/slots/<app>/<component>/<version>/<n>     a slot: the holder, on a lease
+
+    Names are percent-encoded into single key segments. Each call tries the endpoints in
+    order, starting with the last one that answered; it raises StoreError when none does.
+    Every HTTP call has ``timeout`` seconds; ``wait`` holds a watch open for its own timeout.
+    """
+
+    def __init__(self, endpoints: Sequence[str], timeout: float = ETCD_TIMEOUT) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        if not endpoints:
+            raise StoreError("no etcd endpoints")
+        self.endpoints: list[urllib.parse.SplitResult] = []
+        for endpoint in endpoints:
+            url = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise StoreError(f"etcd endpoint {endpoint!r} is not an http(s) URL")
+            self.endpoints.append(url)
+        self.timeout = timeout
+        self._good = 0  # the endpoint that answered last
+        self._seen: int | None = None  # the store revision at the last read
+        self._closed = threading.Event()
+        self._watching: http.client.HTTPConnection | None = None
+
+    # -- the contract
+
+    def publish(self, app: str, component: str, state: ComponentState) -> None:
+        _check_state(state)
+        key = self._state_prefix(app, component) + _part(state.node, "node")
+        self._call("kv/put", {"key": _b64(key), "value": _b64(_encode_state(state).decode())})
+
+    def states(self, app: str, component: str) -> dict[str, ComponentState]:
+        kvs = self._range(self._state_prefix(app, component))
+        found: dict[str, ComponentState] = {}
+        for kv in kvs:
+            key = _unb64(kv["key"])
+            state = _decode_state(base64.b64decode(kv.get("value", "")), f"etcd key {key}")
+            found[state.node] = state
+        return found
+
+    def acquire_slot(
+        self, app: str, component: str, version: str, node: str, max_parallel: int, ttl: float
+    ) -> bool:
+        _check_slot(max_parallel, ttl)
+        _part(node, "node")
+        prefix = self._slot_prefix(app, component, version)
+        lease: str | None = None
+        try:
+            for _attempt in range(20):
+                kvs = self._range(prefix)
+                read_at = self._seen or 0
+                others: dict[int, str] = {}
+                used: set[int] = set()
+                for kv in kvs:
+                    index = self._index(prefix, kv)
+                    if index is None:
+                        continue
+                    used.add(index)
+                    if _unb64(kv.get("value", "")) != node:
+                        others[index] = _unb64(kv.get("value", ""))
+                    elif kv.get("lease") and self._keepalive(kv["lease"]):
+                        return True  # held already: renewed
+                if len(others) >= max_parallel:
+                    return False
+                free = [n for n in range(max_parallel) if n not in used]
+                if not free:  # this node's own slot, its lease just lost, is still being deleted
+                    time.sleep(0.05)
+                    continue
+                if lease is None:
+                    granted = self._call("lease/grant", {"TTL": max(1, math.ceil(ttl))})
+                    lease = str(granted["ID"])
+                key = f"{prefix}{free[0]}"
+                answer = self._call(
+                    "kv/txn",
+                    {
+                        "compare": [
+                            {
+                                "key": _b64(key),
+                                "target": "CREATE",
+                                "result": "EQUAL",
+                                "create_revision": 0,
+                            },
+                            {  # nothing under the prefix changed since it was counted
+                                "key": _b64(prefix),
+                                "range_end": _b64(_prefix_end(prefix)),
+                                "target": "MOD",
+                                "result": "LESS",
+                                "mod_revision": read_at + 1,
+                            },
+                        ],
+                        "success": [
+                            {"request_put": {"key": _b64(key), "value": _b64(node), "lease": lease}}
+                        ],
+                    },
+                )
+                if answer.get("succeeded"):
+                    lease = None  # the slot holds it now
+                    return True
+            return False  # every attempt lost a race: the caller tries again later
+        finally:
+            if lease is not None:
+                with contextlib.suppress(StoreError):
+                    self._revoke(lease)
+
+    def release_slot(self, app: str, component: str, version: str, node: str) -> None:
+        prefix = self._slot_prefix(app, component, version)
+        for kv in self._range(prefix):
+            if _unb64(kv.get("value", "")) != node:
+                continue
+            if kv.get("lease"):
+                self._revoke(kv["lease"])  # deletes the key with it
+            else:
+                self._call(
+                    "kv/txn",
+                    {
+                        "compare": [
+                            {
+                                "key": kv["key"],
+                                "target": "VALUE",
+                                "result": "EQUAL",
+                                "value": kv.get("value", ""),
+                            }
+                        ],
+                        "success": [{"request_delete_range": {"key": kv["key"]}}],
+                    },
+                )
+
+    def holders(self, app: str, component: str, version: str) -> list[str]:
+        prefix = self._slot_prefix(app, component, version)
+        slots: dict[int, str] = {}
+        for kv in self._range(prefix):
+            index = self._index(prefix, kv)
+            if index is not None:
+                slots[index] = _unb64(kv.get("value", ""))
+        return [slots[n] for n in sorted(slots)]
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        request: dict[str, Any] = {"key": _b64(ROOT), "range_end": _b64(_prefix_end(ROOT))}
+        if self._seen is not None:
+            request["start_revision"] = self._seen + 1
+        body = json.dumps({"create_request": request}).encode()
+        errors: list[str] = []
+        for index in self._order():
+            if self._closed.is_set():
+                return False
+            url = self.endpoints[index]
+            try:
+                return self._watch(index, body, deadline)
+            except (OSError, http.client.HTTPException, ValueError, _StreamEnded) as exc:
+                if self._closed.is_set():
+                    return False
+                if isinstance(exc, TimeoutError) and time.monotonic() >= deadline:
+                    return False  # the wait ran out while the watch was being set up
+                errors.append(f"{url.geturl()}: {_reason(exc)}")
+                if time.monotonic() >= deadline:
+                    break
+        raise StoreError(f"etcd cannot be watched: {'; '.join(errors)}")
+
+    def close(self) -> None:
+        self._closed.set()
+        conn = self._watching
+        if conn is not None and conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(2)
+
+    # -- keys
+
+    @staticmethod
+    def _state_prefix(app: str, component: str) -> str:
+        return f"{ROOT}apps/{_part(app, 'app')}/{_part(component, 'component')}/"
+
+    @staticmethod
+    def _slot_prefix(app: str, component: str, version: str) -> str:
+        return (
+            f"{ROOT}slots/{_part(app, 'app')}/{_part(component, 'component')}/"
+            f"{_part(version, 'version')}/"
+        )
+
+    @staticmethod
+    def _index(prefix: str, kv: dict[str, Any]) -> int | None:
+        suffix = _unb64(kv["key"])[len(prefix) :]
+        return int(suffix) if suffix.isdigit() else None
+
+    # -- etcd calls
+
+    def _range(self, prefix: str) -> list[dict[str, Any]]:
+        answer = self._call(
+            "kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+        )
+        self._seen = int(answer["header"]["revision"])
+        kvs: list[dict[str, Any]] = answer.get("kvs", [])
+        return kvs
+
+    def _keepalive(self, lease: str) -> bool:
+        """Renew a lease; False when it is gone already."""
+        answer = self._call("lease/keepalive", {"ID": lease})
+        result = answer.get("result", answer)
+        return int(result.get("TTL", 0)) > 0
+
+    def _revoke(self, lease: str) -> None:
+        try:
+            self._call("lease/revoke", {"ID": lease})
+        except _Refused as exc:
+            if exc.code != _GRPC_NOT_FOUND:
+                raise
+
+    def _order(self) -> list[int]:
+        count = len(self.endpoints)
+        return [(self._good + i) % count for i in range(count)]
+
+    def _connect(self, url: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        return cls(url.hostname or "", url.port, timeout=timeout)
+
+    def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to the first endpoint that answers; StoreError when none does."""
+        data = json.dumps(body).encode()
+        errors: list[str] = []
+        for index in self._order():
+            url = self.endpoints[index]
+            conn = self._connect(url, self.timeout)
+            try:
+                conn.request(
+                    "POST",
+                    f"{url.path.rstrip('/')}/v3/{path}",
+                    data,
+                    {"Content-Type": "application/json"},
+                )
+                resp = conn.getresponse()
+                raw = resp.read()
+                status = resp.status
+            except (OSError, http.client.HTTPException) as exc:
+                errors.append(f"{url.geturl()}: {_reason(exc)}")
+                continue
+            finally:
+                conn.close()
+            try:
+                answer = json.loads(raw)
+                if not isinstance(answer, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError:
+                errors.append(f"{url.geturl()}: HTTP {status}, not an etcd answer")
+                continue
+            if status >= 500 or (status == 404 and "code" not in answer):
+                errors.append(f"{url.geturl()}: HTTP {status} {answer.get('message', '')}".rstrip())
+                continue
+            if status >= 400:
+                message = str(answer.get("message") or answer.get("error") or f"HTTP {status}")
+                code = answer.get("code")
+                raise _Refused(f"etcd {path}: {message}", code if isinstance(code, int) else None)
+            self._good = index
+            return answer
+        raise StoreError(f"etcd unreachable ({path}): {'; '.join(errors)}")
+
+    def _watch(self, index: int, body: bytes, deadline: float) -> bool:
+        """Hold one watch open until an event (True) or the deadline (False)."""
+        url = self.endpoints[index]
+        conn = self._connect(url, max(0.001, min(self.timeout, deadline - time.monotonic())))
+        self._watching = conn
+        try:
+            conn.request(
+                "POST",
+                f"{url.path.rstrip('/')}/v3/watch",
+                body,
+                {"Content-Type": "application/json"},
+            )
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise _StreamEnded(f"HTTP {resp.status}")
+            self._good = index
+            decoder = json.JSONDecoder()
+            buffer = ""
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed.is_set():
+                    return False
+                assert conn.sock is not None
+                conn.sock.settimeout(remaining)
+                try:
+                    chunk = resp.read1(65536)
+                except TimeoutError:
+                    return False
+                if not chunk:
+                    raise _StreamEnded("the watch ended")
+                buffer += chunk.decode()
+                while True:
+                    buffer = buffer.lstrip()
+                    if not buffer:
+                        break
+                    try:
+                        message, end = decoder.raw_decode(buffer)
+                    except ValueError:
+                        break  # the rest of this message is still on its way
+                    buffer = buffer[end:]
+                    if self._changed(message):
+                        return True
+        finally:
+            self._watching = None
+            conn.close()
+
+    def _changed(self, message: Any) -> bool:
+        """Whether one watch message reports a change (and remember up to where)."""
+        if not isinstance(message, dict):
+            raise ValueError("not an etcd watch message")
+        if "error" in message:
+            error = message["error"]
+            raise _StreamEnded(str(error.get("message") if isinstance(error, dict) else error))
+        result = message.get("result") or {}
+        if result.get("canceled") or result.get("compact_revision"):
+            self._seen = None  # history from the last read is gone: read again
+            return True
+        events = result.get("events") or []
+        if not events:
+            return False
+        self._seen = max(int(e.get("kv", {}).get("mod_revision", 0)) for e in events) or None
+        return True
+
+
+class _StreamEnded(Exception):
+    """A watch stopped before its deadline."""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return str(exc) or type(exc).__name__
