@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ from reconciler.resources.base import Fingerprint
 
 KEEP_REPORTS = 50
 INVENTORY_VERSION = 1
+# Temporaries of write_json and the parse cache (".tmp-<pid>") and of stage_write
+# (".reconciler-tmp-<pid>-<n>"), with the pid of the process that wrote them.
+_TEMPORARY = re.compile(r"\.(?:tmp|reconciler-tmp)-(\d+)(?:-\d+)?$")
+_swept: set[Path] = set()
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -89,9 +94,46 @@ def run_lock(state_dir: Path) -> Iterator[None]:
             raise LockHeld(f"another run holds the lock {path} (pid {holder})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if state_dir not in _swept:  # what a killed run left can only predate this process
+            remove_stray_temporaries(state_dir)
+            _swept.add(state_dir)
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def remove_stray_temporaries(state_dir: Path) -> int:
+    """Remove the temporaries that processes killed while writing left in the state directory.
+
+    Those of a live process (a daemon writing beside a one-off run) are left alone.
+    """
+    directories = [state_dir, state_dir / "reports", state_dir / "cache" / "yaml"]
+    with contextlib.suppress(OSError):
+        directories += sorted(p for p in (state_dir / "backups" / "objects").iterdir())
+    removed = 0
+    for directory in directories:
+        with contextlib.suppress(OSError), os.scandir(directory) as entries:
+            for entry in entries:
+                found = _TEMPORARY.search(entry.name)
+                if found is None or not entry.is_file(follow_symlinks=False):
+                    continue
+                pid = int(found.group(1))
+                if pid == os.getpid() or _alive(pid):
+                    continue
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by someone else
+    return True
 
 
 @dataclass

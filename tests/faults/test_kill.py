@@ -200,6 +200,7 @@ def test_sigkill_at_random_points_never_leaves_a_partial_file(tmp_path: Path) ->
         assert path.read_text() == content(final, i), path
         assert path.stat().st_mode & 0o7777 == 0o640, path
     assert leftovers(root) == []
+    assert [p for p in state.rglob("*") if ".tmp-" in p.name or TMP_MARK in p.name] == []
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert files == MANAGED
 
@@ -212,3 +213,40 @@ def test_sigkill_at_random_points_never_leaves_a_partial_file(tmp_path: Path) ->
         f"run {wall:.2f}s, apply phase {apply_phase:.2f}s; on disk after each kill: "
         + " ".join(f"{c['absent']}/{c['A']}/{c['B']}" for c in counts)
     )
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited, as a killed run's is."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temporaries_a_killed_run_left_in_the_state_dir_are_removed(tmp_path: Path) -> None:
+    """A run killed while writing its report, inventory, parse cache or a backup leaves a
+    temporary in the state directory (seen with the kills above: a torn report of a few MB, a
+    backup object). Nothing else ever removes them, so the next run must; a temporary of a
+    live process (a daemon writing beside this run) is left alone."""
+    repo, root, state = tmp_path / "repo", seed_root(tmp_path / "root"), tmp_path / "state"
+    write_repo(repo, "A")
+    assert run(command("apply", repo, root, state)).returncode == 2
+    write_repo(repo, "B")
+    assert run(command("apply", repo, root, state)).returncode == 2  # backups exist now
+    dead = dead_pid()
+    objects = next(p for p in (state / "backups/objects").iterdir() if p.is_dir())
+    left = [
+        state / f".inventory.json.tmp-{dead}",
+        state / "reports" / f".20260101T000000Z-0123456789ab.json.tmp-{dead}",
+        objects / f".{'ab' * 32}{TMP_MARK}{dead}-17",
+        state / "cache" / "yaml" / f"{'cd' * 32}.tmp-{dead}",
+    ]
+    live = state / f".daemon.json.tmp-{os.getpid()}"
+    for path in [*left, live]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"torn": ')
+
+    write_repo(repo, "A")
+    done = run(command("apply", repo, root, state))
+    assert done.returncode == 2, done.stderr
+    assert [p for p in left if p.exists()] == []
+    assert live.exists()
