@@ -125,6 +125,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "facts_dirs": [],
         "noop": False,
         "timeout": 60.0,
+        "verify": None,
     }
     config_path = getattr(args, "config", None)
     if config_path is not None:
@@ -140,6 +141,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             facts_dirs=list(config.facts_dirs),
             noop=config.reconcile.mode == "noop",
             timeout=config.source.timeout,
+            verify=config.source.verify,
         )
     for key in ("repo", "ref", "node", "root", "state_dir"):
         value = getattr(args, key, None)
@@ -166,6 +168,22 @@ def _options(args: argparse.Namespace) -> Any:
         facts_dirs=values["facts_dirs"],
         noop=values["noop"],
         timeout=values["timeout"],
+        verify=values["verify"],
+    )
+
+
+def _snapshot(repo: str, values: dict[str, Any]) -> Any:
+    """The revision to read; with source.verify in --config, only a verified signed commit."""
+    from reconciler.engine.pipeline import RunOptions, open_run_snapshot
+
+    return open_run_snapshot(
+        RunOptions(
+            repo=repo,
+            ref=values["ref"],
+            state_dir=Path(values["state_dir"]),
+            timeout=values["timeout"],
+            verify=values["verify"],
+        )
     )
 
 
@@ -200,11 +218,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from reconciler.engine.pipeline import RunOptions, gather_facts
     from reconciler.model.catalog import Compiler, validate_repo
-    from reconciler.source import open_snapshot
 
     values = _settings(args)
     repo = values["repo"] or "."
-    snapshot = open_snapshot(str(repo), values["ref"], Path(values["state_dir"]), values["timeout"])
+    snapshot = _snapshot(str(repo), values)
     options = RunOptions(
         repo=str(repo), facts_file=args.facts_file, facts_dirs=values["facts_dirs"]
     )
@@ -275,11 +292,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from reconciler.engine.pipeline import RunOptions, gather_facts
     from reconciler.model.catalog import Compiler
     from reconciler.resources.base import digest
-    from reconciler.source import open_snapshot
 
     values = _settings(args)
     repo = values["repo"] or "."
-    snapshot = open_snapshot(str(repo), values["ref"], Path(values["state_dir"]), values["timeout"])
+    snapshot = _snapshot(str(repo), values)
     options = RunOptions(
         repo=str(repo),
         node=values["node"],

@@ -32,8 +32,23 @@ def parse_duration(value: Any) -> float:
 
 @dataclass(frozen=True)
 class Verify:
+    """source.verify: the keys a commit must be signed by, from local configuration only.
+
+    ``format: ssh`` takes ``allowed_signers`` (an SSH allowed-signers file); ``format: gpg``
+    takes ``keyring`` (a file of exported public keys, binary or armored, a pubring.kbx or
+    pubring.gpg, or a GnuPG home directory whose public keyring is read).
+    """
+
     format: str
-    allowed_signers: Path
+    allowed_signers: Path | None = None
+    keyring: Path | None = None
+
+    @property
+    def keys(self) -> Path:
+        """The file (or directory) the trusted keys are read from."""
+        path = self.allowed_signers if self.format == "ssh" else self.keyring
+        assert path is not None
+        return path
 
 
 @dataclass(frozen=True)
@@ -181,15 +196,7 @@ def parse_config(text: bytes | str, name: str) -> Config:
     src = r.section(
         raw, "source", {"url", "branch", "poll_interval", "timeout", "allow_rewind", "verify"}
     )
-    verify = None
-    if "verify" in src:
-        v = r.section(src, "verify", {"format", "allowed_signers"}, "source.")
-        fmt = r.get(v, "format", "str", "ssh", "source.verify.", choices=("ssh", "gpg"))
-        signers = r.get(v, "allowed_signers", "path", None, "source.verify.")
-        if signers is None:
-            r.fail(src, "verify", "needs allowed_signers (ssh) or a keyring (gpg)", "source.")
-        else:
-            verify = Verify(fmt, signers)
+    verify = _verify(r, src) if "verify" in src else None
     url = r.get(src, "url", "str", None, "source.")
     if url is not None:
         from reconciler.source.git import check_url
@@ -246,6 +253,45 @@ def parse_config(text: bytes | str, name: str) -> Config:
     if r.problems:
         raise ConfigError("\n".join(str(p) for p in r.problems))
     return config
+
+
+def _verify(r: _Reader, src: LocMap) -> Verify | None:
+    """source.verify: ssh with allowed_signers, or gpg with keyring.
+
+    For gpg, ``allowed_signers`` is also read as the keyring (the way SPEC's example writes it).
+    """
+    prefix = "source.verify."
+
+    def missing(message: str) -> None:
+        r.fail(src, "verify", message, "source.")
+
+    v = src.get("verify")
+    if not isinstance(v, LocMap):
+        missing("must be a mapping: format, and allowed_signers (ssh) or keyring (gpg)")
+        return None
+    r.known(v, {"format", "allowed_signers", "keyring"}, prefix)
+    fmt = r.get(v, "format", "str", "ssh", prefix, choices=("ssh", "gpg"))
+    signers = r.get(v, "allowed_signers", "path", None, prefix)
+    keyring = r.get(v, "keyring", "path", None, prefix)
+    if v.get("format") not in (None, "ssh", "gpg"):
+        return None  # reported
+    if fmt == "ssh":
+        if keyring is not None:
+            r.fail(v, "keyring", "is for format gpg; format ssh takes allowed_signers", prefix)
+        elif signers is None:
+            if v.get("allowed_signers") is None:  # else its bad value is reported
+                missing("format ssh needs allowed_signers (an SSH allowed-signers file)")
+        else:
+            return Verify("ssh", allowed_signers=signers)
+        return None
+    if keyring is not None and signers is not None:
+        r.fail(v, "allowed_signers", "format gpg takes one keyring: give only keyring", prefix)
+    elif keyring is None and signers is None:
+        if v.get("keyring") is None and v.get("allowed_signers") is None:
+            missing("format gpg needs keyring (a public keyring file or a GnuPG home directory)")
+    else:
+        return Verify("gpg", keyring=keyring or signers)
+    return None
 
 
 def load_config(path: Path) -> Config:

@@ -78,6 +78,20 @@ class SourceError(ReconcilerError):
     reason = "FetchFailed"
 
 
+class SignatureError(SourceError):
+    """A commit is not signed by a key the node trusts (source.verify): never applied.
+
+    ``why`` is one of unsigned, wrong_format, unknown_key, bad_signature, unverifiable.
+    """
+
+    reason = "SignatureRejected"
+
+    def __init__(self, commit: str, message: str, why: str = "bad_signature") -> None:
+        self.commit = commit
+        self.why = why
+        super().__init__(f"commit {commit}: {message}")
+
+
 class ConfigError(ReconcilerError):
     """The daemon's configuration file is wrong."""
 

@@ -3,7 +3,7 @@
 One worker thread does every run, so at most one is ever under way; triggers (the poll and
 drift-check timers, webhooks, the file watcher) only set flags, and flags raised during a run
 coalesce into one follow-up run. The last good revision is enforced whatever goes wrong with a
-newer one: an unreachable remote, a broken commit, a rewind.
+newer one: an unreachable remote, a broken commit, a rewind, a commit not signed by a trusted key.
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ from reconciler.daemon.webhook import WebhookVerifier
 from reconciler.engine import state
 from reconciler.engine.pipeline import RunOptions, run
 from reconciler.engine.report import RunReport
-from reconciler.errors import ConfigError, LockHeld, ModelError, ReconcilerError, SourceError
+from reconciler.errors import (
+    ConfigError,
+    LockHeld,
+    ModelError,
+    ReconcilerError,
+    SignatureError,
+    SourceError,
+)
 from reconciler.source import GitSnapshot
 from reconciler.source.git import Mirror, run_git
 
@@ -288,7 +295,22 @@ class Agent:
             if reason:
                 self._reject(head, "rewind", reason)
                 return False
+            try:
+                self._verify(head)
+            except SignatureError as exc:
+                self._reject(head, "signature", str(exc))
+                if not self.state.applied and self.state.revision is not None:
+                    self.check()
+                return False
         return self._apply(head, branch)
+
+    def _verify(self, head: str) -> None:
+        """With source.verify, refuse a head not signed by a trusted key, before reading it."""
+        verify = self.config.source.verify
+        if verify is not None:
+            from reconciler.source.verify import verify_commit
+
+            verify_commit(self._mirror.git_dir, head, verify, self.config.source.timeout)
 
     def _ensure_commit(self, head: str, branch: str) -> None:
         try:

@@ -1,8 +1,9 @@
 """One run, from a control repo to a report: the function the CLI and the daemon both call.
 
-fetch (a snapshot of the repo) -> facts -> compile (the node's catalog) -> check/apply over the
-graph -> prune -> inventory and report. Anything wrong before the apply phase raises, and nothing
-of that revision has been applied.
+fetch (a snapshot of the repo; with ``source.verify``, its commit's signature is checked before
+any file is read) -> facts -> compile (the node's catalog) -> check/apply over the graph -> prune
+-> inventory and report. Anything wrong before the apply phase raises, and nothing of that
+revision has been applied.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.config import Verify
 from reconciler.engine import state
 from reconciler.engine.report import ResourceResult, RunReport
 from reconciler.engine.run import DEFAULT_WORKERS, converge, execute
@@ -42,6 +44,7 @@ class RunOptions:
     timeout: float = 60.0
     workers: int = DEFAULT_WORKERS
     stop: threading.Event | None = None
+    verify: Verify | None = None  # source.verify: apply only commits signed by these keys
 
 
 Warn = Callable[[str], None]
@@ -73,6 +76,17 @@ def make_context(options: RunOptions, fingerprints: Mapping[str, Any]) -> Contex
     )
 
 
+def open_run_snapshot(options: RunOptions) -> Snapshot:
+    """The revision ``options`` name; with ``verify``, only a commit signed by a trusted key."""
+    if options.verify is not None:
+        from reconciler.source.verify import open_verified_snapshot
+
+        return open_verified_snapshot(
+            options.repo, options.ref, options.state_dir, options.timeout, options.verify
+        )
+    return open_snapshot(options.repo, options.ref, options.state_dir, options.timeout)
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -88,7 +102,7 @@ def run(
     started_wall = now_iso()
     t0 = time.perf_counter()
     if snapshot is None:
-        snapshot = open_snapshot(options.repo, options.ref, options.state_dir, options.timeout)
+        snapshot = open_run_snapshot(options)
     phases["fetch"] = time.perf_counter() - t0
 
     t = time.perf_counter()

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from reconciler.errors import ConfigError, SourceError
@@ -70,15 +71,27 @@ def git_env() -> dict[str, str]:
     return env
 
 
-def run_git(args: list[str], git_dir: Path | None, timeout: float) -> str:
-    argv = ["git", *_HARDENING]
+def git_process(
+    args: list[str],
+    git_dir: Path | None,
+    timeout: float,
+    config: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run hardened git and return it finished, whatever its exit status.
+
+    ``config`` adds ``key=value`` settings after the hardening ones (so they win over the
+    repository's own configuration); ``env`` adds variables to the scrubbed environment.
+    """
+    argv = ["git", *_HARDENING, *[arg for c in config for arg in ("-c", c)]]
     if git_dir is not None:
         argv += ["--git-dir", str(git_dir)]
     argv += args
+    name = args[0] if args else "git"
     try:
-        done = subprocess.run(
+        return subprocess.run(
             argv,
-            env=git_env(),
+            env={**git_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
@@ -86,9 +99,13 @@ def run_git(args: list[str], git_dir: Path | None, timeout: float) -> str:
             start_new_session=True,
         )
     except subprocess.TimeoutExpired:
-        raise SourceError(f"git {args[0]} timed out after {timeout:g}s") from None
+        raise SourceError(f"git {name} timed out after {timeout:g}s") from None
     except FileNotFoundError:
         raise SourceError("git is not installed") from None
+
+
+def run_git(args: list[str], git_dir: Path | None, timeout: float) -> str:
+    done = git_process(args, git_dir, timeout)
     if done.returncode != 0:
         err = done.stderr.decode(errors="replace").strip().splitlines()
         raise SourceError(f"git {args[0]} failed: {err[-1] if err else done.returncode}")
