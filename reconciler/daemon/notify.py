@@ -30,7 +30,9 @@ class Notifier:
         message = "\n".join(fields).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(message, self.address)
+                # Never block: a manager that does not read its socket must not stall the
+                # daemon's loop (a full queue loses this message, as sd_notify would).
+                sock.sendto(message, socket.MSG_DONTWAIT, self.address)
         except OSError:
             return False
         return True

@@ -78,3 +78,29 @@ def test_flapping_needs_most_of_the_recent_runs() -> None:
     runs = [{"file:/a"}, {"file:/a", "file:/b"}, set(), {"file:/a"}, {"file:/b"}]
     assert flapping(runs) == {"file:/a"}
     assert flapping([{"file:/a"}] * 2) == set()
+
+
+def test_notify_never_blocks_when_the_manager_reads_nothing(tmp_path: Path) -> None:
+    """A full notify socket loses messages instead of stalling the daemon's loop."""
+    import signal
+    import socket
+
+    from reconciler.daemon.notify import Notifier
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+        def hung(*_: object) -> None:
+            raise AssertionError("Notifier.send blocked on a socket nobody reads")
+
+        previous = signal.signal(signal.SIGALRM, hung)
+        signal.alarm(30)  # a blocking send would hang here: end the test instead
+        try:
+            sent = [notifier.send("STATUS=" + "x" * 200) for _ in range(2000)]
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        assert sent[0] is True
+        assert sent[-1] is False  # the queue filled up; the message was dropped
+        assert manager.recv(4096) == b"STATUS=" + b"x" * 200
