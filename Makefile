@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soak clean
 
 $(BIN)/reconciler: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ lint: $(BIN)/reconciler
 
 bench: $(BIN)/reconciler
 	$(BIN)/python bench/run.py
+
+# 1000 runs of the daemon's loop in one process, with drift between them: RSS, fds, threads.
+soak: $(BIN)/reconciler
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
