@@ -126,6 +126,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "noop": False,
         "timeout": 60.0,
         "verify": None,
+        "coordination": None,
     }
     config_path = getattr(args, "config", None)
     if config_path is not None:
@@ -142,6 +143,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             noop=config.reconcile.mode == "noop",
             timeout=config.source.timeout,
             verify=config.source.verify,
+            coordination=config.coordination,
         )
     for key in ("repo", "ref", "node", "root", "state_dir"):
         value = getattr(args, key, None)
@@ -169,6 +171,7 @@ def _options(args: argparse.Namespace) -> Any:
         noop=values["noop"],
         timeout=values["timeout"],
         verify=values["verify"],
+        coordination=values["coordination"],
     )
 
 
@@ -217,7 +220,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from reconciler.engine.pipeline import RunOptions, gather_facts
-    from reconciler.model.catalog import Compiler, validate_repo
+    from reconciler.model.catalog import Compiler, repo_warnings, validate_repo
 
     values = _settings(args)
     repo = values["repo"] or "."
@@ -227,6 +230,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     this_node, facts = gather_facts(options, _warn)
     problems = validate_repo(snapshot, facts, this_node)
+    for warning in repo_warnings(snapshot):
+        _warn(warning)
     compiled = []
     for node in args.node:
         try:
@@ -285,7 +290,42 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
     for error in report.get("errors", []):
         print(f"  error: {error}")
+    apps = report.get("apps") or []
+    if apps:
+        from reconciler.engine.report import render_apps
+
+        print("apps (at the last run):")
+        for line in render_apps(apps):
+            print("  " + line)
+        _print_live_requirements(apps, values)
     return 0
+
+
+def _print_live_requirements(apps: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    """What the components that waiting ones wait for report now, read from the store."""
+    from reconciler.apps.store import StoreError, open_store
+    from reconciler.config import CoordinationConfig
+
+    wanted = sorted({(a["app"], c) for a in apps for c in a.get("waits_for", {})})
+    if not wanted:
+        return
+    config = values["coordination"] or CoordinationConfig(
+        path=Path(values["state_dir"]) / "coordination"
+    )
+    try:
+        store = open_store(config)
+        try:
+            print("required components now:")
+            for app, component in wanted:
+                states = store.states(app, component)
+                shown = ", ".join(
+                    f"{n} {st.state}@{st.version}" for n, st in sorted(states.items())
+                )
+                print(f"  {app}/{component}: {shown or 'no node has reported'}")
+        finally:
+            store.close()
+    except StoreError as exc:
+        _warn(f"coordination store: {exc}")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

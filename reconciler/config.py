@@ -74,6 +74,7 @@ class CoordinationConfig:
     backend: str = "local"
     path: Path = Path("/var/lib/reconciler/coordination")
     endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    lease: float = 300.0  # a deployment slot is freed this long after its holder last renewed it
 
 
 @dataclass(frozen=True)
@@ -221,11 +222,12 @@ def parse_config(text: bytes | str, name: str) -> Config:
         watch=r.get(rec, "watch", "bool", True, "reconcile."),
     )
     hook = r.section(raw, "webhook", {"secret_file"})
-    coord = r.section(raw, "coordination", {"backend", "path", "endpoints"})
+    coord = r.section(raw, "coordination", {"backend", "path", "endpoints", "lease"})
     coordination = CoordinationConfig(
         backend=r.get(coord, "backend", "str", "local", "coordination.", choices=("local", "etcd")),
         path=r.get(coord, "path", "path", d.coordination.path, "coordination."),
         endpoints=r.get(coord, "endpoints", "strs", d.coordination.endpoints, "coordination."),
+        lease=r.get(coord, "lease", "duration", d.coordination.lease, "coordination."),
     )
     lg = r.section(raw, "log", {"format", "level"})
     log = LogConfig(

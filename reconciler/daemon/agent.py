@@ -43,6 +43,8 @@ from reconciler.source.git import Mirror, run_git
 
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 15 * 60.0
+STORE_WAIT = 30.0  # seconds of one wait on the coordination store
+STORE_RETRY = 5.0  # seconds between runs while the store is away and a component waits
 
 
 class Backoff:
@@ -116,6 +118,10 @@ class Agent:
         self.watcher: Any = None
         self._lock_fd: int | None = None
         self._mirror = self._make_mirror(self.config)
+        # App deployments: one store for the daemon's life, and a watch on it while waiting.
+        self._store: Any = None
+        self._store_config: Any = None
+        self._apps_waiting = threading.Event()
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -195,6 +201,7 @@ class Agent:
         http.start()
         schedule = Schedule(self)
         schedule.start()
+        threading.Thread(target=self._watch_store, name="store-watch", daemon=True).start()
         self.log.info(
             "started",
             listen=http.address,
@@ -225,6 +232,8 @@ class Agent:
             http.stop()
             if self.watcher is not None:
                 self.watcher.stop()
+            if self._store is not None:
+                self._store.close()
             self.log.info("stopped")
         return 0
 
@@ -388,7 +397,50 @@ class Agent:
             noop=noop,
             timeout=c.source.timeout,
             stop=self._stop,
+            store=self._coordination_store(),
+            coordination=c.coordination,
         )
+
+    def _coordination_store(self) -> Any:
+        """The store app deployments coordinate through, opened once (again after a reload
+        that changed it). None when it cannot be opened: the run then says why."""
+        from reconciler.apps.store import StoreError, open_store
+
+        if self._store is not None and self._store_config == self.config.coordination:
+            return self._store
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        try:
+            self._store = open_store(self.config.coordination)
+            self._store_config = self.config.coordination
+        except StoreError as exc:
+            self.log.error("coordination store unavailable", error=str(exc))
+        return self._store
+
+    def _watch_store(self) -> None:
+        """While a component waits, run again as soon as the store changes (its requirement
+        turned healthy, a slot was freed), instead of at the next interval."""
+        from reconciler.apps.store import StoreError
+
+        while not self._stop.is_set():
+            if not self._apps_waiting.wait(5.0):
+                continue
+            store = self._store
+            if store is None:
+                self._stop.wait(5.0)
+                continue
+            try:
+                changed = store.wait(STORE_WAIT)
+            except StoreError:
+                # Away: try again in a while; the run says why it waits, and deploys once the
+                # store is back.
+                if not self._stop.wait(STORE_RETRY):
+                    self.request("check")
+                continue
+            if changed and self._apps_waiting.is_set() and not self._stop.is_set():
+                self.log.info("coordination store changed; checking waiting components")
+                self.request("check")
 
     def _enforcing(self) -> tuple[bool, str | None]:
         s = suspendmod.current(self.config.state_dir)
@@ -481,6 +533,10 @@ class Agent:
             **{k: v for k, v in summary.items()},
         )
         self.state.last_report = report.to_dict()
+        if any(a["state"] == "waiting" for a in report.apps):
+            self._apps_waiting.set()
+        else:
+            self._apps_waiting.clear()
         self.state.last_error = "; ".join(report.errors) or None
         try:
             self._update_watch(catalog, report)

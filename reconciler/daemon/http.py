@@ -153,6 +153,7 @@ def status(agent: Agent) -> dict[str, Any]:
         "failed": [
             {"id": r["id"], "error": r["error"]} for r in resources if r["status"] == "failed"
         ],
+        "apps": report.get("apps", []),
     }
 
 
@@ -169,6 +170,22 @@ def page(data: dict[str, Any]) -> str:
             for v in values
         )
         return f"<ul>{rows}</ul>"
+
+    def apps(values: list[dict[str, Any]]) -> str:
+        if not values:
+            return "<p class=none>none on this node</p>"
+        rows = "".join(
+            f"<tr><td><code>{e(a['app'])}/{e(a['component'])}</code></td>"
+            f"<td>{e(str(a['version']))}</td><td>{e(a['state'])}</td><td>{e(a['message'])}</td></tr>"
+            + "".join(
+                f"<tr><td></td><td colspan=3>waits for {e(c)}: "
+                f"{e(', '.join(f'{n} {st}' for n, st in nodes.items()) or 'no node has reported')}"
+                "</td></tr>"
+                for c, nodes in a.get("waits_for", {}).items()
+            )
+            for a in values
+        )
+        return f"<table>{rows}</table>"
 
     run = data.get("last_run") or {}
     summary = run.get("summary") or {}
@@ -191,5 +208,6 @@ code{{font-size:90%}}.warn{{background:#fee;border-left:4px solid #c33;padding:.
 <tr><td>resources</td><td>{e(", ".join(f"{k} {v}" for k, v in summary.items()))}</td></tr></table>
 <h2>Drifted</h2>{items(data.get("drifted") or [])}
 <h2>Failed</h2>{items(data.get("failed") or [])}
+<h2>Apps</h2>{apps(data.get("apps") or [])}
 <p><a href=/status>/status</a> · <a href=/metrics>/metrics</a></p></body></html>
 """

@@ -6,8 +6,10 @@ Labels are bounded: result, phase, state, type, reason. The commit appears only 
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -15,6 +17,7 @@ from reconciler.engine.report import RunReport
 
 RESOURCE_STATES = ("in_sync", "drifted", "changed", "failed", "skipped")
 FLAP_WINDOW = 10  # runs
+APP_STATES = ("deploying", "healthy", "failed", "waiting")
 
 
 class Metrics:
@@ -115,6 +118,7 @@ class Metrics:
         self._revision: tuple[str, str] | None = None
         self._corrected: deque[set[str]] = deque(maxlen=FLAP_WINDOW)
         self._drift_types: set[str] = set(REGISTRY)
+        self._apps: set[tuple[str, str]] = set()
 
     def set_revision(self, revision: str, branch: str) -> None:
         if self._revision is not None and self._revision != (revision, branch):
@@ -153,12 +157,27 @@ class Metrics:
         for kind, n in drift_by_type.items():
             self.drifted.labels(kind).set(n)
         self._drift_types |= set(drift_by_type)
+        self._observe_apps(report.apps)
         self.last_run.set(ended)
         if not report.failed:
             self.last_success.set(ended)
         if enforcing:
             self._corrected.append(corrected)
             self.flapping.set(len(flapping(self._corrected)))
+
+    def _observe_apps(self, apps: list[dict[str, Any]]) -> None:
+        """1 for the state each component is in, 0 for the others; gone components removed."""
+        seen = set()
+        for app in apps:
+            key = (app["app"], app["component"])
+            seen.add(key)
+            for state in APP_STATES:
+                self.app_state.labels(*key, state).set(1 if app["state"] == state else 0)
+        for key in self._apps - seen:
+            for state in APP_STATES:
+                with contextlib.suppress(KeyError):
+                    self.app_state.remove(*key, state)
+        self._apps = seen
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

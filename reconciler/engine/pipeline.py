@@ -13,18 +13,20 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.config import Verify
+from reconciler.apps.rollout import Rollout
+from reconciler.apps.store import Store, StoreError, open_store
+from reconciler.config import CoordinationConfig, Verify
 from reconciler.engine import state
 from reconciler.engine.report import ResourceResult, RunReport
 from reconciler.engine.run import DEFAULT_WORKERS, converge, execute
 from reconciler.errors import ReconcilerError
 from reconciler.model import yamlload
-from reconciler.model.catalog import Catalog, Compiler
+from reconciler.model.catalog import Catalog, Compiler, Entry, link
 from reconciler.resources._fs import BackupStore, Root, remove_stray_temporaries
 from reconciler.resources._run import Runner
 from reconciler.resources.base import REGISTRY, Context, Resource
@@ -45,6 +47,10 @@ class RunOptions:
     workers: int = DEFAULT_WORKERS
     stop: threading.Event | None = None
     verify: Verify | None = None  # source.verify: apply only commits signed by these keys
+    # App deployments: the store to coordinate through (the daemon keeps one open), else one
+    # opened for the run from ``coordination`` (default: local, under the state directory).
+    store: Store | None = None
+    coordination: CoordinationConfig | None = None
 
 
 Warn = Callable[[str], None]
@@ -121,21 +127,88 @@ def run(
         role=catalog.role,
         run_id=secrets.token_hex(6),
     )
-    if plan:
-        previous = state.Inventory.load(options.state_dir)
-        _converge(catalog, options, previous, report, noop=True, phases=phases)
-    else:
-        with state.run_lock(options.state_dir):
-            previous = state.Inventory.load(options.state_dir, warn)
-            ctx = _converge(catalog, options, previous, report, noop=noop, phases=phases)
-            if not noop:
-                left = _prune(catalog, previous, ctx, report)
-                _save_inventory(catalog, left, ctx, options.state_dir)
+    with _rollout(catalog, options, noop, warn) as rollout:
+        if plan:
+            if rollout is not None:
+                rollout.decide(catalog)
+            previous = state.Inventory.load(options.state_dir)
+            _converge(catalog, options, previous, report, noop=True, phases=phases)
+        else:
+            with state.run_lock(options.state_dir):
+                if rollout is not None:
+                    rollout.decide(catalog)
+                previous = state.Inventory.load(options.state_dir, warn)
+                ctx = _converge(catalog, options, previous, report, noop=noop, phases=phases)
+                if rollout is not None:
+                    _finish_rollout(rollout, catalog, options, report, ctx)
+                if not noop:
+                    left = _prune(catalog, previous, ctx, report)
+                    _save_inventory(catalog, left, ctx, options.state_dir)
+        if rollout is not None:
+            report.apps = rollout.report()
     report.phases = phases
     report.duration_seconds = time.perf_counter() - t0
     if not plan:
         state.save_report(options.state_dir, report.to_dict())
     return report, catalog
+
+
+@contextlib.contextmanager
+def _rollout(
+    catalog: Catalog, options: RunOptions, noop: bool, warn: Warn
+) -> Iterator[Rollout | None]:
+    """The run's rollout of app components, with a store to coordinate through."""
+    if not catalog.deployments:
+        yield None
+        return
+    store, error, opened = options.store, None, False
+    config = options.coordination or CoordinationConfig(path=options.state_dir / "coordination")
+    if store is None:
+        try:
+            store, opened = open_store(config), True
+        except StoreError as exc:
+            error = str(exc)
+            warn(f"coordination store: {exc}")
+    rollout = Rollout(
+        store,
+        options.state_dir,
+        catalog.node,
+        catalog.revision,
+        noop,
+        lease=config.lease,
+        warn=warn,
+        store_error=error,
+    )
+    try:
+        yield rollout
+    finally:
+        rollout.close()
+        if opened and store is not None:
+            store.close()
+
+
+def _finish_rollout(
+    rollout: Rollout, catalog: Catalog, options: RunOptions, report: RunReport, ctx: Context
+) -> None:
+    def run_previous(entries: dict[str, Entry]) -> list[ResourceResult]:
+        for entry in entries.values():
+            for relation, targets in list(entry.relations.items()):
+                entry.relations[relation] = [t for t in targets if t in entries]
+        previous = Catalog(
+            catalog.node,
+            catalog.role,
+            catalog.revision,
+            catalog.branch,
+            catalog.settings,
+            entries,
+            {},
+            {},
+        )
+        link(previous)
+        return execute(previous, ctx, noop=False, workers=options.workers, stop=options.stop)
+
+    results = {r.id: r for r in report.resources}
+    report.resources += rollout.finish(catalog.entries, results, run_previous, ctx, options.stop)
 
 
 def _converge(

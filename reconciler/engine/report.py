@@ -56,6 +56,8 @@ class RunReport:
     # Problems of the run itself (a rejected revision, a refused prune), as messages.
     errors: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
+    # App components this node runs: what the run decided and reached for each.
+    apps: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
@@ -68,7 +70,11 @@ class RunReport:
 
     @property
     def failed(self) -> bool:
-        return bool(self.errors) or any(r.status == "failed" for r in self.resources)
+        return (
+            bool(self.errors)
+            or any(r.status == "failed" for r in self.resources)
+            or any(a["state"] == "failed" for a in self.apps)
+        )
 
     @property
     def changed(self) -> bool:
@@ -92,6 +98,7 @@ class RunReport:
             "summary": self.summary(),
             "errors": self.errors,
             "resources": [r.to_dict() for r in self.resources],
+            "apps": self.apps,
         }
 
     def to_json(self) -> str:
@@ -159,6 +166,7 @@ def render_text(report: RunReport, colour: bool, plan: bool) -> str:
             lines.append("    " + paint(f"error: {result.error}", "fail"))
     for error in report.errors:
         lines.append(paint(f"error: {error}", "fail"))
+    lines += render_apps(report.apps, paint)
     summary = report.summary()
     pending = summary.get("would_change", 0)
     revision = (report.revision or "working tree")[:12]
@@ -182,3 +190,22 @@ def render_text(report: RunReport, colour: bool, plan: bool) -> str:
             f"revision {revision}, role {report.role})."
         )
     return "\n".join(lines) + "\n"
+
+
+_APP_STYLES = {"healthy": "add", "failed": "fail", "waiting": "dim", "deploying": "change"}
+
+
+def render_apps(apps: list[dict[str, Any]], paint: Any = None) -> list[str]:
+    """One line per app component on this node, and what a waiting one waits for."""
+    paint = paint or (lambda text, style: text)
+    lines = []
+    for app in apps:
+        version = app["version"]
+        if app.get("previous_version") not in (None, version) and app["state"] != "healthy":
+            version = f"{app['previous_version']} -> {version}"
+        state = paint(app["state"], _APP_STYLES.get(app["state"], "dim"))
+        lines.append(f"app {app['app']}/{app['component']} {version}: {state}  {app['message']}")
+        for component, nodes in sorted(app.get("waits_for", {}).items()):
+            shown = ", ".join(f"{n} {s}" for n, s in nodes.items()) or "no node has reported"
+            lines.append(f"    {component}: {shown}")
+    return lines

@@ -188,7 +188,9 @@ class Inventory:
 def save_report(state_dir: Path, report: dict[str, Any]) -> Path:
     """Keep the report and the newest KEEP_REPORTS before it."""
     reports = state_dir / "reports"
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    # Nanoseconds in the name: reports of runs within one second still sort in run order.
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f".{now % 10**9:09d}Z"
     path = reports / f"{stamp}-{report.get('run_id', 'run')}.json"
     write_json(path, report)
     old = sorted(p for p in reports.glob("*.json"))

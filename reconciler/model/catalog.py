@@ -7,6 +7,7 @@ nothing of it can be applied.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 import reconciler.resources  # noqa: F401  (registers the resource types)
 from reconciler.errors import Location, ModelError, Problem
 from reconciler.model import repo as repomod
+from reconciler.model.apps import App, Deployment, Health, load_apps, unmatched_components
 from reconciler.model.repo import DataValue, Profile, Settings
 from reconciler.model.templates import Renderer
 from reconciler.model.yamlload import LocList, LocMap
@@ -48,6 +50,8 @@ class Catalog:
     # id -> ids to refresh when it changes
     refreshes: dict[ResourceId, set[ResourceId]]
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The app components this node runs, whose resources are in ``entries`` at the app's version.
+    deployments: list[Deployment] = field(default_factory=list)
 
     def order(self) -> list[ResourceId]:
         """A topological order of the ids, stable for equal inputs."""
@@ -105,6 +109,7 @@ class Compiler:
         self.settings = repomod.load_settings(snapshot)
         self.renderer = Renderer(self._read_template)
         self._profiles: dict[str, Profile] = {}
+        self._apps: list[App] | None = None
 
     def _read_template(self, name: str) -> str:
         path = "templates/" + clean_relpath(name, Location(key="template"))
@@ -154,10 +159,93 @@ class Compiler:
             problems += self.add_resources(
                 entries, profile.resources, profile.file, f"profile:{profile.name}", context
             )
+        problems += self.add_deployments(catalog, base_context)
         if problems:
             raise ModelError(_dedupe(problems))
         link(catalog)
         return catalog
+
+    def apps(self) -> list[App]:
+        if self._apps is None:
+            self._apps = load_apps(self.snapshot)
+        return self._apps
+
+    def check_apps(self, node: str, facts: Mapping[str, Any]) -> list[Problem]:
+        """Compile every component of every app, whichever nodes run it (for validate)."""
+        try:
+            apps = self.apps()
+        except ModelError as exc:
+            return exc.problems
+        problems: list[Problem] = []
+        for app in apps:
+            context = {
+                "facts": facts,
+                "node": node,
+                "role": "",
+                "params": {},
+                "app": {"name": app.name, "version": app.version},
+            }
+            for component in app.components:
+                origin = f"app:{app.name}/{component.name}"
+                problems += self.add_resources({}, component.resources, app.file, origin, context)
+                if component.health is not None:
+                    try:
+                        self._render_health(component.health, context, component.where)
+                    except ModelError as exc:
+                        problems += exc.problems
+        return problems
+
+    def _render_health(self, health: Health, context: Mapping[str, Any], where: Location) -> Health:
+        """A health check with ``{{ }}`` in its command or URL rendered like a resource's."""
+        at = Location(where.file, where.line, "health")
+        return dataclasses.replace(
+            health,
+            command=self.render(health.command, context, at),
+            http=self.render(health.http, context, at),
+        )
+
+    def add_deployments(self, catalog: Catalog, base_context: Mapping[str, Any]) -> list[Problem]:
+        """The resources of every app component this node runs, at the app's version."""
+        try:
+            apps = self.apps()
+        except ModelError as exc:
+            return exc.problems
+        problems: list[Problem] = []
+        for app in apps:
+            context = {
+                **base_context,
+                "params": {},
+                "app": {"name": app.name, "version": app.version},
+            }
+            for component in app.components:
+                if not component.runs_on(catalog.node, catalog.role):
+                    continue
+                deployment = Deployment(app, component, [])
+                if component.health is not None:
+                    try:
+                        deployment.health = self._render_health(
+                            component.health, context, component.where
+                        )
+                    except ModelError as exc:
+                        problems += exc.problems
+                entries: dict[ResourceId, Entry] = {}
+                problems += self.add_resources(
+                    entries, component.resources, app.file, deployment.origin, context
+                )
+                for rid, entry in entries.items():
+                    other = catalog.entries.get(rid)
+                    if other is not None:
+                        problems.append(
+                            Problem(
+                                f"duplicate resource {rid} (also declared at {other.where})",
+                                entry.where,
+                            )
+                        )
+                        continue
+                    catalog.entries[rid] = entry
+                    deployment.ids.append(rid)
+                catalog.deployments.append(deployment)
+        return problems
 
     def _profile_exists(self, name: str) -> bool:
         return self.snapshot.exists(f"profiles/{name}.yaml")
@@ -497,4 +585,14 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
             compiler.compile_role(node, role, Location(path), facts)
         except ModelError as exc:
             problems += exc.problems
+    problems += compiler.check_apps(node, facts)
     return _dedupe(problems)
+
+
+def repo_warnings(snapshot: Snapshot) -> list[str]:
+    """What is suspicious but not wrong: app components that no node can run."""
+    try:
+        apps = load_apps(snapshot)
+    except ModelError:
+        return []
+    return [warning for app in apps for warning in unmatched_components(app, snapshot)]

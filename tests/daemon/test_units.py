@@ -91,6 +91,7 @@ def test_notify_never_blocks_when_the_manager_reads_nothing(tmp_path: Path) -> N
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
         manager.bind(str(path))
         notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+
         def hung(*_: object) -> None:
             raise AssertionError("Notifier.send blocked on a socket nobody reads")
 

@@ -1,0 +1,343 @@
+"""Application deployments: ``apps/<app>.yaml``, a version and components (SPEC section 3).
+
+Each component names the nodes that run it (by role or by a glob on the node name), the
+components it requires, how many of its nodes may deploy at once, its resources (written as in a
+profile; templates see ``app.name`` and ``app.version``) and a health check. Loading validates an
+app as a whole: unknown keys, unknown or cyclic requirements, bad health checks, all at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from reconciler.errors import Location, ModelError, Problem
+from reconciler.model.repo import NAME, read_yaml, type_name, unknown_keys
+from reconciler.model.yamlload import LocList, LocMap
+from reconciler.source import Snapshot
+
+APP_KEYS = frozenset({"version", "components", "description"})
+COMPONENT_KEYS = frozenset(
+    {"name", "nodes", "requires", "max_parallel", "resources", "health", "on_failure"}
+)
+HEALTH_KEYS = frozenset({"command", "http", "timeout", "retries", "interval"})
+
+
+@dataclass(frozen=True)
+class Health:
+    command: str | list[str] | None = None
+    http: str | None = None
+    timeout: float = 30.0
+    retries: int = 3  # attempts after the first
+    interval: float = 2.0  # seconds between attempts
+
+    def describe(self) -> str:
+        if self.http:
+            return f"GET {self.http}"
+        command = self.command
+        return command if isinstance(command, str) else " ".join(command or [])
+
+
+@dataclass
+class Component:
+    name: str
+    where: Location
+    role: str | None
+    match: str | None
+    requires: list[str]
+    max_parallel: int
+    resources: LocList
+    health: Health | None
+    on_failure: str  # "halt" or "rollback"
+    requires_at: Location = field(default_factory=Location)
+
+    def runs_on(self, node: str, role: str) -> bool:
+        if self.role is not None:
+            return self.role == role
+        return self.match is not None and fnmatchcase(node, self.match)
+
+
+@dataclass
+class App:
+    name: str
+    file: str
+    version: str
+    components: list[Component] = field(default_factory=list)
+    digest: str = ""  # of the app's file: tells one definition of a version from another
+
+    def component(self, name: str) -> Component | None:
+        return next((c for c in self.components if c.name == name), None)
+
+
+@dataclass
+class Deployment:
+    """One component of one app on this node, as compiled at the app's version."""
+
+    app: App
+    component: Component
+    ids: list[str]  # the ids of its resources in the catalog
+    health: Health | None = None  # the component's check, rendered for this node
+
+    @property
+    def key(self) -> str:
+        return f"{self.app.name}/{self.component.name}"
+
+    @property
+    def origin(self) -> str:
+        return f"app:{self.key}"
+
+
+def app_names(snapshot: Snapshot) -> list[str]:
+    return sorted(
+        path.removeprefix("apps/").removesuffix(".yaml")
+        for path in snapshot.files("apps")
+        if path.endswith(".yaml") and path.count("/") == 1
+    )
+
+
+def load_apps(snapshot: Snapshot) -> list[App]:
+    """Every app of the repo; a ModelError with every problem of every app file."""
+    apps: list[App] = []
+    problems: list[Problem] = []
+    for name in app_names(snapshot):
+        try:
+            apps.append(load_app(snapshot, name))
+        except ModelError as exc:
+            problems += exc.problems
+    if problems:
+        raise ModelError(problems, "validate")
+    return apps
+
+
+def load_app(snapshot: Snapshot, name: str) -> App:
+    path = f"apps/{name}.yaml"
+    if not NAME.match(name):
+        raise ModelError.one(
+            f"{name!r} is not an app name ([a-z0-9][a-z0-9_-]*)", Location(path), "validate"
+        )
+    raw = read_yaml(snapshot, path)
+    if not isinstance(raw, LocMap):
+        raise ModelError.one(f"an app must be a mapping, not {type_name(raw)}", Location(path))
+    problems = unknown_keys(raw, APP_KEYS, path, "an app")
+
+    def at(mapping: LocMap, key: str, prefix: str = "") -> Location:
+        return Location(path, mapping.line_of(key), prefix + key)
+
+    version = raw.get("version")
+    if isinstance(version, int | float) and not isinstance(version, bool):
+        version = str(version)
+    if not isinstance(version, str) or not version.strip():
+        problems.append(Problem('needs a version, a string like "1.4.2"', at(raw, "version")))
+        version = ""
+    app = App(name, path, version, digest=hashlib.sha256(snapshot.read(path)).hexdigest())
+    components = raw.get("components")
+    if not isinstance(components, LocList) or not components:
+        problems.append(Problem("needs a list of components", at(raw, "components")))
+        components = LocList.empty()
+    for index, item in enumerate(components):
+        where = Location(path, components.line_of(index), f"components[{index}]")
+        if not isinstance(item, LocMap):
+            problems.append(Problem("a component must be a mapping", where))
+            continue
+        component, found = _component(item, where, path)
+        problems += found
+        if component is None:
+            continue
+        if app.component(component.name):
+            problems.append(Problem(f"duplicate component {component.name!r}", where))
+            continue
+        app.components.append(component)
+    problems += _check_requires(app)
+    if problems:
+        raise ModelError(sorted(problems, key=lambda p: p.where.line or 0), "validate")
+    return app
+
+
+def _component(raw: LocMap, where: Location, path: str) -> tuple[Component | None, list[Problem]]:
+    problems = unknown_keys(raw, COMPONENT_KEYS, path, "a component")
+
+    def at(key: str, mapping: LocMap = raw) -> Location:
+        return Location(path, mapping.line_of(key), key)
+
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        problems.append(Problem("needs a name like 'api' ([a-z0-9][a-z0-9_-]*)", at("name")))
+        return None, problems
+    role = match = None
+    nodes = raw.get("nodes")
+    if (
+        not isinstance(nodes, LocMap)
+        or len(nodes) != 1
+        or next(iter(nodes))
+        not in (
+            "role",
+            "match",
+        )
+    ):
+        problems.append(Problem("needs nodes: {role: NAME} or nodes: {match: GLOB}", at("nodes")))
+    else:
+        key = next(iter(nodes))
+        value = nodes[key]
+        if not isinstance(value, str) or not value:
+            problems.append(Problem("must be a string", at(key, nodes)))
+        elif key == "role":
+            role = value
+        else:
+            match = value
+    requires = raw.get("requires", [])
+    if isinstance(requires, str):
+        requires = [requires]
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+        problems.append(Problem("must be a list of component names", at("requires")))
+        requires = []
+    max_parallel = raw.get("max_parallel", 1)
+    if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+        problems.append(Problem("must be a whole number of at least 1", at("max_parallel")))
+        max_parallel = 1
+    resources = raw.get("resources", LocList.empty())
+    if not isinstance(resources, LocList):
+        problems.append(Problem("must be a list of resources", at("resources")))
+        resources = LocList.empty()
+    on_failure = raw.get("on_failure", "halt")
+    if on_failure not in ("halt", "rollback"):
+        problems.append(Problem(f"must be halt or rollback, not {on_failure!r}", at("on_failure")))
+        on_failure = "halt"
+    health = None
+    if raw.get("health") is not None:
+        health, found = _health(raw["health"], at("health"), path)
+        problems += found
+    component = Component(
+        name,
+        where,
+        role,
+        match,
+        list(requires),
+        max_parallel,
+        resources,
+        health,
+        on_failure,
+        at("requires") if "requires" in raw else where,
+    )
+    return component, problems
+
+
+def _health(raw: Any, where: Location, path: str) -> tuple[Health | None, list[Problem]]:
+    if not isinstance(raw, LocMap):
+        return None, [Problem("must be a mapping with command or http", where)]
+    problems = unknown_keys(raw, HEALTH_KEYS, path, "a health check")
+
+    def at(key: str) -> Location:
+        return Location(path, raw.line_of(key), f"health.{key}")
+
+    command = raw.get("command")
+    http = raw.get("http")
+    if (command is None) == (http is None):
+        problems.append(Problem("give exactly one of command and http", where))
+    if command is not None and not (
+        isinstance(command, str)
+        or (isinstance(command, list) and all(isinstance(c, str) for c in command))
+    ):
+        problems.append(Problem("must be a string or a list of strings", at("command")))
+    if http is not None and (
+        not isinstance(http, str) or not http.startswith(("http://", "https://"))
+    ):
+        problems.append(Problem("must be an http:// or https:// URL", at("http")))
+    numbers: dict[str, float] = {}
+    for key, default, least in (("timeout", 30.0, 0.001), ("retries", 3, 0), ("interval", 2.0, 0)):
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < least:
+            problems.append(Problem(f"must be a number of at least {least:g}", at(key)))
+            value = default
+        numbers[key] = float(value)
+    if problems:
+        return None, problems
+    return (
+        Health(
+            command=list(command) if isinstance(command, list) else command,
+            http=http,
+            timeout=numbers["timeout"],
+            retries=int(numbers["retries"]),
+            interval=numbers["interval"],
+        ),
+        [],
+    )
+
+
+def _check_requires(app: App) -> list[Problem]:
+    problems: list[Problem] = []
+    names = {c.name for c in app.components}
+    for component in app.components:
+        for required in component.requires:
+            if required not in names:
+                problems.append(
+                    Problem(
+                        f"component {component.name!r} requires {required!r}, which is not a "
+                        f"component of app {app.name!r}",
+                        component.requires_at,
+                    )
+                )
+    # Cycles between components, named in order.
+    graph = {c.name: [r for r in c.requires if r in names] for c in app.components}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        stack.append(name)
+        for nxt in graph[name]:
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[name] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state and (cycle := visit(name)):
+            first = app.component(cycle[0])
+            assert first is not None
+            problems.append(
+                Problem(f"components require each other: {' -> '.join(cycle)}", first.requires_at)
+            )
+            break
+    return problems
+
+
+def unmatched_components(app: App, snapshot: Snapshot) -> list[str]:
+    """Components no entry of nodes.yaml can give a node: warnings for ``validate``.
+
+    A component by role is matched when an entry of nodes.yaml (or the default) gives that role;
+    one by glob when it could overlap an entry's ``match`` (or an entry matches by facts only).
+    """
+    from reconciler.model.repo import load_nodes
+
+    try:
+        nodes = load_nodes(snapshot)
+    except ModelError:
+        return []
+    entries = [e for e in nodes.get("nodes") or [] if isinstance(e, LocMap)]
+    roles = {e.get("role") for e in entries} | {nodes.get("default")}
+    patterns = [e["match"] for e in entries if isinstance(e.get("match"), str)]
+    any_node = nodes.get("default") is not None or any("match" not in e for e in entries)
+    warnings = []
+    for component in app.components:
+        at = Location(component.where.file, component.where.line)
+        what = f"{at}: component {app.name}/{component.name}"
+        if component.role is not None and component.role not in roles:
+            warnings.append(f"{what} runs on role {component.role!r}, which nodes.yaml never gives")
+        if (
+            component.match is not None
+            and not any_node
+            and not any(_may_overlap(component.match, p) for p in patterns)
+        ):
+            warnings.append(f"{what} matches {component.match!r}, which no nodes.yaml entry can")
+    return warnings
+
+
+def _may_overlap(glob: str, pattern: str) -> bool:
+    """Whether some name could match both globs (checked on their literal prefixes)."""
+    a, b = (g.split("*")[0].split("?")[0].split("[")[0] for g in (glob, pattern))
+    return a.startswith(b) or b.startswith(a)
