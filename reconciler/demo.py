@@ -40,18 +40,37 @@ def prepare(base: Path, port: int) -> Path:
     """Lay out the demo folder; return the configuration file."""
     repo, root, state = base / "control-repo", base / "root", base / "state"
     shutil.copytree(EXAMPLE, repo)
-    for name in ("etc", "srv", "var/log", "var/lib", "opt", "usr/local/bin", "tmp"):
-        (root / name).mkdir(parents=True)
+    for node_root in (root, base / "db-1" / "root"):
+        for name in ("etc", "srv", "var/log", "var/lib", "opt", "usr/local/bin", "tmp"):
+            (node_root / name).mkdir(parents=True)
     _git(repo, "init", "-q", "-b", "production")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "The example control repo")
+    # The example app reads its releases from the example's files/releases/ through this fact.
+    facts = base / "facts.d"
+    facts.mkdir()
+    (facts / "shop.yaml").write_text(f"shop_releases: file://{repo}/files/releases\n")
+    # A second node, db-1, applied by hand with the CLI, shares the coordination store.
+    (base / "db-1.yaml").write_text(
+        f"""# db-1: the database node of the example app, applied with `reconciler apply --config`.
+node: db-1
+root: {base / "db-1" / "root"}
+state_dir: {base / "db-1" / "state"}
+facts_dirs: [{facts}]
+source:
+  url: {repo}
+  branch: production
+coordination:
+  path: {state}/coordination
+"""
+    )
     config = base / "config.yaml"
     config.write_text(
         f"""# The demo's daemon configuration; see config.example.yaml for every key.
 node: web-1
 root: {root}
 state_dir: {state}
-facts_dirs: []
+facts_dirs: [{facts}]
 source:
   url: {repo}
   branch: production
@@ -94,6 +113,10 @@ Try, in another terminal:
       sleep 6; grep listen {root}/etc/nginx/sites-available/site.conf
   - read the metrics:  curl -s http://127.0.0.1:{port}/metrics | grep ^reconciler_
   - where a value comes from:  {sys.argv[0]} explain nginx.port --node web-1 --repo {repo}
+  - roll out the example app (apps/shop.yaml): its api, on web-1, waits for its database;
+    deploy the database on a second node, db-1, and watch web-1 deploy the api at once:
+      {sys.argv[0]} apply --config {base}/db-1.yaml
+      sleep 3; {sys.argv[0]} status --state-dir {base}/state
 Ctrl-C stops the daemon; remove {base} when done.
 """,
         flush=True,

@@ -167,8 +167,7 @@ class LocalStore:
         self.poll_interval = poll_interval
         self._seen: bytes | None = None  # the generation at the last read
         self._closed = threading.Event()
-        with self._os_errors("create"):
-            self.path.mkdir(parents=True, exist_ok=True)
+        # The directory is made by the first write: reading (a plan) leaves no trace.
 
     # -- the contract
 
@@ -272,6 +271,7 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

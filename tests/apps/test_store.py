@@ -281,9 +281,14 @@ def test_local_store_reports_a_damaged_file(tmp_path: Path) -> None:
 def test_local_store_that_cannot_be_written_raises_store_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
+    fresh = LocalStore(tmp_path / "fresh")  # reading makes nothing: a plan leaves no trace
+    assert fresh.states("shop", "db") == {} and fresh.holders("shop", "db", "1") == []
+    assert not (tmp_path / "fresh").exists()
+    blocked = LocalStore(blocker / "coordination")
     with pytest.raises(StoreError, match="coordination store"):
-        LocalStore(blocker / "coordination")
+        blocked.acquire_slot("shop", "db", "1", "db-1", 1, 10)
     store = LocalStore(tmp_path / "coordination")
+    (tmp_path / "coordination").mkdir()
     (tmp_path / "coordination" / "apps").write_text("")
     with pytest.raises(StoreError, match="cannot publish"):
         store.publish("shop", "db", state("db-1"))

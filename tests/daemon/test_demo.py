@@ -42,6 +42,18 @@ def test_demo_runs_the_daemon_on_the_example() -> None:
         wait_for(lambda: "web-1 (web" in motd.read_text(), 15, "the watcher to heal the motd")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             assert b"reconciler_revision_info" in r.read()
+        # The example app: web-1 waits for the database until db-1 is applied, then deploys.
+        assert not (base / "root/srv/shop/api").exists()
+        db = subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", "apply", "--config", str(base / "db-1.yaml")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert db.returncode == 2, db.stdout + db.stderr
+        api = base / "root/srv/shop/api/VERSION"
+        wait_for(api.exists, 30, "web-1 to deploy the api once the database is healthy")
+        assert api.read_text() == "1.4.2\n"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

@@ -23,7 +23,9 @@ def example_copy(tmp_path: Path) -> Path:
 
 def facts_file(tmp_path: Path, **extra: object) -> Path:
     path = tmp_path / FACTS
-    path.write_text(json.dumps({"os": {"family": "Debian", "name": "Debian"}, **extra}))
+    releases = f"file://{EXAMPLE / 'files' / 'releases'}"  # the example app's releases
+    os_facts = {"family": "Debian", "name": "Debian"}
+    path.write_text(json.dumps({"os": os_facts, "shop_releases": releases, **extra}))
     return path
 
 

@@ -1,0 +1,52 @@
+"""The bundled example's app (examples/control-repo/apps/shop.yaml) rolled out on three nodes.
+
+The releases are the tarballs in the example's files/releases/, read through the artifact
+resource from a file:// URL that a facts file gives (as `reconciler demo` does).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.apps.test_rollout_local import Fleet
+from tests.conftest import EXAMPLE
+
+SHA_141 = "08947d9eb5518a143eed67d74fc79e9a1402ffd6a10caf7835492732e9e55103"
+SHA_142 = "a6bbeadfb2b1c2a7635db18d5d8e0cb04e7ca5c45a18288f9d98f83fa42596e6"
+
+
+def test_the_example_shop_rolls_out_and_back(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path)
+    shutil.copytree(EXAMPLE, fleet.repo)
+    facts = tmp_path / "facts.d"
+    facts.mkdir()
+    releases = f"file://{fleet.repo / 'files' / 'releases'}"
+    (facts / "shop.json").write_text(
+        json.dumps({"shop_releases": releases, "os": {"family": "Debian", "name": "Debian"}})
+    )
+    for node in ("db-1", "web-1", "lb-1"):
+        config = fleet.config(node)
+        config.write_text(config.read_text().replace("facts_dirs: []", f"facts_dirs: [{facts}]"))
+
+    assert "waiting for database" in fleet.apply("web-1").stdout
+    assert fleet.apply("db-1").returncode == 2
+    assert "healthy" in fleet.apply("web-1").stdout
+    api = tmp_path / "web-1" / "root" / "srv/shop/api/bin/shop-api"
+    version = subprocess.run([api], capture_output=True, text=True, check=True).stdout
+    assert version == "1.4.2\n"
+    fleet.apply("lb-1")
+    lb = (tmp_path / "lb-1" / "root" / "etc/shop-lb.conf").read_text()
+    assert lb.startswith("# shop 1.4.2:")
+
+    # Back to 1.4.1: version and checksum change together, and the rollout runs again.
+    app = fleet.repo / "apps" / "shop.yaml"
+    app.write_text(
+        app.read_text().replace('version: "1.4.2"', 'version: "1.4.1"').replace(SHA_142, SHA_141)
+    )
+    assert "waiting for database" in fleet.apply("web-1").stdout
+    fleet.apply("db-1")
+    fleet.apply("web-1")
+    assert subprocess.run([api], capture_output=True, text=True).stdout == "1.4.1\n"
