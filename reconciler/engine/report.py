@@ -147,6 +147,9 @@ def render_text(report: RunReport, colour: bool, plan: bool) -> str:
             if change.property in ("executed", "refreshed"):
                 lines.append(f"    {change.property}: {change.after}")
                 continue
+            if change.property == "state":  # a change known only after apply
+                lines.append(f"    {change.after}")
+                continue
             lines.append(
                 f"    {change.property}: {_short(change.before)} -> {_short(change.after)}"
             )

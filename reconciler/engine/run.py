@@ -235,6 +235,8 @@ def execute(
 
     def finish(rid: ResourceId) -> None:
         result = results[rid]
+        if result.status == "failed" and (noop or nodes[rid].entry.noop):
+            _pending_on(rid, result)
         if result.status in ("changed", "would_change"):
             ctx.changed.add(rid)
             for target in catalog.refreshes.get(rid, ()):
@@ -246,6 +248,20 @@ def execute(
             node.waiting -= 1
             if node.waiting == 0:
                 ready.append(dependent)
+
+    def _pending_on(rid: ResourceId, result: ResourceResult) -> None:
+        """In noop, a check that fails because a prerequisite is not there yet (a line in a
+        file a file resource would create) is a change known after apply, not a failure."""
+        pending = sorted(
+            dep
+            for dep in catalog.after.get(rid, ())
+            if results.get(dep) is not None and results[dep].status == "would_change"
+        )
+        if pending:
+            result.status, result.error = "would_change", None
+            result.changes = [
+                Change("state", None, f"known after apply: {', '.join(pending)} would change")
+            ]
 
     if ctx.dirty_dirs is None:
         ctx.dirty_dirs = set()

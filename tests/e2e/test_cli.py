@@ -119,6 +119,18 @@ class TestPlan:
         assert tree_hash(cli.root) == before
         assert not cli.state.exists()
 
+    def test_plan_of_lines_in_a_file_not_created_yet_is_known_after_apply(
+        self, cli: CLI, tmp_path: Path
+    ) -> None:
+        """db-1's lines edit postgresql.conf, which a file resource of the same run creates."""
+        repo = example_copy(tmp_path)
+        facts = str(facts_file(tmp_path))
+        plan = cli.run("plan", repo, "--node", "db-1", "--facts", facts, check=2)
+        assert "~ line:max_connections\n    known after apply: file:/etc/postgresql/" in plan.stdout
+        assert "failed" not in plan.stdout
+        cli.run("apply", repo, "--node", "db-1", "--facts", facts, check=2)
+        cli.run("plan", repo, "--node", "db-1", "--facts", facts, check=0)
+
 
 class TestReports:
     def test_json_report_follows_the_spec(self, cli: CLI, tmp_path: Path) -> None:
