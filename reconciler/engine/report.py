@@ -8,6 +8,8 @@ from typing import Any
 
 from reconciler.resources.base import Change
 
+# Bytes of diffs one report keeps: past it, diffs are left out (the backups hold the content).
+REPORT_DIFF_BUDGET = 1 << 20
 STATUSES = ("in_sync", "changed", "would_change", "failed", "skipped")
 
 
@@ -21,7 +23,9 @@ class ResourceResult:
     corrective: bool = False  # the repo did not change this resource: the node drifted
     origin: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, diff_budget: list[int] | None = None) -> dict[str, Any]:
+        """``diff_budget``: bytes of diffs the report may still hold (shared, decremented);
+        a diff past it is left out and marked ``diff_omitted``."""
         changes = []
         for change in self.changes:
             item: dict[str, Any] = {
@@ -31,7 +35,12 @@ class ResourceResult:
                 "corrective": self.corrective,
             }
             if change.diff:
-                item["diff"] = change.diff
+                if diff_budget is None or len(change.diff) <= diff_budget[0]:
+                    item["diff"] = change.diff
+                    if diff_budget is not None:
+                        diff_budget[0] -= len(change.diff)
+                else:
+                    item["diff_omitted"] = True
             changes.append(item)
         return {
             "id": self.id,
@@ -85,6 +94,7 @@ class RunReport:
         return (2 if self.changed else 0) | (4 if self.failed else 0)
 
     def to_dict(self) -> dict[str, Any]:
+        budget = [REPORT_DIFF_BUDGET]
         return {
             "node": self.node,
             "role": self.role,
@@ -97,7 +107,7 @@ class RunReport:
             "phases": {k: round(v, 6) for k, v in self.phases.items()},
             "summary": self.summary(),
             "errors": self.errors,
-            "resources": [r.to_dict() for r in self.resources],
+            "resources": [r.to_dict(budget) for r in self.resources],
             "apps": self.apps,
         }
 

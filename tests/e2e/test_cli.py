@@ -133,6 +133,32 @@ class TestPlan:
 
 
 class TestReports:
+    def test_a_report_keeps_at_most_a_mebibyte_of_diffs(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        def repo(version: str) -> Path:
+            body = "".join(f"line {i} of version {version}\n" for i in range(400))
+            resources = "".join(
+                f"  - file: /srv/f{n}\n    content: {json.dumps(body)}\n" for n in range(150)
+            )
+            return make_repo(
+                {
+                    "nodes.yaml": "default: app\n",
+                    "roles/app.yaml": "profiles: [app]\n",
+                    "profiles/app.yaml": "resources:\n" + resources,
+                },
+                name=f"repo-{version}",
+            )
+
+        cli.run("apply", repo("a"), "--node", "n1", check=2)
+        cli.run("apply", repo("b"), "--node", "n1", check=2)
+        newest = sorted((cli.state / "reports").glob("*.json"))[-1]
+        changes = [c for r in json.loads(newest.read_text())["resources"] for c in r["changes"]]
+        kept = [c["diff"] for c in changes if "diff" in c]
+        assert 0 < sum(map(len, kept)) <= 1 << 20
+        assert any(c.get("diff_omitted") for c in changes)
+        assert newest.stat().st_size < 2 << 20
+
     def test_json_report_follows_the_spec(self, cli: CLI, tmp_path: Path) -> None:
         repo = example_copy(tmp_path)
         facts = str(facts_file(tmp_path))
