@@ -16,7 +16,7 @@ from typing import Any
 import reconciler.resources  # noqa: F401  (registers the resource types)
 from reconciler.errors import Location, ModelError, Problem
 from reconciler.model import repo as repomod
-from reconciler.model.apps import App, Deployment, Health, load_apps, unmatched_components
+from reconciler.model.apps import App, Deployment, load_apps, unmatched_components
 from reconciler.model.repo import DataValue, Profile, Settings
 from reconciler.model.templates import Renderer
 from reconciler.model.yamlload import LocList, LocMap
@@ -177,32 +177,11 @@ class Compiler:
         except ModelError as exc:
             return exc.problems
         problems: list[Problem] = []
+        context = {"facts": facts, "node": node, "role": ""}
         for app in apps:
-            context = {
-                "facts": facts,
-                "node": node,
-                "role": "",
-                "params": {},
-                "app": {"name": app.name, "version": app.version},
-            }
             for component in app.components:
-                origin = f"app:{app.name}/{component.name}"
-                problems += self.add_resources({}, component.resources, app.file, origin, context)
-                if component.health is not None:
-                    try:
-                        self._render_health(component.health, context, component.where)
-                    except ModelError as exc:
-                        problems += exc.problems
+                problems += self._compile_component(Deployment(app, component, []), context)[1]
         return problems
-
-    def _render_health(self, health: Health, context: Mapping[str, Any], where: Location) -> Health:
-        """A health check with ``{{ }}`` in its command or URL rendered like a resource's."""
-        at = Location(where.file, where.line, "health")
-        return dataclasses.replace(
-            health,
-            command=self.render(health.command, context, at),
-            http=self.render(health.http, context, at),
-        )
 
     def add_deployments(self, catalog: Catalog, base_context: Mapping[str, Any]) -> list[Problem]:
         """The resources of every app component this node runs, at the app's version."""
@@ -212,26 +191,12 @@ class Compiler:
             return exc.problems
         problems: list[Problem] = []
         for app in apps:
-            context = {
-                **base_context,
-                "params": {},
-                "app": {"name": app.name, "version": app.version},
-            }
             for component in app.components:
                 if not component.runs_on(catalog.node, catalog.role):
                     continue
                 deployment = Deployment(app, component, [])
-                if component.health is not None:
-                    try:
-                        deployment.health = self._render_health(
-                            component.health, context, component.where
-                        )
-                    except ModelError as exc:
-                        problems += exc.problems
-                entries: dict[ResourceId, Entry] = {}
-                problems += self.add_resources(
-                    entries, component.resources, app.file, deployment.origin, context
-                )
+                entries, found = self._compile_component(deployment, base_context)
+                problems += found
                 for rid, entry in entries.items():
                     other = catalog.entries.get(rid)
                     if other is not None:
@@ -246,6 +211,35 @@ class Compiler:
                     deployment.ids.append(rid)
                 catalog.deployments.append(deployment)
         return problems
+
+    def _compile_component(
+        self, deployment: Deployment, base_context: Mapping[str, Any]
+    ) -> tuple[dict[ResourceId, Entry], list[Problem]]:
+        """A component's resources, and its health check rendered into ``deployment``.
+
+        Templates see the node's names plus ``app.name`` and ``app.version``; ``params`` is
+        empty (an app has no parameters)."""
+        app, component = deployment.app, deployment.component
+        context = {
+            **base_context,
+            "params": {},
+            "app": {"name": app.name, "version": app.version},
+        }
+        entries: dict[ResourceId, Entry] = {}
+        problems = self.add_resources(
+            entries, component.resources, app.file, deployment.origin, context
+        )
+        if component.health is not None:
+            at = Location(component.where.file, component.where.line, "health")
+            try:
+                deployment.health = dataclasses.replace(
+                    component.health,
+                    command=self.render(component.health.command, context, at),
+                    http=self.render(component.health.http, context, at),
+                )
+            except ModelError as exc:
+                problems += exc.problems
+        return entries, problems
 
     def _profile_exists(self, name: str) -> bool:
         return self.snapshot.exists(f"profiles/{name}.yaml")
