@@ -519,10 +519,10 @@ class Agent:
             if result.status in ("changed", "would_change", "failed", "skipped"):
                 log.info(
                     "resource " + result.status,
-                    resource=result.id,
+                    resource=report.scrub(result.id),
                     changes=[c.property for c in result.changes],
                     corrective=result.corrective,
-                    error=result.error,
+                    error=report.scrub(result.error),
                 )
         summary = report.summary()
         log.info(
@@ -537,7 +537,7 @@ class Agent:
             self._apps_waiting.set()
         else:
             self._apps_waiting.clear()
-        self.state.last_error = "; ".join(report.errors) or None
+        self.state.last_error = "; ".join(str(report.scrub(e)) for e in report.errors) or None
         try:
             self._update_watch(catalog, report)
         finally:

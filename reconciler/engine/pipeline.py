@@ -126,6 +126,7 @@ def run(
         started=started_wall,
         role=catalog.role,
         run_id=secrets.token_hex(6),
+        secrets=catalog.secrets,
     )
     with _rollout(catalog, options, noop, warn) as rollout:
         if plan:

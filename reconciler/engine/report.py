@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.resources.base import Change
+from reconciler.resources.base import Change, Secrets
 
 # Bytes of diffs one report keeps: past it, diffs are left out (the backups hold the content).
 REPORT_DIFF_BUDGET = 1 << 20
@@ -23,32 +24,54 @@ class ResourceResult:
     corrective: bool = False  # the repo did not change this resource: the node drifted
     origin: str = ""
 
-    def to_dict(self, diff_budget: list[int] | None = None) -> dict[str, Any]:
+    def to_dict(
+        self, diff_budget: list[int] | None = None, secrets: Secrets | None = None
+    ) -> dict[str, Any]:
         """``diff_budget``: bytes of diffs the report may still hold (shared, decremented);
-        a diff past it is left out and marked ``diff_omitted``."""
+        a diff past it is left out and marked ``diff_omitted``. ``secrets``: values to show
+        only as digests wherever they turn up (in an error, a diff)."""
+        scrub = _scrubber(secrets)
         changes = []
         for change in self.changes:
             item: dict[str, Any] = {
                 "property": change.property,
-                "from": change.before,
-                "to": change.after,
+                "from": scrub(change.before),
+                "to": scrub(change.after),
                 "corrective": self.corrective,
             }
             if change.diff:
                 if diff_budget is None or len(change.diff) <= diff_budget[0]:
-                    item["diff"] = change.diff
+                    item["diff"] = scrub(change.diff)
                     if diff_budget is not None:
                         diff_budget[0] -= len(change.diff)
                 else:
                     item["diff_omitted"] = True
             changes.append(item)
         return {
-            "id": self.id,
+            "id": scrub(self.id),
             "status": self.status,
             "changes": changes,
-            "error": self.error,
+            "error": scrub(self.error),
             "duration_seconds": round(self.duration_seconds, 6),
         }
+
+
+def _scrubber(secrets: Secrets | None) -> Callable[[Any], Any]:
+    """A function that takes the secrets out of a string, of strings inside lists and
+    mappings, and passes anything else through."""
+
+    def scrub(value: Any) -> Any:
+        if secrets is None or not secrets:
+            return value
+        if isinstance(value, str):
+            return secrets.scrub(value)
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        return value
+
+    return scrub
 
 
 @dataclass
@@ -67,6 +90,12 @@ class RunReport:
     phases: dict[str, float] = field(default_factory=dict)
     # App components this node runs: what the run decided and reached for each.
     apps: list[dict[str, Any]] = field(default_factory=list)
+    # Values shown only as digests, wherever they turn up: the catalog's secrets.
+    secrets: Secrets = field(default_factory=Secrets, repr=False)
+
+    def scrub(self, text: str | None) -> str | None:
+        """A message as the report may show it: sensitive values replaced by digests."""
+        return None if text is None else self.secrets.scrub(text)
 
     def summary(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
@@ -95,6 +124,7 @@ class RunReport:
 
     def to_dict(self) -> dict[str, Any]:
         budget = [REPORT_DIFF_BUDGET]
+        scrub = _scrubber(self.secrets)
         return {
             "node": self.node,
             "role": self.role,
@@ -106,9 +136,9 @@ class RunReport:
             "duration_seconds": round(self.duration_seconds, 6),
             "phases": {k: round(v, 6) for k, v in self.phases.items()},
             "summary": self.summary(),
-            "errors": self.errors,
-            "resources": [r.to_dict(budget) for r in self.resources],
-            "apps": self.apps,
+            "errors": scrub(self.errors),
+            "resources": [r.to_dict(budget, self.secrets) for r in self.resources],
+            "apps": scrub(self.apps),
         }
 
     def to_json(self) -> str:
@@ -139,6 +169,9 @@ def render_text(report: RunReport, colour: bool, plan: bool) -> str:
     def paint(text: str, style: str) -> str:
         return f"\033[{_COLOURS[style]}m{text}\033[0m" if colour else text
 
+    def shown(text: str | None) -> str:
+        return str(report.scrub(text))
+
     lines: list[str] = []
     for result in report.resources:
         if result.status == "in_sync":
@@ -152,19 +185,21 @@ def render_text(report: RunReport, colour: bool, plan: bool) -> str:
         why = ""
         if result.status in ("changed", "would_change") and result.corrective:
             why = paint("  (drift)", "dim")
-        lines.append(f"{paint(mark, style)} {paint(result.id, 'bold')}{why}")
+        lines.append(f"{paint(mark, style)} {paint(shown(result.id), 'bold')}{why}")
         for change in result.changes:
             if change.property in ("executed", "refreshed"):
-                lines.append(f"    {change.property}: {change.after}")
+                lines.append(f"    {change.property}: {shown(change.after)}")
                 continue
             if change.property == "state":  # a change known only after apply
-                lines.append(f"    {change.after}")
+                lines.append(f"    {shown(change.after)}")
                 continue
             lines.append(
-                f"    {change.property}: {_short(change.before)} -> {_short(change.after)}"
+                f"    {shown(change.property)}: {shown(_short(change.before))} -> "
+                f"{shown(_short(change.after))}"
             )
             if change.diff:
-                for diff_line in change.diff.rstrip("\n").splitlines():
+                diff = report.scrub(change.diff) or ""
+                for diff_line in diff.rstrip("\n").splitlines():
                     diff_style = (
                         "add"
                         if diff_line.startswith("+") and not diff_line.startswith("+++")
@@ -173,13 +208,14 @@ def render_text(report: RunReport, colour: bool, plan: bool) -> str:
                         else "dim"
                     )
                     lines.append("      " + paint(diff_line, diff_style))
+        error = report.scrub(result.error) or ""
         if result.status == "skipped":
-            lines.append(f"    skipped: {result.error}")
-        elif result.error:
-            lines.append("    " + paint(f"error: {result.error}", "fail"))
-    for error in report.errors:
-        lines.append(paint(f"error: {error}", "fail"))
-    lines += render_apps(report.apps, paint)
+            lines.append(f"    skipped: {error or None}")
+        elif error:
+            lines.append("    " + paint(f"error: {error}", "fail"))
+    for message in report.errors:
+        lines.append(paint(f"error: {report.scrub(message)}", "fail"))
+    lines += render_apps([_scrubber(report.secrets)(app) for app in report.apps], paint)
     summary = report.summary()
     pending = summary.get("would_change", 0)
     revision = (report.revision or "working tree")[:12]

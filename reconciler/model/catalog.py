@@ -20,7 +20,16 @@ from reconciler.model.apps import App, Deployment, load_apps, unmatched_componen
 from reconciler.model.repo import DataValue, Profile, Settings
 from reconciler.model.templates import Renderer
 from reconciler.model.yamlload import LocList, LocMap
-from reconciler.resources.base import COMMON_ATTRIBUTES, REGISTRY, Attr, Resource, ResourceId
+from reconciler.resources.base import (
+    COMMON_ATTRIBUTES,
+    REGISTRY,
+    Attr,
+    Resource,
+    ResourceId,
+    Secrets,
+    digest,
+    leaves,
+)
 from reconciler.source import Snapshot, clean_relpath
 
 RELATIONS = ("require", "before", "notify", "subscribe")
@@ -52,10 +61,59 @@ class Catalog:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The app components this node runs, whose resources are in ``entries`` at the app's version.
     deployments: list[Deployment] = field(default_factory=list)
+    # The values of sensitive parameters: shown only as digests, wherever they turn up.
+    secrets: Secrets = field(default_factory=Secrets)
 
     def order(self) -> list[ResourceId]:
         """A topological order of the ids, stable for equal inputs."""
         return topological_order(self.entries, self.after)
+
+
+@dataclass(frozen=True)
+class Taint:
+    """What makes the resources of one profile sensitive: naming one of its sensitive
+    parameters (``params.<name>`` in a value or in a template file it renders), or holding the
+    value of any sensitive parameter of the node."""
+
+    names: frozenset[str] = frozenset()  # the profile's sensitive parameters
+    params: frozenset[str] = frozenset()  # all of the profile's parameters
+    secrets: Secrets = field(default_factory=Secrets)
+
+
+_PARSER: Any = None
+
+
+def params_named(source: str) -> frozenset[str] | None:
+    """The parameters a template names as ``params.x`` or ``params['x']``; None when it uses
+    ``params`` in any other way (or cannot be parsed), which may reach every parameter."""
+    global _PARSER
+    import jinja2
+    from jinja2 import nodes
+
+    if _PARSER is None:
+        _PARSER = jinja2.Environment()  # parses only: nothing is rendered with it
+    try:
+        tree = _PARSER.parse(source)
+    except jinja2.TemplateSyntaxError:
+        return None
+    named: set[str] = set()
+    accounted = 0
+    for get in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if not (isinstance(get.node, nodes.Name) and get.node.name == "params"):
+            continue
+        if isinstance(get, nodes.Getattr):
+            named.add(get.attr)
+        elif isinstance(get.arg, nodes.Const) and isinstance(get.arg.value, str):
+            named.add(get.arg.value)
+        else:
+            continue
+        accounted += 1
+    uses = sum(1 for name in tree.find_all(nodes.Name) if name.name == "params")
+    return frozenset(named) if uses == accounted else None
+
+
+def sensitive_values(profile: Profile, params: Mapping[str, Any]) -> list[str]:
+    return [leaf for name in sorted(profile.sensitive) for leaf in leaves(params.get(name))]
 
 
 def topological_order(
@@ -110,6 +168,7 @@ class Compiler:
         self.renderer = Renderer(self._read_template)
         self._profiles: dict[str, Profile] = {}
         self._apps: list[App] | None = None
+        self._params_named: dict[str, frozenset[str] | None] = {}
 
     def _read_template(self, name: str) -> str:
         path = "templates/" + clean_relpath(name, Location(key="template"))
@@ -148,21 +207,31 @@ class Compiler:
             node, role, self.snapshot.revision, self.snapshot.branch, self.settings, entries, {}, {}
         )
         base_context = {"facts": facts, "node": node, "role": role}
+        resolved: list[Profile] = []
         for profile in profiles:
             try:
-                params = self.resolve_params(profile, data, base_context)
+                catalog.params[profile.name] = self.resolve_params(profile, data, base_context)
             except ModelError as exc:
                 problems += exc.problems
                 continue
-            catalog.params[profile.name] = params
-            context = {**base_context, "params": params}
+            resolved.append(profile)
+        secrets = Secrets(
+            leaf for p in resolved for leaf in sensitive_values(p, catalog.params[p.name])
+        )
+        for profile in resolved:
+            context = {**base_context, "params": catalog.params[profile.name]}
+            taint = Taint(profile.sensitive, frozenset(profile.params), secrets)
             problems += self.add_resources(
-                entries, profile.resources, profile.file, f"profile:{profile.name}", context
+                entries, profile.resources, profile.file, f"profile:{profile.name}", context, taint
             )
-        problems += self.add_deployments(catalog, base_context)
-        if problems:
-            raise ModelError(_dedupe(problems))
-        link(catalog)
+        problems += self.add_deployments(catalog, base_context, Taint(secrets=secrets))
+        catalog.secrets = secrets
+        try:
+            if problems:
+                raise ModelError(_dedupe(problems))
+            link(catalog)
+        except ModelError as exc:
+            raise ModelError(scrub_problems(exc.problems, catalog.secrets)) from None
         return catalog
 
     def apps(self) -> list[App]:
@@ -183,7 +252,9 @@ class Compiler:
                 problems += self._compile_component(Deployment(app, component, []), context)[1]
         return problems
 
-    def add_deployments(self, catalog: Catalog, base_context: Mapping[str, Any]) -> list[Problem]:
+    def add_deployments(
+        self, catalog: Catalog, base_context: Mapping[str, Any], taint: Taint
+    ) -> list[Problem]:
         """The resources of every app component this node runs, at the app's version."""
         try:
             apps = self.apps()
@@ -195,7 +266,7 @@ class Compiler:
                 if not component.runs_on(catalog.node, catalog.role):
                     continue
                 deployment = Deployment(app, component, [])
-                entries, found = self._compile_component(deployment, base_context)
+                entries, found = self._compile_component(deployment, base_context, taint)
                 problems += found
                 for rid, entry in entries.items():
                     other = catalog.entries.get(rid)
@@ -213,7 +284,7 @@ class Compiler:
         return problems
 
     def _compile_component(
-        self, deployment: Deployment, base_context: Mapping[str, Any]
+        self, deployment: Deployment, base_context: Mapping[str, Any], taint: Taint = Taint()
     ) -> tuple[dict[ResourceId, Entry], list[Problem]]:
         """A component's resources, and its health check rendered into ``deployment``.
 
@@ -227,7 +298,7 @@ class Compiler:
         }
         entries: dict[ResourceId, Entry] = {}
         problems = self.add_resources(
-            entries, component.resources, app.file, deployment.origin, context
+            entries, component.resources, app.file, deployment.origin, context, taint
         )
         if component.health is not None:
             at = Location(component.where.file, component.where.line, "health")
@@ -303,12 +374,13 @@ class Compiler:
         file: str,
         origin: str,
         context: Mapping[str, Any],
+        taint: Taint = Taint(),
     ) -> list[Problem]:
         problems: list[Problem] = []
         for index, declaration in enumerate(declarations):
             where = Location(file, declarations.line_of(index))
             try:
-                entry = self.resource(declaration, where, origin, context)
+                entry = self.resource(declaration, where, origin, context, taint)
             except ModelError as exc:
                 problems += exc.problems
                 continue
@@ -325,7 +397,12 @@ class Compiler:
         return problems
 
     def resource(
-        self, declaration: Any, where: Location, origin: str, context: Mapping[str, Any]
+        self,
+        declaration: Any,
+        where: Location,
+        origin: str,
+        context: Mapping[str, Any],
+        taint: Taint = Taint(),
     ) -> Entry | None:
         """One declaration to a catalog entry; None when its ``when:`` is false."""
         if not isinstance(declaration, LocMap):
@@ -363,6 +440,13 @@ class Compiler:
         if not isinstance(title, str | int) or isinstance(title, bool) or str(title) == "":
             raise ModelError.one("the title must be a non-empty string", at(kind))
         title = str(title)
+        if self._names_sensitive(declaration[kind], taint) or taint.secrets.found_in(title):
+            raise ModelError.one(
+                "the title holds the value of a sensitive parameter; a title is the resource's "
+                "identity, shown in every report and kept in the state directory: "
+                "put the value in an attribute",
+                at(kind),
+            )
         attrs: dict[str, Any] = {}
         for key, raw in declaration.items():
             if key in (kind, "when"):
@@ -384,6 +468,7 @@ class Compiler:
                 problems += exc.problems
         if problems:
             raise ModelError(problems)
+        template = attrs.get("template")
         if kind == "file":
             self._file_content(attrs, context, at)
         elif "source" in attrs or "template" in attrs:
@@ -394,13 +479,18 @@ class Compiler:
             if relation in attrs:
                 relations[relation] = _ids(attrs.pop(relation), at(relation))
         noop = attrs.pop("noop", False)
-        sensitive = attrs.pop("sensitive", False)
-        for key, value in (("noop", noop), ("sensitive", sensitive)):
+        declared = attrs.pop("sensitive", False)
+        for key, value in (("noop", noop), ("sensitive", declared)):
             if not isinstance(value, bool):
                 problems.append(Problem("must be true or false", at(key)))
+        sensitive = declared is True or self._tainted(declaration, kind, template, attrs, taint)
+        if sensitive and kind == "line" and not attrs.get("text"):
+            problems.append(
+                Problem("a sensitive line needs its line in 'text' (the title is shown)", where)
+            )
         for key, spec in cls.attributes.items():
             if key in attrs:
-                message = check_value(spec, attrs[key])
+                message = check_value(spec, attrs[key], sensitive)
                 if message:
                     problems.append(Problem(message, at(key)))
             elif spec.required:
@@ -409,13 +499,78 @@ class Compiler:
                 attrs[key] = spec.default
         if not problems:
             problems += [
-                Problem(message, at(key) if key else where)
+                Problem(
+                    _unquote(message, attrs) if sensitive else message, at(key) if key else where
+                )
                 for key, message in cls.validate(title, attrs)
             ]
         if problems:
             raise ModelError(problems)
-        resource = cls(title, attrs, sensitive=bool(sensitive))
+        resource = cls(title, attrs, sensitive=sensitive)
         return Entry(resource, where, origin, bool(noop), relations)
+
+    def _names_sensitive(self, value: Any, taint: Taint) -> bool:
+        """Whether a value written in the repo names a sensitive parameter of its profile."""
+        if not taint.names:
+            return False
+        if isinstance(value, str):
+            if "{{" not in value and "{%" not in value:
+                return False
+            named = self._named(value)
+            return named is None or bool(named & taint.names) or not named <= taint.params
+        if isinstance(value, Mapping):
+            return any(self._names_sensitive(v, taint) for v in value.values())
+        if isinstance(value, list):
+            return any(self._names_sensitive(v, taint) for v in value)
+        return False
+
+    def _named(self, source: str) -> frozenset[str] | None:
+        if source not in self._params_named:
+            self._params_named[source] = params_named(source)
+        return self._params_named[source]
+
+    def _template_names_sensitive(self, name: str, taint: Taint, seen: set[str]) -> bool:
+        """Whether a template file, or one it includes or imports, names a sensitive parameter."""
+        import jinja2
+        from jinja2 import meta
+
+        if name in seen:
+            return False
+        seen.add(name)
+        try:
+            source = self._read_template(name)
+            if self._names_sensitive(source, taint):
+                return True
+            referenced = list(meta.find_referenced_templates(jinja2.Environment().parse(source)))
+        except (jinja2.TemplateError, ModelError, UnicodeDecodeError):
+            return True
+        return any(
+            other is None or self._template_names_sensitive(other, taint, seen)
+            for other in referenced
+        )
+
+    def _tainted(
+        self,
+        declaration: LocMap,
+        kind: str,
+        template: Any,
+        attrs: Mapping[str, Any],
+        taint: Taint,
+    ) -> bool:
+        """A resource that uses a sensitive parameter is sensitive itself."""
+        if any(
+            self._names_sensitive(value, taint)
+            for key, value in declaration.items()
+            if key not in (kind, "when")
+        ):
+            return True
+        if (
+            taint.names
+            and isinstance(template, str)
+            and self._template_names_sensitive(template, taint, set())
+        ):
+            return True
+        return bool(taint.secrets) and any(taint.secrets.found_in(v) for v in leaves(attrs))
 
     def _file_content(self, attrs: dict[str, Any], context: Mapping[str, Any], at: Any) -> None:
         given = [key for key in ("content", "source", "template") if attrs.get(key) is not None]
@@ -450,8 +605,9 @@ def _ids(value: Any, where: Location) -> list[ResourceId]:
     return ids
 
 
-def check_value(spec: Attr, value: Any) -> str | None:
-    """A message when ``value`` does not fit the attribute's schema."""
+def check_value(spec: Attr, value: Any, sensitive: bool = False) -> str | None:
+    """A message when ``value`` does not fit the attribute's schema (for a sensitive resource,
+    with the value as its digest)."""
     if value is None:
         return None if not spec.required else "must not be empty"
     kind = spec.kind
@@ -483,7 +639,10 @@ def check_value(spec: Attr, value: Any) -> str | None:
     if not ok:
         return f"must be {expected}, not {repomod.type_name(value)}"
     if spec.choices and str(value) not in spec.choices:
-        return f"must be one of {', '.join(spec.choices)}, not {value!r}"
+        shown = (
+            digest(value if isinstance(value, str) else repr(value)) if sensitive else repr(value)
+        )
+        return f"must be one of {', '.join(spec.choices)}, not {shown}"
     return None
 
 
@@ -529,6 +688,21 @@ def link(catalog: Catalog) -> None:
     catalog.after = after
     catalog.refreshes = refreshes
     catalog.order()  # raises on a cycle
+
+
+def _unquote(message: str, attrs: Mapping[str, Any]) -> str:
+    """A sensitive resource's validation message without its values: each quoted value (as
+    the checks quote them, with repr), whatever its length, becomes its digest."""
+    for leaf in sorted(set(leaves(attrs)), key=len, reverse=True):
+        message = message.replace(repr(leaf), digest(leaf))
+    return message
+
+
+def scrub_problems(problems: list[Problem], secrets: Secrets) -> list[Problem]:
+    """Problems whose messages show no sensitive value, only its digest."""
+    if not secrets:
+        return problems
+    return [Problem(secrets.scrub(p.message), p.where, p.stage) for p in problems]
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

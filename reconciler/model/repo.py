@@ -249,6 +249,14 @@ def load_profile(snapshot: Snapshot, name: str, where: Location) -> Profile:
             )
         )
         sensitive = []
+    for param in sensitive:
+        if param not in params:
+            problems.append(
+                Problem(
+                    f"{param!r} is not a parameter of this profile",
+                    Location(path, raw.line_of("sensitive_params"), "sensitive_params"),
+                )
+            )
     if problems:
         raise ModelError(problems, "validate")
     return Profile(name, path, params, resources, frozenset(sensitive))

@@ -34,22 +34,26 @@ CHUNK = 1 << 20
 _SHA = re.compile(r"[0-9a-f]{64}\Z")
 
 
-def download(url: str, dest: Path, limit: int, timeout: float) -> None:
-    """Fetch ``url`` into ``dest``, at most ``limit`` bytes; partial files are removed."""
+def download(url: str, dest: Path, limit: int, timeout: float, shown: str | None = None) -> None:
+    """Fetch ``url`` into ``dest``, at most ``limit`` bytes; partial files are removed.
+
+    ``shown``: the URL as messages show it (a digest for a sensitive artifact, whose messages
+    then give only the kind of failure, since the reason may quote the URL or its path)."""
+    name = url if shown is None else shown
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
             declared = response.headers.get("Content-Length") if response.headers else None
             if declared and declared.isdigit() and int(declared) > limit:
-                raise ResourceError(f"{url}: larger than {limit} bytes")
+                raise ResourceError(f"{name}: larger than {limit} bytes")
             total = 0
             while chunk := response.read(CHUNK):
                 total += len(chunk)
                 if total > limit:
-                    raise ResourceError(f"{url}: larger than {limit} bytes")
+                    raise ResourceError(f"{name}: larger than {limit} bytes")
                 out.write(chunk)
             if declared and declared.isdigit() and total != int(declared):
                 raise ResourceError(
-                    f"{url}: download failed: truncated ({total} of {declared} bytes)"
+                    f"{name}: download failed: truncated ({total} of {declared} bytes)"
                 )
             out.flush()
             os.fsync(out.fileno())
@@ -59,7 +63,9 @@ def download(url: str, dest: Path, limit: int, timeout: float) -> None:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         dest.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or exc
-        raise ResourceError(f"{url}: download failed: {reason}") from None
+        if shown is not None and not isinstance(reason, str):  # an HTTP reason is just words
+            reason = getattr(reason, "strerror", None) or type(reason).__name__
+        raise ResourceError(f"{name}: download failed: {reason}") from None
 
 
 def _check_name(name: str) -> None:
@@ -152,6 +158,7 @@ class Artifact(PathResource):
                 part,
                 int(self.attrs["max_size"]),
                 float(self.attrs["timeout"]),
+                shown=self.show(str(self.attrs["url"])) if self.sensitive else None,
             )
             got = _sha256(part)
             if got != self.sha:

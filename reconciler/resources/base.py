@@ -12,8 +12,9 @@ compiler, so a resource never reads the control repo.
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,6 +34,63 @@ def digest(value: str | bytes) -> str:
     """The form in which a sensitive or large value is shown: its sha256."""
     data = value.encode() if isinstance(value, str) else value
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# Shorter values are not searched for in text: they would match inside ordinary words.
+MIN_SECRET = 6
+# Values longer than this (whole file contents) are shown only as digests, never searched for.
+MAX_SECRET = 64 * 1024
+
+
+def leaves(value: Any) -> Iterator[str]:
+    """The scalar values inside a value, as text: what a secret can be made of."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, bytes):
+        try:
+            yield value.decode()
+        except UnicodeDecodeError:
+            return
+    elif isinstance(value, int | float):
+        yield str(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from leaves(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from leaves(item)
+
+
+class Secrets:
+    """Values that must never be shown, and the one way to take them out of a text.
+
+    ``scrub`` replaces every occurrence of a value by its digest. Values shorter than
+    MIN_SECRET characters are not searched for; digests already in the text are left whole.
+    """
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self.values = frozenset(v for v in values if MIN_SECRET <= len(v) <= MAX_SECRET)
+        self._pattern: re.Pattern[str] | None = None
+        if self.values:
+            longest_first = sorted(self.values, key=len, reverse=True)
+            self._pattern = re.compile(
+                "(sha256:[0-9a-f]{64})|" + "|".join(re.escape(v) for v in longest_first)
+            )
+
+    def __bool__(self) -> bool:
+        return bool(self.values)
+
+    def found_in(self, text: str) -> bool:
+        return self._pattern is not None and any(
+            m.group(1) is None for m in self._pattern.finditer(text)
+        )
+
+    def scrub(self, text: str) -> str:
+        if self._pattern is None or not text:
+            return text
+        return self._pattern.sub(lambda m: m.group(1) or digest(m.group()), text)
 
 
 @dataclass(frozen=True)

@@ -68,13 +68,20 @@ class Exec(Resource):
     def _run(self, ctx: Context, command: Any) -> tuple[int, str, bool]:
         env = {str(k): str(v) for k, v in (self.attrs.get("environment") or {}).items()}
         cwd = ctx.root.path(str(self.attrs["cwd"])) if self.attrs.get("cwd") else None
-        result = ctx.runner.run(
-            argv_of(command),
-            timeout=float(self.attrs.get("timeout") or 300),
-            env=env,
-            cwd=cwd,
-            user=self.attrs.get("user"),
-        )
+        argv = argv_of(command)
+        try:
+            result = ctx.runner.run(
+                argv,
+                timeout=float(self.attrs.get("timeout") or 300),
+                env=env,
+                cwd=cwd,
+                user=self.attrs.get("user"),
+            )
+        except ResourceError as exc:
+            if not self.sensitive:
+                raise
+            # "command not found: PROGRAM": the program is part of the command.
+            raise ResourceError(str(exc).replace(argv[0], self.show(argv[0]))) from None
         return result.returncode, result.tail(TAIL_LINES), result.timed_out
 
     def _should_run(self, ctx: Context) -> bool:

@@ -48,7 +48,7 @@ class Symlink(PathResource):
             current = os.readlink(host)
             if current == target:
                 return []
-            change = Change("target", current, target)
+            change = Change("target", self.show(current), self.show(target))
         elif st is not None:
             if not self.attrs.get("force") or stat.S_ISDIR(st.st_mode):
                 raise ResourceError(
