@@ -13,9 +13,11 @@ import contextlib
 import json
 import os
 import platform
+import selectors
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ import yaml
 from reconciler.errors import Location, ModelError
 
 MAX_FACT_BYTES = 1024 * 1024
+KILL_WAIT = 5.0  # seconds to reap a killed facts executable
 _FAMILIES = {
     "debian": "Debian",
     "ubuntu": "Debian",
@@ -274,29 +277,79 @@ def _networking(hostname: str, fqdn: str, domain: str) -> dict[str, Any]:
 # -- external facts -----------------------------------------------------------------------------
 
 
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the executable and every process it started that stayed in its group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _read_bounded(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, str | None]:
+    """Standard output until its end, up to MAX_FACT_BYTES and until ``deadline``: what was
+    read, and why reading stopped early (None: it ended)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    size = 0
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return b"", "timed out"
+            if not selector.select(left):
+                continue
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return b"".join(chunks), None
+            size += len(chunk)
+            if size > MAX_FACT_BYTES:
+                return b"", f"printed more than {MAX_FACT_BYTES} bytes"
+            chunks.append(chunk)
+
+
 def _run_executable(path: Path, timeout: float) -> tuple[dict[str, Any] | None, str | None]:
+    """Run a facts executable: its output read up to MAX_FACT_BYTES, for at most ``timeout``
+    seconds. Past either bound it is killed with its whole process group, and never read
+    further, even if something it started holds its output open."""
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
     }
-    proc = subprocess.Popen(
-        [str(path)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
     try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return None, f"timed out after {timeout:g}s"
+        proc = subprocess.Popen(
+            [str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return None, f"cannot run: {exc.strerror or exc}"
+    deadline = time.monotonic() + timeout
+    try:
+        out, stopped = _read_bounded(proc, deadline)
+        if stopped is None:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                stopped = "timed out"
+    finally:
+        _kill_group(proc)  # what it left running, or all of it when a bound was passed
+        assert proc.stdout is not None
+        proc.stdout.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(KILL_WAIT)
+    if stopped == "timed out":
+        return None, f"timed out after {timeout:g}s; killed with its process group"
+    if stopped is not None:
+        return None, f"{stopped}; killed with its process group"
     if proc.returncode != 0:
         return None, f"exited {proc.returncode}"
-    if len(out) > MAX_FACT_BYTES:
-        return None, f"printed more than {MAX_FACT_BYTES} bytes"
     try:
         data = json.loads(out)
     except ValueError as exc:
