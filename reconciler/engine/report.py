@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,6 +157,33 @@ _MARKS = {
 }
 
 
+# What a terminal acts on: C0 and C1 controls (escape sequences start with ESC or CSI), DEL,
+# the line and paragraph separators, bidirectional overrides. Tabs pass.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\n":
+        return "\\n"
+    if char == "\r":
+        return "\\r"
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """Text safe to print on a terminal: control characters shown as escapes (``\\x1b``), so
+    that a title, a message or a file's content cannot move the cursor, recolour the screen
+    or forge a line of the output."""
+    return _CONTROL.sub(_escaped, text)
+
+
+def printable_lines(text: str) -> str:
+    """Like printable, but a message's own line breaks are kept (command output)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def _short(value: str | None) -> str | None:
     """Digests shortened for people; reports keep them whole."""
     if value is not None and value.startswith("sha256:") and len(value) > 19:
@@ -170,7 +198,7 @@ def render_text(report: RunReport, colour: bool, plan: bool) -> str:
         return f"\033[{_COLOURS[style]}m{text}\033[0m" if colour else text
 
     def shown(text: str | None) -> str:
-        return str(report.scrub(text))
+        return printable(report.scrub(text) or "") if text is not None else "None"
 
     lines: list[str] = []
     for result in report.resources:
@@ -199,7 +227,8 @@ def render_text(report: RunReport, colour: bool, plan: bool) -> str:
             )
             if change.diff:
                 diff = report.scrub(change.diff) or ""
-                for diff_line in diff.rstrip("\n").splitlines():
+                for raw_line in diff.rstrip("\n").split("\n"):
+                    diff_line = printable(raw_line)
                     diff_style = (
                         "add"
                         if diff_line.startswith("+") and not diff_line.startswith("+++")
@@ -208,13 +237,13 @@ def render_text(report: RunReport, colour: bool, plan: bool) -> str:
                         else "dim"
                     )
                     lines.append("      " + paint(diff_line, diff_style))
-        error = report.scrub(result.error) or ""
+        error = printable_lines(report.scrub(result.error) or "")
         if result.status == "skipped":
             lines.append(f"    skipped: {error or None}")
         elif error:
             lines.append("    " + paint(f"error: {error}", "fail"))
     for message in report.errors:
-        lines.append(paint(f"error: {report.scrub(message)}", "fail"))
+        lines.append(paint(f"error: {printable_lines(report.scrub(message) or '')}", "fail"))
     lines += render_apps([_scrubber(report.secrets)(app) for app in report.apps], paint)
     summary = report.summary()
     pending = summary.get("would_change", 0)
@@ -253,8 +282,11 @@ def render_apps(apps: list[dict[str, Any]], paint: Any = None) -> list[str]:
         if app.get("previous_version") not in (None, version) and app["state"] != "healthy":
             version = f"{app['previous_version']} -> {version}"
         state = paint(app["state"], _APP_STYLES.get(app["state"], "dim"))
-        lines.append(f"app {app['app']}/{app['component']} {version}: {state}  {app['message']}")
+        lines.append(
+            f"app {app['app']}/{app['component']} {printable(str(version))}: {state}  "
+            f"{printable(str(app['message']))}"
+        )
         for component, nodes in sorted(app.get("waits_for", {}).items()):
             shown = ", ".join(f"{n} {s}" for n, s in nodes.items()) or "no node has reported"
-            lines.append(f"    {component}: {shown}")
+            lines.append(f"    {component}: {printable(shown)}")
     return lines
