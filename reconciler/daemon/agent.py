@@ -114,6 +114,7 @@ class Agent:
         self._running = threading.Event()
         self._backoff = Backoff()
         self._next_fetch = 0.0  # monotonic time before which polls are skipped (backoff)
+        self._refetch = False  # the last good revision could not be read: fetch it again
         self._rejected_backoff: dict[str, tuple[float, Backoff]] = {}
         self.watcher: Any = None
         self._lock_fd: int | None = None
@@ -278,7 +279,7 @@ class Agent:
         except (SourceError, ConfigError) as exc:
             self._fetch_failed(exc)
             return False
-        if head == self.state.revision and self.state.applied:
+        if head == self.state.revision and self.state.applied and not self._refetch:
             self.metrics.fetches.labels("unchanged").inc()
             self._fetch_ok()
             return False
@@ -322,12 +323,18 @@ class Agent:
             verify_commit(self._mirror.git_dir, head, verify, self.config.source.timeout)
 
     def _ensure_commit(self, head: str, branch: str) -> None:
-        try:
-            run_git(["cat-file", "-e", f"{head}^{{commit}}"], self._mirror.git_dir, 10)
-        except SourceError:
+        if not self._mirror.has_commit(head):
             self._mirror.fetch(branch)
 
+    def _unreadable(self) -> None:
+        """A revision could not be read from the mirror: poll, and fetch even an unchanged head
+        (a damaged mirror is replaced by a fresh clone then)."""
+        if not self._refetch:
+            self._refetch = True
+            self.request("poll")
+
     def _fetch_ok(self) -> None:
+        self._refetch = False
         self._backoff.reset()
         self._next_fetch = 0.0
         self.state.source_error = None
@@ -450,9 +457,17 @@ class Agent:
 
     def _apply(self, revision: str, branch: str) -> bool:
         """Compile and run a new revision; on a model error keep the last good one."""
-        snapshot = GitSnapshot(
-            self._mirror.git_dir, revision, branch, f"{self.config.source.url}@{branch}"
-        )
+        try:
+            snapshot = GitSnapshot(
+                self._mirror.git_dir, revision, branch, f"{self.config.source.url}@{branch}"
+            )
+        except ModelError as exc:  # a tree not read: too large, or with a .git path
+            self._reject(revision, exc.stage, str(exc))
+            return False
+        except SourceError as exc:
+            self._fetch_failed(exc)
+            self._unreadable()
+            return False
         try:
             report = self._run(snapshot, revision)
         except ModelError as exc:
@@ -479,6 +494,7 @@ class Agent:
             snapshot = GitSnapshot(self._mirror.git_dir, self.state.revision, branch, "last good")
         except SourceError as exc:
             self.log.error("the last good revision is not in the mirror", error=str(exc))
+            self._unreadable()
             return
         try:
             if self._run(snapshot, self.state.revision) is not None:

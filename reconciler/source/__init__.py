@@ -2,7 +2,10 @@
 
 A ``Snapshot`` is either a directory's working tree (for authors trying a change) or a commit of
 a git repository, read straight from its objects: no checkout, no hooks, no submodules, and no
-symlink followed out of the tree.
+symlink followed out of the tree. Nothing under a directory named ``.git`` (in any case) is read:
+in a working tree it is git's own directory, and a commit whose tree holds such a path (which
+git's index refuses, but plumbing can write) is refused as a whole, as git refuses to check it
+out. Reading is bounded: a file of at most MAX_FILE_BYTES, a tree of at most MAX_FILES entries.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Protocol
 from reconciler.errors import Location, ModelError, SourceError
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_FILES = 100_000  # files and directories of one commit's tree
 MAX_LINK_HOPS = 8
 
 
@@ -53,6 +57,12 @@ def clean_relpath(path: str, where: Location | None = None) -> str:
     return norm
 
 
+def in_git_dir(path: str) -> bool:
+    """Whether a repo-relative path has a ``.git`` component, in any case (as git refuses to
+    check out: on a case-insensitive file system ``.GIT`` is ``.git``)."""
+    return any(part.casefold() == ".git" for part in path.split("/"))
+
+
 class DirectorySnapshot:
     """The files of a directory as they are now, committed or not."""
 
@@ -67,6 +77,8 @@ class DirectorySnapshot:
 
     def _host_path(self, path: str) -> Path:
         rel = clean_relpath(path)
+        if in_git_dir(rel):
+            raise ModelError.one("is inside a .git directory; not read", Location(rel))
         host = self.root / rel
         real = Path(os.path.realpath(host))
         if real != self.root and self.root not in real.parents:
@@ -80,7 +92,9 @@ class DirectorySnapshot:
         with open(host, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
-            raise ModelError.one(f"file is larger than {MAX_FILE_BYTES} bytes", Location(path))
+            raise ModelError.one(
+                f"file is larger than {MAX_FILE_BYTES} bytes; not read", Location(path), "parse"
+            )
         return data
 
     def exists(self, path: str) -> bool:
@@ -93,7 +107,7 @@ class DirectorySnapshot:
         base = self.root / clean_relpath(directory) if directory else self.root
         found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = [d for d in dirnames if d != ".git"]
+            dirnames[:] = [d for d in dirnames if d.casefold() != ".git"]
             rel = Path(dirpath).relative_to(self.root).as_posix()
             found.extend(n if rel == "." else f"{rel}/{n}" for n in filenames)
         return sorted(found)
@@ -125,24 +139,58 @@ def _work_tree_head(root: Path) -> tuple[str | None, str | None]:
 
 
 class GitSnapshot:
-    """A commit of a git repository, read from its objects."""
+    """A commit of a git repository, read from its objects.
 
-    def __init__(self, git_dir: Path, commit: str, branch: str | None, description: str) -> None:
+    Every object of the commit's tree must be in the repository (``check_commit``): a damaged
+    repository fails here, as a SourceError, rather than halfway through a run.
+    """
+
+    def __init__(
+        self,
+        git_dir: Path,
+        commit: str,
+        branch: str | None,
+        description: str,
+        timeout: float = 60.0,
+    ) -> None:
         import git
+
+        from reconciler.source.git import check_commit
 
         self.branch = branch
         self.description = description
         try:
+            check_commit(git_dir, commit, timeout)
+        except SourceError as exc:
+            raise SourceError(f"{description}: {exc}") from None
+        try:
             self._repo = git.Repo(git_dir)
-            self._commit = self._repo.commit(commit)
-        except (git.exc.GitError, ValueError, OSError) as exc:  # noqa: F841
-            raise SourceError(f"{description}: cannot read commit {commit!r}") from None
-        self.revision: str | None = str(self._commit.hexsha)
+        except (git.exc.GitError, git.exc.ODBError, ValueError, OSError):
+            raise SourceError(f"{description}: cannot read the repository {git_dir}") from None
         self._entries: dict[str, tuple[int, Any]] = {}
-        for item in self._commit.tree.traverse():
-            blob: Any = item
-            if getattr(blob, "type", None) == "blob":
-                self._entries[str(blob.path)] = (int(blob.mode), blob)
+        try:
+            self._commit = self._repo.commit(commit)
+            self.revision: str | None = str(self._commit.hexsha)
+            for seen, item in enumerate(self._commit.tree.traverse(), start=1):
+                if seen > MAX_FILES:
+                    raise _refused(f"it has more than {MAX_FILES} files and directories")
+                blob: Any = item
+                path = str(blob.path)
+                if in_git_dir(path):
+                    raise _refused(f"{path!r} is inside a .git directory")
+                if getattr(blob, "type", None) == "blob":
+                    self._entries[path] = (int(blob.mode), blob)
+        except ValueError as exc:
+            # Every object is there (checked above): GitPython refused what a tree holds, such
+            # as a name that git would take for its own directory on some file system.
+            self._repo.close()
+            raise _refused(str(exc)) from None
+        except (git.exc.GitError, git.exc.ODBError, OSError):
+            self._repo.close()
+            raise SourceError(f"{description}: cannot read commit {commit!r}") from None
+        except ModelError:
+            self._repo.close()
+            raise
 
     def close(self) -> None:
         self._repo.close()
@@ -154,13 +202,11 @@ class GitSnapshot:
             if entry is None:
                 raise FileNotFoundError(rel)
             mode, blob = entry
-            size = blob.size
-            if size > MAX_FILE_BYTES:
-                raise ModelError.one(f"file is larger than {MAX_FILE_BYTES} bytes", Location(rel))
-            data: bytes = blob.data_stream.read()
+            data = self._blob_data(rel, blob)
             if mode & 0o170000 != 0o120000:
                 return data
-            target = posixpath.normpath(posixpath.join(posixpath.dirname(rel), data.decode()))
+            link = data.decode(errors="replace")
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(rel), link))
             if target.startswith("../") or target == ".." or data.startswith(b"/"):
                 raise ModelError.one(
                     "is a symlink that leaves the control repo; not read", Location(rel)
@@ -168,12 +214,33 @@ class GitSnapshot:
             rel = target
         raise ModelError.one("too many levels of symlinks", Location(path))
 
+    def _blob_data(self, rel: str, blob: Any) -> bytes:
+        """A blob's bytes, its size checked before any is read."""
+        import git
+
+        try:
+            size = int(blob.size)
+            if size > MAX_FILE_BYTES:
+                raise ModelError.one(
+                    f"file is larger than {MAX_FILE_BYTES} bytes ({size} bytes); not read",
+                    Location(rel),
+                    "parse",
+                )
+            data: bytes = blob.data_stream.read()
+        except (git.exc.GitError, git.exc.ODBError, ValueError, OSError):
+            raise SourceError(f"{self.description}: cannot read {rel}") from None
+        return data
+
     def exists(self, path: str) -> bool:
         return clean_relpath(path) in self._entries
 
     def files(self, directory: str = "") -> list[str]:
         prefix = clean_relpath(directory) + "/" if directory else ""
         return sorted(p for p in self._entries if p.startswith(prefix))
+
+
+def _refused(why: str) -> ModelError:
+    return ModelError.one(f"the commit's tree is refused: {why}", Location(), "parse")
 
 
 def is_git_url(repo: str) -> bool:
@@ -203,7 +270,7 @@ def open_snapshot(repo: str, ref: str | None, state_dir: Path, timeout: float = 
             return DirectorySnapshot(path)
         git_dir = gitsource.git_dir_of(path)
         commit, branch = gitsource.resolve_local(git_dir, ref, timeout)
-        return GitSnapshot(git_dir, commit, branch, f"{repo}@{ref or 'HEAD'}")
+        return GitSnapshot(git_dir, commit, branch, f"{repo}@{ref or 'HEAD'}", timeout)
     mirror = gitsource.Mirror(repo, state_dir / "source", timeout)
     commit, branch = mirror.fetch(ref)
-    return GitSnapshot(mirror.git_dir, commit, branch, f"{repo}@{branch or commit}")
+    return GitSnapshot(mirror.git_dir, commit, branch, f"{repo}@{branch or commit}", timeout)

@@ -7,16 +7,25 @@ repository or its URL can make it run a program.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+import secrets
 import shutil
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from reconciler.errors import ConfigError, SourceError
 
 ALLOWED_SCHEMES = ("https", "ssh", "git", "file")
+MAX_BRANCHES_SHOWN = 5  # branch names an error about a missing branch lists
+MAX_MIRROR_BYTES = 2 * 1024**3  # packed objects a mirror may hold; a fetch stops beyond
+WATCH_EVERY = 0.2  # seconds between two looks at a running fetch
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^-]")
 
 _HARDENING = [
@@ -32,6 +41,14 @@ _HARDENING = [
     "-c", "filter.lfs.required=false",
     "-c", "safe.directory=*",
 ]  # fmt: skip
+
+
+class FetchTimeout(SourceError):
+    """git did not finish in time: a remote that stalls, or one too slow for source.timeout."""
+
+
+class TooLarge(SourceError):
+    """The repository is larger than a mirror may hold."""
 
 
 def check_url(url: str) -> str:
@@ -77,11 +94,14 @@ def git_process(
     timeout: float,
     config: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    watch: Callable[[], None] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run hardened git and return it finished, whatever its exit status.
 
     ``config`` adds ``key=value`` settings after the hardening ones (so they win over the
     repository's own configuration); ``env`` adds variables to the scrubbed environment.
+    ``watch`` is called every WATCH_EVERY seconds while git runs; what it raises stops git.
+    On a timeout or an error, git and every process it started are killed.
     """
     argv = ["git", *_HARDENING, *[arg for c in config for arg in ("-c", c)]]
     if git_dir is not None:
@@ -89,23 +109,52 @@ def git_process(
     argv += args
     name = args[0] if args else "git"
     try:
-        return subprocess.run(
+        proc = subprocess.Popen(
             argv,
             env={**git_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             start_new_session=True,
         )
-    except subprocess.TimeoutExpired:
-        raise SourceError(f"git {name} timed out after {timeout:g}s") from None
     except FileNotFoundError:
         raise SourceError("git is not installed") from None
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                out, err = proc.communicate(timeout=min(left, WATCH_EVERY) if watch else left)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    raise FetchTimeout(f"git {name} timed out after {timeout:g}s") from None
+                if watch is not None:
+                    watch()
+    except BaseException:
+        _kill_group(proc)
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def run_git(args: list[str], git_dir: Path | None, timeout: float) -> str:
-    done = git_process(args, git_dir, timeout)
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill git and everything it started (index-pack, remote helpers, ssh): its own session."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def run_git(
+    args: list[str],
+    git_dir: Path | None,
+    timeout: float,
+    config: Sequence[str] = (),
+    watch: Callable[[], None] | None = None,
+) -> str:
+    done = git_process(args, git_dir, timeout, config, watch=watch)
     if done.returncode != 0:
         err = done.stderr.decode(errors="replace").strip().splitlines()
         raise SourceError(f"git {args[0]} failed: {err[-1] if err else done.returncode}")
@@ -133,8 +182,12 @@ def resolve_local(git_dir: Path, ref: str | None, timeout: float) -> tuple[str, 
         commit = run_git(
             ["rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"], git_dir, timeout
         )
+    except FetchTimeout:
+        raise
     except SourceError:
-        raise SourceError(f"{git_dir}: ref {name!r} not found") from None
+        if not run_git(["for-each-ref", "--count=1"], git_dir, timeout).strip():
+            raise SourceError(f"{git_dir}: empty repository (no commits)") from None
+        raise SourceError(f"{git_dir}: ref not found: {name!r}") from None
     branch: str | None = None
     if ref is None:
         try:
@@ -146,52 +199,311 @@ def resolve_local(git_dir: Path, ref: str | None, timeout: float) -> tuple[str, 
     return commit.strip(), branch
 
 
-class Mirror:
-    """A bare mirror of a remote control repo, under the state directory."""
+def check_commit(git_dir: Path, commit: str, timeout: float) -> None:
+    """The commit, its tree and every object below it are in ``git_dir``, git found nothing
+    wrong on the way, and every pack still ends as its index says (a truncated pack is set aside
+    by git, which then reads around it). One ``rev-list`` over the commit's tree, not its
+    history, and the last bytes of each pack and index."""
+    if commit.startswith("-"):
+        raise SourceError(f"commit {commit!r} is not allowed")
+    broken = _broken_pack(git_dir)
+    if broken is not None:
+        raise SourceError(f"{git_dir}: the pack {broken} does not match its index")
+    if timeout <= 0:
+        raise FetchTimeout("no time left to check the commit")
+    args = ["rev-list", "--objects", "--no-walk", "--quiet", f"{commit}^{{commit}}", "--"]
+    done = git_process(args, git_dir, timeout)
+    problems = [
+        line.strip()
+        for line in done.stderr.decode(errors="replace").splitlines()
+        if line.startswith(("error:", "fatal:"))
+    ]
+    if done.returncode != 0 or problems:
+        why = problems[-1] if problems else f"git rev-list exited {done.returncode}"
+        raise SourceError(f"commit {commit[:12]} cannot be read whole from {git_dir}: {why}")
 
-    def __init__(self, url: str, directory: Path, timeout: float) -> None:
+
+def shown_url(url: str) -> str:
+    """The URL for messages: a password or token in it is hidden."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/@]*):([^/@]*)@", url)
+    if match is None:
+        return url
+    return f"{match.group(1)}{match.group(2)}:***@{url[match.end() :]}"
+
+
+class Mirror:
+    """A bare mirror of a remote control repo, under the state directory.
+
+    A fetch as a whole (``ls-remote``, ``fetch`` and the check of what arrived) ends at
+    ``timeout``; git and everything it started are killed then, and what they left in the mirror
+    is removed. After each fetch, every object of the wanted commit must be there. A mirror that
+    git cannot use, or that fails that check, is replaced: a fresh clone goes into a temporary
+    directory beside it, is checked the same way, and only then takes its place. When the
+    fresh clone fails too, it is removed and the old mirror stays as it was.
+
+    Fetched objects are always kept as packs, whose size is watched while git writes them: a
+    fetch stops when the mirror would hold more than ``max_bytes``.
+
+    A lock file beside the mirror keeps the daemon and a command run by hand from fetching into
+    it at the same time.
+    """
+
+    def __init__(
+        self, url: str, directory: Path, timeout: float, max_bytes: int = MAX_MIRROR_BYTES
+    ) -> None:
         self.url = check_url(url)
+        self.directory = directory
         self.git_dir = directory / "mirror.git"
         self.timeout = timeout
+        self.max_bytes = max_bytes
+
+    # -- public ------------------------------------------------------------------------------
 
     def ensure(self) -> None:
-        if is_bare(self.git_dir):
-            return
-        if self.git_dir.exists():
-            shutil.rmtree(self.git_dir)
-        self.git_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        run_git(["init", "--bare", "--quiet", str(self.git_dir)], None, self.timeout)
+        """The mirror's directory, without the temporary clones a killed fetch left in it.
+
+        The mirror itself is made by the next fetch, as a checked fresh clone.
+        """
+        with self._locked(time.monotonic() + self.timeout):
+            pass
 
     def remote_head(self, branch: str | None) -> tuple[str, str]:
         """(commit, branch) of the remote's branch (its default branch when None): ls-remote."""
-        if branch is None:
-            out = run_git(["ls-remote", "--symref", "--", self.url, "HEAD"], None, self.timeout)
-            for line in out.splitlines():
-                if line.startswith("ref: ") and line.endswith("\tHEAD"):
-                    branch = line[5:].split("\t")[0].removeprefix("refs/heads/")
-            if branch is None:
-                raise SourceError(f"{self.url}: empty repository or no default branch")
-        if branch.startswith("-"):
-            raise SourceError(f"branch {branch!r} is not allowed")
-        out = run_git(["ls-remote", "--", self.url, f"refs/heads/{branch}"], None, self.timeout)
-        for line in out.splitlines():
-            sha, _, name = line.partition("\t")
-            if name == f"refs/heads/{branch}":
-                return sha, branch
-        raise SourceError(f"{self.url}: ref not found: branch {branch!r}")
+        return self._remote_head(branch, time.monotonic() + self.timeout)
 
     def fetch(self, ref: str | None) -> tuple[str, str | None]:
         """Fetch the branch (or commit) into the mirror; return (commit, branch)."""
-        self.ensure()
+        deadline = time.monotonic() + self.timeout
         if ref is not None and re.fullmatch(r"[0-9a-f]{40}", ref):
             commit, branch = ref, None
             target = ref
         else:
-            commit, branch = self.remote_head(ref.removeprefix("refs/heads/") if ref else None)
+            commit, found = self._remote_head(
+                ref.removeprefix("refs/heads/") if ref else None, deadline
+            )
+            branch = found
             target = f"+refs/heads/{branch}:refs/heads/{branch}"
-        run_git(
-            ["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", self.url, target],
-            self.git_dir,
-            self.timeout,
-        )
+        with self._locked(deadline):
+            damage = None
+            if is_bare(self.git_dir):
+                try:
+                    self._fetch_into(self.git_dir, target, commit, deadline)
+                    return commit, branch
+                except (FetchTimeout, TooLarge):
+                    self._remove_leftovers(self.git_dir)
+                    raise
+                except SourceError as exc:
+                    damage = str(exc)
+            elif os.path.lexists(self.git_dir):
+                damage = "it is not a git repository"
+            self._replace(target, commit, deadline, damage)
         return commit, branch
+
+    def has_commit(self, commit: str) -> bool:
+        """Whether the commit and every object of its tree are in the mirror."""
+        try:
+            self._check(self.git_dir, commit, time.monotonic() + self.timeout)
+        except SourceError:
+            return False
+        return True
+
+    # -- inside --------------------------------------------------------------------------------
+
+    def _git(
+        self,
+        args: list[str],
+        git_dir: Path | None,
+        deadline: float,
+        config: Sequence[str] = (),
+        watch: Callable[[], None] | None = None,
+    ) -> str:
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise FetchTimeout("no time left")
+            return run_git(args, git_dir, left, config, watch)
+        except FetchTimeout:
+            raise FetchTimeout(
+                f"{shown_url(self.url)}: git {args[0]} did not finish within source.timeout "
+                f"({self.timeout:g}s); aborted"
+            ) from None
+
+    def _remote_head(self, branch: str | None, deadline: float) -> tuple[str, str]:
+        url = shown_url(self.url)
+        if branch is None:
+            out = self._git(["ls-remote", "--symref", "--", self.url, "HEAD"], None, deadline)
+            for line in out.splitlines():
+                if line.startswith("ref: ") and line.endswith("\tHEAD"):
+                    branch = line[5:].split("\t")[0].removeprefix("refs/heads/")
+            if branch is None:
+                if not self._branches(deadline):
+                    raise SourceError(f"{url}: empty repository (no branch to fetch)")
+                raise SourceError(f"{url}: ref not found: the remote has no default branch (HEAD)")
+        if branch.startswith("-"):
+            raise SourceError(f"branch {branch!r} is not allowed")
+        out = self._git(["ls-remote", "--", self.url, f"refs/heads/{branch}"], None, deadline)
+        for line in out.splitlines():
+            sha, _, name = line.partition("\t")
+            if name == f"refs/heads/{branch}":
+                return sha, branch
+        others = self._branches(deadline)
+        if not others:
+            raise SourceError(f"{url}: empty repository (no branch {branch!r})")
+        listed = ", ".join(repr(b) for b in others[:MAX_BRANCHES_SHOWN])
+        more = ", ..." if len(others) > MAX_BRANCHES_SHOWN else ""
+        raise SourceError(
+            f"{url}: ref not found: branch {branch!r} (the remote has {listed}{more})"
+        )
+
+    def _branches(self, deadline: float) -> list[str]:
+        out = self._git(["ls-remote", "--heads", "--", self.url], None, deadline)
+        return [
+            line.partition("\t")[2].removeprefix("refs/heads/")
+            for line in out.splitlines()
+            if "\t" in line
+        ]
+
+    def _fetch_into(self, git_dir: Path, target: str, commit: str, deadline: float) -> None:
+        def watch() -> None:
+            held = _pack_bytes(git_dir)
+            if held > self.max_bytes:
+                raise TooLarge(
+                    f"{shown_url(self.url)}: the repository is larger than a mirror may hold "
+                    f"({self.max_bytes} bytes of packed objects); fetch stopped at {held}"
+                )
+
+        self._git(
+            ["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", self.url, target],
+            git_dir,
+            deadline,
+            config=[
+                "fetch.unpackLimit=1",  # a pack, which watch() can measure as it grows
+                "gc.autoDetach=false",  # gc in the foreground: not outliving the lock
+            ],
+            watch=watch,
+        )
+        watch()
+        self._check(git_dir, commit, deadline)
+
+    def _check(self, git_dir: Path, commit: str, deadline: float) -> None:
+        try:
+            check_commit(git_dir, commit, deadline - time.monotonic())
+        except FetchTimeout:
+            raise FetchTimeout(
+                f"{shown_url(self.url)}: checking the mirror did not finish within "
+                f"source.timeout ({self.timeout:g}s); aborted"
+            ) from None
+
+    def _replace(self, target: str, commit: str, deadline: float, damage: str | None) -> None:
+        """A fresh clone, checked, in place of the mirror; the mirror untouched if it fails."""
+        fresh = Path(tempfile.mkdtemp(prefix="clone-", suffix=".tmp", dir=self.directory))
+        try:
+            self._git(["init", "--bare", "--quiet", str(fresh)], None, deadline)
+            self._fetch_into(fresh, target, commit, deadline)
+        except SourceError as exc:
+            shutil.rmtree(fresh, ignore_errors=True)
+            if damage is None or isinstance(exc, TooLarge):
+                raise
+            raise type(exc)(
+                f"fetching into the mirror {self.git_dir} failed ({damage}), and a fresh "
+                f"clone failed too: {exc}"
+            ) from None
+        except BaseException:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+        old: Path | None = None
+        if os.path.lexists(self.git_dir):
+            old = self.directory / f"old-{secrets.token_hex(6)}.tmp"
+            os.rename(self.git_dir, old)
+        os.rename(fresh, self.git_dir)
+        _fsync_dir(self.directory)
+        if old is not None:
+            _remove(old)
+
+    @contextlib.contextmanager
+    def _locked(self, deadline: float) -> Iterator[None]:
+        """Hold the mirror's lock (waiting until the deadline), and clear what killed fetches
+        left beside the mirror: only a fetch holding the lock makes temporary clones."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.directory / "mirror.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise FetchTimeout(
+                            f"{self.directory / 'mirror.lock'}: another fetch held it for "
+                            f"longer than source.timeout ({self.timeout:g}s)"
+                        ) from None
+                    time.sleep(0.1)
+            for leftover in self.directory.glob("*.tmp"):
+                _remove(leftover)
+            yield
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _remove_leftovers(git_dir: Path) -> None:
+        """What a killed fetch leaves in a mirror: partial packs and objects, stale locks.
+
+        Only called with the mirror's lock held and git's process group killed, so nothing
+        else is writing there.
+        """
+        objects = git_dir / "objects"
+        for pattern in ("pack/tmp_*", "pack/.tmp-*", "??/tmp_obj_*", "incoming-*"):
+            for path in objects.glob(pattern):
+                _remove(path)
+        for dirpath, _, filenames in os.walk(git_dir):
+            if dirpath.startswith(str(objects)):
+                continue
+            for name in filenames:
+                if name.endswith(".lock"):
+                    _remove(Path(dirpath) / name)
+
+
+def _broken_pack(git_dir: Path) -> str | None:
+    """The name of a pack whose trailing checksum is not the one its index records, if any."""
+    for pack in sorted((git_dir / "objects" / "pack").glob("pack-*.pack")):
+        try:
+            with open(pack, "rb") as f, open(pack.with_suffix(".idx"), "rb") as g:
+                f.seek(0, os.SEEK_END)
+                g.seek(0, os.SEEK_END)
+                if f.tell() < 32 or g.tell() < 64:
+                    return pack.name
+                f.seek(-32, os.SEEK_END)
+                g.seek(-64, os.SEEK_END)
+                tail, recorded = f.read(32), g.read(64)
+        except FileNotFoundError:
+            continue  # a pack without its index is not used by git
+        # The index ends with the pack's checksum then its own: 20 bytes each (SHA-1) or 32.
+        if tail[-20:] != recorded[-40:-20] and tail != recorded[:32]:
+            return pack.name
+    return None
+
+
+def _pack_bytes(git_dir: Path) -> int:
+    """Bytes of the packs (and packs being written) of a repository."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(git_dir / "objects" / "pack") as it:
+        for entry in it:
+            with contextlib.suppress(FileNotFoundError):
+                total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -133,7 +133,7 @@ def open_verified_snapshot(
         git_dir = mirror.git_dir
         description = f"{repo}@{branch or commit}"
     verify_commit(git_dir, commit, verify, timeout)
-    return GitSnapshot(git_dir, commit, branch, description)
+    return GitSnapshot(git_dir, commit, branch, description, timeout)
 
 
 # -- ssh --------------------------------------------------------------------------------------
