@@ -9,19 +9,17 @@ target only when the source changed and the target itself was not skipped or fai
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from reconciler.engine.report import ResourceResult
 from reconciler.errors import ReconcilerError
 from reconciler.model.catalog import Catalog, Entry
-from reconciler.resources._fs import fsync_dir, syncfs
+from reconciler.resources._fs import Staged, fsync_dir, syncfs
 from reconciler.resources.base import Change, Context, Resource, ResourceId
 
 DEFAULT_WORKERS = 8
@@ -106,10 +104,9 @@ def _quick_check(resource: Resource, ctx: Context, result: ResourceResult) -> li
     return changes
 
 
-def _discard(staged: list[tuple[Path, Path]]) -> None:
-    for tmp, _ in staged:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+def _discard(staged: list[Staged]) -> None:
+    for item in staged:
+        item.discard()
 
 
 def _after_unstaged(resource: Resource, ctx: Context, result: ResourceResult) -> None:
@@ -146,7 +143,7 @@ def execute(
     ready: deque[ResourceId] = deque(rid for rid in order if nodes[rid].waiting == 0)
     # Inline resources stage their writes; a batch is committed (one syncfs, then renames and
     # re-checks) when nothing else can progress without it, or when it grows large.
-    awaiting: list[tuple[ResourceId, list[tuple[Path, Path]]]] = []
+    awaiting: list[tuple[ResourceId, list[Staged]]] = []
     staged_files = 0
 
     def commit() -> None:
@@ -169,10 +166,10 @@ def execute(
             result = results[rid]
             resource = nodes[rid].entry.resource
             try:
-                for tmp, target in staged:
-                    os.replace(tmp, target)
-                    ctx.sync_dir(target.parent)
-                    resource.committed(ctx, target)
+                for item in staged:
+                    item.commit()  # a rename inside the directory the temporary was written in
+                    ctx.sync_dir(item.target.parent)
+                    resource.committed(ctx, item.target)
                 if resource.recheck:
                     _recheck(resource, ctx)
             except Exception as exc:

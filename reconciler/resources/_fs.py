@@ -1,35 +1,73 @@
-"""Safe filesystem helpers: the one path-joining function, atomic writes, the backup store.
+"""Safe filesystem helpers: managed paths opened race-free, atomic writes, the backup store.
 
-Every path a resource manages goes through ``Root.path``, which refuses relative paths, ``..``
-and NUL bytes, and checks after resolving symlinks that the parent stays inside the root.
+A managed path is resolved once, by ``Root.locate``, into a ``Place``: its parent directory,
+opened component by component from the root (``openat`` with ``O_NOFOLLOW|O_DIRECTORY``), and
+its last name. Every read and change goes through that directory descriptor and the name
+(``dir_fd``, never following a symlink at the name), never through the path string again, so a
+directory swapped for a symlink after the path was checked cannot redirect a write. A symlink on
+the way is followed only when it belongs to root (or to the user the agent runs as: nobody less
+privileged could have planted it) and only inside the root: its target is walked the same way,
+an absolute one from the root, and ``..`` never climbs above the root. A symlink owned by anyone
+else is refused (PathEscape, naming it and its owner).
+
 Content is replaced atomically: a temporary file in the same directory gets its final owner and
-mode before any byte is written, then it is written, fsynced and renamed over the target, and
-the directory is fsynced. Old content goes to a content-addressed backup store first.
+mode before any byte is written, then it is written, fsynced and renamed over the target (both
+names relative to the one open directory), and the directory is fsynced. Old content goes to a
+content-addressed backup store first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import hashlib
 import itertools
 import json
 import os
 import pwd
+import shutil
+import stat
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import PathEscape, ResourceError
+from reconciler.errors import PathEscape, ReconcilerError, ResourceError
 
 TMP_MARK = ".reconciler-tmp-"
 _serial = itertools.count()
+# Symlinks followed while resolving one path, at most (the kernel's own limit).
+MAX_SYMLINKS = 40
+# Directories a Root keeps open at once (a run resolves each directory once).
+MAX_OPEN_DIRS = 256
+_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def temp_name(name: str) -> str:
     """A temporary name beside ``name``: unique in this process, and O_EXCL guards the rest."""
     return f".{name}{TMP_MARK}{os.getpid()}-{next(_serial)}"
+
+
+class Dir:
+    """An open directory (an O_PATH descriptor), closed when the last reference to it goes."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def at(cls, path: Path) -> Dir:
+        """A directory named by a host path (the state directory): trusted as it resolves."""
+        return cls(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+
+    def __del__(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(Exception):  # at interpreter exit os may be torn down
+                os.close(fd)
 
 
 class Root:
@@ -40,9 +78,16 @@ class Root:
         self._prefix = str(self.prefix).rstrip("/")
         # Resolved parents, per run: a catalog has many files in few directories.
         self._parents: dict[str, str] = {}
+        # Owners whose symlinks are followed: root, and the agent's own user.
+        self.trusted_uids = frozenset({0, os.geteuid()})
+        self._top: Dir | None = None
+        # Directories opened by locate, by their path as written (a Root lives for one run).
+        self._dirs: dict[str, Dir] = {}
+        self._lock = threading.Lock()
 
-    def path(self, written: str) -> Path:
-        """The host path of an absolute path as written in the repo; PathEscape if it leaves."""
+    @staticmethod
+    def parts(written: str) -> list[str]:
+        """The components of an absolute path as written; PathEscape if it could leave."""
         if not isinstance(written, str) or "\0" in written:
             raise PathEscape(f"{written!r} is not a valid path")
         if not written.startswith("/"):
@@ -50,6 +95,16 @@ class Root:
         parts = [p for p in written.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise PathEscape(f"{written!r} must not contain '..'")
+        return parts
+
+    def path(self, written: str) -> Path:
+        """The host path of an absolute path as written in the repo; PathEscape if it leaves.
+
+        For reading and for commands (a working directory): the path is checked now, after
+        resolving symlinks as the host does, and may change after. Resources that change a
+        path use ``locate``.
+        """
+        parts = self.parts(written)
         if not parts:
             return self.prefix
         parent = self._prefix + "/" + "/".join(parts[:-1]) if len(parts) > 1 else self._prefix
@@ -68,6 +123,297 @@ class Root:
         real = Path(os.path.realpath(host))
         return real == self.prefix or self.prefix in real.parents
 
+    def locate(self, written: str) -> Place:
+        """The place of a path as written: its parent directory opened race-free, its name.
+
+        PathEscape when the way there has a symlink this root does not follow, ResourceError
+        when something on the way is not a directory. A missing directory on the way is not an
+        error here (a plan may be about to create it): the place then has no directory.
+        """
+        parts = self.parts(written)
+        if not parts:
+            return Place(self, (), self._root_dir(), ".", self.prefix, "/")
+        parent = tuple(parts[:-1])
+        host = Path(self._prefix + "/" + "/".join(parts))
+        return Place(self, parent, self.directory(parent, written), parts[-1], host, written)
+
+    def directory(self, parts: Sequence[str], written: str = "") -> Dir | None:
+        """The directory at ``parts`` (components as written), opened once per run; None if
+        some directory on the way does not exist."""
+        key = "/".join(parts)
+        found = self._dirs.get(key)
+        if found is not None:
+            return found
+        try:
+            found = Dir(self._walk(parts, written or "/" + key))
+        except FileNotFoundError:
+            return None
+        with self._lock:
+            while len(self._dirs) >= MAX_OPEN_DIRS:
+                del self._dirs[next(iter(self._dirs))]  # each is closed once no place uses it
+            self._dirs[key] = found
+        return found
+
+    def forget(self) -> None:
+        """Drop the directories opened so far: a directory or symlink on some path changed."""
+        with self._lock:
+            self._dirs.clear()
+
+    def _root_dir(self) -> Dir:
+        if self._top is None:
+            with self._lock:
+                if self._top is None:
+                    self._top = Dir.at(self.prefix)
+        return self._top
+
+    def _walk(self, parts: Sequence[str], written: str) -> int:
+        """Open the directory at ``parts`` one component at a time; return its descriptor."""
+        anchor = self._root_dir()  # held: the descriptor stays open while the walk uses it
+        top = anchor.fd
+        opened: list[int] = []  # below the root, innermost last
+        trail: list[str] = []  # the names of ``opened``, for messages
+        todo = list(reversed(parts))  # the next component last
+        hops = 0
+        try:
+            while todo:
+                name = todo.pop()
+                if name in ("", "."):
+                    continue
+                if name == "..":  # only from a symlink's target; never above the root
+                    if opened:
+                        os.close(opened.pop())
+                        trail.pop()
+                    continue
+                here = opened[-1] if opened else top
+                try:
+                    fd = os.open(name, _DIR, dir_fd=here)
+                except NotADirectoryError:
+                    where = "/" + "/".join([*trail, name])
+                    st = os.stat(name, dir_fd=here, follow_symlinks=False)
+                    hops += 1
+                    if hops > MAX_SYMLINKS:
+                        raise PathEscape(
+                            f"{written}: too many symlinks on the way (at {where})"
+                        ) from None
+                    if stat.S_ISDIR(st.st_mode):
+                        todo.append(name)  # a directory again by now: open it
+                        continue
+                    if not stat.S_ISLNK(st.st_mode):
+                        raise ResourceError(f"{written}: {where} is not a directory") from None
+                    if st.st_uid not in self.trusted_uids:
+                        raise PathEscape(
+                            f"{written}: {where} is a symlink owned by uid {st.st_uid}: not "
+                            f"followed (only symlinks owned by {self._trusted()} are)"
+                        ) from None
+                    try:
+                        target = os.readlink(name, dir_fd=here)
+                    except OSError as exc:
+                        if exc.errno != errno.EINVAL:
+                            raise
+                        todo.append(name)  # not a symlink any more by now: open it again
+                        continue
+                    if target.startswith("/"):  # absolute: from the root, not the host's /
+                        while opened:
+                            os.close(opened.pop())
+                        trail.clear()
+                    todo.extend(reversed(target.split("/")))
+                    continue
+                opened.append(fd)
+                trail.append(name)
+            return opened.pop() if opened else os.dup(top)
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    def _trusted(self) -> str:
+        others = sorted(self.trusted_uids - {0})
+        return "root" + "".join(f" or uid {uid}" for uid in others)
+
+
+class Place:
+    """A path under the root: its parent directory, held open, and its last name.
+
+    Every operation is relative to the directory descriptor and does not follow a symlink at
+    the name. ``dir`` is None when a directory on the way does not exist: the path then has
+    nothing (``lstat`` is None) and a change fails with FileNotFoundError.
+    """
+
+    __slots__ = ("dir", "host", "name", "parent", "root", "written")
+
+    def __init__(
+        self,
+        root: Root | None,
+        parent: tuple[str, ...],
+        directory: Dir | None,
+        name: str,
+        host: Path,
+        written: str,
+    ) -> None:
+        self.root = root
+        self.parent = parent
+        self.dir = directory
+        self.name = name
+        self.host = host
+        self.written = written
+
+    @classmethod
+    def at(cls, path: Path) -> Place:
+        """The place of a host path outside any root (the state directory): trusted."""
+        return cls(None, (), Dir.at(path.parent), path.name, path, str(path))
+
+    @property
+    def fd(self) -> int:
+        if self.dir is None:
+            raise FileNotFoundError(
+                errno.ENOENT, "the parent directory does not exist", str(self.host.parent)
+            )
+        return self.dir.fd
+
+    def lstat(self) -> os.stat_result | None:
+        if self.dir is None:
+            return None
+        try:
+            return os.stat(self.name, dir_fd=self.dir.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def open(self, flags: int, mode: int = 0o600) -> int:
+        return os.open(self.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+
+    def read(self) -> tuple[bytes, os.stat_result]:
+        """The content of the regular file here, and its stat (ELOOP for a symlink)."""
+        fd = self.open(os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(self.host))
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(self.host))
+            return f.read(), st
+
+    def read_bytes(self) -> bytes:
+        return self.read()[0]
+
+    def readlink(self) -> str:
+        return os.readlink(self.name, dir_fd=self.fd)
+
+    def unlink(self) -> None:
+        os.unlink(self.name, dir_fd=self.fd)
+
+    def mkdir(self, mode: int) -> None:
+        os.mkdir(self.name, mode, dir_fd=self.fd)
+
+    def listdir(self) -> list[str]:
+        fd = self.open(os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def child(self, name: str) -> Place:
+        """The place of ``name`` inside the directory here (which must not be a symlink)."""
+        inner = Dir(os.open(self.name, _DIR, dir_fd=self.fd))
+        return Place(
+            self.root,
+            (*self.parent, self.name),
+            inner,
+            name,
+            self.host / name,
+            self.written.rstrip("/") + "/" + name,
+        )
+
+    def rmtree(self) -> None:
+        """Remove the directory here and everything in it (descriptor-based: never follows a
+        symlink out of it)."""
+        shutil.rmtree(self.name, dir_fd=self.fd)
+
+    def symlink(self, target: str) -> None:
+        """Make the name a symlink to ``target``, replacing what is there (not a directory)."""
+        tmp = temp_name(self.name)
+        fd = self.fd
+        os.symlink(target, tmp, dir_fd=fd)
+        try:
+            os.replace(tmp, self.name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+
+    def set_attrs(
+        self, mode: int | None, uid: int | None, gid: int | None, directory: bool = False
+    ) -> None:
+        """Set the owner, then the mode, of what is here (never through a symlink)."""
+        uid = -1 if uid is None else uid
+        gid = -1 if gid is None else gid
+        try:
+            fd = self.open(os.O_RDONLY | os.O_NONBLOCK | (os.O_DIRECTORY if directory else 0))
+        except PermissionError:  # not readable by this user: an O_PATH handle, by /proc
+            fd = self.open(os.O_PATH)
+            try:
+                if uid != -1 or gid != -1:
+                    os.chown(self.name, uid, gid, dir_fd=self.fd, follow_symlinks=False)
+                if mode is not None:
+                    os.chmod(f"/proc/self/fd/{fd}", mode)
+            finally:
+                os.close(fd)
+            return
+        try:
+            if uid != -1 or gid != -1:
+                os.fchown(fd, uid, gid)
+            if mode is not None:
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+
+    def fsync_dir(self) -> None:
+        """fsync the directory the name is in (its entries)."""
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Staged:
+    """A temporary file written beside its target, to be renamed over it, or discarded.
+
+    Both names are relative to the target's directory. That directory is named as the root
+    resolves it (again, from the run's open directories, at commit) rather than held open by
+    each staged file: a batch of thousands holds no more descriptors than the root does. A file
+    staged beside a host path (the state directory) holds its directory instead.
+    """
+
+    __slots__ = ("_dir", "_parent", "_root", "name", "target", "tmp_name")
+
+    def __init__(self, place: Place, tmp_name: str) -> None:
+        self._root = place.root
+        self._parent = place.parent
+        self._dir = place.dir if place.root is None else None
+        self.tmp_name = tmp_name
+        self.name = place.name
+        self.target = place.host
+
+    @property
+    def tmp(self) -> Path:
+        return self.target.parent / self.tmp_name
+
+    def _directory(self) -> Dir:
+        found = self._dir if self._root is None else self._root.directory(self._parent)
+        if found is None:
+            raise FileNotFoundError(
+                errno.ENOENT, "the parent directory does not exist", str(self.target.parent)
+            )
+        return found
+
+    def commit(self) -> None:
+        """Rename the temporary over the target, inside the one directory."""
+        directory = self._directory()
+        os.replace(self.tmp_name, self.name, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError, ReconcilerError):
+            os.unlink(self.tmp_name, dir_fd=self._directory().fd)
+
 
 def fsync_dir(directory: Path) -> None:
     """fsync a directory (its entries) or a file (its data): whatever the path is."""
@@ -78,53 +424,44 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(
-    path: Path,
-    data: bytes,
-    mode: int | None = None,
-    uid: int | None = None,
-    gid: int | None = None,
-    sync: Callable[[Path], None] | None = None,
-) -> None:
-    """Replace ``path`` with ``data`` atomically; on any error the old file is untouched.
-
-    ``sync`` makes the rename durable (default: fsync the directory now); the engine passes
-    one that fsyncs each directory once at the end of the run.
-    """
-    tmp = stage_write(path, data, mode, uid, gid, fsync=True)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    (sync or fsync_dir)(path.parent)
+def _final_attrs(
+    place: Place, mode: int | None, uid: int | None, gid: int | None
+) -> tuple[int, int, int]:
+    """The owner and mode a replacement gets: those asked for, else the old file's (0644 and
+    the caller's for a new file)."""
+    old = place.lstat() if mode is None or uid is None or gid is None else None
+    return (
+        mode if mode is not None else (old.st_mode & 0o7777 if old is not None else 0o644),
+        uid if uid is not None else (old.st_uid if old is not None else -1),
+        gid if gid is not None else (old.st_gid if old is not None else -1),
+    )
 
 
-def stage_write(
-    path: Path,
+def stage_at(
+    place: Place,
     data: bytes,
     mode: int | None,
     uid: int | None,
     gid: int | None,
     fsync: bool = False,
-) -> Path:
-    """Write ``data`` to a temporary file beside ``path``; return the temporary's path.
+) -> Staged:
+    """Write ``data`` to a temporary file beside the place; return it staged for the rename.
 
-    The temporary gets its final owner and mode before any byte is written. When mode, uid
-    or gid is None the existing file's is kept (0644 and the caller's for a new file).
-    Without ``fsync`` the engine makes a batch of staged files durable with one syncfs before
-    renaming each over its target: atomic_write's guarantee for a fraction of the cost.
+    The temporary is created with mode 0600 (nobody else can open it), then gets its final
+    owner and mode, and only then its content. When mode, uid or gid is None the existing
+    file's is kept. Without ``fsync`` the engine makes a batch of staged files durable with one
+    syncfs before renaming each over its target: atomic_write's guarantee for a fraction of the
+    cost.
     """
-    old: os.stat_result | None = None
-    if mode is None or uid is None or gid is None:
-        with contextlib.suppress(FileNotFoundError):
-            old = os.lstat(path)
-    mode = mode if mode is not None else (old.st_mode & 0o7777 if old is not None else 0o644)
-    uid = uid if uid is not None else (old.st_uid if old is not None else -1)
-    gid = gid if gid is not None else (old.st_gid if old is not None else -1)
-    tmp = path.parent / temp_name(path.name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    mode, uid, gid = _final_attrs(place, mode, uid, gid)
+    directory = place.fd
+    tmp = temp_name(place.name)
+    fd = os.open(
+        tmp,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+        dir_fd=directory,
+    )
     try:
         try:
             if uid != -1 or gid != -1:
@@ -139,9 +476,58 @@ def stage_write(
             os.close(fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=directory)
         raise
-    return tmp
+    return Staged(place, tmp)
+
+
+def write_at(
+    place: Place,
+    data: bytes,
+    mode: int | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    sync: Callable[[Path], None] | None = None,
+) -> None:
+    """Replace the file at ``place`` with ``data`` atomically; on any error it is untouched.
+
+    ``sync`` makes the rename durable (default: fsync the directory now); the engine passes
+    one that fsyncs each directory once at the end of the run.
+    """
+    staged = stage_at(place, data, mode, uid, gid, fsync=True)
+    try:
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+    if sync is None:
+        place.fsync_dir()
+    else:
+        sync(place.host.parent)
+
+
+def atomic_write(
+    path: Path,
+    data: bytes,
+    mode: int | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    sync: Callable[[Path], None] | None = None,
+) -> None:
+    """write_at for a host path outside any root (the state directory, the app store)."""
+    write_at(Place.at(path), data, mode, uid, gid, sync)
+
+
+def stage_write(
+    path: Path,
+    data: bytes,
+    mode: int | None,
+    uid: int | None,
+    gid: int | None,
+    fsync: bool = False,
+) -> Path:
+    """stage_at for a host path outside any root; return the temporary's path."""
+    return stage_at(Place.at(path), data, mode, uid, gid, fsync).tmp
 
 
 def syncfs(path: Path) -> None:
@@ -197,7 +583,7 @@ class BackupStore:
 
     def save(
         self,
-        host_path: Path,
+        source: Path | Place,
         path_as_written: str,
         sync: Callable[[Path], None] | None = None,
         staged: bool = False,
@@ -205,22 +591,46 @@ class BackupStore:
     ) -> str:
         """Store the file's content and metadata; raises when it cannot (the caller aborts).
 
+        ``source`` is a managed file's place, or a host path. ``data``: its content as the
+        caller just read it.
+        """
+        if isinstance(source, Place):
+            if data is None:
+                data, st = source.read()
+            else:
+                found = source.lstat()
+                if found is None:
+                    raise FileNotFoundError(errno.ENOENT, "vanished", str(source.host))
+                st = found
+        else:
+            st = os.lstat(source)
+            if data is None:
+                with open(source, "rb") as f:
+                    data = f.read()
+        return self.save_data(data, st, path_as_written, sync, staged)
+
+    def save_data(
+        self,
+        data: bytes,
+        st: os.stat_result,
+        path_as_written: str,
+        sync: Callable[[Path], None] | None = None,
+        staged: bool = False,
+    ) -> str:
+        """Store a content with the mode and owner of ``st``.
+
         The content is fsynced before this returns. ``sync`` (the run's deferred fsync) makes
         the object's name and the index line durable with the run's other renames: they are
         written before the file they back up is replaced, and the filesystem's journal keeps
         that order. ``staged``: nothing is fsynced here; the engine syncs the filesystem
         before it renames the staged replacement into place.
         """
-        st = os.lstat(host_path)
-        if data is None:
-            with open(host_path, "rb") as f:
-                data = f.read()
         sha = hashlib.sha256(data).hexdigest()
         target = self.objects / sha[:2] / sha
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if staged:
-                os.replace(stage_write(target, data, 0o600, -1, -1), target)
+                stage_at(Place.at(target), data, 0o600, -1, -1).commit()
             else:
                 atomic_write(target, data, 0o600, -1, -1, sync=sync)
         entry = {
@@ -242,18 +652,24 @@ class BackupStore:
 
     def entries(self, path: str | None = None) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
+        for _, entry in self._lines():
+            if entry is not None and (path is None or entry.get("path") == path):
+                found.append(entry)
+        return found
+
+    def _lines(self) -> list[tuple[str, dict[str, Any] | None]]:
         try:
             lines = self.index.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
-            return found
+            return []
+        out: list[tuple[str, dict[str, Any] | None]] = []
         for line in lines:
             try:
                 entry = json.loads(line)
             except ValueError:
-                continue  # a torn last line after a crash
-            if path is None or entry.get("path") == path:
-                found.append(entry)
-        return found
+                entry = None  # a torn last line after a crash
+            out.append((line, entry if isinstance(entry, dict) else None))
+        return out
 
     def restore(self, sha: str, dest: Path) -> None:
         """Write a backed-up content back with its recorded mode and owner."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import errno
+import itertools
 import os
 import shutil
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,16 +78,55 @@ def owner_changes(
     return changes, uid, gid
 
 
-def displace(ctx: Context, host: Path, written: str) -> None:
-    """Move a directory out of the way into the backup area (``force``): never rm -rf."""
-    aside = (
-        ctx.backups.base
-        / "displaced"
-        / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{host.name}"
-    )
-    aside.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    shutil.move(str(host), str(aside))
-    ctx.log("displaced", path=written, to=str(aside))
+def displace(ctx: Context, place: _fs.Place, written: str) -> None:
+    """Move what stands at ``place`` (a directory, a symlink...) into the backup area, for
+    ``force``: it is renamed there, never deleted.
+
+    When the backup area is on another filesystem it is copied there first (a directory with
+    its symlinks as symlinks) and only then removed from the managed path.
+    """
+    st = place.lstat()
+    if st is None:
+        return
+    area = ctx.backups.base / "displaced"
+    area.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = f"{stamp}-{os.getpid()}-{next(_displaced)}-{place.name}"
+    into = _fs.Dir.at(area)
+    try:
+        os.rename(place.name, aside, src_dir_fd=place.fd, dst_dir_fd=into.fd)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_aside(place, st, area / aside)
+    ctx.root.forget()
+    ctx.sync_dir(place.host.parent)
+    ctx.sync_dir(area)
+    ctx.log("displaced", path=written, to=str(area / aside))
+
+
+_displaced = itertools.count()
+
+
+def _copy_aside(place: _fs.Place, st: os.stat_result, dest: Path) -> None:
+    """Copy what is at ``place`` to ``dest`` on another filesystem, then remove it there."""
+    if stat.S_ISDIR(st.st_mode):
+        fd = place.open(os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            # The descriptor's /proc name is the directory itself, however its path changes.
+            shutil.copytree(f"/proc/self/fd/{fd}", dest, symlinks=True)
+        finally:
+            os.close(fd)
+        place.rmtree()
+        return
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(place.readlink(), dest)
+    elif stat.S_ISREG(st.st_mode):
+        data, _ = place.read()
+        _fs.atomic_write(dest, data, st.st_mode & 0o7777, -1, -1)
+    else:  # a fifo, a socket, a device node: the node itself
+        os.mknod(dest, st.st_mode, st.st_rdev)
+    place.unlink()
 
 
 class PathResource(Resource):
@@ -119,3 +161,9 @@ class PathResource(Resource):
             return host, os.lstat(host)
         except FileNotFoundError:
             return host, None
+
+    def place(self, ctx: Context) -> tuple[_fs.Place, os.stat_result | None]:
+        """The place of the path (its parent opened race-free inside the root) and what
+        stands there now, if anything: what file, directory and symlink change through."""
+        place = ctx.root.locate(self.path)
+        return place, place.lstat()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from reconciler.resources._fs import BackupStore, Root
+    from reconciler.resources._fs import BackupStore, Place, Root, Staged
     from reconciler.resources._run import Runner
 
 ResourceId = str  # "<type>:<title>", e.g. "file:/etc/motd"
@@ -166,22 +166,22 @@ class Context:
     # Directories whose entries changed; the engine fsyncs each once at the end of the run.
     # None: fsync at once.
     dirty_dirs: set[Path] | None = None
-    # Set by the engine around an inline apply: writes are staged here as (temporary, target)
-    # and renamed into place after one syncfs for the batch. None: write atomically at once.
-    staging: list[tuple[Path, Path]] | None = None
+    # Set by the engine around an inline apply: writes are staged here (a temporary beside its
+    # target) and renamed into place after one syncfs for the batch. None: write at once.
+    staging: list[Staged] | None = None
 
     def write_file(
-        self, path: Path, data: bytes, mode: int | None, uid: int | None, gid: int | None
+        self, place: Place, data: bytes, mode: int | None, uid: int | None, gid: int | None
     ) -> None:
         """Replace a file's content atomically (now, or staged for the engine's batch)."""
         from reconciler.resources import _fs
 
         if self.staging is None:
-            _fs.atomic_write(path, data, mode, uid, gid, sync=self.sync_dir)
+            _fs.write_at(place, data, mode, uid, gid, sync=self.sync_dir)
         else:
-            self.staging.append((_fs.stage_write(path, data, mode, uid, gid), path))
+            self.staging.append(_fs.stage_at(place, data, mode, uid, gid))
 
-    def backup(self, host_path: Path, written: str, data: bytes | None = None) -> str:
+    def backup(self, host_path: Path | Place, written: str, data: bytes | None = None) -> str:
         """Keep a file's content in the backup store before it is replaced or removed.
 
         ``data``: the content as just read, when the caller has it."""

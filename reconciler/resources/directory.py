@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from collections.abc import Mapping
-from pathlib import Path
 from typing import ClassVar
 
 from reconciler.errors import ResourceError
@@ -15,13 +13,24 @@ from reconciler.resources._path import PathResource, owner_changes, parse_mode
 from reconciler.resources.base import Attr, Change, Context, Resource, register
 
 
-def backup_tree(ctx: Context, host: Path, written: str) -> None:
-    """Save every regular file below ``host`` to the backup store (before it is removed)."""
-    for dirpath, _, filenames in os.walk(host):
+def backup_tree(ctx: Context, place: _fs.Place, written: str) -> None:
+    """Save every regular file below the directory at ``place`` to the backup store (before it
+    is removed). Descriptor-based: a symlink inside is never followed."""
+    top = place.name
+    for dirpath, _, filenames, dirfd in os.fwalk(top, dir_fd=place.fd):
+        below = dirpath[len(top) :].lstrip("/")
         for name in filenames:
-            path = Path(dirpath) / name
-            if stat.S_ISREG(os.lstat(path).st_mode):
-                ctx.backups.save(path, written + "/" + str(path.relative_to(host)))
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirfd)
+            except OSError:
+                continue  # a symlink, a socket: nothing to keep
+            with open(fd, "rb") as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                data = f.read()
+            rel = f"{below}/{name}" if below else name
+            ctx.backups.save_data(data, st, f"{written}/{rel}")
 
 
 @register
@@ -39,16 +48,22 @@ class Directory(PathResource):
         return Directory(self.title, {"ensure": "absent"})
 
     def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
-        host, st = self.locate(ctx)
+        place, st = self.place(ctx)
         if self.attrs.get("ensure") == "absent":
             if st is None:
                 return []
             if not stat.S_ISDIR(st.st_mode):
                 raise ResourceError(f"{self.path} is not a directory; not removed")
             if apply:
-                backup_tree(ctx, host, self.path)
-                shutil.rmtree(host)
-                ctx.sync_dir(host.parent)
+                try:
+                    backup_tree(ctx, place, self.path)
+                except OSError as exc:
+                    raise ResourceError(
+                        f"{self.path}: backup failed, not removed: {exc.strerror or exc}"
+                    ) from None
+                place.rmtree()
+                ctx.root.forget()
+                ctx.sync_dir(place.host.parent)
             return [Change("ensure", "present", "absent")]
         if st is not None and not stat.S_ISDIR(st.st_mode):
             raise ResourceError(f"{self.path} exists and is not a directory")
@@ -60,40 +75,59 @@ class Directory(PathResource):
             changes.append(Change("mode", f"{st.st_mode & 0o7777:04o}", f"{mode:04o}"))
         owners, uid, gid = owner_changes(self, ctx, st)
         changes += owners
-        purge = self._unmanaged(ctx, host) if self.attrs.get("purge") and st is not None else []
+        purge = self._unmanaged(ctx, place) if self.attrs.get("purge") and st is not None else []
         changes += [Change("purged", f"{self.path}/{name}", None) for name in purge]
         if not changes or not apply:
             return changes
+        try:
+            self._apply(ctx, place, st, mode, uid, gid, purge)
+        except FileNotFoundError:
+            raise ResourceError(f"{self.path}: the parent directory does not exist") from None
+        except OSError as exc:
+            raise ResourceError(f"{self.path}: {exc.strerror or exc}") from None
+        return changes
+
+    def _apply(
+        self,
+        ctx: Context,
+        place: _fs.Place,
+        st: os.stat_result | None,
+        mode: int | None,
+        uid: int | None,
+        gid: int | None,
+        purge: list[str],
+    ) -> None:
         if st is None:
-            try:
-                os.mkdir(host, 0o700)
-            except FileNotFoundError:
-                raise ResourceError(f"{self.path}: the parent directory does not exist") from None
-        if uid is not None or gid is not None:
-            os.lchown(host, -1 if uid is None else uid, -1 if gid is None else gid)
-        if mode is not None or st is None:
-            os.chmod(host, mode if mode is not None else 0o755)
+            place.mkdir(0o700)  # nobody else can enter it until it has its owner and mode
+        if mode is None and st is None:
+            mode = 0o755
+        if uid is not None or gid is not None or mode is not None:
+            place.set_attrs(mode, uid, gid, directory=True)
         for name in purge:
-            entry = host / name
+            entry = place.child(name)
             written = f"{self.path}/{name}"
-            est = os.lstat(entry)
+            est = entry.lstat()
+            if est is None:
+                continue
             if stat.S_ISDIR(est.st_mode):
                 backup_tree(ctx, entry, written)
-                shutil.rmtree(entry)
+                entry.rmtree()
+                ctx.root.forget()
             else:
                 if stat.S_ISREG(est.st_mode):
                     ctx.backup(entry, written)
-                os.unlink(entry)
+                entry.unlink()
+                if stat.S_ISLNK(est.st_mode):
+                    ctx.root.forget()
         if purge or st is None:
-            ctx.sync_dir(host.parent if st is None else host)
-        return changes
+            ctx.sync_dir(place.host.parent if st is None else place.host)
 
-    def _unmanaged(self, ctx: Context, host: Path) -> list[str]:
+    def _unmanaged(self, ctx: Context, place: _fs.Place) -> list[str]:
         prefix = self.path.rstrip("/") + "/"
         keep: set[str] = set()
         for path in ctx.catalog_paths:
             if path.startswith(prefix):
                 keep.add(path[len(prefix) :].split("/", 1)[0])
         return sorted(
-            name for name in os.listdir(host) if name not in keep and _fs.TMP_MARK not in name
+            name for name in place.listdir() if name not in keep and _fs.TMP_MARK not in name
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from reconciler.errors import ReconcilerError, ResourceError
+from reconciler.resources._fs import Place
 from reconciler.resources._path import (
     PathResource,
     displace,
@@ -74,30 +75,22 @@ class File(PathResource):
         return None if sha is None else f"sha256:{sha}"
 
     def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
-        try:
-            host, st = self.locate(ctx)
-        except NotADirectoryError:
-            raise ResourceError(f"{self.title}: a parent is not a directory") from None
+        place, st = self.place(ctx)
         if self.attrs.get("ensure") == "absent":
-            return self._absent(ctx, host, st, apply)
+            return self._absent(ctx, place, st, apply)
         if st is not None and not stat.S_ISREG(st.st_mode):
-            kind = (
-                "a directory"
-                if stat.S_ISDIR(st.st_mode)
-                else "a symlink"
-                if stat.S_ISLNK(st.st_mode)
-                else "not a regular file"
-            )
+            kind = _kind(st)
             if not self.attrs.get("force"):
                 raise ResourceError(f"{self.title} is {kind}; set force: true to replace it")
-            if apply:
-                if stat.S_ISDIR(st.st_mode):
-                    displace(ctx, host, self.title)
-                else:
-                    os.unlink(host)
-                st = None
-            else:
+            if not apply:
                 return [Change("ensure", kind.removeprefix("a "), "file")]
+            try:
+                displace(ctx, place, self.title)
+            except OSError as exc:
+                raise ResourceError(
+                    f"{self.title}: cannot move {kind} aside: {exc.strerror}"
+                ) from None
+            st = None
         changes: list[Change] = []
         if st is None:
             changes.append(Change("ensure", "absent", "present"))
@@ -108,7 +101,7 @@ class File(PathResource):
             and self.attrs.get("replace", True)
             and not self._content_in_sync(ctx, st)
         ):
-            change = self._content_change(host, st)
+            change = self._content_change(place, st)
             if change is not None:
                 changes.append(change)
             else:
@@ -120,45 +113,63 @@ class File(PathResource):
         if not changes or not apply:
             return changes
         rewrite = st is None or any(c.property == "content" for c in changes)
-        if rewrite:
-            if st is not None and self.attrs.get("backup", True):
-                seen = self._seen
-                ctx.backup(host, self.title, seen[1] if seen and seen[0] == _key(st) else None)
-            self._seen = None
-            data = self._data if self._data is not None else b""
-            if self._data is None and st is not None:
-                data = host.read_bytes()
-            mode: int | None = self._mode
-            if st is None:  # a new file: nothing to keep from an old one
-                mode = 0o644 if mode is None else mode
-                uid, gid = (-1 if uid is None else uid), (-1 if gid is None else gid)
-            try:
-                ctx.write_file(host, data, mode, uid, gid)
-            except FileNotFoundError:
-                raise ResourceError(f"{self.title}: the parent directory does not exist") from None
-            except OSError as exc:
-                raise ResourceError(f"{self.title}: cannot write: {exc.strerror}") from None
-        else:
-            if uid is not None or gid is not None:
-                os.lchown(host, -1 if uid is None else uid, -1 if gid is None else gid)
-            if self._mode is not None:
-                os.chmod(host, self._mode)
+        try:
+            if rewrite:
+                self._rewrite(ctx, place, st, uid, gid)
+            else:
+                place.set_attrs(self._mode, uid, gid)
+        except FileNotFoundError:
+            raise ResourceError(f"{self.title}: the parent directory does not exist") from None
+        except OSError as exc:
+            raise ResourceError(f"{self.title}: cannot write: {exc.strerror}") from None
         if ctx.staging is None:
-            self._remember(ctx, os.lstat(host))
+            now = place.lstat()
+            if now is not None:
+                self._remember(ctx, now)
         return changes
+
+    def _rewrite(
+        self,
+        ctx: Context,
+        place: Place,
+        st: os.stat_result | None,
+        uid: int | None,
+        gid: int | None,
+    ) -> None:
+        """Back the old content up (or give up), then write the new one beside and rename."""
+        if st is not None and self.attrs.get("backup", True):
+            seen = self._seen
+            try:
+                ctx.backup(place, self.title, seen[1] if seen and seen[0] == _key(st) else None)
+            except OSError as exc:
+                raise ResourceError(
+                    f"{self.title}: backup failed, not replaced: {exc.strerror or exc}"
+                ) from None
+        self._seen = None
+        data = self._data if self._data is not None else b""
+        mode: int | None = self._mode
+        if st is None:  # a new file: nothing to keep from an old one
+            mode = 0o644 if mode is None else mode
+            uid, gid = (-1 if uid is None else uid), (-1 if gid is None else gid)
+        ctx.write_file(place, data, mode, uid, gid)
 
     def committed(self, ctx: Context, target: Path) -> None:
         # The bytes just renamed into place are the desired content: record the fingerprint, so
         # the re-check need not read them back.
-        self._remember(ctx, os.lstat(target))
+        now = ctx.root.locate(self.path).lstat()
+        if now is not None:
+            self._remember(ctx, now)
 
-    def _content_change(self, host: Path, st: os.stat_result) -> Change | None:
+    def _content_change(self, place: Place, st: os.stat_result) -> Change | None:
         """The content change against the file as it is, read once per state of the file: the
         check, the apply that follows it and the backup share one read and one diff."""
         seen = self._seen
         if seen is not None and seen[0] == _key(st):
             return seen[2]
-        old = host.read_bytes()
+        try:
+            old = place.read_bytes()
+        except OSError as exc:
+            raise ResourceError(f"{self.title}: cannot read: {exc.strerror}") from None
         old_sha = hashlib.sha256(old).hexdigest()
         change = None
         if old_sha != self._sha:
@@ -184,25 +195,42 @@ class File(PathResource):
             )
 
     def _absent(
-        self, ctx: Context, host: Path, st: os.stat_result | None, apply: bool
+        self, ctx: Context, place: Place, st: os.stat_result | None, apply: bool
     ) -> list[Change]:
         if st is None:
             return []
-        if stat.S_ISDIR(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+            kind = _kind(st)
             if not self.attrs.get("force"):
-                raise ResourceError(f"{self.title} is a directory; set force: true to remove it")
+                raise ResourceError(f"{self.title} is {kind}; set force: true to remove it")
             if apply:
-                displace(ctx, host, self.title)
-            return [Change("ensure", "directory", "absent")]
+                try:
+                    displace(ctx, place, self.title)
+                except OSError as exc:
+                    raise ResourceError(
+                        f"{self.title}: cannot move {kind} aside: {exc.strerror}"
+                    ) from None
+            return [Change("ensure", kind.removeprefix("a "), "absent")]
         if apply:
             if stat.S_ISREG(st.st_mode) and self.attrs.get("backup", True):
                 try:
-                    ctx.backup(host, self.title)
+                    ctx.backup(place, self.title)
                 except OSError as exc:
                     raise ReconcilerError(
                         f"{self.title}: backup failed, not removed: {exc}"
                     ) from None
-            os.unlink(host)
-            ctx.sync_dir(host.parent)
+            try:
+                place.unlink()
+            except OSError as exc:
+                raise ResourceError(f"{self.title}: cannot remove: {exc.strerror}") from None
+            ctx.sync_dir(place.host.parent)
             ctx.fingerprints.pop(self.title, None)
         return [Change("ensure", "present", "absent")]
+
+
+def _kind(st: os.stat_result) -> str:
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat.S_ISLNK(st.st_mode):
+        return "a symlink"
+    return "not a regular file"

@@ -6,6 +6,7 @@ The type key is ``line``, so the line itself cannot be an attribute of that name
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -81,15 +82,19 @@ class Line(Resource):
 
     def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
         path = str(self.attrs["path"])
-        host = ctx.root.path(path)
+        place = ctx.root.locate(path)
         try:
-            old = host.read_bytes()
+            old = place.read_bytes()
         except FileNotFoundError:
             if self.attrs.get("ensure") == "absent":
                 return []
             raise ResourceError(f"{path} does not exist (manage it with a file resource)") from None
         except IsADirectoryError:
             raise ResourceError(f"{path} is a directory") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ResourceError(f"{path} is a symlink: not followed") from None
+            raise ResourceError(f"{path}: cannot read: {exc.strerror}") from None
         try:
             text = old.decode()
         except UnicodeDecodeError:
@@ -102,9 +107,14 @@ class Line(Resource):
         before = "sha256:" + hashlib.sha256(old).hexdigest()
         after = "sha256:" + hashlib.sha256(data).hexdigest()
         if apply:
-            ctx.backup(host, path)
             try:
-                ctx.write_file(host, data, None, None, None)
+                ctx.backup(place, path)
+            except OSError as exc:
+                raise ResourceError(
+                    f"{path}: backup failed, not changed: {exc.strerror or exc}"
+                ) from None
+            try:
+                ctx.write_file(place, data, None, None, None)
             except OSError as exc:
                 raise ResourceError(
                     f"{path}: cannot write: {os.strerror(exc.errno or 0)}"

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Mapping
 from typing import ClassVar
 
 from reconciler.errors import ResourceError
-from reconciler.resources import _fs
 from reconciler.resources._path import PathResource
 from reconciler.resources.base import Attr, Change, Context, Resource, register
 
@@ -33,19 +31,20 @@ class Symlink(PathResource):
         return Symlink(self.title, {"ensure": "absent"})
 
     def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
-        host, st = self.locate(ctx)
+        place, st = self.place(ctx)
         if self.attrs.get("ensure") == "absent":
             if st is None:
                 return []
             if not stat.S_ISLNK(st.st_mode):
                 raise ResourceError(f"{self.title} is not a symlink; not removed")
             if apply:
-                os.unlink(host)
-                ctx.sync_dir(host.parent)
+                place.unlink()
+                ctx.root.forget()  # it may have been on the way to other paths
+                ctx.sync_dir(place.host.parent)
             return [Change("ensure", "present", "absent")]
         target = str(self.attrs["target"])
         if st is not None and stat.S_ISLNK(st.st_mode):
-            current = os.readlink(host)
+            current = place.readlink()
             if current == target:
                 return []
             change = Change("target", self.show(current), self.show(target))
@@ -60,15 +59,18 @@ class Symlink(PathResource):
             change = Change("ensure", "absent", "present")
         if apply:
             if st is not None and stat.S_ISREG(st.st_mode):
-                ctx.backup(host, self.title)
-            tmp = host.parent / _fs.temp_name(host.name)
+                try:
+                    ctx.backup(place, self.title)
+                except OSError as exc:
+                    raise ResourceError(
+                        f"{self.title}: backup failed, not replaced: {exc.strerror or exc}"
+                    ) from None
             try:
-                os.symlink(target, tmp)
-                os.replace(tmp, host)
+                place.symlink(target)
             except FileNotFoundError:
                 raise ResourceError(f"{self.title}: the parent directory does not exist") from None
-            finally:
-                if os.path.lexists(tmp):
-                    os.unlink(tmp)
-            ctx.sync_dir(host.parent)
+            except OSError as exc:
+                raise ResourceError(f"{self.title}: cannot write: {exc.strerror}") from None
+            ctx.root.forget()  # it may be on the way to other paths
+            ctx.sync_dir(place.host.parent)
         return [change]

@@ -1,0 +1,102 @@
+"""Something other than a file where a file is desired (RELIABILITY C10).
+
+Without ``force`` the resource fails and nothing changes; with it, what stands there (a
+directory, a symlink, a fifo) is moved into ``<state>/backups/displaced/``, never deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import ResourceError
+from reconciler.resources._fs import BackupStore, Root
+from reconciler.resources._run import Runner
+from reconciler.resources.base import Context
+from reconciler.resources.file import File
+from tests.conftest import seed_root, tree_hash
+from tests.resources.conftest import make
+from tests.resources.mounts import tmpfs
+
+
+def displaced(ctx: Context) -> list[Path]:
+    area = ctx.backups.base / "displaced"
+    return sorted(area.iterdir()) if area.exists() else []
+
+
+def test_a_symlink_in_the_way_needs_force_and_is_moved_aside_not_followed(ctx: Context) -> None:
+    etc = ctx.root.prefix / "etc"
+    (etc / "real.conf").write_text("the link's target\n")
+    (etc / "app.conf").symlink_to("real.conf")
+    before = tree_hash(ctx.root.prefix)
+    with pytest.raises(ResourceError, match="is a symlink; set force: true"):
+        make(File, "/etc/app.conf", content="new\n").check_apply(ctx, True)
+    planned = make(File, "/etc/app.conf", content="new\n", force=True).check_apply(ctx, False)
+    assert [(c.property, c.before, c.after) for c in planned] == [("ensure", "symlink", "file")]
+    assert tree_hash(ctx.root.prefix) == before and displaced(ctx) == []
+
+    make(File, "/etc/app.conf", content="new\n", force=True).check_apply(ctx, True)
+    assert not (etc / "app.conf").is_symlink()
+    assert (etc / "app.conf").read_text() == "new\n"
+    assert (etc / "real.conf").read_text() == "the link's target\n"  # not written through
+    [aside] = displaced(ctx)
+    assert aside.is_symlink() and os.readlink(aside) == "real.conf"
+    assert make(File, "/etc/app.conf", content="new\n", force=True).check_apply(ctx, False) == []
+
+
+def test_a_directory_in_the_way_is_moved_aside_whole(ctx: Context) -> None:
+    etc = ctx.root.prefix / "etc"
+    (etc / "thing/deep").mkdir(parents=True)
+    (etc / "thing/deep/data").write_text("keep me")
+    (etc / "thing/link").symlink_to("/etc/passwd")
+    with pytest.raises(ResourceError, match="is a directory; set force: true"):
+        make(File, "/etc/thing", content="x").check_apply(ctx, True)
+    make(File, "/etc/thing", content="x", force=True).check_apply(ctx, True)
+    assert (etc / "thing").read_text() == "x"
+    [aside] = displaced(ctx)
+    assert (aside / "deep/data").read_text() == "keep me"
+    assert os.readlink(aside / "link") == "/etc/passwd"
+
+
+def test_a_fifo_in_the_way_is_moved_aside(ctx: Context) -> None:
+    fifo = ctx.root.prefix / "etc/pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ResourceError, match="not a regular file; set force: true"):
+        make(File, "/etc/pipe", content="x").check_apply(ctx, True)
+    make(File, "/etc/pipe", content="x", force=True).check_apply(ctx, True)
+    assert fifo.read_text() == "x"
+    [aside] = displaced(ctx)
+    assert stat.S_ISFIFO(aside.lstat().st_mode)
+
+
+def test_absent_with_force_moves_a_directory_aside(ctx: Context) -> None:
+    (ctx.root.prefix / "etc/gone").mkdir()
+    (ctx.root.prefix / "etc/gone/f").write_text("f")
+    with pytest.raises(ResourceError, match="set force: true to remove it"):
+        make(File, "/etc/gone", ensure="absent").check_apply(ctx, True)
+    make(File, "/etc/gone", ensure="absent", force=True).check_apply(ctx, True)
+    assert not (ctx.root.prefix / "etc/gone").exists()
+    [aside] = displaced(ctx)
+    assert (aside / "f").read_text() == "f"
+
+
+def test_across_filesystems_it_is_copied_aside_then_removed(tmp_path: Path) -> None:
+    """The state directory on another filesystem (a tmpfs): a rename cannot move it there."""
+    root = seed_root(tmp_path / "root")
+    (root / "etc/thing/sub").mkdir(parents=True)
+    (root / "etc/thing/sub/data").write_bytes(b"\x00keep\xff")
+    (root / "etc/thing/out").symlink_to(tmp_path)  # copied as a symlink, never followed
+    (root / "etc/link").symlink_to("thing")
+    with tmpfs(tmp_path / "state") as state:
+        ctx = Context(root=Root(root), state_dir=state, backups=BackupStore(state), runner=Runner())
+        make(File, "/etc/thing", content="x", force=True).check_apply(ctx, True)
+        make(File, "/etc/link", content="y", force=True).check_apply(ctx, True)
+        assert (root / "etc/thing").read_text() == "x"
+        assert (root / "etc/link").read_text() == "y"
+        thing, link = sorted(displaced(ctx), key=lambda p: p.name.endswith("link"))
+        assert (thing / "sub/data").read_bytes() == b"\x00keep\xff"
+        assert (thing / "out").is_symlink() and os.readlink(thing / "out") == str(tmp_path)
+        assert link.is_symlink() and os.readlink(link) == "thing"
