@@ -16,12 +16,23 @@ MAX_BODY = 1024 * 1024
 DEDUPE_SIZE = 1024
 
 
+def _raw(value: str) -> bytes:
+    """A header value as the bytes that were sent: the HTTP server decodes them as Latin-1.
+
+    Compared as bytes, since ``hmac.compare_digest`` refuses str with non-ASCII characters.
+    """
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:  # a str that did not come from the wire
+        return value.encode("utf-8", "surrogatepass")
+
+
 def _signature_ok(secret: bytes, body: bytes, header: str) -> bool:
     header = header.strip()
     if header.startswith("sha256="):
         header = header[7:]
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header.lower())
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+    return hmac.compare_digest(expected, _raw(header.lower()))
 
 
 class WebhookVerifier:
@@ -40,7 +51,7 @@ class WebhookVerifier:
         elif "x-reconciler-signature" in h:
             ok = _signature_ok(self.secret, body, h["x-reconciler-signature"])
         elif "x-gitlab-token" in h:
-            ok = hmac.compare_digest(self.secret, h["x-gitlab-token"].encode())
+            ok = hmac.compare_digest(self.secret, _raw(h["x-gitlab-token"]))
         else:
             ok = False
         if not ok:

@@ -11,11 +11,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jinja2
+import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from reconciler.errors import Location, ModelError
+from reconciler.model.yamlload import INT_LIMIT, MAX_DEPTH, MAX_INT_DIGITS
 
 MAX_OUTPUT = 4 * 1024 * 1024  # bytes a single render may produce
+# What a template or expression may raise for what it was given: each becomes a ModelError.
+# RecursionError: Jinja2's parser recurses once per level of nesting in the source.
+_ERRORS = (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, RecursionError)
 
 
 def _make_env(loader: jinja2.BaseLoader | None = None) -> ImmutableSandboxedEnvironment:
@@ -32,15 +37,32 @@ def _make_env(loader: jinja2.BaseLoader | None = None) -> ImmutableSandboxedEnvi
     return env
 
 
-def _to_yaml(value: Any) -> str:
-    import yaml
+class _Dumper(yaml.SafeDumper):
+    """The safe dumper, which also writes the mappings and lists read from the repo (LocMap and
+    LocList are dict and list subclasses, which the safe dumper refuses)."""
 
-    return str(yaml.safe_dump(value, default_flow_style=False, sort_keys=True))
+
+_Dumper.add_multi_representer(dict, _Dumper.represent_dict)
+_Dumper.add_multi_representer(list, _Dumper.represent_list)
+
+
+def _to_yaml(value: Any) -> str:
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()  # names the undefined variable
+    try:
+        return str(yaml.dump(value, Dumper=_Dumper, default_flow_style=False, sort_keys=True))
+    except yaml.representer.RepresenterError as exc:  # such as an undefined inside a list
+        inner = exc.args[1] if len(exc.args) > 1 else None
+        if isinstance(inner, jinja2.Undefined):
+            inner._fail_with_undefined_error()
+        raise TypeError(f"to_yaml cannot write {type(inner).__name__}") from None
 
 
 def _to_json(value: Any) -> str:
     import json
 
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
     return json.dumps(value, sort_keys=True)
 
 
@@ -80,7 +102,7 @@ class Renderer:
             if template is None:
                 template = self._strings[source] = self._env.from_string(source)
             return _bounded(template.render(context), where)
-        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
+        except _ERRORS as exc:
             raise self._fail(exc, where, "template error") from None
 
     def evaluate(self, expression: str, context: Mapping[str, Any], where: Location) -> Any:
@@ -94,8 +116,9 @@ class Renderer:
             value = compiled(**context)
             if isinstance(value, jinja2.Undefined):
                 value._fail_with_undefined_error()
+            _check_numbers(value)
             return value
-        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
+        except _ERRORS as exc:
             raise self._fail(exc, where, "expression error") from None
 
     def render_file(self, name: str, context: Mapping[str, Any], where: Location) -> str:
@@ -114,10 +137,19 @@ class Renderer:
                 f"template error: {getattr(exc, 'message', None) or exc} (rendered for {where})",
                 Location(f"templates/{name}", line),
             ) from None
-        except (TypeError, ValueError, ArithmeticError) as exc:
+        except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
             raise ModelError.one(
                 f"template error: {exc}", Location(f"templates/{name}", _template_line(exc, name))
             ) from None
+
+
+def _check_numbers(value: Any, depth: int = 0) -> None:
+    """Refuse a computed integer longer than the repo's own may be (it may not even print)."""
+    if isinstance(value, int) and abs(value) >= INT_LIMIT:
+        raise ValueError(f"the result has an integer of more than {MAX_INT_DIGITS} digits")
+    if depth < MAX_DEPTH and isinstance(value, list | tuple | dict):
+        for item in value.items() if isinstance(value, dict) else value:
+            _check_numbers(item, depth + 1)
 
 
 def _template_line(exc: BaseException, name: str) -> int | None:

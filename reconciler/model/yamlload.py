@@ -23,6 +23,8 @@ from reconciler.errors import Location, ModelError
 MAX_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_NODES = 1_000_000  # nodes after expanding aliases
+MAX_INT_DIGITS = 100  # longer integers are refused: Python cannot even print some of them
+INT_LIMIT = 10**MAX_INT_DIGITS
 
 _BaseLoader: type[yaml.SafeLoader]
 try:
@@ -70,27 +72,57 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
 
 
-def _convert(loader: _Loader, node: yaml.Node, memo: dict[int, Any]) -> Any:
+def _construct(loader: _Loader, node: yaml.Node) -> Any:
+    """PyYAML's safe constructor, with its plain Python errors (a 2001-02-30 timestamp) turned
+    into YAML errors at the node's line, and integers bounded to MAX_INT_DIGITS digits."""
+    too_long = f"an integer of more than {MAX_INT_DIGITS} digits"
+    if node.tag == _INT and len(str(node.value)) > 4 * MAX_INT_DIGITS:  # even in binary
+        raise yaml.constructor.ConstructorError(None, None, too_long, node.start_mark)
+    try:
+        value = loader.construct_object(node, deep=True)
+    except (ValueError, OverflowError) as exc:
+        tag = str(node.tag).rsplit(":", 1)[-1]
+        raise yaml.constructor.ConstructorError(
+            None, None, f"cannot read this {tag}: {exc}", node.start_mark
+        ) from None
+    if isinstance(value, int) and abs(value) >= INT_LIMIT:
+        raise yaml.constructor.ConstructorError(None, None, too_long, node.start_mark)
+    return value
+
+
+def _convert(
+    loader: _Loader, node: yaml.Node, memo: dict[int, Any], building: set[int] | None = None
+) -> Any:
     """Build values from composed nodes, recording lines; faster than the generic constructor.
 
     Scalars of other tags and any other collection tag go to PyYAML's safe constructor, which
-    refuses Python tags. An alias is the same node object: it is built once (``memo``).
+    refuses Python tags. An alias is the same node object: it is built once (``memo``). An
+    alias inside the collection it names (``&a [*a]``) is refused: nothing downstream expects
+    a value that contains itself.
     """
+    if building is None:
+        building = set()
+    if id(node) in building:
+        raise yaml.constructor.ConstructorError(
+            None, None, "an alias refers to a collection that contains it", node.start_mark
+        )
     known = memo.get(id(node))
     if known is not None:
         return known
     if isinstance(node, yaml.ScalarNode):
-        return node.value if node.tag == _STR else loader.construct_object(node, deep=True)
+        return node.value if node.tag == _STR else _construct(loader, node)
     if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
         data = LocMap()
         data.line = node.start_mark.line + 1
         data.lines = {}
         memo[id(node)] = data
+        building.add(id(node))
         loader.flatten_mapping(node)
         for key_node, value_node in node.value:
-            key = _convert(loader, key_node, memo)
+            key = _convert(loader, key_node, memo, building)
             try:
                 hash(key)
             except TypeError:
@@ -105,16 +137,19 @@ def _convert(loader: _Loader, node: yaml.Node, memo: dict[int, Any]) -> Any:
                     key_node.start_mark,
                 )
             data.lines[key] = key_node.start_mark.line + 1
-            data[key] = _convert(loader, value_node, memo)
+            data[key] = _convert(loader, value_node, memo, building)
+        building.discard(id(node))
         return data
     if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
         items = LocList()
         items.line = node.start_mark.line + 1
         items.lines = [child.start_mark.line + 1 for child in node.value]
         memo[id(node)] = items
-        items.extend(_convert(loader, child, memo) for child in node.value)
+        building.add(id(node))
+        items.extend(_convert(loader, child, memo, building) for child in node.value)
+        building.discard(id(node))
         return items
-    return loader.construct_object(node, deep=True)
+    return _construct(loader, node)
 
 
 # Only flow collections, anchors and aliases can nest deeply on few bytes or expand; block
@@ -166,7 +201,11 @@ def _check_expansion(text: str, name: str) -> None:
         sizes[id(node)] = total
         return total
 
-    for root in yaml.compose_all(text, Loader=_BaseLoader):
+    try:
+        roots = list(yaml.compose_all(text, Loader=_BaseLoader))
+    except yaml.YAMLError:
+        return  # an undefined alias, say: the real parse below reports it with its line
+    for root in roots:
         if root is not None and size(root) > MAX_NODES:
             raise ModelError.one(
                 f"aliases expand to more than {MAX_NODES} nodes", Location(name), "parse"
