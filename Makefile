@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test lint bench soak fuzz clean
 
 $(BIN)/reconciler: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,20 @@ bench: $(BIN)/reconciler
 # 1000 runs of the daemon's loop in one process, with drift between them: RSS, fds, threads.
 soak: $(BIN)/reconciler
 	$(BIN)/python bench/soak.py
+
+# Each atheris fuzz target for FUZZ_SECONDS, from the seeds: new inputs go to fuzz/work/,
+# failing inputs to fuzz/findings/ (docs/development.md, "Fuzzing").
+FUZZ_SECONDS ?= 600
+fuzz: $(BIN)/reconciler
+	@mkdir -p fuzz/findings
+	@status=0; for target in model webhook; do \
+	  mkdir -p fuzz/work/$$target; \
+	  { $(BIN)/python fuzz/fuzz_$$target.py -max_total_time=$(FUZZ_SECONDS) -timeout=30 \
+	      -print_final_stats=1 -artifact_prefix=fuzz/findings/$$target- \
+	      fuzz/work/$$target fuzz/corpus/$$target 2>&1; echo $$? > fuzz/work/$$target.status; } \
+	    | grep -v '^INFO: Instrumenting'; \
+	  [ "$$(cat fuzz/work/$$target.status)" = 0 ] || status=1; \
+	done; echo "findings: $$(ls fuzz/findings | wc -l) in fuzz/findings/"; exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
