@@ -18,8 +18,8 @@ test: $(BIN)/reconciler lint
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/reconciler
-	$(BIN)/ruff check reconciler tests bench
-	$(BIN)/ruff format --check reconciler tests bench
+	$(BIN)/ruff check reconciler tests bench fuzz
+	$(BIN)/ruff format --check reconciler tests bench fuzz
 	$(BIN)/mypy --strict reconciler
 
 bench: $(BIN)/reconciler
