@@ -327,4 +327,9 @@ def execute(
         with contextlib.suppress(OSError):
             fsync_dir(directory)
     ctx.dirty_dirs = None
+    if not noop:
+        try:
+            ctx.backups.prune()  # the backup store's retention
+        except OSError as exc:
+            ctx.log("backup prune failed", error=str(exc))
     return sorted(results.values(), key=lambda r: rank[r.id])

@@ -13,11 +13,12 @@ else is refused (PathEscape, naming it and its owner).
 Content is replaced atomically: a temporary file in the same directory gets its final owner and
 mode before any byte is written, then it is written, fsynced and renamed over the target (both
 names relative to the one open directory), and the directory is fsynced. Old content goes to a
-content-addressed backup store first.
+content-addressed backup store first; retention prunes the store at the end of an apply run.
 """
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import errno
 import grp
@@ -573,13 +574,27 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# Retention of the backup store: every path keeps its newest KEEP_VERSIONS backups, and every
+# backup younger than KEEP_DAYS is kept whatever its rank.
+KEEP_VERSIONS = 10
+KEEP_DAYS = 30
+_DAY = 86400.0
+
+
 class BackupStore:
     """Content-addressed copies of replaced or removed files, under ``<state>/backups``."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(
+        self, state_dir: Path, keep_versions: int = KEEP_VERSIONS, keep_days: float = KEEP_DAYS
+    ) -> None:
         self.base = state_dir / "backups"
         self.objects = self.base / "objects"
         self.index = self.base / "index.jsonl"
+        self.keep_versions = keep_versions
+        self.keep_days = keep_days
+        # The index's size after the last prune; a prune finding it unchanged (and recent)
+        # has nothing new to consider.
+        self.marker = self.base / "pruned"
 
     def save(
         self,
@@ -681,6 +696,76 @@ class BackupStore:
         uid = int(meta["uid"]) if meta else None
         gid = int(meta["gid"]) if meta else None
         atomic_write(dest, data, mode, uid, gid)
+
+    def prune(self, now: float | None = None) -> int:
+        """Apply the retention: drop the index lines it does not keep, then the objects no
+        kept line refers to. Return how many lines were dropped.
+
+        Kept: the newest ``keep_versions`` backups of every path, and every backup younger than
+        ``keep_days``. The index is rewritten atomically before any object is removed, so a
+        crash leaves at worst objects nothing refers to (removed by a later prune), never a
+        line without its object. Cheap when nothing was backed up since the last prune that
+        day: one stat and one small read.
+        """
+        try:
+            size = os.stat(self.index).st_size
+        except FileNotFoundError:
+            return 0
+        now = time.time() if now is None else now
+        daily = True
+        try:
+            recorded = int(self.marker.read_text().split()[0])
+            daily = now - os.stat(self.marker).st_mtime >= _DAY
+            if recorded == size and not daily:
+                return 0
+        except (OSError, ValueError, IndexError):
+            pass
+        lines = self._lines()
+        kept: list[str] = []
+        referenced: set[str] = set()
+        ranks: dict[str, int] = {}
+        for line, entry in reversed(lines):
+            if entry is None:
+                continue
+            rank = ranks[str(entry.get("path"))] = ranks.get(str(entry.get("path")), 0) + 1
+            if rank <= self.keep_versions or now - _taken_at(entry) < self.keep_days * _DAY:
+                kept.append(line)
+                referenced.add(str(entry.get("sha256")))
+        dropped = len(lines) - len(kept)
+        if dropped:
+            body = "".join(line + "\n" for line in reversed(kept)).encode()
+            atomic_write(self.index, body, 0o600, -1, -1)
+            size = len(body)
+        if dropped or daily:
+            self._sweep(referenced)
+        atomic_write(self.marker, f"{size}\n".encode(), 0o600, -1, -1)
+        return dropped
+
+    def _sweep(self, referenced: set[str]) -> None:
+        """Remove the objects no index line refers to."""
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.objects) as shards:
+            for shard in shards:
+                if not shard.is_dir(follow_symlinks=False):
+                    continue
+                left = False
+                with os.scandir(shard.path) as objects:
+                    for obj in objects:
+                        if obj.name in referenced or TMP_MARK in obj.name:
+                            left = True
+                            continue
+                        with contextlib.suppress(OSError):
+                            os.unlink(obj.path)
+                if not left:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(shard.path)
+
+
+def _taken_at(entry: dict[str, Any]) -> float:
+    """When a backup was taken (seconds since the epoch); 0 when the line does not say."""
+    try:
+        return float(calendar.timegm(time.strptime(str(entry["time"]), "%Y-%m-%dT%H:%M:%SZ")))
+    except (KeyError, ValueError):
+        return 0.0
 
 
 # -- owners -------------------------------------------------------------------------------------

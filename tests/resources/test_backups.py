@@ -1,10 +1,12 @@
-"""The backup store (RELIABILITY C8): old content first, an exact restore, and no change when the
-old content cannot be kept.
+"""The backup store (RELIABILITY C8): old content first, an exact restore, no change when the old
+content cannot be kept, and retention.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,12 @@ from reconciler.resources.symlink import Symlink
 from tests.conftest import seed_root, write_tree
 from tests.resources.conftest import make
 from tests.resources.mounts import tmpfs
+
+DAY = 86400
+
+
+def objects(store: BackupStore) -> set[str]:
+    return {p.name for p in store.objects.rglob("*") if p.is_file()}
 
 
 class TestRestore:
@@ -127,3 +135,67 @@ class TestBackupFailureAborts:
         assert (root / "srv/big").read_text() == "a" * 30000
         assert (root / "srv/small").read_text() == "b"
         assert [p.name for p in (root / "srv").iterdir() if TMP_MARK in p.name] == []
+
+
+class TestRetention:
+    def test_keeps_the_newest_versions_of_each_path_and_everything_recent(
+        self, tmp_path: Path
+    ) -> None:
+        store = BackupStore(tmp_path / "state", keep_versions=3, keep_days=30)
+        f = tmp_path / "f"
+        shas = []
+        for i in range(6):
+            f.write_text(f"v{i}")
+            shas.append(store.save(f, "/etc/a"))
+        f.write_text("v0")
+        store.save(f, "/etc/b")  # the same content as /etc/a's oldest version
+        with open(store.index, "a") as index:
+            index.write('{"time": "2026-')  # a torn line
+        assert store.prune() == 1  # everything is recent: only the torn line goes
+        assert len(store.entries("/etc/a")) == 6
+
+        assert store.prune(now=time.time() + 31 * DAY) == 3
+        assert [e["sha256"] for e in store.entries("/etc/a")] == shas[3:]
+        assert [e["sha256"] for e in store.entries("/etc/b")] == [shas[0]]
+        assert objects(store) == {shas[0], *shas[3:]}  # v0 stays: /etc/b still refers to it
+
+    def test_a_prune_with_nothing_new_leaves_the_index_alone(self, tmp_path: Path) -> None:
+        store = BackupStore(tmp_path / "state", keep_versions=1, keep_days=0)
+        f = tmp_path / "f"
+        f.write_text("x")
+        store.save(f, "/x")
+        assert store.prune() == 0
+        inode = store.index.stat().st_ino
+        assert store.prune() == 0
+        assert store.index.stat().st_ino == inode
+        f.write_text("y")
+        store.save(f, "/x")
+        assert store.prune() == 1  # something new: considered at once
+        assert len(store.entries("/x")) == 1
+
+    def test_an_apply_run_prunes_and_a_plan_does_not(self, tmp_path: Path) -> None:
+        root = seed_root(tmp_path / "root")
+        state = tmp_path / "state"
+        store = BackupStore(state)
+        f = tmp_path / "f"
+        for i in range(store.keep_versions + 5):
+            f.write_text(f"old {i}")
+            store.save(f, "/etc/old")
+        lines = [json.loads(line) for line in store.index.read_text().splitlines()]
+        for entry in lines:
+            entry["time"] = "2000-01-01T00:00:00Z"
+        store.index.write_text("".join(json.dumps(e) + "\n" for e in lines))
+        repo = write_tree(
+            tmp_path / "repo",
+            {
+                "nodes.yaml": "default: n\n",
+                "roles/n.yaml": "profiles: [p]\n",
+                "profiles/p.yaml": 'resources:\n  - file: /etc/motd\n    content: "hi\\n"\n',
+            },
+        )
+        options = RunOptions(repo=str(repo), node="n", root=root, state_dir=state)
+        run(options, plan=True)
+        assert len(store.entries("/etc/old")) == store.keep_versions + 5
+        run(options)
+        assert len(store.entries("/etc/old")) == store.keep_versions
+        assert len(objects(store)) == store.keep_versions
