@@ -7,6 +7,9 @@ rendered again, so ``{{`` in a fact stays ``{{``.
 
 from __future__ import annotations
 
+import functools
+import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,8 +26,66 @@ MAX_OUTPUT = 4 * 1024 * 1024  # bytes a single render may produce
 _ERRORS = (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, RecursionError)
 
 
+# Any number handed to a filter or method larger than this is refused: widths and counts that
+# large would build a string or list past MAX_OUTPUT before the output bound could see it.
+MAX_ARGUMENT = MAX_OUTPUT
+_WIDE_FORMAT = re.compile(r"\d{8,}")  # a format width or precision of 8 digits or more
+
+
+def _check_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_ARGUMENT:
+            raise ValueError(f"the number {value} is too large here (at most {MAX_ARGUMENT})")
+
+
+def _guarded(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)  # keeps Jinja2's pass_context/pass_environment marks
+    def call(*args: Any, **kwargs: Any) -> Any:
+        _check_arguments(args, kwargs)
+        return function(*args, **kwargs)
+
+    return call
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, which also refuses operations that would build a huge value at once:
+    ``"x" * 10**9``, ``2 ** 10**9``, ``"%1000000000s" % x``, ``"x".center(10**9)``."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(
+        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
+    ) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
+                if sized and len(seq) * times > MAX_OUTPUT:
+                    raise ValueError(f"the result would be larger than {MAX_OUTPUT} bytes")
+        elif operator == "**":
+            ints = isinstance(left, int) and isinstance(right, int) and abs(left) > 1
+            if ints and right * math.log10(abs(left)) > MAX_INT_DIGITS:
+                raise ValueError(f"the result has more than {MAX_INT_DIGITS} digits")
+        elif operator == "%" and isinstance(left, str) and _WIDE_FORMAT.search(left):
+            raise ValueError("a format width of more than 7 digits")
+        return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """``"...".format``: refused when the format string has a huge width."""
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, str) and _WIDE_FORMAT.search(owner):
+            raise ValueError("a format width of more than 7 digits")
+        return super().wrap_str_format(value)
+
+    def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_arguments(args, kwargs)
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str) and _WIDE_FORMAT.search(owner):
+            raise ValueError("a format width of more than 7 digits")
+        return super().call(__context, __obj, *args, **kwargs)
+
+
 def _make_env(loader: jinja2.BaseLoader | None = None) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _BoundedSandbox(
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -34,6 +95,9 @@ def _make_env(loader: jinja2.BaseLoader | None = None) -> ImmutableSandboxedEnvi
     )
     env.filters["to_yaml"] = _to_yaml
     env.filters["to_json"] = _to_json
+    for name, function in list(env.filters.items()):
+        env.filters[name] = _guarded(function)
+    env.globals.pop("lipsum", None)  # placeholder text has no place in configuration
     return env
 
 
