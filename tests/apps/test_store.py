@@ -20,6 +20,7 @@ from reconciler.apps.store import (
 )
 from reconciler.config import CoordinationConfig
 from tests.apps.conftest import EtcdServer, StoreFactory, free_port
+from tests.conftest import wait_for
 
 
 def state(node: str, status: str = "healthy", version: str = "1.4.2") -> ComponentState:
@@ -27,14 +28,7 @@ def state(node: str, status: str = "healthy", version: str = "1.4.2") -> Compone
 
 
 def poll(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+    return wait_for(predicate, timeout, what)
 
 
 def later(delay: float, action: Callable[[], Any]) -> threading.Thread:

@@ -171,20 +171,8 @@ def processes_mentioning(path: Path) -> list[str]:
 
 
 def git_in(repo: Path, stdin: bytes, *args: str) -> str:
-    """git with bytes on its standard input, as tests.conftest.git runs it otherwise."""
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "Test",
-        "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "Test",
-        "GIT_COMMITTER_EMAIL": "test@example.com",
-        "GIT_CONFIG_GLOBAL": "/dev/null",
-        "GIT_CONFIG_NOSYSTEM": "1",
-    }
-    done = subprocess.run(
-        ["git", "-C", str(repo), *args], input=stdin, env=env, capture_output=True, check=True
-    )
-    return done.stdout.decode().strip()
+    """git with bytes on its standard input."""
+    return git(repo, *args, input=stdin)
 
 
 def blob(repo: Path, content: bytes) -> str:

@@ -7,7 +7,6 @@ are signed by git, and tampered commits are written with ``git hash-object -t co
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import threading
@@ -21,18 +20,10 @@ import pytest
 from reconciler.config import Verify, parse_config
 from reconciler.errors import ConfigError, SignatureError
 from reconciler.source.verify import commit_signature, open_verified_snapshot, verify_commit
-from tests.conftest import CLI, write_tree
+from tests.conftest import CLI, GIT_ENV, write_tree
 from tests.daemon.conftest import REPO, Daemon, GitServer, wait_for
 
-ENV = {
-    **os.environ,
-    "GIT_AUTHOR_NAME": "Test",
-    "GIT_AUTHOR_EMAIL": "test@example.com",
-    "GIT_COMMITTER_NAME": "Test",
-    "GIT_COMMITTER_EMAIL": "test@example.com",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
+ENV = GIT_ENV
 
 
 def sh(*argv: str | Path, env: dict[str, str] | None = None, stdin: bytes | None = None) -> str:
