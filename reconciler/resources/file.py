@@ -74,6 +74,13 @@ class File(PathResource):
     def _show_digest(self, sha: str | None) -> str | None:
         return None if sha is None else f"sha256:{sha}"
 
+    def _move_aside(self, ctx: Context, place: Place, kind: str) -> None:
+        """With ``force``: what is in the file's way goes to the backup store, never rm -rf."""
+        try:
+            displace(ctx, place, self.title)
+        except OSError as exc:
+            raise ResourceError(f"{self.title}: cannot move {kind} aside: {exc.strerror}") from None
+
     def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
         place, st = self.place(ctx)
         if self.attrs.get("ensure") == "absent":
@@ -84,12 +91,7 @@ class File(PathResource):
                 raise ResourceError(f"{self.title} is {kind}; set force: true to replace it")
             if not apply:
                 return [Change("ensure", kind.removeprefix("a "), "file")]
-            try:
-                displace(ctx, place, self.title)
-            except OSError as exc:
-                raise ResourceError(
-                    f"{self.title}: cannot move {kind} aside: {exc.strerror}"
-                ) from None
+            self._move_aside(ctx, place, kind)
             st = None
         changes: list[Change] = []
         if st is None:
@@ -204,12 +206,7 @@ class File(PathResource):
             if not self.attrs.get("force"):
                 raise ResourceError(f"{self.title} is {kind}; set force: true to remove it")
             if apply:
-                try:
-                    displace(ctx, place, self.title)
-                except OSError as exc:
-                    raise ResourceError(
-                        f"{self.title}: cannot move {kind} aside: {exc.strerror}"
-                    ) from None
+                self._move_aside(ctx, place, kind)
             return [Change("ensure", kind.removeprefix("a "), "absent")]
         if apply:
             if stat.S_ISREG(st.st_mode) and self.attrs.get("backup", True):
