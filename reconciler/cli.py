@@ -16,12 +16,20 @@ from reconciler.errors import ModelError, ReconcilerError
 EXIT_ERROR = 1
 
 
+def _say(text: str = "", file: Any = None) -> None:
+    """Print text that may hold names and messages from the repo or the node: control
+    characters are shown as escapes, never passed to the terminal."""
+    from reconciler.engine.report import printable_lines
+
+    print(printable_lines(text), file=file)
+
+
 def _err(message: str) -> None:
-    print(f"reconciler: {message}", file=sys.stderr)
+    _say(f"reconciler: {message}", file=sys.stderr)
 
 
 def _warn(message: str) -> None:
-    print(f"reconciler: warning: {message}", file=sys.stderr)
+    _say(f"reconciler: warning: {message}", file=sys.stderr)
 
 
 def _add_source_options(p: argparse.ArgumentParser) -> None:
@@ -105,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelError as exc:
         _err(f"the control repo has {len(exc.problems)} problem(s):")
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            _say(f"  {problem}", file=sys.stderr)
         return EXIT_ERROR
     except ReconcilerError as exc:
         _err(str(exc))
@@ -242,11 +250,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if problems:
         _err(f"{snapshot.description}: {len(problems)} problem(s):")
         for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
+            _say(f"  {problem}", file=sys.stderr)
         return EXIT_ERROR
     for line in compiled:
-        print(line)
-    print(f"{snapshot.description}: valid ({snapshot.revision or 'working tree'})")
+        _say(line)
+    _say(f"{snapshot.description}: valid ({snapshot.revision or 'working tree'})")
     return 0
 
 
@@ -275,28 +283,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     summary = report.get("summary", {})
-    print(f"node:      {report.get('node')} (role {report.get('role')})")
-    print(f"revision:  {report.get('revision') or 'working tree'} ({report.get('branch') or '-'})")
-    print(
+    _say(f"node:      {report.get('node')} (role {report.get('role')})")
+    _say(f"revision:  {report.get('revision') or 'working tree'} ({report.get('branch') or '-'})")
+    _say(
         f"last run:  {report.get('started')} in {report.get('duration_seconds', 0):.2f}s"
         f"{' (noop)' if report.get('noop') else ''}"
     )
-    print("resources: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    _say("resources: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     for item in report.get("resources", []):
         if item.get("status") in ("failed", "would_change", "skipped"):
-            print(
+            _say(
                 f"  {item['status']:<12} {item['id']}"
                 + (f": {item['error']}" if item.get("error") else "")
             )
     for error in report.get("errors", []):
-        print(f"  error: {error}")
+        _say(f"  error: {error}")
     apps = report.get("apps") or []
     if apps:
         from reconciler.engine.report import render_apps
 
-        print("apps (at the last run):")
+        _say("apps (at the last run):")
         for line in render_apps(apps):
-            print("  " + line)
+            _say("  " + line)
         _print_live_requirements(apps, values)
     return 0
 
@@ -315,13 +323,13 @@ def _print_live_requirements(apps: list[dict[str, Any]], values: dict[str, Any])
     try:
         store = open_store(config)
         try:
-            print("required components now:")
+            _say("required components now:")
             for app, component in wanted:
                 states = store.states(app, component)
                 shown = ", ".join(
                     f"{n} {st.state}@{st.version}" for n, st in sorted(states.items())
                 )
-                print(f"  {app}/{component}: {shown or 'no node has reported'}")
+                _say(f"  {app}/{component}: {shown or 'no node has reported'}")
         finally:
             store.close()
     except StoreError as exc:
@@ -349,26 +357,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
     sensitive = args.key.split(".", 1)[1] in compiler.profile(profile, default_at).sensitive
     shown = digest(json.dumps(value)) if sensitive else json.dumps(value)
     revision = snapshot.revision or "working tree"
-    print(f"{args.key} = {shown}   (node {node})")
+    _say(f"{args.key} = {shown}   (node {node})")
     if found is not None:
-        print(
+        _say(
             f"  set by data level {found.level!r}: {found.where.file}:{found.where.line}"
             f" at {revision}"
         )
-        print(f"  (the default is at {default_at.file}:{default_at.line})")
+        _say(f"  (the default is at {default_at.file}:{default_at.line})")
     else:
-        print(f"  the profile's default: {default_at.file}:{default_at.line} at {revision}")
-    print("  levels, first wins:")
+        _say(f"  the profile's default: {default_at.file}:{default_at.line} at {revision}")
+    _say("  levels, first wins:")
     used = {level: file for level, file, _ in data.levels}
     skipped = dict(data.skipped)
     for level in compiler.settings.hierarchy:
         if level in used:
             mark = "<- this one" if found is not None and found.level == level else ""
-            print(f"    {level:<32} {used[level]} {mark}")
+            _say(f"    {level:<32} {used[level]} {mark}")
         elif level in skipped:
-            print(f"    {level:<32} skipped: {skipped[level]}")
+            _say(f"    {level:<32} skipped: {skipped[level]}")
         else:
-            print(f"    {level:<32} no file")
+            _say(f"    {level:<32} no file")
     return 0
 
 
@@ -378,7 +386,7 @@ def cmd_suspend(args: argparse.Namespace) -> int:
     state_dir = Path(_settings(args)["state_dir"])
     until = suspend.parse_until(args.until) if args.until else None
     done = suspend.suspend(state_dir, args.reason, until)
-    print(f"enforcement {done.describe()}")
+    _say(f"enforcement {done.describe()}")
     return 0
 
 
@@ -386,7 +394,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from reconciler.daemon import suspend
 
     state_dir = Path(_settings(args)["state_dir"])
-    print("enforcement resumed" if suspend.resume(state_dir) else "enforcement was not suspended")
+    _say("enforcement resumed" if suspend.resume(state_dir) else "enforcement was not suspended")
     return 0
 
 

@@ -70,6 +70,14 @@ def test_plan_and_apply_print_no_control_characters(
     # JSON keeps the exact values, escaped by JSON itself.
     report = json.loads(cli.run("plan", repo, "--node", "n1", "--format", "json").stdout)
     assert EXEC_ID in {r["id"] for r in report["resources"]}
+    # status shows the failed exec of the last report; errors on stderr are escaped too.
+    status = cli("status", "--state-dir", str(cli.state), check=0)
+    assert_printable("status", status.stdout)
+    assert "exec:noisy: exited 1" in status.stdout
+    broken = make_repo({**REPO, "roles/app.yaml": 'profiles: ["bad\\e[2Jname"]\n'}, "broken")
+    refused = cli.run("plan", broken, "--node", "n1", check=1)
+    assert_printable("stderr", refused.stderr)
+    assert "bad\\x1b[2Jname" in refused.stderr
 
 
 @pytest.mark.parametrize("log_format", ["json", "console"])
