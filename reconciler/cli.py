@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import __version__
-from reconciler.errors import ModelError, ReconcilerError
+from reconciler.errors import ModelError, ReconcilerError, SourceError
 
 EXIT_ERROR = 1
 
@@ -114,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"the control repo has {len(exc.problems)} problem(s):")
         for problem in exc.problems:
             _say(f"  {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    except SourceError as exc:  # named as the daemon logs it: FetchFailed, SignatureRejected
+        message = str(exc)
+        _err(message if message.startswith(exc.reason) else f"{exc.reason}: {message}")
         return EXIT_ERROR
     except ReconcilerError as exc:
         _err(str(exc))

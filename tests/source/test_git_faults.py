@@ -462,6 +462,7 @@ class TestMissingRefs:
     def test_missing_branch(self, cli: CLI, tmp_path: Path, remote: tuple[Path, Path]) -> None:
         work, bare = remote
         done = cli.run("apply", f"file://{bare}", "--ref", "nope", "--node", "n1", check=1)
+        assert done.stderr.startswith(f"reconciler: FetchFailed: file://{bare}: ref not found")
         assert "ref not found: branch 'nope' (the remote has 'main')" in done.stderr
         done = cli.run("apply", work, "--ref", "nope", "--node", "n1", check=1)
         assert "ref not found: 'nope'" in done.stderr
