@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from reconciler.errors import ReconcilerError, ResourceError
+from reconciler.resources import _fs
 from reconciler.resources._fs import Place
 from reconciler.resources._path import (
     PathResource,
@@ -19,6 +21,8 @@ from reconciler.resources._path import (
     text_diff,
 )
 from reconciler.resources.base import Attr, Change, Context, Fingerprint, Resource, register
+
+VALIDATE_TIMEOUT = 60.0  # seconds for validate_cmd
 
 
 def _key(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -37,6 +41,9 @@ class File(PathResource):
         "backup": Attr("bool", default=True),
         "force": Attr("bool", default=False),
         "replace": Attr("bool", default=True),
+        "validate_cmd": Attr(
+            "argv", doc="a command that checks the new content first; % is the file to check"
+        ),
     }
 
     def __init__(self, title: str, attrs: Mapping[str, Any], sensitive: bool = False) -> None:
@@ -60,6 +67,9 @@ class File(PathResource):
         content = attrs.get("content")
         if content is not None and not isinstance(content, str | bytes | int | float):
             problems.append(("content", "must be text"))
+        check = attrs.get("validate_cmd")
+        if check is not None and "%" not in (check if isinstance(check, str) else "".join(check)):
+            problems.append(("validate_cmd", "must name the file to check with %"))
         return problems
 
     def desired_digest(self) -> str:
@@ -153,7 +163,34 @@ class File(PathResource):
         if st is None:  # a new file: nothing to keep from an old one
             mode = 0o644 if mode is None else mode
             uid, gid = (-1 if uid is None else uid), (-1 if gid is None else gid)
-        ctx.write_file(place, data, mode, uid, gid)
+        if self.attrs.get("validate_cmd") is None:
+            ctx.write_file(place, data, mode, uid, gid)
+            return
+        staged = _fs.stage_at(place, data, mode, uid, gid, fsync=True)
+        try:
+            self._check_content(ctx, staged.tmp)
+            staged.commit()
+        except BaseException:
+            staged.discard()
+            raise
+        ctx.sync_dir(place.host.parent)
+
+    def _check_content(self, ctx: Context, path: Path) -> None:
+        """Run validate_cmd on the new content, written beside the file: the file is replaced
+        only when it exits 0."""
+        command = self.attrs["validate_cmd"]
+        if isinstance(command, str):
+            argv = ["/bin/sh", "-c", command.replace("%", shlex.quote(str(path)))]
+        else:
+            argv = [str(part).replace("%", str(path)) for part in command]
+        result = ctx.runner.run(argv, timeout=VALIDATE_TIMEOUT)
+        if result.timed_out:
+            raise ResourceError(f"{self.title}: validate_cmd timed out; not replaced")
+        if result.returncode != 0:
+            tail = "" if self.sensitive or not result.output.strip() else ":\n" + result.tail()
+            raise ResourceError(
+                f"{self.title}: validate_cmd exited {result.returncode}; not replaced{tail}"
+            )
 
     def committed(self, ctx: Context, target: Path) -> None:
         # The bytes just renamed into place are the desired content: record the fingerprint, so

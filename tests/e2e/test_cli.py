@@ -243,6 +243,36 @@ class TestFailures:
             """,
     }
 
+    def test_content_failing_validate_cmd_is_not_written_and_restarts_nothing(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        def repo(port: str) -> Path:
+            return make_repo(
+                {
+                    "nodes.yaml": "default: app\n",
+                    "roles/app.yaml": "profiles: [app]\n",
+                    "profiles/app.yaml": f"""
+                        resources:
+                          - file: /etc/app.conf
+                            content: "port = {port}\\n"
+                            validate_cmd: "grep -qx 'port = [0-9]*' %"
+                            notify: exec:restart-app
+                          - exec: restart-app
+                            command: "echo restarted >> $RECONCILER_ROOT/var/log/restarts"
+                            refreshonly: true
+                        """,
+                },
+                name=f"repo-{port}",
+            )
+
+        cli.run("apply", repo("80"), "--node", "n1", check=2)
+        restarts = cli.root / "var/log/restarts"
+        assert restarts.read_text() == "restarted\n"
+        done = cli.run("apply", repo("eighty"), "--node", "n1", check=4)
+        assert "error: /etc/app.conf: validate_cmd exited 1; not replaced" in done.stdout
+        assert (cli.root / "etc/app.conf").read_text() == "port = 80\n"
+        assert restarts.read_text() == "restarted\n"  # no refresh from a failed change
+
     def test_failure_skips_dependents_only(self, cli: CLI, make_repo: Callable[..., Path]) -> None:
         repo = make_repo(self.REPO)
         done = cli.run("apply", repo, "--node", "n1", "--format", "json", check=6)

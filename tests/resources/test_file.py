@@ -98,3 +98,43 @@ class TestFile:
     def test_missing_parent_is_a_clear_error(self, ctx: Context) -> None:
         with pytest.raises(ResourceError, match="parent directory does not exist"):
             make(File, "/nowhere/deep/file", content="x").check_apply(ctx, True)
+
+
+class TestValidateCmd:
+    """C9: the new content is checked by a real command before it replaces the file."""
+
+    CHECK = "grep -qx 'port = [0-9]*' %"
+
+    def test_content_that_passes_replaces_the_file(self, ctx: Context) -> None:
+        conf = root_of(ctx) / "etc/app.conf"
+        conf.write_text("port = 1\n")
+        f = make(File, "/etc/app.conf", content="port = 2\n", validate_cmd=self.CHECK)
+        f.check_apply(ctx, apply=True)
+        assert conf.read_text() == "port = 2\n"
+        assert f.check_apply(ctx, apply=False) == []
+
+    def test_content_that_fails_leaves_the_old_file_and_no_temporary(self, ctx: Context) -> None:
+        conf = root_of(ctx) / "etc/app.conf"
+        conf.write_text("port = 1\n")
+        check = ["/bin/sh", "-c", "echo 'line 1: bad port' >&2; exit 3", "sh", "%"]
+        f = make(File, "/etc/app.conf", content="port = nine\n", validate_cmd=check)
+        with pytest.raises(ResourceError, match="validate_cmd exited 3; not replaced") as exc:
+            f.check_apply(ctx, apply=True)
+        assert "line 1: bad port" in str(exc.value)
+        assert conf.read_text() == "port = 1\n"
+        assert sorted(os.listdir(root_of(ctx) / "etc")) == ["app.conf"]
+        # A new file that fails its check is not created at all.
+        g = make(File, "/etc/new.conf", content="nope\n", validate_cmd=self.CHECK)
+        with pytest.raises(ResourceError, match="not replaced"):
+            g.check_apply(ctx, apply=True)
+        assert sorted(os.listdir(root_of(ctx) / "etc")) == ["app.conf"]
+
+    def test_the_check_sees_the_new_content_under_an_awkward_name(self, ctx: Context) -> None:
+        (root_of(ctx) / "etc/it's here").mkdir()
+        f = make(File, "/etc/it's here/x", content="port = 7\n", validate_cmd=self.CHECK)
+        f.check_apply(ctx, apply=True)
+        assert (root_of(ctx) / "etc/it's here/x").read_text() == "port = 7\n"
+
+    def test_a_check_without_percent_is_refused(self) -> None:
+        problems = File.validate("/etc/x", {"validate_cmd": "true"})
+        assert problems == [("validate_cmd", "must name the file to check with %")]
