@@ -707,11 +707,12 @@ class BackupStore:
         line without its object. Cheap when nothing was backed up since the last prune that
         day: one stat and one small read.
         """
+        now = time.time() if now is None else now
+        self._sweep_displaced(now)
         try:
             size = os.stat(self.index).st_size
         except FileNotFoundError:
             return 0
-        now = time.time() if now is None else now
         daily = True
         try:
             recorded = int(self.marker.read_text().split()[0])
@@ -740,6 +741,24 @@ class BackupStore:
             self._sweep(referenced)
         atomic_write(self.marker, f"{size}\n".encode(), 0o600, -1, -1)
         return dropped
+
+    def _sweep_displaced(self, now: float) -> None:
+        """Remove what ``force`` moved aside more than ``keep_days`` ago (the time is the
+        first part of its name, as displace writes it)."""
+        area = self.base / "displaced"
+        with contextlib.suppress(FileNotFoundError), os.scandir(area) as entries:
+            for entry in entries:
+                try:
+                    moved = calendar.timegm(time.strptime(entry.name[:16], "%Y%m%dT%H%M%SZ"))
+                except ValueError:
+                    continue
+                if now - moved < self.keep_days * _DAY:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def _sweep(self, referenced: set[str]) -> None:
         """Remove the objects no index line refers to."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,18 @@ def test_across_filesystems_it_is_copied_aside_then_removed(tmp_path: Path) -> N
         assert (thing / "sub/data").read_bytes() == b"\x00keep\xff"
         assert (thing / "out").is_symlink() and os.readlink(thing / "out") == str(tmp_path)
         assert link.is_symlink() and os.readlink(link) == "thing"
+
+
+def test_what_was_moved_aside_goes_with_the_backup_retention(ctx: Context) -> None:
+    """Kept for keep_days (30) like a backup, then removed by the prune of an apply run."""
+    in_the_way = ctx.root.prefix / "etc/conf.d"
+    (in_the_way / "sub").mkdir(parents=True)
+    (in_the_way / "sub" / "x").write_text("x")
+    os.symlink("/etc/passwd", in_the_way / "link")
+    make(File, "/etc/conf.d", content="now a file\n", force=True).check_apply(ctx, apply=True)
+    [aside] = displaced(ctx)
+    ctx.backups.prune()
+    assert displaced(ctx) == [aside]
+    ctx.backups.prune(now=time.time() + 31 * 86400)
+    assert displaced(ctx) == []
+    assert os.path.exists("/etc/passwd")  # the symlink inside went, not what it pointed to
