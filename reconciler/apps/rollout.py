@@ -8,13 +8,14 @@ For each component the node runs, a run decides one of:
     ``max_parallel``) is taken: the component's resources at the new version are applied, then
     its health check runs, and the result is published.
 ``enforce``
-    the node already runs this version healthy: its resources are enforced like a profile's; the
-    health check runs again only when a resource of the component changed.
+    the node already deployed this version: its resources are enforced like a profile's; the
+    health check runs again when a resource of the component changed or the component is not
+    healthy (a resource that stopped converging failed it; it heals when it converges again).
 ``waiting``
     something above is missing: the component's resources at the new version stay out of the
     catalog and the node keeps enforcing the version it last deployed. Not a failure.
 ``failed``
-    this node's health check failed at this version and revision: nothing more is deployed
+    this node's deployment failed at this version and revision: nothing more is deployed
     until a new version or revision arrives; the run counts it as a failure.
 
 What a node last deployed (its resources, as compiled then) is kept under
@@ -223,6 +224,13 @@ class Rollout:
         )
         last = record.last
         self.revisions[d.key] = self.revision or f"worktree:{d.app.digest[:12]}"
+        if record.deployed_version == version:
+            # Deployed here already: enforced like a profile; a failure while enforcing it (a
+            # resource that stopped converging) heals when it converges and checks healthy.
+            outcome.decision = "enforce"
+            outcome.state = str(last.get("state") or "healthy")
+            outcome.message = str(last.get("message") or outcome.state)
+            return outcome
         if (last.get("version"), last.get("state"), last.get("revision")) == (
             version,
             "failed",
@@ -230,10 +238,6 @@ class Rollout:
         ):
             outcome.decision, outcome.state = "failed", "failed"
             outcome.message = str(last.get("message") or "failed at this version")
-            return outcome
-        if record.deployed_version == version and last.get("state") == "healthy":
-            outcome.decision, outcome.state = "enforce", "healthy"
-            outcome.message = str(last.get("message") or "healthy")
             return outcome
         if self.store is None:
             return self._wait(outcome, f"the coordination store is unavailable: {self.store_error}")
@@ -383,7 +387,7 @@ class Rollout:
             touched = any(r.status == "changed" for r in mine)
             if broken:
                 healthy, message = False, f"resources did not converge: {', '.join(broken)}"
-            elif outcome.decision == "enforce" and not touched:
+            elif outcome.decision == "enforce" and not touched and outcome.state == "healthy":
                 healthy, message = True, outcome.message
             elif d.health is None:
                 healthy, message = True, "converged (no health check)"

@@ -254,6 +254,26 @@ def test_a_failed_health_check_halts_the_rollout(fleet: Fleet) -> None:
     assert fleet.version("api-1", "api") == "2.0"
 
 
+def test_a_deployed_component_that_breaks_fails_then_heals(fleet: Fleet) -> None:
+    control_repo(fleet.repo, "1.0")
+    fleet.apply("db-1")
+    assert fleet.apply("api-1").returncode == 2
+    api_dir = fleet.tmp / "api-1" / "root" / "srv/shop/api"
+    for child in api_dir.iterdir():
+        child.unlink()
+    api_dir.rmdir()
+    api_dir.write_text("not a directory\n")  # the component's directory cannot converge
+    broken = fleet.apply("api-1")
+    assert broken.returncode == 4, broken.stdout
+    assert fleet.states("api")["api-1"] == ("failed", "1.0")
+    assert "waiting for api" in fleet.apply("lb-1").stdout
+    api_dir.unlink()
+    healed = fleet.apply("api-1")
+    assert healed.returncode == 2, healed.stdout
+    assert fleet.states("api")["api-1"] == ("healthy", "1.0")
+    assert fleet.version("api-1", "api") == "1.0"
+
+
 def test_plan_takes_no_slot_and_publishes_nothing(fleet: Fleet) -> None:
     control_repo(fleet.repo, "1.0")
     fleet.apply("db-1")
