@@ -425,6 +425,18 @@ class TestCli:
         assert not (cli.root / "etc/motd").exists()
         cli("apply", "--config", str(config), "--ref", "main", check=2)
 
+    def test_a_signed_tag_on_an_unsigned_commit_is_refused(
+        self, repo: Repo, tmp_path: Path, ssh_keys: SshKeys
+    ) -> None:
+        """RELIABILITY A6: the commit itself must be signed; a trusted tag does not vouch for it."""
+        commit = repo.commit(REPO)
+        signer = ssh_keys.trusted
+        repo.git(*signer.git_args(), "tag", "-s", "-m", "release", "v1", env=signer.env())
+        assert "SSH SIGNATURE" in repo.git("cat-file", "tag", "v1")
+        with pytest.raises(SignatureError) as err:
+            open_verified_snapshot(str(repo.path), "v1", tmp_path / "state", 30, ssh_keys.verify)
+        assert commit in str(err.value) and err.value.why == "unsigned"
+
     def test_open_verified_snapshot_reads_a_signed_commit(
         self, repo: Repo, tmp_path: Path, gpg_keys: GpgKeys
     ) -> None:
