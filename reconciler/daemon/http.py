@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -110,6 +111,14 @@ class _Server(ThreadingHTTPServer):
 
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A request that failed: one log event, not a traceback on stderr. A client that
+        went away before the answer was written is nothing to report."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            return
+        self.agent.log.error("http request failed", client=str(client_address), error=repr(error))
 
 
 class HttpServer:

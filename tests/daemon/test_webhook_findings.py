@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import socket
+import struct
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,27 @@ def test_the_daemon_answers_401_to_a_non_ascii_signature_and_keeps_serving(
             status_line = sock.makefile("rb").readline()
         assert status_line.startswith(b"HTTP/1.1 401 "), status_line
         assert d.metric("reconciler_webhook_requests_total", result="unauthorized") == 1
+        assert d.get("/healthz")[0] == 200
+        assert "Traceback" not in d.logs()
+    finally:
+        d.stop()
+        d.notify.close()
+
+
+@pytest.mark.slow
+def test_clients_that_reset_their_connection_leave_no_traceback(
+    tmp_path: Path, server: GitServer
+) -> None:
+    """A scraper or load balancer that hangs up abruptly (RST) is not an error to report."""
+    d = Daemon(tmp_path, server.url, poll_interval="1h")
+    try:
+        d.start()
+        wait_for(d.ready, what="/readyz")
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(b"GET /metr")  # half a request line, then a reset
+            sock.close()
         assert d.get("/healthz")[0] == 200
         assert "Traceback" not in d.logs()
     finally:
