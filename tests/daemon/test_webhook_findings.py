@@ -11,12 +11,11 @@ import hashlib
 import hmac
 import socket
 import struct
-from pathlib import Path
 
 import pytest
 
 from reconciler.daemon.webhook import WebhookVerifier
-from tests.daemon.conftest import Daemon, GitServer, wait_for
+from tests.daemon.conftest import Daemon, wait_for
 
 
 def latin1(raw: bytes) -> str:
@@ -53,46 +52,36 @@ class TestVerifier:
         assert verifier.check({"X-Gitlab-Token": "\u20ac\ud800"}, b"") == "unauthorized"
 
 
-@pytest.mark.slow
-def test_the_daemon_answers_401_to_a_non_ascii_signature_and_keeps_serving(
-    tmp_path: Path, server: GitServer
-) -> None:
-    d = Daemon(tmp_path, server.url, poll_interval="1h")
-    try:
-        d.start()
-        wait_for(d.ready, what="/readyz")
-        request = (
-            b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-            b"X-Hub-Signature-256: sha256=\xff\xff\xff\xff\r\n\r\n{}"
-        )
-        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as sock:
-            sock.sendall(request)
-            status_line = sock.makefile("rb").readline()
-        assert status_line.startswith(b"HTTP/1.1 401 "), status_line
-        assert d.metric("reconciler_webhook_requests_total", result="unauthorized") == 1
-        assert d.get("/healthz")[0] == 200
-        assert "Traceback" not in d.logs()
-    finally:
-        d.stop()
-        d.notify.close()
+@pytest.fixture
+def d(daemon: Daemon) -> Daemon:
+    """The daemon, started, its first revision applied."""
+    daemon.start()
+    wait_for(daemon.ready, what="/readyz")
+    return daemon
 
 
 @pytest.mark.slow
-def test_clients_that_reset_their_connection_leave_no_traceback(
-    tmp_path: Path, server: GitServer
-) -> None:
+def test_the_daemon_answers_401_to_a_non_ascii_signature_and_keeps_serving(d: Daemon) -> None:
+    request = (
+        b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"X-Hub-Signature-256: sha256=\xff\xff\xff\xff\r\n\r\n{}"
+    )
+    with socket.create_connection(("127.0.0.1", d.port), timeout=5) as sock:
+        sock.sendall(request)
+        status_line = sock.makefile("rb").readline()
+    assert status_line.startswith(b"HTTP/1.1 401 "), status_line
+    assert d.metric("reconciler_webhook_requests_total", result="unauthorized") == 1
+    assert d.get("/healthz")[0] == 200
+    assert "Traceback" not in d.logs()
+
+
+@pytest.mark.slow
+def test_clients_that_reset_their_connection_leave_no_traceback(d: Daemon) -> None:
     """A scraper or load balancer that hangs up abruptly (RST) is not an error to report."""
-    d = Daemon(tmp_path, server.url, poll_interval="1h")
-    try:
-        d.start()
-        wait_for(d.ready, what="/readyz")
-        for _ in range(20):
-            sock = socket.create_connection(("127.0.0.1", d.port), timeout=5)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.sendall(b"GET /metr")  # half a request line, then a reset
-            sock.close()
-        assert d.get("/healthz")[0] == 200
-        assert "Traceback" not in d.logs()
-    finally:
-        d.stop()
-        d.notify.close()
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(b"GET /metr")  # half a request line, then a reset
+        sock.close()
+    assert d.get("/healthz")[0] == 200
+    assert "Traceback" not in d.logs()
