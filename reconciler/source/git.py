@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from reconciler.errors import ConfigError, SourceError
+from reconciler.resources._fs import fsync_dir
 
 ALLOWED_SCHEMES = ("https", "ssh", "git", "file")
 MAX_BRANCHES_SHOWN = 5  # branch names an error about a missing branch lists
@@ -416,7 +417,7 @@ class Mirror:
             old = self.directory / f"old-{secrets.token_hex(6)}.tmp"
             os.rename(self.git_dir, old)
         os.rename(fresh, self.git_dir)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         if old is not None:
             _remove(old)
 
@@ -499,11 +500,3 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
