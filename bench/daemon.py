@@ -28,16 +28,9 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import generate_repo
+from run import generate_git_repo, git
 
 SECRET = b"bench-secret"
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "b",
-           "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}  # fmt: skip
-    return subprocess.run(["git", "-C", str(repo), *args], env=env, check=True,
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
 
 
 def free_port() -> int:
@@ -85,10 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="reconciler-bench-daemon-") as tmp:
         base = Path(tmp)
         repo = base / "repo"
-        generate_repo(repo, args.files)
-        git(repo, "init", "-q", "-b", "production")
-        git(repo, "add", "-A")
-        git(repo, "commit", "-qm", "bench")
+        generate_git_repo(repo, args.files, "bench")
         root = base / "root"
         (root / "srv").mkdir(parents=True)
         (base / "secret").write_bytes(SECRET)

@@ -42,6 +42,23 @@ def generate_repo(repo: Path, n: int) -> None:
     (repo / "profiles" / "bench.yaml").write_text("\n".join(lines) + "\n")
 
 
+def git(repo: Path, *args: str) -> str:
+    """git with a fixed identity and no configuration but the repository's own."""
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
+           "GIT_COMMITTER_EMAIL": "b@b"}  # fmt: skip
+    return subprocess.run(["git", "-C", str(repo), *args], env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+
+def generate_git_repo(repo: Path, n: int, message: str) -> None:
+    """generate_repo, committed on a branch ``production`` (what the daemon benchmarks poll)."""
+    generate_repo(repo, n)
+    git(repo, "init", "-q", "-b", "production")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", message)
+
+
 def timed(argv: list[str]) -> tuple[float, float, int]:
     """Run a command; return (seconds, peak RSS in MB, exit code)."""
     start = time.perf_counter()

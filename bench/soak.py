@@ -21,7 +21,6 @@ import argparse
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,19 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from run import generate_repo
+from run import generate_git_repo, git
 
 from reconciler.daemon.agent import Agent
 
 RSS_SLACK_MB = 8.0  # allocator noise after the warm-up; a leak of 1000 runs shows well above
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
-           "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
-           "GIT_COMMITTER_EMAIL": "b@b"}  # fmt: skip
-    return subprocess.run(["git", "-C", str(repo), *args], env=env, check=True,
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
 
 
 def rss_mb() -> float:
@@ -121,10 +112,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="reconciler-soak-") as tmp:
         base = Path(tmp)
         repo = base / "repo"
-        generate_repo(repo, args.files)
-        git(repo, "init", "-q", "-b", "production")
-        git(repo, "add", "-A")
-        git(repo, "commit", "-qm", "soak")
+        generate_git_repo(repo, args.files, "soak")
         root = base / "root"
         (root / "srv").mkdir(parents=True)
         state = base / "state"
