@@ -154,12 +154,17 @@ def test_a_bump_rolls_out_db_then_api_one_node_at_a_time_then_lb(fleet: Fleet) -
     lb = fleet.states("lb")["lb-1"].updated
     assert db < min(s.updated for s in api.values())
     assert max(s.updated for s in api.values()) < lb
-    # The daemons export the component state.
-    assert (
-        fleet.nodes["lb-1"].metric(
-            "reconciler_app_component_state", app="shop", component="lb", state="healthy"
-        )
-        == 1.0
+    # The daemons export the component state once the run that published it has ended
+    # (the store hears of it mid-run, the metrics at the run's end).
+    wait_for(
+        lambda: (
+            fleet.nodes["lb-1"].metric(
+                "reconciler_app_component_state", app="shop", component="lb", state="healthy"
+            )
+            == 1.0
+        ),
+        30,
+        "lb-1 exporting lb healthy",
     )
     assert "<code>shop/api</code>" in fleet.nodes["api-1"].get("/")[1].decode()
 
@@ -188,11 +193,15 @@ def test_a_failing_health_check_halts_the_rollout(fleet: Fleet) -> None:
     assert fleet.nodes[other].version() == "1.0"
     assert fleet.nodes["lb-1"].version() == "1.0"
     assert fleet.health_log("2.0") == [("start", failed), ("end", failed)]
-    assert (
-        fleet.nodes[failed].metric(
-            "reconciler_app_component_state", app="shop", component="api", state="failed"
-        )
-        == 1.0
+    wait_for(
+        lambda: (
+            fleet.nodes[failed].metric(
+                "reconciler_app_component_state", app="shop", component="api", state="failed"
+            )
+            == 1.0
+        ),
+        30,
+        f"{failed} exporting api failed",
     )
 
 
