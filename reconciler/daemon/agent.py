@@ -220,6 +220,14 @@ class Agent:
                 self.notifier.watchdog()
                 if self._stop.is_set():
                     break
+                skew = schedule.follow_clock()
+                if skew:
+                    # The timers keep their cadence from the new time (no hour-long pause after
+                    # a step back, no catch-up burst after a step forward); one poll now.
+                    self.log.warning(
+                        "wall clock jumped; timers restarted from now", seconds=round(skew)
+                    )
+                    pending.add("poll")
                 if "reload" in pending:
                     self.reload(schedule)
                 applied = False
@@ -340,7 +348,6 @@ class Agent:
         self.state.source_error = None
 
     def _fetch_failed(self, exc: Exception) -> None:
-        self.metrics.fetches.labels("error").inc()
         delay = self._backoff.next_delay()
         self._next_fetch = time.monotonic() + delay
         self.state.source_error = str(exc)
@@ -351,6 +358,8 @@ class Agent:
             retry_in_seconds=round(delay, 1),
             revision=self.state.revision,
         )
+        # The counter moves once the status and the log tell why: whoever it alerts finds both.
+        self.metrics.fetches.labels("error").inc()
         self._retry_after(delay)
         self.notifier.status(self._status_line())
         if self.state.revision is not None and not self.state.applied:
@@ -375,7 +384,6 @@ class Agent:
         return None
 
     def _reject(self, revision: str, reason: str, message: str) -> None:
-        self.metrics.rejected.labels(reason).inc()
         previous = self._rejected_backoff.get(revision)
         backoff = previous[1] if previous else Backoff(30.0, BACKOFF_MAX)
         self._rejected_backoff[revision] = (time.monotonic() + backoff.next_delay(), backoff)
@@ -389,6 +397,7 @@ class Agent:
             error=message,
             revision=self.state.revision,
         )
+        self.metrics.rejected.labels(reason).inc()  # last, as for a failed fetch
         self.notifier.status(self._status_line())
 
     # -- runs ----------------------------------------------------------------------------------

@@ -173,8 +173,12 @@ class TestDrift:
                 what="heal",
             )
             assert d.metric("reconciler_drift_events_total", type="file") >= 1
-            report = json.loads(d.get("/status")[1])
-            assert report["changed"] == ["file:/srv/app/config"]
+            # The run that healed the file reports it once it has ended.
+            wait_for(
+                lambda: json.loads(d.get("/status")[1]).get("changed") == ["file:/srv/app/config"],
+                timeout=10,
+                what="the healing run's report",
+            )
             assert "corrective" in d.logs()
         finally:
             d.stop()
@@ -227,8 +231,11 @@ class TestBadRevisions:
         )
         assert motd(daemon) == "version 1\n"
         assert daemon.metric("reconciler_revision_info", revision=good, branch="production") == 1
-        status = json.loads(daemon.get("/status")[1])
-        assert re.search(r"profiles/app.yaml:[34]: invalid YAML", status["rejected"][bad])
+        # The counter moves just before the status names the commit.
+        why = wait_for(
+            lambda: json.loads(daemon.get("/status")[1])["rejected"].get(bad), what="status"
+        )
+        assert re.search(r"profiles/app.yaml:[34]: invalid YAML", why)
         # not retried on every poll
         time.sleep(3)
         assert daemon.metric("reconciler_revisions_rejected_total", reason="parse") == 1

@@ -139,7 +139,7 @@ class TestDamagedMirror:
         failed = errors(d)
         git(server.bare, "update-ref", "refs/heads/production", third)
         wait_for(lambda: "and a fresh clone failed too" in d.logs(), 30, "the fresh clone failing")
-        assert errors(d) > failed
+        wait_for(lambda: errors(d) > failed, what="the failed fetch counted")
         with mirror_lock(source):
             assert sorted(p.name for p in source.iterdir()) == ["mirror.git", "mirror.lock"]
         heals(d, "version 1\n")
@@ -225,7 +225,10 @@ class TestHostileContent:
             git(repo, "push", "-q", str(crafted), "main:production")
             why = wait_for(lambda: rejected(huge), 60, "the huge tree rejected")
             assert f"more than {MAX_FILES} files and directories" in why
-            assert d.metric("reconciler_revisions_rejected_total", reason="parse") >= 2
+            wait_for(
+                lambda: d.metric("reconciler_revisions_rejected_total", reason="parse") >= 2,
+                what="both rejections counted",
+            )
             (d.root / "etc/x").write_text("tampered")
             wait_for(lambda: (d.root / "etc/x").read_text() == "x", 30, "last good enforced")
             assert d.get("/healthz")[0] == 200
