@@ -8,11 +8,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.daemon.conftest import GitServer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "control-repo"
 
@@ -143,3 +146,14 @@ def make_repo(tmp_path: Path) -> Callable[..., Path]:
         return write_tree(tmp_path / name, files)
 
     return make
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[GitServer]:
+    """The control repo served by a real ``git daemon`` on 127.0.0.1."""
+    from tests.daemon.conftest import GitServer  # it builds on this module's helpers
+
+    s = GitServer(tmp_path)
+    s.start()
+    yield s
+    s.stop()

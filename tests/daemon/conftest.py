@@ -235,14 +235,6 @@ log:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitServer]:
-    s = GitServer(tmp_path)
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
 def daemon(tmp_path: Path, server: GitServer) -> Iterator[Daemon]:
     d = Daemon(tmp_path, server.url)
     yield d

@@ -40,14 +40,6 @@ ELSEWHERE_SHA = "0123456789abcdef0123456789abcdef01234567"  # a commit no reposi
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitServer]:
-    s = GitServer(tmp_path)
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
 def proxy(server: GitServer) -> Iterator[StallProxy]:
     p = StallProxy(server.port)
     yield p
