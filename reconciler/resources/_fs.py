@@ -43,7 +43,7 @@ _serial = itertools.count()
 MAX_SYMLINKS = 40
 # Directories a Root keeps open at once (a run resolves each directory once).
 MAX_OPEN_DIRS = 256
-_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def temp_name(name: str) -> str:
@@ -187,7 +187,7 @@ class Root:
                     continue
                 here = opened[-1] if opened else top
                 try:
-                    fd = os.open(name, _DIR, dir_fd=here)
+                    fd = os.open(name, O_DIR, dir_fd=here)
                 except NotADirectoryError:
                     where = "/" + "/".join([*trail, name])
                     st = os.stat(name, dir_fd=here, follow_symlinks=False)
@@ -313,7 +313,7 @@ class Place:
 
     def child(self, name: str) -> Place:
         """The place of ``name`` inside the directory here (which must not be a symlink)."""
-        inner = Dir(os.open(self.name, _DIR, dir_fd=self.fd))
+        inner = Dir(os.open(self.name, O_DIR, dir_fd=self.fd))
         return Place(
             self.root,
             (*self.parent, self.name),

@@ -1,9 +1,11 @@
 """artifact: a release archive (or file) put in place from a URL, verified by its sha256.
 
 The download goes to the state directory (bounded in size and time) and is verified before
-anything is unpacked. Unpacking refuses absolute names, ``..``, links and devices (tarfile's
-``data`` filter; the same checks for zip). The result is assembled beside the destination and
+anything is unpacked. Unpacking refuses absolute names, ``..``, links leading out and devices,
+judging names alone (zip: links refused). The result is assembled beside the destination and
 swapped in with renames, so a failed download or a bad archive leaves the destination as it was.
+All of that goes through the destination's parent directory opened race-free inside the root
+(``_fs.Place``), as file changes do.
 """
 
 from __future__ import annotations
@@ -74,6 +76,60 @@ def _check_name(name: str) -> None:
         raise ResourceError(f"unsafe archive refused: member {name!r} would leave the destination")
 
 
+def _unsafe(name: str, why: str) -> ResourceError:
+    return ResourceError(f"unsafe archive refused: member {name!r} {why}")
+
+
+def _check_tar(members: list[tarfile.TarInfo]) -> None:
+    """Refuse what could reach outside the destination, judging names alone.
+
+    Names are resolved lexically, which is exact here: the destination is a fresh directory
+    holding only the archive's members, and no member and no link target may pass through a
+    link of the archive (a link to ``.`` followed by ``..`` would climb out unseen). This
+    never looks at the filesystem, whose paths a local user might be swapping meanwhile.
+    """
+    links = {posixpath.normpath(m.name) for m in members if m.issym() or m.islnk()}
+
+    def walk(member: str, path: str) -> None:
+        stack: list[str] = []
+        for part in path.split("/"):
+            if stack and "/".join(stack) in links:
+                raise _unsafe(member, f"passes through the link {'/'.join(stack)!r}")
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    raise _unsafe(member, "leads out of the destination")
+                stack.pop()
+            else:
+                stack.append(part)
+
+    for m in members:
+        _check_name(m.name)
+        if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
+            raise _unsafe(m.name, "is a device, a fifo or another special file")
+        walk(m.name, posixpath.normpath(m.name))
+        if m.issym() or m.islnk():
+            if m.linkname.startswith("/"):
+                raise _unsafe(m.name, f"links to the absolute path {m.linkname!r}")
+            base = posixpath.dirname(m.name) if m.issym() else ""
+            walk(m.name, posixpath.join(base, m.linkname))
+
+
+def _tar_attrs(member: tarfile.TarInfo, _dest: str) -> tarfile.TarInfo:
+    """The attributes a release's files get: no owner from the archive, no setuid, setgid or
+    sticky bit, no write for group and others (as tarfile's ``data`` filter)."""
+    changes: dict[str, Any] = {"uid": None, "gid": None, "uname": None, "gname": None}
+    if member.isdir() or member.issym():
+        changes["mode"] = None  # the default: 0755 less the umask
+    else:
+        mode = member.mode & 0o755
+        if not mode & 0o100:
+            mode &= ~0o111  # executable by others only if by its owner
+        changes["mode"] = mode | 0o600
+    return member.replace(**changes, deep=False)
+
+
 def _safe_zip(archive: zipfile.ZipFile, into: Path) -> None:
     for info in archive.infolist():
         name = info.filename
@@ -88,17 +144,13 @@ def unpack(path: Path, kind: str, into: Path, name: str) -> None:
     try:
         if kind in ("tar.gz", "tar"):
             with tarfile.open(path, "r:gz" if kind == "tar.gz" else "r:") as tar:
-                for member in tar.getmembers():
-                    _check_name(member.name)
-                # The data filter also refuses links leading out, devices, and unsafe modes.
-                tar.extractall(into, filter="data")
+                _check_tar(tar.getmembers())
+                tar.extractall(into, filter=_tar_attrs)
         elif kind == "zip":
             with zipfile.ZipFile(path) as archive:
                 _safe_zip(archive, into)
         else:
             shutil.copyfile(path, into / name)
-    except tarfile.FilterError as exc:
-        raise ResourceError(f"unsafe archive refused: {exc}") from None
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise ResourceError(f"cannot unpack the artifact: {exc}") from None
 
@@ -132,22 +184,64 @@ class Artifact(PathResource):
     def pruned(self) -> Resource | None:
         return None  # a release directory is removed with a directory resource, deliberately
 
-    def _installed(self, host: Path) -> str | None:
+    def _installed(self, place: _fs.Place) -> str | None:
         try:
-            return (host / MARKER).read_text().split()[0]
-        except (OSError, IndexError):
+            return place.child(MARKER).read_bytes().decode().split()[0]
+        except (OSError, UnicodeDecodeError, IndexError):
             return None
 
     def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
-        host, st = self.locate(ctx)
+        place, st = self.place(ctx)
         if st is not None and not stat.S_ISDIR(st.st_mode):
             raise ResourceError(f"{self.path} exists and is not a directory")
-        installed = self._installed(host) if st is not None else None
+        installed = self._installed(place) if st is not None else None
         if installed == self.sha:
             return []
         change = Change("sha256", installed, self.sha)
         if not apply:
             return [change]
+        blob = self._fetch(ctx)
+        # Everything below goes through the destination's parent directory, held open: a
+        # directory on the way swapped for a symlink meanwhile leads nowhere else.
+        parent = place.fd
+        staging = _fs.temp_name(place.name)
+        os.mkdir(staging, 0o755, dir_fd=parent)
+        try:
+            fd = os.open(staging, _fs.O_DIR, dir_fd=parent)
+            try:
+                # The descriptor's /proc link is that very directory, whatever its path now.
+                into = Path(f"/proc/self/fd/{fd}")
+                url = str(self.attrs["url"])
+                name = posixpath.basename(urllib.parse.urlsplit(url).path) or "artifact"
+                unpack(blob, str(self.attrs["extract"]), into, name)
+                marker = os.open(
+                    MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd
+                )
+                with open(marker, "w") as f:
+                    f.write(f"{self.sha} {url}\n")
+            finally:
+                os.close(fd)
+            if st is not None:
+                old = _fs.temp_name(place.name + ".old")
+                os.rename(place.name, old, src_dir_fd=parent, dst_dir_fd=parent)
+                try:
+                    os.rename(staging, place.name, src_dir_fd=parent, dst_dir_fd=parent)
+                except OSError:
+                    # put the previous release back
+                    os.rename(old, place.name, src_dir_fd=parent, dst_dir_fd=parent)
+                    raise
+                shutil.rmtree(old, dir_fd=parent)
+            else:
+                os.rename(staging, place.name, src_dir_fd=parent, dst_dir_fd=parent)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(staging, dir_fd=parent)
+            raise
+        ctx.sync_dir(place.host.parent)
+        return [change]
+
+    def _fetch(self, ctx: Context) -> Path:
+        """The verified release in the state directory's cache, downloaded if need be."""
         cache = ctx.state_dir / "artifacts"
         cache.mkdir(parents=True, exist_ok=True, mode=0o700)
         blob = cache / self.sha
@@ -165,31 +259,7 @@ class Artifact(PathResource):
                 part.unlink(missing_ok=True)
                 raise ResourceError(f"checksum mismatch: got sha256 {got}, expected {self.sha}")
             os.replace(part, blob)
-        staging = host.parent / _fs.temp_name(host.name)
-        try:
-            staging.mkdir(mode=0o755)
-            name = (
-                posixpath.basename(urllib.parse.urlsplit(str(self.attrs["url"])).path) or "artifact"
-            )
-            unpack(blob, str(self.attrs["extract"]), staging, name)
-            (staging / MARKER).write_text(f"{self.sha} {self.attrs['url']}\n")
-            if st is not None:
-                old = host.parent / _fs.temp_name(host.name + ".old")
-                os.rename(host, old)
-                try:
-                    os.rename(staging, host)
-                except OSError:
-                    os.rename(old, host)  # put the previous release back
-                    raise
-                shutil.rmtree(old)
-            else:
-                os.rename(staging, host)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(staging)
-            raise
-        ctx.sync_dir(host.parent)
-        return [change]
+        return blob
 
 
 def _sha256(path: Path) -> str:

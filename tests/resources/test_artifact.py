@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import tarfile
 import threading
 import zipfile
@@ -21,17 +23,33 @@ from tests.conftest import tree_hash
 from tests.resources.conftest import make
 
 
-def tar_gz(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+def tar_gz(
+    members: dict[str, bytes],
+    links: dict[str, str] | None = None,
+    *,
+    hardlinks: dict[str, str] | None = None,
+    special: dict[str, bytes] | None = None,
+    mode: int = 0o644,
+) -> bytes:
+    """A tar.gz of regular files (with ``mode``), then symlinks, hardlinks and special files
+    (by tar type), in that order."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
+            info.mode = mode
             tar.addfile(info, io.BytesIO(data))
-        for name, target in (links or {}).items():
+        for kind, entries in ((tarfile.SYMTYPE, links), (tarfile.LNKTYPE, hardlinks)):
+            for name, target in (entries or {}).items():
+                info = tarfile.TarInfo(name)
+                info.type = kind
+                info.linkname = target
+                info.mode = mode  # as tar records a hardlink: with its file's mode
+                tar.addfile(info)
+        for name, kind in (special or {}).items():
             info = tarfile.TarInfo(name)
-            info.type = tarfile.SYMTYPE
-            info.linkname = target
+            info.type = kind
             tar.addfile(info)
     return buf.getvalue()
 
@@ -116,8 +134,25 @@ def test_wrong_checksum_leaves_the_destination_as_it_was(
         tar_gz({"../escape": b"x"}),
         tar_gz({"/etc/owned": b"x"}),
         tar_gz({"ok": b"x"}, links={"link": "/etc/shadow"}),
+        tar_gz({"ok": b"x"}, links={"lib/up": "../.."}),
+        # Each link alone stays inside; together they climb out: here is "." and up is here/..
+        tar_gz({}, links={"up": "here/..", "here": "."}),
+        tar_gz({"d/f": b"x"}, links={"d/l": "."}, hardlinks={"d/l/f2": "d/f"}),
+        tar_gz({"ok": b"x"}, hardlinks={"h": "../../etc/shadow"}),
+        tar_gz({"ok": b"x"}, special={"dev": tarfile.CHRTYPE}),
+        tar_gz({"ok": b"x"}, special={"pipe": tarfile.FIFOTYPE}),
     ],
-    ids=["dotdot", "absolute", "symlink-out"],
+    ids=[
+        "dotdot",
+        "absolute",
+        "symlink-out",
+        "symlink-climbing",
+        "symlink-chain",
+        "member-through-a-link",
+        "hardlink-out",
+        "device",
+        "fifo",
+    ],
 )
 def test_hostile_tar_members_are_refused(
     ctx: Context, served: tuple[str, Path], archive: bytes
@@ -131,6 +166,27 @@ def test_hostile_tar_members_are_refused(
         ).check_apply(ctx, True)
     assert tree_hash(ctx.root.prefix) == before
     assert not (ctx.root.prefix.parent / "escape").exists()
+
+
+def test_links_inside_the_release_are_kept_and_modes_tamed(
+    ctx: Context, served: tuple[str, Path]
+) -> None:
+    url, www = served
+    release = tar_gz(
+        {"lib/libx.so.1": b"ELF", "bin/tool": b"#!/bin/sh\n"},
+        links={"lib/libx.so": "libx.so.1", "bin/libx": "../lib/libx.so"},
+        hardlinks={"bin/tool2": "bin/tool"},
+        mode=0o6777,  # setuid, setgid, world-writable: none of it survives
+    )
+    (www / "rel.tar.gz").write_bytes(release)
+    make(
+        Artifact, "/opt/rel", url=f"{url}/rel.tar.gz", sha256=sha(release), extract="tar.gz"
+    ).check_apply(ctx, True)
+    top = ctx.root.prefix / "opt/rel"
+    assert os.readlink(top / "lib/libx.so") == "libx.so.1"
+    assert (top / "bin/libx").read_bytes() == b"ELF"
+    assert os.stat(top / "bin/tool2").st_ino == os.stat(top / "bin/tool").st_ino
+    assert stat.S_IMODE(os.stat(top / "bin/tool").st_mode) == 0o755
 
 
 def test_hostile_zip_is_refused_and_plain_files_work(

@@ -9,8 +9,10 @@ agent's own user) owns it, and then only inside the root. The tests run as root,
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import sys
+import tarfile
 import threading
 from collections import Counter
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 from reconciler.engine.pipeline import RunOptions, run
 from reconciler.errors import PathEscape, ReconcilerError, ResourceError
 from reconciler.resources._fs import TMP_MARK, Root
+from reconciler.resources.artifact import Artifact
 from reconciler.resources.base import Context
 from reconciler.resources.directory import Directory
 from reconciler.resources.file import File
@@ -364,3 +367,49 @@ def test_the_same_race_against_single_resources(ctx: Context, outside: Path) -> 
     assert swapper.error is None, swapper.error
     assert (app / "conf/victim").read_text() != "untouched\n"
     print(f"{swapper.swaps} swaps; refusals: {dict(failures)}")
+
+
+@needs_root
+@pytest.mark.usefixtures("fast_switching")
+def test_the_same_race_against_an_artifact(ctx: Context, outside: Path, tmp_path: Path) -> None:
+    """A release unpacked and swapped in while the directory above it is swapped for a symlink
+    out of the root: the staging directory, the unpacked files and the renames stay inside."""
+    releases = []
+    for version in (1, 2):
+        tree = write_tree(tmp_path / f"release-{version}", {"VERSION": f"{version}\n"})
+        archive = tmp_path / f"release-{version}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(tree / "VERSION", arcname="VERSION")
+        sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+        releases.append((version, f"file://{archive}", sha))
+    app = ctx.root.prefix / "srv/app"
+    (app / "conf").mkdir(parents=True)
+    plant(app / ".evil", outside)
+    swapper = Swapper(app / "conf", app / ".evil")
+    swapper.start()
+    refusals: Counter[str] = Counter()
+    try:
+        for n in range(200):
+            _, url, sha = releases[n % 2]
+            release = make(Artifact, "/srv/app/conf/release", url=url, sha256=sha, extract="tar.gz")
+            ctx.root.forget()
+            swapper.active.set()
+            try:
+                release.check_apply(ctx, True)
+            except ReconcilerError as exc:
+                assert any(c in str(exc) for c in CLEAR), str(exc)
+                refusals[str(exc).split(": ", 1)[1][:40]] += 1
+            finally:
+                swapper.pause()
+            assert_untouched(outside)
+    finally:
+        swapper.stop()
+    assert swapper.error is None, swapper.error
+    version, url, sha = releases[0]
+    ctx.root.forget()
+    make(Artifact, "/srv/app/conf/release", url=url, sha256=sha, extract="tar.gz").check_apply(
+        ctx, True
+    )
+    assert (app / "conf/release/VERSION").read_text() == f"{version}\n"
+    assert [p.name for p in (app / "conf").iterdir() if TMP_MARK in p.name] == []
+    print(f"{swapper.swaps} swaps; refusals: {dict(refusals)}")
