@@ -15,6 +15,7 @@ import sys
 import tarfile
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from reconciler.engine.pipeline import RunOptions, run
 from reconciler.errors import PathEscape, ReconcilerError, ResourceError
 from reconciler.resources._fs import TMP_MARK, Root
 from reconciler.resources.artifact import Artifact
-from reconciler.resources.base import Context
+from reconciler.resources.base import Context, Resource
 from reconciler.resources.directory import Directory
 from reconciler.resources.file import File
 from reconciler.resources.line import Line
@@ -330,48 +331,69 @@ def test_swapping_a_directory_for_a_symlink_during_applies_never_writes_outside(
     print(f"{swapper.swaps} swaps; outcomes over {RUNS} runs: {dict(outcomes)}")
 
 
-@needs_root
-@pytest.mark.usefixtures("fast_switching")
-def test_the_same_race_against_single_resources(ctx: Context, outside: Path) -> None:
-    """The race at the resource level, without the engine's batch: writes, chmods and line
-    edits, many times each."""
+@pytest.fixture
+def swapper(ctx: Context, outside: Path) -> Iterator[Swapper]:
+    """/srv/app/conf under the root, and a thread ready to swap it for a symlink leading out."""
     app = ctx.root.prefix / "srv/app"
     (app / "conf").mkdir(parents=True)
-    (app / "conf/lines").write_text("a=1\n")
     plant(app / ".evil", outside)
-    swapper = Swapper(app / "conf", app / ".evil")
-    swapper.start()
-    failures: Counter[str] = Counter()
+    s = Swapper(app / "conf", app / ".evil")
+    s.start()
+    yield s
+    s.stop()
+    assert s.error is None, s.error
+
+
+def apply_while_swapping(
+    ctx: Context, swapper: Swapper, outside: Path, resources: list[Resource], refusals: Counter[str]
+) -> None:
+    """Apply each resource, resolved afresh, while the directory swaps; nothing may land
+    outside, and a resource that fails says why."""
+    swapper.active.set()
     try:
-        for n in range(600):
-            resources = [
-                make(File, "/srv/app/conf/victim", content=f"{n}\n", mode="0640"),
-                make(File, "/srv/app/conf/victim", mode="0600" if n % 2 else "0644"),
-                make(Line, f"b={n}", path="/srv/app/conf/lines", match="^b="),
-            ]
-            swapper.active.set()
+        for resource in resources:
+            ctx.root.forget()  # resolve afresh, as a new run would
             try:
-                for resource in resources:
-                    ctx.root.forget()  # resolve afresh, as a new run would
-                    try:
-                        resource.check_apply(ctx, True)
-                    except ReconcilerError as exc:
-                        message = str(exc)
-                        assert any(c in message for c in CLEAR), message
-                        failures[message.split(": ", 1)[1][:40]] += 1
-            finally:
-                swapper.pause()
-            assert_untouched(outside)
+                resource.check_apply(ctx, True)
+            except ReconcilerError as exc:
+                message = str(exc)
+                assert any(c in message for c in CLEAR), message
+                refusals[message.split(": ", 1)[1][:40]] += 1
     finally:
-        swapper.stop()
-    assert swapper.error is None, swapper.error
-    assert (app / "conf/victim").read_text() != "untouched\n"
-    print(f"{swapper.swaps} swaps; refusals: {dict(failures)}")
+        swapper.pause()
+    assert_untouched(outside)
 
 
 @needs_root
 @pytest.mark.usefixtures("fast_switching")
-def test_the_same_race_against_an_artifact(ctx: Context, outside: Path, tmp_path: Path) -> None:
+def test_the_same_race_against_single_resources(
+    ctx: Context, outside: Path, swapper: Swapper
+) -> None:
+    """The race at the resource level, without the engine's batch: writes, chmods and line
+    edits, many times each."""
+    conf = swapper.directory
+    (conf / "lines").write_text("a=1\n")
+    refusals: Counter[str] = Counter()
+    for n in range(600):
+        resources = [
+            make(File, "/srv/app/conf/victim", content=f"{n}\n", mode="0640"),
+            make(File, "/srv/app/conf/victim", mode="0600" if n % 2 else "0644"),
+            make(Line, f"b={n}", path="/srv/app/conf/lines", match="^b="),
+        ]
+        apply_while_swapping(ctx, swapper, outside, resources, refusals)
+    # Once nothing swaps, the same resource converges.
+    ctx.root.forget()
+    make(File, "/srv/app/conf/victim", content="done\n").check_apply(ctx, True)
+    assert (conf / "victim").read_text() == "done\n"
+    assert swapper.swaps > 0
+    print(f"{swapper.swaps} swaps; refusals: {dict(refusals)}")
+
+
+@needs_root
+@pytest.mark.usefixtures("fast_switching")
+def test_the_same_race_against_an_artifact(
+    ctx: Context, outside: Path, tmp_path: Path, swapper: Swapper
+) -> None:
     """A release unpacked and swapped in while the directory above it is swapped for a symlink
     out of the root: the staging directory, the unpacked files and the renames stay inside."""
     releases = []
@@ -381,35 +403,17 @@ def test_the_same_race_against_an_artifact(ctx: Context, outside: Path, tmp_path
         with tarfile.open(archive, "w:gz") as tar:
             tar.add(tree / "VERSION", arcname="VERSION")
         sha = hashlib.sha256(archive.read_bytes()).hexdigest()
-        releases.append((version, f"file://{archive}", sha))
-    app = ctx.root.prefix / "srv/app"
-    (app / "conf").mkdir(parents=True)
-    plant(app / ".evil", outside)
-    swapper = Swapper(app / "conf", app / ".evil")
-    swapper.start()
+        releases.append(
+            make(Artifact, "/srv/app/conf/release", url=f"file://{archive}", sha256=sha,
+                 extract="tar.gz")
+        )  # fmt: skip
     refusals: Counter[str] = Counter()
-    try:
-        for n in range(200):
-            _, url, sha = releases[n % 2]
-            release = make(Artifact, "/srv/app/conf/release", url=url, sha256=sha, extract="tar.gz")
-            ctx.root.forget()
-            swapper.active.set()
-            try:
-                release.check_apply(ctx, True)
-            except ReconcilerError as exc:
-                assert any(c in str(exc) for c in CLEAR), str(exc)
-                refusals[str(exc).split(": ", 1)[1][:40]] += 1
-            finally:
-                swapper.pause()
-            assert_untouched(outside)
-    finally:
-        swapper.stop()
-    assert swapper.error is None, swapper.error
-    version, url, sha = releases[0]
+    for n in range(200):
+        apply_while_swapping(ctx, swapper, outside, [releases[n % 2]], refusals)
+    conf = swapper.directory
     ctx.root.forget()
-    make(Artifact, "/srv/app/conf/release", url=url, sha256=sha, extract="tar.gz").check_apply(
-        ctx, True
-    )
-    assert (app / "conf/release/VERSION").read_text() == f"{version}\n"
-    assert [p.name for p in (app / "conf").iterdir() if TMP_MARK in p.name] == []
+    releases[0].check_apply(ctx, True)
+    assert (conf / "release/VERSION").read_text() == "1\n"
+    assert [p.name for p in conf.iterdir() if TMP_MARK in p.name] == []
+    assert swapper.swaps > 0
     print(f"{swapper.swaps} swaps; refusals: {dict(refusals)}")
