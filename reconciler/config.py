@@ -1,4 +1,4 @@
-"""The daemon's configuration file (SPEC section 5): typed, validated as a whole.
+"""The daemon's configuration file: typed, validated as a whole.
 
 Every unknown key and bad value is reported with its line, all at once. Durations are written
 ``30s``, ``5m``, ``1h`` (or a plain number of seconds).
@@ -260,7 +260,7 @@ def parse_config(text: bytes | str, name: str) -> Config:
 def _verify(r: _Reader, src: LocMap) -> Verify | None:
     """source.verify: ssh with allowed_signers, or gpg with keyring.
 
-    For gpg, ``allowed_signers`` is also read as the keyring (the way SPEC's example writes it).
+    For gpg, ``allowed_signers`` is also read as the keyring.
     """
     prefix = "source.verify."
 

@@ -1,1 +1,1 @@
-"""Application deployments (SPEC section 3): components rolled out across nodes in order."""
+"""Application deployments: components rolled out across nodes in order."""

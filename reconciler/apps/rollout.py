@@ -1,4 +1,4 @@
-"""Rolling out app components on this node: gate, deploy, health-check, publish (SPEC section 3).
+"""Rolling out app components on this node: gate, deploy, health-check, publish.
 
 For each component the node runs, a run decides one of:
 

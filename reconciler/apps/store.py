@@ -1,4 +1,4 @@
-"""The coordination store application deployments use (SPEC section 3).
+"""The coordination store application deployments use.
 
 Every node publishes the state of the components it deploys, reads the states of the others,
 and takes one of a component's ``max_parallel`` deployment slots before it deploys. Two

@@ -1,4 +1,4 @@
-"""The daemon's Prometheus metrics (SPEC section 6), in a registry of their own.
+"""The daemon's Prometheus metrics, in a registry of their own.
 
 Labels are bounded: result, phase, state, type, reason. The commit appears only on the single
 ``reconciler_revision_info`` series, which is replaced, never accumulated.

@@ -1,4 +1,4 @@
-"""Application deployments: ``apps/<app>.yaml``, a version and components (SPEC section 3).
+"""Application deployments: ``apps/<app>.yaml``, a version and components.
 
 Each component names the nodes that run it (by role or by a glob on the node name), the
 components it requires, how many of its nodes may deploy at once, its resources (written as in a

@@ -16,7 +16,7 @@ import pytest
 
 from tests.daemon.conftest import REPO, Daemon, GitServer, wait_for
 
-SPEC_METRICS = {
+DOCUMENTED_METRICS = {
     "reconciler_runs_total",
     "reconciler_run_duration_seconds",
     "reconciler_resources",
@@ -60,7 +60,9 @@ class TestStartAndPoll:
         }
         names |= {n.removesuffix("_created") for n in names}
         missing = {
-            m for m in SPEC_METRICS if m not in names and m != "reconciler_app_component_state"
+            m
+            for m in DOCUMENTED_METRICS
+            if m not in names and m != "reconciler_app_component_state"
         }
         assert not missing, missing
         assert (

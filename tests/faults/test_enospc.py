@@ -1,4 +1,4 @@
-"""A full disk under `reconciler apply` (SPEC 8, RELIABILITY C7).
+"""A full disk under `reconciler apply`.
 
 The managed root is a real 1 MiB tmpfs mounted for the test (the tests run as root), so ENOSPC
 comes from the kernel in the middle of writing a temporary file, and the CLI runs as a
@@ -9,7 +9,7 @@ place.
 
 What must hold: the file whose new content does not fit keeps its previous content; only that
 resource fails (its dependents are skipped, everything else converges); apply exits with the
-failure code of SPEC 4 (4 failures only, 6 changes and failures) and says which resource failed
+failure exit code (4 failures only, 6 changes and failures) and says which resource failed
 and why; no temporary file is left behind; once there is room again, a run converges.
 """
 
@@ -159,7 +159,7 @@ def test_a_file_too_big_for_the_disk_fails_alone_and_keeps_its_old_content(
     big = bytes(range(256)) * (2 * CAPACITY // 256)  # twice the size of the whole disk
     repo = repo_with(tmp_path, APP.format(version="v2"), {"big.dat": big})
     code, out, err = disk.apply(repo, "--format", "json")
-    assert code == 6, (code, out, err)  # SPEC 4: changes and failures
+    assert code == 6, (code, out, err)  # exit code: changes and failures
     report = json.loads(out)
     results = by_id(report)
 
@@ -202,7 +202,7 @@ def test_a_replacement_that_needs_room_for_both_copies_keeps_the_old_one(
 
     repo = repo_with(tmp_path, resources, {"blob": new})
     code, out, err = disk.apply(repo, "--format", "json")
-    assert code == 4, (code, out, err)  # SPEC 4: failures, nothing changed
+    assert code == 4, (code, out, err)  # exit code: failures, nothing changed
     result = by_id(json.loads(out))["file:/srv/data/blob"]
     assert result["status"] == "failed"
     assert "No space left on device" in result["error"]

@@ -1,4 +1,4 @@
-"""SIGKILL in the middle of `reconciler apply`: never a half-written file (SPEC 8, RELIABILITY C6).
+"""SIGKILL in the middle of `reconciler apply`: never a half-written file.
 
 A control repo declares a few hundred files whose content alternates between two versions. The
 real CLI is started as a subprocess and killed with SIGKILL after a seeded random delay, again

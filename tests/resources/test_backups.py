@@ -1,4 +1,4 @@
-"""The backup store (RELIABILITY C8): old content first, an exact restore, no change when the old
+"""The backup store: old content first, an exact restore, no change when the old
 content cannot be kept, and retention.
 """
 

@@ -1,4 +1,4 @@
-"""Something other than a file where a file is desired (RELIABILITY C10).
+"""Something other than a file where a file is desired.
 
 Without ``force`` the resource fails and nothing changes; with it, what stands there (a
 directory, a symlink, a fifo) is moved into ``<state>/backups/displaced/``, never deleted.

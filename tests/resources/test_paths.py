@@ -1,4 +1,4 @@
-"""Symlinks on the way to a managed path (RELIABILITY C4).
+"""Symlinks on the way to a managed path.
 
 Directories are opened component by component from the root with O_NOFOLLOW, and every change
 is made relative to the opened parent. A symlink on the way is followed only when root (or the

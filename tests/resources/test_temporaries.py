@@ -1,4 +1,4 @@
-"""A new content's temporary file has its final owner and mode before any byte (RELIABILITY C11).
+"""A new content's temporary file has its final owner and mode before any byte.
 
 Observed from outside, without mocks: inotify reports, in the order the kernel performed them,
 the temporary's creation, its attribute changes (fchown, fchmod: IN_ATTRIB) and its writes

@@ -428,7 +428,7 @@ class TestCli:
     def test_a_signed_tag_on_an_unsigned_commit_is_refused(
         self, repo: Repo, tmp_path: Path, ssh_keys: SshKeys
     ) -> None:
-        """RELIABILITY A6: the commit itself must be signed; a trusted tag does not vouch for it."""
+        """the commit itself must be signed; a trusted tag does not vouch for it."""
         commit = repo.commit(REPO)
         signer = ssh_keys.trusted
         repo.git(*signer.git_args(), "tag", "-s", "-m", "release", "v1", env=signer.env())
