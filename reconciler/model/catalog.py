@@ -407,19 +407,7 @@ class Compiler:
         """One declaration to a catalog entry; None when its ``when:`` is false."""
         if not isinstance(declaration, LocMap):
             raise ModelError.one("a resource must be a mapping like '- file: /etc/motd'", where)
-        types = [key for key in declaration if key in REGISTRY]
-        if len(types) != 1:
-            unknown = [k for k in declaration if k not in COMMON_ATTRIBUTES]
-            if not types:
-                raise ModelError.one(
-                    f"no resource type among the keys {sorted(map(str, declaration))} "
-                    f"(types: {', '.join(sorted(REGISTRY))})"
-                    if unknown
-                    else "a resource needs a type key like 'file: /etc/motd'",
-                    where,
-                )
-            raise ModelError.one(f"more than one resource type: {', '.join(types)}", where)
-        kind = types[0]
+        kind = resource_type(declaration, where)
         cls = REGISTRY[kind]
         problems: list[Problem] = []
 
@@ -451,16 +439,15 @@ class Compiler:
         for key, raw in declaration.items():
             if key in (kind, "when"):
                 continue
-            if (
-                key not in cls.attributes
-                and key not in COMMON_ATTRIBUTES
-                and key
-                not in (
-                    "source",
-                    "template",
+            if key not in COMMON_ATTRIBUTES and key not in attribute_names(kind):
+                problems.append(
+                    Problem(
+                        f"unknown attribute {key!r} for {kind} (its attributes: "
+                        f"{', '.join(attribute_names(kind))}; and those of every type: "
+                        f"{', '.join(sorted(COMMON_ATTRIBUTES))})",
+                        at(str(key)),
+                    )
                 )
-            ):
-                problems.append(Problem(f"unknown attribute {key!r} for {kind}", at(str(key))))
                 continue
             try:
                 attrs[key] = self.render(raw, context, at(key))
@@ -471,9 +458,6 @@ class Compiler:
         template = attrs.get("template")
         if kind == "file":
             self._file_content(attrs, context, at)
-        elif "source" in attrs or "template" in attrs:
-            key = "source" if "source" in attrs else "template"
-            raise ModelError.one(f"unknown attribute {key!r} for {kind}", at(key))
         relations: dict[str, list[ResourceId]] = {}
         for relation in RELATIONS:
             if relation in attrs:
@@ -591,6 +575,49 @@ class Compiler:
                 raise ModelError.one("must be a path under templates/", at("template"))
             clean_relpath(name, at("template"))
             attrs["content"] = self.renderer.render_file(name, context, at("template"))
+
+
+def resource_type(declaration: LocMap, where: Location) -> str:
+    """The type a resource mapping names: its first key. A mapping whose first key is not a
+    type but which has exactly one type key elsewhere is read the old way, by that key."""
+    first = declaration.first
+    if first in REGISTRY:
+        return str(first)
+    types = [str(key) for key in declaration if key in REGISTRY]
+    if len(types) == 1:
+        return types[0]
+    if types:
+        raise ModelError.one(
+            f"the keys {', '.join(types)} all name resource types and the first key "
+            f"{'(a merge)' if first is None else repr(first)} names none, so the type is "
+            f"ambiguous: write the type as the first key, like '- file: /etc/motd' followed by "
+            f"'group: adm'",
+            where,
+        )
+    unknown = [k for k in declaration if k not in COMMON_ATTRIBUTES]
+    raise ModelError.one(
+        f"no resource type among the keys {sorted(map(str, declaration))} "
+        f"(types: {', '.join(sorted(REGISTRY))})"
+        if unknown
+        else "a resource needs a type key like 'file: /etc/motd'",
+        where,
+    )
+
+
+def old_order(declaration: Any) -> str | None:
+    """The type of a resource mapping that names it the old way (not by its first key)."""
+    if not isinstance(declaration, LocMap) or declaration.first in REGISTRY:
+        return None
+    types = [str(key) for key in declaration if key in REGISTRY]
+    return types[0] if len(types) == 1 else None
+
+
+def attribute_names(kind: str) -> list[str]:
+    """The attributes a resource of this type may be given, besides those of every type."""
+    names = set(REGISTRY[kind].attributes)
+    if kind == "file":
+        names |= {"source", "template"}  # they become its content
+    return sorted(names)
 
 
 def _ids(value: Any, where: Location) -> list[ResourceId]:
@@ -758,9 +785,27 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
 
 
 def repo_warnings(snapshot: Snapshot) -> list[str]:
-    """What is suspicious but not wrong: app components that no node can run."""
+    """What is suspicious but not wrong: resources that name their type the old way (not
+    first), app components that no node can run."""
+    lists: list[tuple[str, LocList]] = []
+    for path in snapshot.files("profiles"):
+        if path.endswith(".yaml"):
+            name = path.removeprefix("profiles/").removesuffix(".yaml")
+            try:
+                lists.append((path, repomod.load_profile(snapshot, name, Location(path)).resources))
+            except ModelError:
+                continue  # validate reports it
     try:
         apps = load_apps(snapshot)
     except ModelError:
-        return []
-    return [warning for app in apps for warning in unmatched_components(app, snapshot)]
+        apps = []
+    lists += [(app.file, component.resources) for app in apps for component in app.components]
+    warnings = [
+        f"{Location(file, declarations.line_of(index))}: write the type first, "
+        f"'- {kind}: ...' (a key named like a type, such as group or user, is an attribute "
+        f"only after the type)"
+        for file, declarations in lists
+        for index, declaration in enumerate(declarations)
+        if (kind := old_order(declaration)) is not None
+    ]
+    return warnings + [w for app in apps for w in unmatched_components(app, snapshot)]

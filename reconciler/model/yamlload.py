@@ -38,6 +38,9 @@ class LocMap(dict[Any, Any]):
 
     line: int = 0
     lines: dict[Any, int]
+    # The first key as written. None when the mapping begins with a merge (``<<: *alias``),
+    # whose keys come first in the mapping's order though they were written elsewhere.
+    first: Any = None
 
     @classmethod
     def empty(cls, line: int = 0) -> LocMap:
@@ -120,9 +123,12 @@ def _convert(
         data.lines = {}
         memo[id(node)] = data
         building.add(id(node))
+        written_first = node.value[0][0] if node.value else None
         loader.flatten_mapping(node)
         for key_node, value_node in node.value:
             key = _convert(loader, key_node, memo, building)
+            if key_node is written_first:
+                data.first = key
             try:
                 hash(key)
             except TypeError:
