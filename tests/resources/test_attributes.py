@@ -1,0 +1,548 @@
+"""Every attribute docs/resources.md documents, written in a control repo and checked on the machine.
+
+The table is the profiles below: ``test_every_documented_attribute_is_written_by_a_case``
+reads the documentation and fails when an attribute of a type is written by none of them (or
+when the documentation and a type's schema disagree). Each case applies its profile with the real
+CLI under a temporary root (or, for services, compiles it and converges against the stand-in
+``systemctl``) and checks what the attribute did: modes, owners, contents, who ran a command,
+which packages dpkg has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.errors import Location, ModelError
+from reconciler.model.catalog import Compiler, attribute_names, resource_type
+from reconciler.model.yamlload import LocMap, load
+from reconciler.resources._fs import BackupStore
+from reconciler.resources.base import COMMON_ATTRIBUTES, REGISTRY, Context
+from reconciler.source import DirectorySnapshot
+from tests.conftest import CLI, write_tree
+from tests.resources import test_package, test_service
+from tests.resources.test_artifact import sha, tar_gz
+from tests.resources.test_package import AptRepo, dpkg_version, make_apt_root
+from tests.resources.test_service import calls
+
+# The fixtures of the package and service tests: a local apt repository, the stand-in systemctl.
+apt = test_package.apt
+systemd = test_service.systemd
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "resources.md"
+EVERY_TYPE = "*"  # the section of the attributes every type takes
+
+# -- the table: one profile per case --------------------------------------------------------------
+
+# Files, directories, symlinks, lines, execs, accounts, artifacts and the attributes every type
+# takes, in one apply. @WWW@ and @PORT@ are the artifact server's directory and port.
+MACHINE = """
+resources:
+  - file: /etc/owned
+    content: "owned\\n"
+    mode: "0640"
+    owner: rtestu
+    group: rtestg
+  - file: /etc/copied
+    source: copied.bin
+  - file: /etc/rendered
+    template: rendered.j2
+  - file: /etc/gone
+    ensure: absent
+  - file: /etc/backed-up
+    content: "new\\n"
+  - file: /etc/not-backed-up
+    content: "new\\n"
+    backup: false
+  - file: /etc/kept
+    content: "new\\n"
+    replace: false
+  - file: /etc/checked
+    content: "good\\n"
+    validate_cmd: "grep -qx good %"
+  - file: /etc/refused
+    content: "bad\\n"
+    validate_cmd: [grep, -qx, good, "%"]
+  - file: /etc/was-a-dir
+    content: "a file now\\n"
+    force: true
+
+  - directory: /srv/owned
+    mode: "0750"
+    owner: rtestu
+    group: rtestg
+  - directory: /srv/gone
+    ensure: absent
+  - directory: /srv/purged
+    purge: true
+  - file: /srv/purged/managed
+    content: "m\\n"
+
+  - symlink: /etc/link
+    target: owned
+  - symlink: /etc/old-link
+    ensure: absent
+  - symlink: /etc/was-a-file
+    target: owned
+    force: true
+
+  - line: max
+    path: /etc/pg.conf
+    text: "max_connections = 200"
+    match: '^#?max_connections'
+  - line: "obsolete = 1"
+    path: /etc/pg.conf
+    ensure: absent
+
+  - exec: shell
+    command: 'echo shell > "$RECONCILER_ROOT/tmp/shell"'
+  - exec: argv
+    command: [/bin/sh, -c, 'echo argv > "$RECONCILER_ROOT/tmp/argv"']
+  - exec: creates
+    command: 'touch "$RECONCILER_ROOT/tmp/creates-ran"'
+    creates: /etc/pg.conf
+  - exec: unless
+    command: 'touch "$RECONCILER_ROOT/tmp/unless-ran"'
+    unless: "true"
+  - exec: onlyif
+    command: 'touch "$RECONCILER_ROOT/tmp/onlyif-ran"'
+    onlyif: [/bin/false]
+  - exec: refreshonly
+    command: 'touch "$RECONCILER_ROOT/tmp/refreshonly-ran"'
+    refreshonly: true
+  - exec: cwd
+    command: 'pwd > "$RECONCILER_ROOT/tmp/cwd"'
+    cwd: /srv
+  - exec: environment
+    command: 'echo "$GREETING" > "$RECONCILER_ROOT/tmp/environment"'
+    environment: {GREETING: hello}
+  - exec: user
+    command: 'id -un > "$RECONCILER_ROOT/tmp/user"'
+    user: nobody
+  - exec: timeout
+    command: 'sleep 20; touch "$RECONCILER_ROOT/tmp/timeout-ran"'
+    timeout: 1
+  - exec: returns
+    command: 'touch "$RECONCILER_ROOT/tmp/returns-ran"; exit 3'
+    returns: [0, 3]
+
+  - group: rtest-app
+    gid: 4500
+  - group: rtest-plain
+  - group: rtest-sys
+    system: true
+  - group: oldgroup
+    ensure: absent
+  - user: rtest-app
+    uid: 4501
+    gid: rtest-app
+    groups: [rtest-plain]
+    home: /srv/rtest-app
+    shell: /bin/sh
+  - user: rtest-daemon
+    gid: rtest-sys
+    system: true
+  - user: olduser
+    ensure: absent
+
+  - artifact: /opt/release
+    url: "file://@WWW@/release.tar.gz"
+    sha256: "@RELEASE@"
+    extract: tar.gz
+  - artifact: /opt/plain
+    url: "file://@WWW@/tool.bin"
+    sha256: "@TOOL@"
+  - artifact: /opt/wrong
+    url: "file://@WWW@/tool.bin"
+    sha256: "0000000000000000000000000000000000000000000000000000000000000000"
+  - artifact: /opt/too-big
+    url: "file://@WWW@/big.bin"
+    sha256: "@BIG@"
+    max_size: 1024
+  - artifact: /opt/slow
+    url: "http://127.0.0.1:@PORT@/slow.bin"
+    sha256: "@SLOW@"
+    timeout: 1
+
+  - exec: requires
+    command: 'test -e "$RECONCILER_ROOT/tmp/required" && touch "$RECONCILER_ROOT/tmp/requires-ran"'
+    require: exec:required
+  - exec: required
+    command: 'sleep 0.5; touch "$RECONCILER_ROOT/tmp/required"'
+  - exec: later
+    command: 'test -e "$RECONCILER_ROOT/tmp/earlier" && touch "$RECONCILER_ROOT/tmp/later-ran"'
+  - exec: earlier
+    command: 'sleep 0.5; touch "$RECONCILER_ROOT/tmp/earlier"'
+    before: exec:later
+  - file: /etc/notifier
+    content: "x\\n"
+    notify: exec:notified
+  - exec: notified
+    command: 'touch "$RECONCILER_ROOT/tmp/notified"'
+    refreshonly: true
+  - exec: subscriber
+    command: 'touch "$RECONCILER_ROOT/tmp/subscribed"'
+    refreshonly: true
+    subscribe: file:/etc/notifier
+  - file: /etc/when-false
+    content: "x\\n"
+    when: "node == 'elsewhere'"
+  - file: /etc/when-true
+    content: "x\\n"
+    when: "node == 'n1'"
+  - file: /etc/noop
+    content: "x\\n"
+    noop: true
+  - file: /etc/secret
+    content: "hunter2-in-a-file\\n"
+    sensitive: true
+"""
+
+SERVICES = """
+resources:
+  - service: web
+    ensure: running
+    enable: true
+  - service: idle
+    ensure: stopped
+    enable: false
+    provider: systemd
+"""
+
+PACKAGES = """
+resources:
+  - package: rtest-tool
+    ensure: "1.0"
+  - package: rtest-app
+    provider: apt
+"""
+
+PACKAGES_THEN = """
+resources:
+  - package: rtest-tool
+    ensure: latest
+  - package: rtest-app
+    ensure: absent
+"""
+
+# The case (a test of this module) that applies each profile and checks its effects.
+TABLE: dict[str, tuple[str, ...]] = {
+    "test_machine": (MACHINE,),
+    "test_services": (SERVICES,),
+    "test_packages": (PACKAGES, PACKAGES_THEN),
+}
+
+
+def documented() -> set[tuple[str, str]]:
+    """(type, attribute) for every attribute in docs/resources.md's tables; type "*" for the
+    attributes every type takes."""
+    found: set[tuple[str, str]] = set()
+    section = None
+    for line in DOCS.read_text().splitlines():
+        heading = re.match(r"## (.+)", line)
+        if heading:
+            title = heading.group(1).strip()
+            section = EVERY_TYPE if title.startswith("Attributes every type") else title
+            section = section if section == EVERY_TYPE or section in REGISTRY else None
+        elif section is not None and line.startswith("|"):
+            first = line.split("|")[1]
+            found |= {(section, name) for name in re.findall(r"`([a-z_0-9]+)`", first)}
+    return found
+
+
+def written(profile: str) -> set[tuple[str, str]]:
+    """(type, attribute) for every attribute a profile writes; type "*" for those of every
+    type."""
+    found: set[tuple[str, str]] = set()
+    for declaration in load(profile, "profile.yaml")["resources"]:
+        assert isinstance(declaration, LocMap)
+        kind = resource_type(declaration, Location("profile.yaml", declaration.line))
+        for key in declaration:
+            if key != kind:
+                found.add((EVERY_TYPE if key in COMMON_ATTRIBUTES else kind, str(key)))
+    return found
+
+
+def test_every_documented_attribute_is_written_by_a_case() -> None:
+    docs = documented()
+    for kind in REGISTRY:
+        assert {a for k, a in docs if k == kind} == set(attribute_names(kind)), kind
+    assert {a for k, a in docs if k == EVERY_TYPE} == set(COMMON_ATTRIBUTES)
+    covered = set().union(*(written(p) for profiles in TABLE.values() for p in profiles))
+    assert sorted(docs - covered) == []
+    assert all(callable(globals().get(name)) for name in TABLE)
+
+
+# -- the cases ------------------------------------------------------------------------------------
+
+
+def control_repo(base: Path, profile: str, files: Mapping[str, str | bytes] | None = None) -> Path:
+    """A control repo giving every node one role with one profile (and other ``files``)."""
+    tree: dict[str, str | bytes] = {
+        "nodes.yaml": "default: all\n",
+        "roles/all.yaml": "profiles: [case]\n",
+        "profiles/case.yaml": profile,
+    }
+    return write_tree(base, {**tree, **(files or {})})
+
+
+@pytest.fixture
+def open_cli() -> Iterator[CLI]:
+    """The CLI on a root any user can reach, whose tmp/ anyone may write: an exec run as
+    ``user: nobody`` writes there."""
+    base = Path(tempfile.mkdtemp(prefix="reconciler-attributes-"))
+    try:
+        base.chmod(0o755)
+        cli = CLI(base)
+        cli.root.chmod(0o755)
+        (cli.root / "tmp").chmod(0o1777)
+        yield cli
+    finally:
+        shutil.rmtree(base)
+
+
+SLOW_BODY = b"slow\n" * 10
+
+
+class _Slow(BaseHTTPRequestHandler):
+    """Sends the headers at once and the body 3 s later."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(SLOW_BODY)))
+        self.end_headers()
+        self.wfile.flush()
+        time.sleep(3)
+        with contextlib.suppress(OSError):
+            self.wfile.write(SLOW_BODY)
+
+
+@pytest.fixture
+def slow_server() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+ACCOUNTS = {
+    "passwd": "root:x:0:0:root:/root:/bin/bash\nrtestu:x:4321:4322::/:/bin/sh\n"
+    "olduser:x:3001:0::/:/bin/sh\n",
+    "group": "root:x:0:\nrtestg:x:4322:\noldgroup:x:3000:\n",
+    "shadow": "root:*:19000:0:99999:7:::\nrtestu:*:19000::::::\nolduser:*:19000::::::\n",
+    "gshadow": "root:*::\nrtestg:*::\noldgroup:*::\n",
+}
+
+
+def seed_machine(root: Path) -> None:
+    """What the machine holds before the run: accounts, and paths the profile changes."""
+    for name, text in ACCOUNTS.items():
+        (root / "etc" / name).write_text(text)
+    for name in ("shadow", "gshadow"):
+        (root / "etc" / name).chmod(0o640)
+    for rel, text in {
+        "etc/gone": "x\n",
+        "etc/secret": "before\n",
+        "etc/backed-up": "old\n",
+        "etc/not-backed-up": "old\n",
+        "etc/kept": "old\n",
+        "etc/refused": "old\n",
+        "etc/was-a-dir/inner": "inner\n",
+        "etc/was-a-file": "plain\n",
+        "etc/pg.conf": "listen = 'localhost'\n#max_connections = 100\nobsolete = 1\n",
+        "srv/gone/data": "d\n",
+        "srv/purged/stray": "s\n",
+    }.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "etc/old-link").symlink_to("owned")
+
+
+def account(root: Path, table: str, name: str) -> list[str]:
+    """The fields of an entry of the root's passwd or group; [] when there is none."""
+    for line in (root / "etc" / table).read_text().splitlines():
+        if line.split(":")[0] == name:
+            return line.split(":")
+    return []
+
+
+def test_machine(open_cli: CLI, slow_server: int, tmp_path: Path) -> None:
+    cli, root = open_cli, open_cli.root
+    seed_machine(root)
+    www = tmp_path / "www"
+    release = tar_gz({"app/VERSION": b"1.0\n"})
+    tool, big = b"tool\n" * 10, b"b" * 2048
+    write_tree(www, {"release.tar.gz": release, "tool.bin": tool, "big.bin": big})
+    profile = MACHINE
+    for token, value in {
+        "@WWW@": str(www),
+        "@PORT@": str(slow_server),
+        "@RELEASE@": sha(release),
+        "@TOOL@": sha(tool),
+        "@BIG@": sha(big),
+        "@SLOW@": sha(SLOW_BODY),
+    }.items():
+        profile = profile.replace(token, value)
+    copied = b"\x00\xffbytes as they are\n"
+    repo = control_repo(
+        tmp_path / "repo",
+        profile,
+        {"files/copied.bin": copied, "templates/rendered.j2": "node={{ node }} role={{ role }}\n"},
+    )
+    started = time.monotonic()
+    done = cli.run("apply", repo, "--node", "n1", "--format", "json", check=6)
+    assert time.monotonic() - started < 15  # the exec and the download timed out after 1 s
+    report = json.loads(done.stdout)
+    status = {r["id"]: r["status"] for r in report["resources"]}
+    error = {r["id"]: r["error"] or "" for r in report["resources"]}
+    failed = sorted(rid for rid, s in status.items() if s == "failed")
+    assert failed == [
+        "artifact:/opt/slow",
+        "artifact:/opt/too-big",
+        "artifact:/opt/wrong",
+        "exec:timeout",
+        "file:/etc/refused",
+    ], error
+    backups = BackupStore(cli.state)
+
+    # file
+    owned = (root / "etc/owned").stat()
+    assert (root / "etc/owned").read_text() == "owned\n"  # content
+    assert owned.st_mode & 0o7777 == 0o640  # mode
+    assert (owned.st_uid, owned.st_gid) == (4321, 4322)  # owner, group: the root's accounts
+    assert (root / "etc/copied").read_bytes() == copied  # source
+    assert (root / "etc/rendered").read_text() == "node=n1 role=all\n"  # template
+    assert not (root / "etc/gone").exists()  # ensure
+    assert backups.entries("/etc/backed-up")  # backup (its default)
+    assert (root / "etc/not-backed-up").read_text() == "new\n"
+    assert backups.entries("/etc/not-backed-up") == []  # backup: false
+    assert (root / "etc/kept").read_text() == "old\n"  # replace: false
+    assert (root / "etc/checked").read_text() == "good\n"  # validate_cmd accepted
+    assert (root / "etc/refused").read_text() == "old\n"  # validate_cmd refused
+    assert "validate_cmd exited 1" in error["file:/etc/refused"]
+    assert (root / "etc/was-a-dir").read_text() == "a file now\n"  # force
+    assert list((cli.state / "backups" / "displaced").rglob("inner"))
+
+    # directory
+    srv = (root / "srv/owned").stat()
+    assert srv.st_mode & 0o7777 == 0o750  # mode
+    assert (srv.st_uid, srv.st_gid) == (4321, 4322)  # owner, group
+    assert not (root / "srv/gone").exists() and backups.entries("/srv/gone/data")  # ensure
+    assert sorted(os.listdir(root / "srv/purged")) == ["managed"]  # purge
+
+    # symlink
+    assert os.readlink(root / "etc/link") == "owned"  # target
+    assert not (root / "etc/old-link").is_symlink()  # ensure
+    assert os.readlink(root / "etc/was-a-file") == "owned"  # force
+    assert backups.entries("/etc/was-a-file")
+
+    # line: path, text, match, ensure
+    assert (root / "etc/pg.conf").read_text() == "listen = 'localhost'\nmax_connections = 200\n"
+
+    # exec
+    ran = {p.name: p.read_text() for p in (root / "tmp").iterdir()}
+    assert ran["shell"] == "shell\n" and ran["argv"] == "argv\n"  # command
+    assert "creates-ran" not in ran and status["exec:creates"] == "in_sync"  # creates
+    assert "unless-ran" not in ran  # unless
+    assert "onlyif-ran" not in ran  # onlyif
+    assert "refreshonly-ran" not in ran  # refreshonly: not refreshed, not run
+    assert ran["cwd"] == f"{root}/srv\n"  # cwd, under the root
+    assert ran["environment"] == "hello\n"  # environment
+    assert ran["user"] == "nobody\n"  # user
+    assert "timed out" in error["exec:timeout"] and "timeout-ran" not in ran  # timeout
+    assert "returns-ran" in ran and status["exec:returns"] == "changed"  # returns: exit 3 is fine
+
+    # group
+    assert account(root, "group", "rtest-app")[:3] == ["rtest-app", "x", "4500"]  # gid
+    assert int(account(root, "group", "rtest-plain")[2]) >= 1000  # ensure (present)
+    assert int(account(root, "group", "rtest-sys")[2]) < 1000  # system
+    assert account(root, "group", "oldgroup") == []  # ensure: absent
+
+    # user
+    app = account(root, "passwd", "rtest-app")
+    assert app == ["rtest-app", "x", "4501", "4500", "", "/srv/rtest-app", "/bin/sh"]
+    assert account(root, "group", "rtest-plain")[3] == "rtest-app"  # groups
+    assert not (root / "srv/rtest-app").exists()  # home is only recorded
+    assert int(account(root, "passwd", "rtest-daemon")[2]) < 1000  # system
+    assert account(root, "passwd", "olduser") == []  # ensure: absent
+
+    # artifact
+    assert (root / "opt/release/app/VERSION").read_text() == "1.0\n"  # url, sha256, extract
+    assert (root / "opt/plain/tool.bin").read_bytes() == tool  # extract: none (the default)
+    assert "checksum mismatch" in error["artifact:/opt/wrong"]  # sha256
+    assert not (root / "opt/wrong").exists()
+    assert "larger than 1024 bytes" in error["artifact:/opt/too-big"]  # max_size
+    assert not (root / "opt/too-big").exists()
+    assert "timed out" in error["artifact:/opt/slow"]  # timeout
+    assert not (root / "opt/slow").exists()
+
+    # every type
+    assert "requires-ran" in ran  # require: it ran after exec:required
+    assert "later-ran" in ran  # before: exec:earlier ran first
+    assert "notified" in ran  # notify: the file changed, the exec was refreshed
+    assert "subscribed" in ran  # subscribe
+    assert not (root / "etc/when-false").exists() and "file:/etc/when-false" not in status
+    assert (root / "etc/when-true").exists()  # when
+    assert not (root / "etc/noop").exists() and status["file:/etc/noop"] == "would_change"
+    assert (root / "etc/secret").read_text() == "hunter2-in-a-file\n"  # sensitive
+    assert "hunter2" not in done.stdout + done.stderr  # no diff, only digests
+    diffs = {r["id"]: [c.get("diff") for c in r["changes"]] for r in report["resources"]}
+    assert "+new" in str(diffs["file:/etc/backed-up"])  # whereas other changes show a diff
+
+
+def compile_profile(base: Path, profile: str) -> Any:
+    return Compiler(DirectorySnapshot(control_repo(base, profile))).compile("n1", {})
+
+
+def test_services(systemd: tuple[Context, Path], tmp_path: Path) -> None:
+    """Compiled from the repo, converged against the stand-in systemctl (no systemd here)."""
+    ctx, state = systemd
+    state.write_text(json.dumps({"idle.service": {"active": True, "enabled": True}}))
+    catalog = compile_profile(tmp_path / "repo", SERVICES)
+    for rid in catalog.order():
+        catalog.entries[rid].resource.check_apply(ctx, True)
+    units = json.loads(state.read_text())
+    assert units["web.service"] == {"active": True, "enabled": True}  # ensure, enable
+    assert units["idle.service"] == {"active": False, "enabled": False}
+    assert {"start -- web.service", "stop -- idle.service", "disable -- idle.service"} <= set(
+        calls(state)
+    )  # provider: systemd, through systemctl
+    with pytest.raises(ModelError, match=r"key 'provider': must be one of systemd, not 'upstart'"):
+        compile_profile(tmp_path / "other", SERVICES.replace("systemd", "upstart"))
+
+
+@pytest.mark.skipif(
+    any(not os.path.exists(f"/usr/bin/{tool}") for tool in ("dpkg-deb", "apt-get")),
+    reason="needs dpkg-deb and apt-get (Debian)",
+)
+def test_packages(apt: tuple[Context, AptRepo, Path], cli: CLI, tmp_path: Path) -> None:
+    _, packages, _ = apt
+    packages.add("rtest-tool", "2.0")
+    make_apt_root(cli.root, packages)
+    repo = control_repo(tmp_path / "repo", PACKAGES)
+    cli.run("apply", repo, "--node", "n1", check=2)
+    assert dpkg_version(cli.root, "rtest-tool") == "1.0"  # ensure: a version, not the newest
+    assert dpkg_version(cli.root, "rtest-app") == "1.0"  # provider: apt, with its dependency
+    assert dpkg_version(cli.root, "rtest-lib") == "1.0"
+    control_repo(repo, PACKAGES_THEN)
+    cli.run("apply", repo, "--node", "n1", check=2)
+    assert dpkg_version(cli.root, "rtest-tool") == "2.0"  # ensure: latest
+    assert dpkg_version(cli.root, "rtest-app") is None  # ensure: absent
