@@ -136,3 +136,18 @@ class TestOldOrder:
         snapshot = DirectorySnapshot(EXAMPLE)
         assert validate_repo(snapshot, FACTS, "web-1") == []
         assert not [w for w in repo_warnings(snapshot) if "write the type first" in w]
+
+
+def test_the_first_key_survives_the_parse_cache(tmp_path: Path) -> None:
+    """Large profiles come back from the parse cache: their mappings keep the first key."""
+    from reconciler.model.yamlload import ParseCache, load, use_cache
+
+    big = "resources:\n  - file: /etc/x\n    group: adm\n" + "# padding\n" * 8000
+    use_cache(ParseCache(tmp_path / "cache"))
+    try:
+        load(big, "profiles/big.yaml")
+        assert len(list((tmp_path / "cache").glob("*.pickle"))) == 1
+        cached = load(big, "profiles/big.yaml")
+    finally:
+        use_cache(None)
+    assert cached["resources"][0].first == "file"
