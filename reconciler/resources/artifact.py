@@ -204,6 +204,7 @@ def unpack(path: Path, kind: str, into: Path, name: str) -> None:
 class Artifact(PathResource):
     type = "artifact"
     inline = False  # downloads are slow: they go to the pool
+    secret_attributes = ("url",)
     attributes: ClassVar[Mapping[str, Attr]] = {
         "url": Attr("str", required=True),
         "sha256": Attr("str", required=True),
