@@ -19,6 +19,8 @@ from pathlib import Path
 from reconciler.errors import ReconcilerError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "control-repo"
+# Where the example app's releases are put in each node's root.
+RELEASES = "/var/cache/shop-releases"
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -46,10 +48,13 @@ def prepare(base: Path, port: int) -> Path:
     _git(repo, "init", "-q", "-b", "production")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "The example control repo")
-    # The example app reads its releases from the example's files/releases/ through this fact.
+    # The example app reads its releases through this fact: the example's files/releases/,
+    # copied into each node's root (a file:// URL names a file inside the root).
+    for node_root in (root, base / "db-1" / "root"):
+        shutil.copytree(repo / "files" / "releases", node_root / RELEASES.lstrip("/"))
     facts = base / "facts.d"
     facts.mkdir()
-    (facts / "shop.yaml").write_text(f"shop_releases: file://{repo}/files/releases\n")
+    (facts / "shop.yaml").write_text(f"shop_releases: file://{RELEASES}\n")
     # A second node, db-1, applied by hand with the CLI, shares the coordination store.
     (base / "db-1.yaml").write_text(
         f"""# db-1: the database node of the example app, applied with `reconciler apply --config`.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,14 @@ if TYPE_CHECKING:
     from tests.daemon.conftest import GitServer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "control-repo"
+# Where the example app's releases are put in a node's root: a file:// URL reads inside it.
+RELEASES = "/var/cache/shop-releases"
+
+
+def place_releases(root: Path) -> str:
+    """Copy the example app's release tarballs into ``root``; the URL that reads them there."""
+    shutil.copytree(EXAMPLE / "files" / "releases", root / RELEASES.lstrip("/"), dirs_exist_ok=True)
+    return f"file://{RELEASES}"
 
 
 def write_tree(base: Path, files: Mapping[str, str | bytes]) -> Path:

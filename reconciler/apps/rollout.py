@@ -41,7 +41,7 @@ from reconciler.engine.report import ResourceResult
 from reconciler.errors import Location, ModelError
 from reconciler.model.apps import Deployment
 from reconciler.model.catalog import Catalog, Entry, link
-from reconciler.resources.base import REGISTRY, Context, ResourceId
+from reconciler.resources.base import REGISTRY, Context, ResourceId, Secrets
 
 Warn = Callable[[str], None]
 
@@ -184,6 +184,9 @@ class Rollout:
         self.outcomes: dict[str, Outcome] = {}
         self.records: dict[str, Record] = {}
         self.deployments: dict[str, Deployment] = {}
+        # The catalog's secrets: a health check's output is scrubbed of them before it is kept,
+        # published to the store or reported.
+        self.secrets = Secrets()
         # The revision each component is judged at; a working tree's is its app file's digest.
         self.revisions: dict[str, str] = {}
         self._renewing = threading.Event()
@@ -199,6 +202,7 @@ class Rollout:
 
     def decide(self, catalog: Catalog) -> None:
         """Decide every component, then put the chosen version of each into the catalog."""
+        self.secrets = catalog.secrets
         for d in catalog.deployments:
             self.deployments[d.key] = d
             self.outcomes[d.key] = self._decide(d)
@@ -393,7 +397,7 @@ class Rollout:
                 healthy, message = True, "converged (no health check)"
             else:
                 check = healthmod.check(d.health, ctx.runner, stop)
-                healthy, message = check.healthy, check.message
+                healthy, message = check.healthy, self.secrets.scrub(check.message)
             if healthy:
                 outcome.state, outcome.message = "healthy", message
                 record.deployed = {

@@ -1,19 +1,25 @@
 """Webhook authentication: GitHub, GitLab and a generic HMAC header.
 
 A webhook only asks for a poll: nothing in its payload is trusted or even parsed. The signature
-is an HMAC-SHA256 over the raw body as received, compared in constant time. Deliveries already
-seen (by their delivery id) are ignored, from a bounded cache.
+is an HMAC-SHA256 over the raw body as received, compared in constant time.
+
+A body accepted in the last DEDUPE_WINDOW seconds is a duplicate, whatever its delivery id: the
+id is not covered by the signature, so whoever captured one signed delivery could otherwise
+replay it at will under fresh ids. Duplicates are told by the body's digest, what the signature
+covers, from a bounded cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 MAX_BODY = 1024 * 1024
 DEDUPE_SIZE = 1024
+DEDUPE_WINDOW = 600.0  # seconds
 
 
 def _raw(value: str) -> bytes:
@@ -38,9 +44,11 @@ def _signature_ok(secret: bytes, body: bytes, header: str) -> bool:
 class WebhookVerifier:
     """Decides whether a delivery may trigger a poll: "accepted", or the reason it may not."""
 
-    def __init__(self, secret: bytes | None) -> None:
+    def __init__(self, secret: bytes | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.secret = secret
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.clock = clock
+        # The digests of bodies accepted, oldest first, with when they were.
+        self._seen: OrderedDict[str, float] = OrderedDict()
 
     def check(self, headers: Mapping[str, str], body: bytes) -> str:
         if not self.secret:
@@ -56,15 +64,17 @@ class WebhookVerifier:
             ok = False
         if not ok:
             return "unauthorized"
-        delivery = (
-            h.get("x-github-delivery")
-            or h.get("x-gitlab-event-uuid")
-            or h.get("x-reconciler-delivery")
-        )
-        if delivery:
-            if delivery in self._seen:
-                return "duplicate"
-            self._seen[delivery] = None
-            while len(self._seen) > DEDUPE_SIZE:
-                self._seen.popitem(last=False)
-        return "accepted"
+        return "accepted" if self._first(body) else "duplicate"
+
+    def _first(self, body: bytes) -> bool:
+        """Whether no delivery of this body was accepted within the window; records it."""
+        now = self.clock()
+        while self._seen and (
+            len(self._seen) >= DEDUPE_SIZE or now - next(iter(self._seen.values())) > DEDUPE_WINDOW
+        ):
+            self._seen.popitem(last=False)
+        key = hashlib.sha256(body).hexdigest()
+        if key in self._seen:
+            return False
+        self._seen[key] = now
+        return True

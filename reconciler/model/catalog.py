@@ -116,6 +116,23 @@ def sensitive_values(profile: Profile, params: Mapping[str, Any]) -> list[str]:
     return [leaf for name in sorted(profile.sensitive) for leaf in leaves(params.get(name))]
 
 
+def spread_sensitivity(entries: Mapping[ResourceId, Entry]) -> None:
+    """Make every file and line of a file that holds something sensitive sensitive too: a
+    line's diff, or a file's, would show the rest of the file around its change."""
+
+    def path_of(resource: Resource) -> str | None:
+        if resource.type == "line":
+            return str(resource.attrs.get("path"))
+        if resource.type == "file":
+            return resource.managed_paths()[0]
+        return None
+
+    held = {path_of(e.resource) for e in entries.values() if e.resource.sensitive}
+    for entry in entries.values():
+        if path_of(entry.resource) in held - {None}:
+            entry.resource.sensitive = True
+
+
 def topological_order(
     ids: Iterable[ResourceId], after: Mapping[ResourceId, set[ResourceId]]
 ) -> list[ResourceId]:
@@ -225,7 +242,10 @@ class Compiler:
                 entries, profile.resources, profile.file, f"profile:{profile.name}", context, taint
             )
         problems += self.add_deployments(catalog, base_context, Taint(secrets=secrets))
-        catalog.secrets = secrets
+        spread_sensitivity(entries)
+        catalog.secrets = Secrets(
+            [*secrets.values, *(v for e in entries.values() for v in e.resource.secret_values())]
+        )
         try:
             if problems:
                 raise ModelError(_dedupe(problems))

@@ -1,7 +1,10 @@
 """artifact: a release archive (or file) put in place from a URL, verified by its sha256.
 
 The download goes to the state directory (bounded in size and time) and is verified before
-anything is unpacked. Unpacking refuses absolute names, ``..``, links leading out and devices,
+anything is unpacked. A ``file://`` URL names a file on the node, inside the root: it is opened
+as managed files are, through its directory held open, with no symlink followed out of the root
+and none at the file itself. A checksum mismatch names only the expected digest: the actual one
+would tell something about a file that is not shown. Unpacking refuses absolute names, ``..``, links leading out and devices,
 judging names alone (zip: links refused). The result is assembled beside the destination and
 swapped in with renames, so a failed download or a bad archive leaves the destination as it was.
 All of that goes through the destination's parent directory opened race-free inside the root
@@ -11,6 +14,7 @@ All of that goes through the destination's parent directory opened race-free ins
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import posixpath
@@ -26,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from reconciler.errors import ResourceError
+from reconciler.errors import PathEscape, ResourceError
 from reconciler.resources import _fs
 from reconciler.resources._path import PathResource
 from reconciler.resources.base import Attr, Change, Context, Resource, register
@@ -68,6 +72,47 @@ def download(url: str, dest: Path, limit: int, timeout: float, shown: str | None
         if shown is not None and not isinstance(reason, str):  # an HTTP reason is just words
             reason = getattr(reason, "strerror", None) or type(reason).__name__
         raise ResourceError(f"{name}: download failed: {reason}") from None
+
+
+def copy_local(root: _fs.Root, url: str, dest: Path, limit: int, shown: str | None = None) -> None:
+    """Copy the regular file a ``file://`` URL names inside ``root`` into ``dest``, at most
+    ``limit`` bytes; ``shown`` as for ``download``."""
+    name = url if shown is None else shown
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ResourceError(f"{name}: refused: a file URL names a file on this node, not a host")
+    try:
+        place = root.locate(urllib.parse.unquote(parts.path))
+        fd = place.open(os.O_RDONLY | os.O_NONBLOCK)
+    except PathEscape as exc:
+        why = "the path leads out of the root" if shown is not None else str(exc)
+        raise ResourceError(f"{name}: refused: {why}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ResourceError(f"{name}: refused: a symlink, not followed") from None
+        raise ResourceError(
+            f"{name}: download failed: {os.strerror(exc.errno or errno.EIO)}"
+        ) from None
+    try:
+        with open(fd, "rb") as source, open(dest, "wb") as out:
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                raise ResourceError(f"{name}: refused: not a regular file")
+            total = 0
+            while chunk := source.read(CHUNK):
+                total += len(chunk)
+                if total > limit:
+                    raise ResourceError(f"{name}: larger than {limit} bytes")
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    except ResourceError:
+        dest.unlink(missing_ok=True)
+        raise
+    except OSError as exc:
+        dest.unlink(missing_ok=True)
+        raise ResourceError(
+            f"{name}: download failed: {os.strerror(exc.errno or errno.EIO)}"
+        ) from None
 
 
 def _check_name(name: str) -> None:
@@ -159,6 +204,7 @@ def unpack(path: Path, kind: str, into: Path, name: str) -> None:
 class Artifact(PathResource):
     type = "artifact"
     inline = False  # downloads are slow: they go to the pool
+    secret_attributes = ("url",)
     attributes: ClassVar[Mapping[str, Attr]] = {
         "url": Attr("str", required=True),
         "sha256": Attr("str", required=True),
@@ -247,17 +293,17 @@ class Artifact(PathResource):
         blob = cache / self.sha
         if not blob.exists() or _sha256(blob) != self.sha:
             part = cache / f"{self.sha}.part"
-            download(
-                str(self.attrs["url"]),
-                part,
-                int(self.attrs["max_size"]),
-                float(self.attrs["timeout"]),
-                shown=self.show(str(self.attrs["url"])) if self.sensitive else None,
-            )
-            got = _sha256(part)
-            if got != self.sha:
+            url = str(self.attrs["url"])
+            shown = self.show(url) if self.sensitive else None
+            if urllib.parse.urlsplit(url).scheme == "file":
+                copy_local(ctx.root, url, part, int(self.attrs["max_size"]), shown)
+            else:
+                download(
+                    url, part, int(self.attrs["max_size"]), float(self.attrs["timeout"]), shown
+                )
+            if _sha256(part) != self.sha:
                 part.unlink(missing_ok=True)
-                raise ResourceError(f"checksum mismatch: got sha256 {got}, expected {self.sha}")
+                raise ResourceError(f"checksum mismatch: expected sha256 {self.sha}")
             os.replace(part, blob)
         return blob
 

@@ -93,6 +93,21 @@ class Secrets:
         return self._pattern.sub(lambda m: m.group(1) or digest(m.group()), text)
 
 
+_ASSIGNMENT = re.compile(r"^[\w.-]+\s*[=:]\s*(.+?)\s*$")
+
+
+def secret_parts(text: str) -> list[str]:
+    """What output may quote of a sensitive text: the whole of it, each of its lines, and the
+    value of each ``key = value`` or ``key: value`` line."""
+    parts = [text, text.strip()]
+    for line in text.splitlines():
+        parts.append(line.strip())
+        assigned = _ASSIGNMENT.match(line.strip())
+        if assigned:
+            parts.append(assigned.group(1).strip("\"'"))
+    return parts
+
+
 @dataclass(frozen=True)
 class Change:
     """One property that differs (or differed) between desired and actual state.
@@ -212,6 +227,10 @@ class Resource(ABC):
     # the packages of a run in one apt transaction). Such a converge_batch re-checks itself.
     batched: ClassVar[bool] = False
 
+    # What a sensitive resource of this type holds that output must never show (a file's
+    # content, a command's environment): searched for in every output of the run.
+    secret_attributes: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, title: str, attrs: Mapping[str, Any], sensitive: bool = False) -> None:
         self.title = title
         self.attrs = dict(attrs)
@@ -271,6 +290,17 @@ class Resource(ABC):
     def pruned(self) -> Resource | None:
         """The resource that removes this one when it leaves the catalog, or None."""
         return None
+
+    def secret_values(self) -> list[str]:
+        """The values of a sensitive resource to take out of any text the run shows."""
+        if not self.sensitive:
+            return []
+        return [
+            part
+            for key in self.secret_attributes
+            for leaf in leaves(self.attrs.get(key))
+            for part in secret_parts(leaf)
+        ]
 
     def show(self, value: Any) -> str:
         """A value as reports and logs may show it: a digest when the resource is sensitive."""

@@ -24,6 +24,7 @@ def argv_of(command: str | list[Any]) -> list[str]:
 class Exec(Resource):
     type = "exec"
     recheck = False  # a command has no state to re-check: its guards decide
+    secret_attributes = ("command", "unless", "onlyif", "environment")
     attributes: ClassVar[Mapping[str, Attr]] = {
         "command": Attr("argv", required=True),
         "creates": Attr("str"),

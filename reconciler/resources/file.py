@@ -32,6 +32,7 @@ def _key(st: os.stat_result) -> tuple[int, int, int, int]:
 @register
 class File(PathResource):
     type = "file"
+    secret_attributes = ("content",)
     attributes: ClassVar[Mapping[str, Attr]] = {
         "ensure": Attr("str", default="present", choices=("present", "absent")),
         "content": Attr("any", doc="the file's content (source: and template: become this)"),

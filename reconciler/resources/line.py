@@ -22,6 +22,7 @@ from reconciler.resources.base import Attr, Change, Context, Resource, register
 class Line(Resource):
     type = "line"
     inline = True
+    secret_attributes = ("text",)
     attributes: ClassVar[Mapping[str, Attr]] = {
         "path": Attr("str", required=True),
         "text": Attr("str", doc="the line; default: the title"),

@@ -1,7 +1,8 @@
 """The bundled example's app (examples/control-repo/apps/shop.yaml) rolled out on three nodes.
 
-The releases are the tarballs in the example's files/releases/, read through the artifact
-resource from a file:// URL that a facts file gives (as `reconciler demo` does).
+The releases are the tarballs in the example's files/releases/, copied into each node's root
+and read through the artifact resource from a file:// URL that a facts file gives (as
+`reconciler demo` does).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from tests.apps.test_rollout_local import Fleet
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, place_releases
 
 SHA_141 = "08947d9eb5518a143eed67d74fc79e9a1402ffd6a10caf7835492732e9e55103"
 SHA_142 = "a6bbeadfb2b1c2a7635db18d5d8e0cb04e7ca5c45a18288f9d98f83fa42596e6"
@@ -23,13 +24,13 @@ def test_the_example_shop_rolls_out_and_back(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLE, fleet.repo)
     facts = tmp_path / "facts.d"
     facts.mkdir()
-    releases = f"file://{fleet.repo / 'files' / 'releases'}"
+    for node in ("db-1", "web-1", "lb-1"):
+        config = fleet.config(node)
+        releases = place_releases(config.parent / "root")  # the same URL in every root
+        config.write_text(config.read_text().replace("facts_dirs: []", f"facts_dirs: [{facts}]"))
     (facts / "shop.json").write_text(
         json.dumps({"shop_releases": releases, "os": {"family": "Debian", "name": "Debian"}})
     )
-    for node in ("db-1", "web-1", "lb-1"):
-        config = fleet.config(node)
-        config.write_text(config.read_text().replace("facts_dirs: []", f"facts_dirs: [{facts}]"))
 
     assert "waiting for database" in fleet.apply("web-1").stdout
     assert fleet.apply("db-1").returncode == 2

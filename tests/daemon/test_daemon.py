@@ -148,6 +148,35 @@ class TestWebhook:
             d.stop()
             d.notify.close()
 
+    def test_a_replayed_delivery_under_a_new_id_fetches_nothing(
+        self, tmp_path: Path, server: GitServer
+    ) -> None:
+        """Whoever captured one signed delivery resends it with fresh delivery ids (which the
+        signature does not cover): one fetch in all, not one per resend."""
+        d = Daemon(tmp_path, server.url, poll_interval="1h")
+        try:
+            d.start()
+            wait_for(d.ready, what="/readyz")
+
+            def polls() -> float:
+                return sum(
+                    d.metric("reconciler_source_fetches_total", result=result)
+                    for result in ("success", "unchanged", "error")
+                )
+
+            fetches = polls()
+            body = b'{"ref": "refs/heads/main", "after": "1234567"}'
+            assert d.post("/webhook", body, d.signed(body, "delivery-1")) == 202
+            wait_for(lambda: polls() == fetches + 1, what="the webhook's fetch")
+            for n in range(2, 6):
+                assert d.post("/webhook", body, d.signed(body, f"delivery-{n}")) == 200
+            time.sleep(2)
+            assert polls() == fetches + 1
+            assert d.metric("reconciler_webhook_requests_total", result="duplicate") == 4
+        finally:
+            d.stop()
+            d.notify.close()
+
     def test_gitlab_token(self, tmp_path: Path, server: GitServer) -> None:
         d = Daemon(tmp_path, server.url, poll_interval="1h")
         try:

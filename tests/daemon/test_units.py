@@ -12,7 +12,7 @@ import pytest
 from reconciler.daemon import suspend
 from reconciler.daemon.agent import BACKOFF_MAX, Backoff
 from reconciler.daemon.metrics import flapping
-from reconciler.daemon.webhook import WebhookVerifier
+from reconciler.daemon.webhook import DEDUPE_WINDOW, WebhookVerifier
 from reconciler.errors import ReconcilerError
 
 
@@ -62,6 +62,25 @@ class TestWebhookVerifier:
         assert verifier.check(headers, b"{}") == "duplicate"
         assert verifier.check({"X-Gitlab-Token": "k"}, b"") == "accepted"
         assert verifier.check({"X-Gitlab-Token": "K"}, b"") == "unauthorized"
+
+    def test_a_replay_under_a_fresh_delivery_id_is_a_duplicate(self) -> None:
+        """The delivery id is not signed: a captured delivery resent with another id is still
+        the same delivery, until the window has passed."""
+        now = [1000.0]
+        verifier = WebhookVerifier(b"k", clock=lambda: now[0])
+        body = b'{"after": "1111111"}'
+        sig = "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+        sent = [
+            verifier.check({"X-Hub-Signature-256": sig, "X-GitHub-Delivery": delivery}, body)
+            for delivery in ("a", "b", "c")
+        ]
+        assert sent == ["accepted", "duplicate", "duplicate"]
+        assert verifier.check({"X-Hub-Signature-256": sig}, body) == "duplicate"
+        other = b'{"after": "2222222"}'
+        other_sig = "sha256=" + hmac.new(b"k", other, hashlib.sha256).hexdigest()
+        assert verifier.check({"X-Hub-Signature-256": other_sig}, other) == "accepted"
+        now[0] += DEDUPE_WINDOW + 1
+        assert verifier.check({"X-Hub-Signature-256": sig}, body) == "accepted"
 
 
 def test_backoff_grows_to_its_cap_with_jitter_and_resets() -> None:

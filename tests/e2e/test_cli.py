@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import CLI, EXAMPLE, commit_all, git, tree_hash
+from tests.conftest import CLI, EXAMPLE, commit_all, git, place_releases, tree_hash
 
 FACTS = "facts.yaml"
 
@@ -23,7 +23,7 @@ def example_copy(tmp_path: Path) -> Path:
 
 def facts_file(tmp_path: Path, **extra: object) -> Path:
     path = tmp_path / FACTS
-    releases = f"file://{EXAMPLE / 'files' / 'releases'}"  # the example app's releases
+    releases = place_releases(tmp_path / "root")  # the example app's, in the CLI's root
     os_facts = {"family": "Debian", "name": "Debian"}
     path.write_text(json.dumps({"os": os_facts, "shop_releases": releases, **extra}))
     return path

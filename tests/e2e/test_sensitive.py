@@ -12,15 +12,19 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from reconciler.resources.base import digest
 from tests.conftest import CLI
 from tests.daemon.conftest import Daemon, GitServer, wait_for
 
 CANARY = "s3cr3t-CANARY-5b1e0c9d"
 DIGEST = "sha256:" + hashlib.sha256(CANARY.encode()).hexdigest()
-# Any part of the canary is a leak, not only the whole of it.
-MARKS = (CANARY, "CANARY", "5b1e0c9d")
+# Written as it is in a file marked sensitive: no parameter holds it.
+LITERAL = "l1ter4l-CANARY-e0a7f3"
+# Any part of a canary is a leak, not only the whole of it.
+MARKS = (CANARY, "CANARY", "5b1e0c9d", LITERAL, "e0a7f3")
 
-PROFILE = """
+PROFILE = (
+    """
 params:
   password: changeme
   user: app
@@ -51,10 +55,40 @@ resources:
   - exec: check-token
     command: "echo token @CANARY@; echo @CANARY@ >&2; exit 3"
     sensitive: true
+  # marked sensitive, with no parameter: a line editing it shows no diff of the file
+  - file: /etc/app/token
+    content: "# api access\\ntoken = @LITERAL@\\nmode = ro\\n"
+    sensitive: true
+    replace: false
+  - line: mode = rw
+    path: /etc/app/token
+    match: "^mode ="
+  # nothing sensitive here, but its command and its guard print the values
+  - exec: show-token
+    command: 'cat "$RECONCILER_ROOT/etc/app/token" "$RECONCILER_ROOT/etc/app/password"; exit 4'
+    unless: 'cat "$RECONCILER_ROOT/etc/app/token" "$RECONCILER_ROOT/etc/app/password"; exit 1'
+    require: [file:/etc/app/token, file:/etc/app/password]
   # nothing sensitive here: shown as it is, with a diff
   - file: /etc/app/plain.conf
     content: "user={{ params.user }}\\n"
-""".replace("@ZEROS@", "0" * 64).replace("@CANARY@", CANARY)
+""".replace("@ZEROS@", "0" * 64)
+    .replace("@CANARY@", CANARY)
+    .replace("@LITERAL@", LITERAL)
+)
+
+# An app component whose failing health check prints both values.
+APP = """
+version: "1"
+components:
+  - name: agent
+    nodes: {role: app}
+    resources:
+      - file: /etc/app/agent.conf
+        content: "agent\\n"
+    health:
+      command: 'cat "$RECONCILER_ROOT/etc/app/token" "$RECONCILER_ROOT/etc/app/password"; exit 1'
+      timeout: 10
+"""
 
 # A revision that cannot compile: its errors would quote the value.
 BAD_RESOURCES = """
@@ -125,6 +159,9 @@ def test_cli_never_shows_a_sensitive_value(
     ini = cli.root / "etc/app/app.ini"
     ini.write_text(ini.read_text().replace(f"password = {CANARY}", "password = old"))
     (cli.root / "etc/app/plain.conf").write_text("user=someone\n")
+    token = cli.root / "etc/app/token"
+    assert token.read_text() == f"# api access\ntoken = {LITERAL}\nmode = rw\n"
+    token.write_text(token.read_text().replace("mode = rw", "mode = ro"))
     drift = run("plan after drift", "plan", repo, "--node", "n1", check=2)
     assert "content: sha256:" in drift and "(drift)" in drift
     # Only the file that is not sensitive shows a diff.
@@ -147,6 +184,12 @@ def test_cli_never_shows_a_sensitive_value(
     assert by_id["line:database password"]["status"] == "changed"
     assert "diff" not in by_id["line:database password"]["changes"][0]
     assert by_id["exec:check-token"]["error"] == "exited 3 (expected [0])"
+    assert by_id["line:mode = rw"]["status"] == "changed"
+    assert "diff" not in by_id["line:mode = rw"]["changes"][0]
+    # Another resource's output: each value that it printed is shown as its digest.
+    shown = by_id["exec:show-token"]["error"]
+    assert shown.startswith("exited 4 (expected [0]):\n") and "# api access" not in shown
+    assert digest(f"token = {LITERAL}") in shown and DIGEST in shown
     assert by_id["artifact:/opt/release"]["status"] == "failed"
     assert by_id["artifact:/opt/release"]["error"].startswith("sha256:")
     assert (cli.root / "etc/app/password").read_text() == CANARY
@@ -177,6 +220,29 @@ def test_cli_never_shows_a_sensitive_value(
     assert any(b"password = old" in p.read_bytes() for p in files_below(cli.state / "backups"))
 
 
+def test_a_health_check_shows_sensitive_values_as_digests(
+    cli: CLI, make_repo: Callable[..., Path]
+) -> None:
+    """Its output is kept in the node's record, published to the coordination store and
+    reported: everywhere, the values it printed are digests."""
+    repo = make_repo({**REPO, "apps/vault.yaml": APP})
+    outputs = {}
+    for n, code in ((1, 6), (2, 4)):  # the second reports the failure the first recorded
+        done = cli.run("apply", repo, "--node", "n1", "--format", "json", check=code)
+        outputs[f"apply {n} stdout"], outputs[f"apply {n} stderr"] = done.stdout, done.stderr
+        [app] = json.loads(done.stdout)["apps"]
+        assert app["state"] == "failed"
+        assert DIGEST in app["message"] and digest(f"token = {LITERAL}") in app["message"]
+    done = cli("status", "--state-dir", str(cli.state), check=0)
+    outputs["status stdout"], outputs["status stderr"] = done.stdout, done.stderr
+    assert "vault/agent" in done.stdout
+    for name, text in outputs.items():
+        assert_clean(name, text)
+    checked = assert_state_clean(cli.state)
+    assert any(p.startswith("coordination/") for p in checked)
+    assert any(p.startswith("apps/") for p in checked)
+
+
 def test_daemon_never_shows_a_sensitive_value(tmp_path: Path) -> None:
     server = GitServer(tmp_path)
     server.start()
@@ -184,7 +250,7 @@ def test_daemon_never_shows_a_sensitive_value(tmp_path: Path) -> None:
     base.mkdir()
     daemon = Daemon(base, server.url, poll_interval="1s", interval="1h")
     try:
-        good = server.push(REPO, "sensitive values")
+        good = server.push({**REPO, "apps/vault.yaml": APP}, "sensitive values")
         daemon.start()
         wait_for(lambda: (daemon.root / "etc/app/password").exists(), what="first apply")
         wait_for(daemon.ready, what="/readyz")
@@ -202,6 +268,9 @@ def test_daemon_never_shows_a_sensitive_value(tmp_path: Path) -> None:
         assert f"not {DIGEST}" in status["rejected"][bad]
         failed = {f["id"]: f["error"] for f in status["failed"]}
         assert failed["exec:check-token"] == "exited 3 (expected [0])"
+        assert digest(f"token = {LITERAL}") in failed["exec:show-token"]
+        [app] = status["apps"]
+        assert app["state"] == "failed" and DIGEST in app["message"]
         page_code, page = daemon.get("/")
         metrics_code, metrics = daemon.get("/metrics")
         assert page_code == 200 and metrics_code == 200

@@ -99,11 +99,61 @@ def test_a_resource_that_uses_a_sensitive_parameter_is_sensitive(
         "file:/etc/literal": False,
         "file:/etc/when-only": False,  # when: decides presence, the value is not in it
     }
-    assert catalog.secrets.values == {SECRET}  # pw1 is too short to be searched for
+    # pw1 is too short to be searched for; the sensitive files' lines are searched for too
+    assert SECRET in catalog.secrets.values and "pw1" not in catalog.secrets.values
+    assert "copied hunter2-long-enough" in catalog.secrets.values
     # a tainted resource shows its values as digests
     nested = catalog.entries["exec:nested"].resource
     assert nested.attrs["command"] == ["/bin/echo", SHORT]
     assert nested.show(SHORT) == digest(SHORT)
+
+
+def test_what_edits_a_sensitive_file_is_sensitive_and_its_content_is_scrubbed(
+    make_repo: Callable[..., Path],
+) -> None:
+    """A line's diff shows the lines around its change: the lines of a file that holds
+    something sensitive are sensitive, and so is every file and line on its path."""
+    catalog = compile_profile(
+        make_repo,
+        """
+  - file: /etc/token
+    content: "# api access\\ntoken = l1teral-value\\n"
+    sensitive: true
+    replace: false
+  - line: mode = rw
+    path: /etc/token
+  - file: /etc/shared
+    content: "[main]\\n"
+    replace: false
+  - line: db password
+    path: /etc/shared
+    text: "password = {{ params.password }}"
+  - line: plain = yes
+    path: /etc/shared
+  - file: /etc/plain
+    content: "plain\\n"
+  - line: other = no
+    path: /etc/plain
+  - exec: e
+    command: "true"
+    environment: {TOKEN: env-token-value}
+    sensitive: true
+""",
+    )
+    assert sensitive(catalog) == {
+        "file:/etc/token": True,
+        "line:mode = rw": True,  # edits a file marked sensitive
+        "file:/etc/shared": True,  # a sensitive line is in it
+        "line:db password": True,
+        "line:plain = yes": True,
+        "file:/etc/plain": False,
+        "line:other = no": False,
+        "exec:e": True,
+    }
+    values = catalog.secrets.values
+    assert {"token = l1teral-value", "l1teral-value", "env-token-value", SECRET} <= values
+    assert f"password = {SECRET}" in values
+    assert catalog.secrets.scrub("got l1teral-value") == f"got {digest('l1teral-value')}"
 
 
 def test_a_title_that_holds_a_sensitive_value_is_an_error(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 import tarfile
 import threading
@@ -213,3 +214,58 @@ def test_only_http_https_and_file_urls() -> None:
     assert Artifact.validate("/opt/x", {"url": "ftp://h/x", "sha256": "0" * 64})
     assert Artifact.validate("/opt/x", {"url": "https://h/x", "sha256": "abc"})
     assert not Artifact.validate("/opt/x", {"url": "https://h/x", "sha256": "0" * 64})
+
+
+class TestFileUrls:
+    """A ``file://`` URL names a file inside the root, reached as managed files are."""
+
+    def test_the_file_is_read_inside_the_root_never_from_the_host(
+        self, ctx: Context, tmp_path: Path
+    ) -> None:
+        host = tmp_path / "host-only" / "release.bin"
+        host.parent.mkdir()
+        host.write_bytes(b"on the host\n")
+        url = f"file://{host}"
+        with pytest.raises(ResourceError, match="download failed: No such file or directory"):
+            make(Artifact, "/opt/tool", url=url, sha256=sha(b"on the host\n")).check_apply(
+                ctx, True
+            )
+        assert not (ctx.root.prefix / "opt/tool").exists()
+        inside = ctx.root.prefix / str(host).lstrip("/")
+        inside.parent.mkdir(parents=True)
+        inside.write_bytes(b"in the root\n")
+        make(Artifact, "/opt/tool", url=url, sha256=sha(b"in the root\n")).check_apply(ctx, True)
+        assert (ctx.root.prefix / "opt/tool/release.bin").read_bytes() == b"in the root\n"
+
+    def test_ways_out_of_the_root_are_refused(self, ctx: Context, tmp_path: Path) -> None:
+        secret = tmp_path / "secret"
+        secret.write_bytes(b"root:$6$hash:19000::::::\n")
+        (ctx.root.prefix / "srv/link").symlink_to(secret)
+        (ctx.root.prefix / "srv/up").symlink_to("../../..")
+        refused = {
+            "file:///srv/link": "a symlink, not followed",
+            "file:///srv/../../secret": "must not contain '..'",
+            f"file://localhost/srv/up{tmp_path}/secret": "No such file or directory",
+            f"file://otherhost{secret}": "not a host",
+        }
+        for url, why in refused.items():
+            with pytest.raises(ResourceError, match=re.escape(why)):
+                make(Artifact, "/opt/x", url=url, sha256=sha(secret.read_bytes())).check_apply(
+                    ctx, True
+                )
+        assert not (ctx.root.prefix / "opt/x").exists()
+        assert list((ctx.state_dir / "artifacts").iterdir()) == []
+
+    def test_a_mismatch_names_only_the_expected_digest(
+        self, ctx: Context, served: tuple[str, Path]
+    ) -> None:
+        """The actual digest would let whoever reads the report check guesses of the file."""
+        private = b"a file the agent may read but not show\n"
+        (ctx.root.prefix / "etc/private").write_bytes(private)
+        url, www = served
+        (www / "private").write_bytes(private)
+        for source in ("file:///etc/private", f"{url}/private"):
+            with pytest.raises(ResourceError) as err:
+                make(Artifact, "/opt/x", url=source, sha256="0" * 64).check_apply(ctx, True)
+            assert str(err.value) == f"checksum mismatch: expected sha256 {'0' * 64}"
+            assert sha(private) not in str(err.value)

@@ -399,13 +399,14 @@ def test_the_same_race_against_an_artifact(
     releases = []
     for version in (1, 2):
         tree = write_tree(tmp_path / f"release-{version}", {"VERSION": f"{version}\n"})
-        archive = tmp_path / f"release-{version}.tar.gz"
+        archive = ctx.root.prefix / f"var/cache/release-{version}.tar.gz"  # read inside the root
+        archive.parent.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive, "w:gz") as tar:
             tar.add(tree / "VERSION", arcname="VERSION")
         sha = hashlib.sha256(archive.read_bytes()).hexdigest()
         releases.append(
-            make(Artifact, "/srv/app/conf/release", url=f"file://{archive}", sha256=sha,
-                 extract="tar.gz")
+            make(Artifact, "/srv/app/conf/release", url=f"file:///var/cache/{archive.name}",
+                 sha256=sha, extract="tar.gz")
         )  # fmt: skip
     refusals: Counter[str] = Counter()
     for n in range(200):
