@@ -47,7 +47,8 @@ EVERY_TYPE = "*"  # the section of the attributes every type takes
 # -- the table: one profile per case --------------------------------------------------------------
 
 # Files, directories, symlinks, lines, execs, accounts, artifacts and the attributes every type
-# takes, in one apply. @WWW@ and @PORT@ are the artifact server's directory and port.
+# takes, in one apply. @WWW@ is the releases' directory inside the root, @PORT@ the slow
+# artifact server's port.
 MACHINE = """
 resources:
   - file: /etc/owned
@@ -387,13 +388,13 @@ def account(root: Path, table: str, name: str) -> list[str]:
 def test_machine(open_cli: CLI, slow_server: int, tmp_path: Path) -> None:
     cli, root = open_cli, open_cli.root
     seed_machine(root)
-    www = tmp_path / "www"
+    www = root / "srv" / "www"  # a file:// URL is read inside the root
     release = tar_gz({"app/VERSION": b"1.0\n"})
     tool, big = b"tool\n" * 10, b"b" * 2048
     write_tree(www, {"release.tar.gz": release, "tool.bin": tool, "big.bin": big})
     profile = MACHINE
     for token, value in {
-        "@WWW@": str(www),
+        "@WWW@": "/srv/www",
         "@PORT@": str(slow_server),
         "@RELEASE@": sha(release),
         "@TOOL@": sha(tool),
