@@ -78,6 +78,12 @@ class CoordinationConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    request_timeout: float = 10.0  # a whole request, from the connection to the answer
+    max_connections: int = 32  # open at once; past it a new connection is refused at once
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "json"
     level: str = "info"
@@ -92,6 +98,7 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     listen: str = "127.0.0.1:9717"
+    http: HttpConfig = field(default_factory=HttpConfig)
     webhook_secret_file: Path | None = None
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -157,6 +164,10 @@ class _Reader:
                 if not all(isinstance(v, str) and v.startswith("/") for v in items):
                     raise ValueError("must be a list of absolute paths")
                 return tuple(Path(v) for v in items)
+            if kind == "count":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ValueError("must be a whole number, at least 1")
+                return value
             if kind == "strs":
                 items = value if isinstance(value, list) else [value]
                 if not all(isinstance(v, str) for v in items):
@@ -188,6 +199,7 @@ def parse_config(text: bytes | str, name: str) -> Config:
             "source",
             "reconcile",
             "listen",
+            "http",
             "webhook",
             "coordination",
             "log",
@@ -221,6 +233,11 @@ def parse_config(text: bytes | str, name: str) -> Config:
         mode=r.get(rec, "mode", "str", "enforce", "reconcile.", choices=("enforce", "noop")),
         watch=r.get(rec, "watch", "bool", True, "reconcile."),
     )
+    web = r.section(raw, "http", {"request_timeout", "max_connections"})
+    http = HttpConfig(
+        request_timeout=r.get(web, "request_timeout", "duration", 10.0, "http."),
+        max_connections=r.get(web, "max_connections", "count", 32, "http."),
+    )
     hook = r.section(raw, "webhook", {"secret_file"})
     coord = r.section(raw, "coordination", {"backend", "path", "endpoints", "lease"})
     coordination = CoordinationConfig(
@@ -247,6 +264,7 @@ def parse_config(text: bytes | str, name: str) -> Config:
         source=source,
         reconcile=reconcile,
         listen=listen,
+        http=http,
         webhook_secret_file=r.get(hook, "secret_file", "path", None, "webhook."),
         coordination=coordination,
         log=log,

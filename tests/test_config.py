@@ -34,6 +34,13 @@ class TestConfig:
         assert config.reconcile.splay == 300.0
         assert config.listen == "127.0.0.1:9717"
         assert config.state_dir == Path("/var/lib/reconciler")
+        assert (config.http.request_timeout, config.http.max_connections) == (10.0, 32)
+
+    def test_http_bounds_are_checked(self) -> None:
+        with pytest.raises(ConfigError) as err:
+            parse_config("http:\n  request_timeout: 0s\n  max_connections: 0\n", "c.yaml")
+        assert "c.yaml:2, key 'http.request_timeout': must be more than zero" in str(err.value)
+        assert "c.yaml:3, key 'http.max_connections': must be a whole number" in str(err.value)
 
     def test_every_problem_is_named_with_its_line(self) -> None:
         text = "source:\n  url: /srv/repo\n  poll_interval: soon\n  colour: blue\nreconcile:\n  mode: yolo\nlistn: x\n"
