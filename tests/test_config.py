@@ -35,6 +35,17 @@ class TestConfig:
         assert config.listen == "127.0.0.1:9717"
         assert config.state_dir == Path("/var/lib/reconciler")
         assert (config.http.request_timeout, config.http.max_connections) == (10.0, 32)
+        assert config.reconcile.max_file_size == 64 * 1024 * 1024
+
+    def test_max_file_size_takes_units(self) -> None:
+        assert parse_config("reconcile: {max_file_size: 1GiB}\n", "c").reconcile.max_file_size == (
+            1024**3
+        )
+        assert parse_config("reconcile: {max_file_size: 4096}\n", "c").reconcile.max_file_size == (
+            4096
+        )
+        with pytest.raises(ConfigError, match=r"c:1, key 'reconcile.max_file_size': 'lots'"):
+            parse_config("reconcile: {max_file_size: lots}\n", "c")
 
     def test_http_bounds_are_checked(self) -> None:
         with pytest.raises(ConfigError) as err:
