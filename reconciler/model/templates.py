@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 import jinja2
@@ -36,8 +36,10 @@ _WIDE_FORMAT = re.compile(r"\d{8,}")  # a format width or precision of 8 digits 
 
 
 # Splitting text makes one object per piece (some 60 bytes each): a text that would split into
-# more pieces than this is refused (str.split, wordwrap, wordcount).
+# more pieces than this is refused (str.split, wordwrap). Lists are bounded alike: a filter
+# makes at most this many items, and takes at most this many to make one object of each.
 MAX_PIECES = MAX_OUTPUT // 16
+MAX_ITEMS = MAX_PIECES
 
 
 def _size(value: Any, limit: int = MAX_OUTPUT) -> int:
@@ -214,9 +216,33 @@ def _sum(
     if attribute is not None:
         items = list(map(jinja2.filters.make_attrgetter(env, attribute), items))
     sized = [i for i in (start, *items) if isinstance(i, list | tuple)]
-    if sum(len(i) for i in sized) > MAX_OUTPUT:
-        raise ValueError(f"the result would be larger than {MAX_OUTPUT} items")
+    _check_items(sum(len(i) for i in sized))
     return sum(items, start)
+
+
+def _check_items(count: int) -> None:
+    if count > MAX_ITEMS:
+        raise ValueError(f"more than {MAX_ITEMS} items")
+
+
+def _counting(items: Iterator[Any]) -> Iterator[Any]:
+    """A filter's lazy result (map, select, batch...): refused past MAX_ITEMS as it is drawn."""
+    for count, item in enumerate(items):
+        _check_items(count + 1)
+        yield item
+
+
+def _itemwise(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter that makes an object per item of its value: at most MAX_ITEMS of them."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        value = args[1] if getattr(function, "jinja_pass_arg", None) else args[0]
+        if isinstance(value, Sized):
+            _check_items(len(value))
+        return function(*args, **kwargs)
+
+    return call
 
 
 def _counted(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -255,6 +281,10 @@ _BOUNDED_FILTERS: dict[str, Callable[..., Any]] = {
     "sum": _sum,
 }
 _COUNTED_FILTERS = ("batch", "slice")
+_ITEMWISE_FILTERS = (
+    "list", "batch", "slice", "map", "select", "reject", "selectattr", "rejectattr", "groupby",
+    "unique", "sort", "dictsort", "items",
+)  # fmt: skip
 _MEASURED_FILTERS = ("tojson", "to_json", "to_yaml", "string", "pprint", "urlencode", "xmlattr")
 
 
@@ -269,8 +299,13 @@ def _guarded(function: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         _check_arguments(args, kwargs)
         result = function(*args, **kwargs)
-        if isinstance(result, str) and len(result) > MAX_OUTPUT:
-            raise ValueError(f"the result would be larger than {MAX_OUTPUT} bytes")
+        if isinstance(result, str):
+            if len(result) > MAX_OUTPUT:
+                raise ValueError(f"the result would be larger than {MAX_OUTPUT} bytes")
+        elif isinstance(result, list | tuple | dict):
+            _check_items(len(result))
+        elif isinstance(result, Iterator):
+            return _counting(result)
         return result
 
     return call
@@ -344,11 +379,15 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             sized = isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple)
             if sized and len(left) + len(right) > MAX_OUTPUT:
                 raise ValueError(f"the result would be larger than {MAX_OUTPUT} bytes")
+            if isinstance(left, list | tuple) and isinstance(right, list | tuple):
+                _check_items(len(left) + len(right))
         elif operator == "*":
             for seq, times in ((left, right), (right, left)):
                 sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
                 if sized and len(seq) * times > MAX_OUTPUT:
                     raise ValueError(f"the result would be larger than {MAX_OUTPUT} bytes")
+                if isinstance(seq, list | tuple) and isinstance(times, int):
+                    _check_items(len(seq) * times)
         elif operator == "**":
             ints = isinstance(left, int) and isinstance(right, int) and abs(left) > 1
             if ints and right * math.log10(abs(left)) > MAX_INT_DIGITS:
@@ -409,11 +448,14 @@ def _make_env(loader: jinja2.BaseLoader | None = None) -> ImmutableSandboxedEnvi
     env.filters.update(_BOUNDED_FILTERS)
     for name in _COUNTED_FILTERS:
         env.filters[name] = _counted(env.filters[name])
+    for name in _ITEMWISE_FILTERS:
+        env.filters[name] = _itemwise(env.filters[name])
     for name in _MEASURED_FILTERS:
         env.filters[name] = _measured(env.filters[name])
     for name, function in list(env.filters.items()):
         env.filters[name] = _guarded(function)
     env.globals.pop("lipsum", None)  # placeholder text has no place in configuration
+    env.filters.pop("urlize", None)  # nor HTML links (and it needs 20 times its input's memory)
     return env
 
 
