@@ -9,7 +9,8 @@ import pytest
 
 from reconciler import facts
 from reconciler.errors import ModelError
-from tests.conftest import CLI
+from tests.conftest import CLI, wait_for
+from tests.daemon.conftest import Daemon, GitServer
 
 OS_RELEASES = {
     'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\nNAME="Debian GNU/Linux"\n': (
@@ -137,3 +138,28 @@ def test_hostile_fact_files_are_warnings_and_the_other_facts_load(cli: CLI, tmp_
         )
     assert "aliases expand" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_the_daemon_warns_about_hostile_fact_files_and_applies(
+    tmp_path: Path, server: GitServer
+) -> None:
+    """The daemon reads facts_dirs at every run: a bad fact file is a warning in its log, and
+    the run applies the revision."""
+    d = tmp_path / "facts.d"
+    d.mkdir()
+    (d / "10-bomb.yaml").write_text(_alias_bomb())
+    (d / "20-deep.json").write_text("[" * 3000 + "\n")
+    daemon = Daemon(tmp_path, server.url)
+    daemon.config.write_text(
+        daemon.config.read_text().replace("facts_dirs: []", f"facts_dirs: [{d}]")
+    )
+    daemon.start()
+    try:
+        wait_for(daemon.ready, 30, "the revision applied")
+        logs = daemon.logs()
+        assert "10-bomb.yaml" in logs and "aliases expand" in logs
+        assert "20-deep.json" in logs and "nesting depth" in logs
+        assert "Traceback" not in logs and "RecursionError" not in logs
+    finally:
+        assert daemon.stop() == 0
