@@ -119,3 +119,17 @@ def test_a_lower_limit_is_obeyed(cli: CLI, tmp_path: Path) -> None:
     assert failed["status"] == "failed"
     assert "4096 bytes, more than the limit of 1024 bytes" in str(failed["error"])
     assert big.stat().st_size == 4096
+
+
+def test_a_backup_copy_left_by_a_killed_run_is_removed(cli: CLI, tmp_path: Path) -> None:
+    """A backup is copied in under a temporary name and renamed to its digest; what a killed
+    run left half copied is removed by the next run."""
+    repo, _, config = setup(cli, tmp_path, 4096)
+    objects = cli.state / "backups/objects"
+    objects.mkdir(parents=True)
+    stray = objects / ".incoming.reconciler-tmp-999999999-0"
+    stray.write_bytes(b"half a copy")
+    code, _, errors, _ = apply(cli, config, repo)
+    assert code == 2, errors
+    assert not stray.exists()
+    assert [p.name for p in objects.iterdir() if p.is_file()] == []
