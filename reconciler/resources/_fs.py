@@ -638,8 +638,7 @@ class BackupStore:
                 f = open(source, "rb")  # noqa: SIM115 - closed below
                 st = os.fstat(f.fileno())
             with f:
-                sha = self._store(_chunks(f), sync, staged)
-            return self._record(sha, st, path_as_written, sync, staged)
+                return self.save_open(f, st, path_as_written, sync, staged)
         if isinstance(source, Place):
             found = source.lstat()
             if found is None:
@@ -648,6 +647,18 @@ class BackupStore:
         else:
             st = os.lstat(source)
         return self.save_data(data, st, path_as_written, sync, staged)
+
+    def save_open(
+        self,
+        f: BinaryIO,
+        st: os.stat_result,
+        path_as_written: str,
+        sync: Callable[[Path], None] | None = None,
+        staged: bool = False,
+    ) -> str:
+        """Store the rest of an open file, a chunk at a time, with the mode and owner of ``st``."""
+        sha = self._store(_chunks(f), sync, staged)
+        return self._record(sha, st, path_as_written, sync, staged)
 
     def _store(
         self, chunks: Iterator[bytes], sync: Callable[[Path], None] | None, staged: bool

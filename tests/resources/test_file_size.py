@@ -133,3 +133,31 @@ def test_a_backup_copy_left_by_a_killed_run_is_removed(cli: CLI, tmp_path: Path)
     assert code == 2, errors
     assert not stray.exists()
     assert [p.name for p in objects.iterdir() if p.is_file()] == []
+
+
+def test_a_3_gb_file_a_line_edits_fails_alone(cli: CLI, tmp_path: Path) -> None:
+    repo = write_tree(
+        tmp_path / "repo",
+        {
+            **REPO,
+            "profiles/app.yaml": """
+                resources:
+                  - line: "key=value"
+                    path: /etc/big.conf
+                  - file: /etc/motd
+                    content: "welcome\\n"
+                """,
+        },
+    )
+    big = cli.root / "etc/big.conf"
+    big.write_bytes(b"other=1\n")
+    os.truncate(big, 3 * GIB)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"node: n1\nroot: {cli.root}\nstate_dir: {cli.state}\nfacts_dirs: []\n")
+    code, report, errors, peak = apply(cli, config, repo)
+    assert code == 6, errors
+    failed = [r for r in results(report).values() if r["status"] == "failed"]
+    assert len(failed) == 1 and str(3 * GIB) in str(failed[0]["error"]), failed
+    assert "/etc/big.conf" in str(failed[0]["error"])
+    assert (cli.root / "etc/motd").read_text() == "welcome\n"
+    assert peak < 200 * MIB, peak >> 20
