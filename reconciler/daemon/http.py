@@ -122,14 +122,21 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], agent: Agent) -> None:
         self.agent = agent
-        self.deadline = agent.config.http.request_timeout
-        self.max_connections = agent.config.http.max_connections
         # Open connections and when each must have been answered (monotonic seconds).
         self._open: dict[socket.socket, float] = {}
         self._lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    # Read at each connection, so SIGHUP changes them too.
+    @property
+    def deadline(self) -> float:
+        return self.agent.config.http.request_timeout
+
+    @property
+    def max_connections(self) -> int:
+        return self.agent.config.http.max_connections
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._lock:

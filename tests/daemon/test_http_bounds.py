@@ -4,6 +4,7 @@ are open at once. Slow clients cannot exhaust the agent's descriptors or keep it
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -117,3 +118,19 @@ def test_a_request_within_the_deadline_on_a_kept_alive_connection_is_answered(d:
                 pass
             assert reader.read(3) == b"ok\n"
             time.sleep(DEADLINE * 0.6)
+
+
+@pytest.mark.slow
+def test_sighup_changes_the_cap(d: Daemon) -> None:
+    d.write_config("http:\n  request_timeout: 5s\n  max_connections: 2\n")
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in d.logs(), 10, "the reload")
+    held = [socket.create_connection(("127.0.0.1", d.port), timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as third:
+            assert third.recv(64).startswith(b"HTTP/1.1 503 ")
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(lambda: d.get("/healthz")[0] == 200, 10, "answers again")
