@@ -128,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """Options from --config (when given) overridden by flags."""
+    from reconciler.config import ReconcileConfig
+
     values: dict[str, Any] = {
         "repo": None,
         "ref": None,
@@ -139,6 +141,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "timeout": 60.0,
         "verify": None,
         "coordination": None,
+        "max_file_size": ReconcileConfig().max_file_size,
     }
     config_path = getattr(args, "config", None)
     if config_path is not None:
@@ -156,6 +159,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             timeout=config.source.timeout,
             verify=config.source.verify,
             coordination=config.coordination,
+            max_file_size=config.reconcile.max_file_size,
         )
     for key in ("repo", "ref", "node", "root", "state_dir"):
         value = getattr(args, key, None)
@@ -184,6 +188,7 @@ def _options(args: argparse.Namespace) -> Any:
         timeout=values["timeout"],
         verify=values["verify"],
         coordination=values["coordination"],
+        max_file_size=values["max_file_size"],
     )
 
 

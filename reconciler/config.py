@@ -13,9 +13,26 @@ from typing import Any
 
 from reconciler.errors import ConfigError, Location, ModelError, Problem
 from reconciler.model.yamlload import LocMap, load
+from reconciler.resources._fs import MAX_FILE_SIZE
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+_SIZE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB)?$")
+_SIZE_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, None: 1}
+
+
+def parse_size(value: Any) -> int:
+    """``64MiB`` -> 67108864; a plain number is bytes. Raises ValueError for anything else."""
+    if isinstance(value, bool):
+        raise ValueError("not a size")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value).strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a size like 64MiB, 512KiB or 1GiB")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
 def parse_duration(value: Any) -> float:
@@ -67,6 +84,7 @@ class ReconcileConfig:
     splay: float = 300.0
     mode: str = "enforce"
     watch: bool = True
+    max_file_size: int = MAX_FILE_SIZE  # a managed file past it is not read: it fails alone
 
 
 @dataclass(frozen=True)
@@ -75,6 +93,12 @@ class CoordinationConfig:
     path: Path = Path("/var/lib/reconciler/coordination")
     endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
     lease: float = 300.0  # a deployment slot is freed this long after its holder last renewed it
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    request_timeout: float = 10.0  # a whole request, from the connection to the answer
+    max_connections: int = 32  # open at once; past it a new connection is refused at once
 
 
 @dataclass(frozen=True)
@@ -92,6 +116,7 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     listen: str = "127.0.0.1:9717"
+    http: HttpConfig = field(default_factory=HttpConfig)
     webhook_secret_file: Path | None = None
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -157,6 +182,15 @@ class _Reader:
                 if not all(isinstance(v, str) and v.startswith("/") for v in items):
                     raise ValueError("must be a list of absolute paths")
                 return tuple(Path(v) for v in items)
+            if kind == "size":
+                size = parse_size(value)
+                if size < 1:
+                    raise ValueError("must be more than zero")
+                return size
+            if kind == "count":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ValueError("must be a whole number, at least 1")
+                return value
             if kind == "strs":
                 items = value if isinstance(value, list) else [value]
                 if not all(isinstance(v, str) for v in items):
@@ -188,6 +222,7 @@ def parse_config(text: bytes | str, name: str) -> Config:
             "source",
             "reconcile",
             "listen",
+            "http",
             "webhook",
             "coordination",
             "log",
@@ -214,12 +249,18 @@ def parse_config(text: bytes | str, name: str) -> Config:
         allow_rewind=r.get(src, "allow_rewind", "bool", False, "source."),
         verify=verify,
     )
-    rec = r.section(raw, "reconcile", {"interval", "splay", "mode", "watch"})
+    rec = r.section(raw, "reconcile", {"interval", "splay", "mode", "watch", "max_file_size"})
     reconcile = ReconcileConfig(
         interval=r.get(rec, "interval", "duration", 1800.0, "reconcile."),
         splay=r.get(rec, "splay", "duration", 300.0, "reconcile.", zero_ok=True),
         mode=r.get(rec, "mode", "str", "enforce", "reconcile.", choices=("enforce", "noop")),
         watch=r.get(rec, "watch", "bool", True, "reconcile."),
+        max_file_size=r.get(rec, "max_file_size", "size", d.reconcile.max_file_size, "reconcile."),
+    )
+    web = r.section(raw, "http", {"request_timeout", "max_connections"})
+    http = HttpConfig(
+        request_timeout=r.get(web, "request_timeout", "duration", 10.0, "http."),
+        max_connections=r.get(web, "max_connections", "count", 32, "http."),
     )
     hook = r.section(raw, "webhook", {"secret_file"})
     coord = r.section(raw, "coordination", {"backend", "path", "endpoints", "lease"})
@@ -247,6 +288,7 @@ def parse_config(text: bytes | str, name: str) -> Config:
         source=source,
         reconcile=reconcile,
         listen=listen,
+        http=http,
         webhook_secret_file=r.get(hook, "secret_file", "path", None, "webhook."),
         coordination=coordination,
         log=log,

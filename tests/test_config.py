@@ -34,6 +34,24 @@ class TestConfig:
         assert config.reconcile.splay == 300.0
         assert config.listen == "127.0.0.1:9717"
         assert config.state_dir == Path("/var/lib/reconciler")
+        assert (config.http.request_timeout, config.http.max_connections) == (10.0, 32)
+        assert config.reconcile.max_file_size == 64 * 1024 * 1024
+
+    def test_max_file_size_takes_units(self) -> None:
+        assert parse_config("reconcile: {max_file_size: 1GiB}\n", "c").reconcile.max_file_size == (
+            1024**3
+        )
+        assert parse_config("reconcile: {max_file_size: 4096}\n", "c").reconcile.max_file_size == (
+            4096
+        )
+        with pytest.raises(ConfigError, match=r"c:1, key 'reconcile.max_file_size': 'lots'"):
+            parse_config("reconcile: {max_file_size: lots}\n", "c")
+
+    def test_http_bounds_are_checked(self) -> None:
+        with pytest.raises(ConfigError) as err:
+            parse_config("http:\n  request_timeout: 0s\n  max_connections: 0\n", "c.yaml")
+        assert "c.yaml:2, key 'http.request_timeout': must be more than zero" in str(err.value)
+        assert "c.yaml:3, key 'http.max_connections': must be a whole number" in str(err.value)
 
     def test_every_problem_is_named_with_its_line(self) -> None:
         text = "source:\n  url: /srv/repo\n  poll_interval: soon\n  colour: blue\nreconcile:\n  mode: yolo\nlistn: x\n"

@@ -415,6 +415,7 @@ class Agent:
             stop=self._stop,
             store=self._coordination_store(),
             coordination=c.coordination,
+            max_file_size=c.reconcile.max_file_size,
         )
 
     def _coordination_store(self) -> Any:

@@ -1,13 +1,18 @@
 """The HTTP endpoints: /metrics, /healthz, /readyz, /status, / and POST /webhook.
 
 Handlers read the agent's state as it stands and never wait for a run. Bodies are bounded and
-read with a timeout, so a slow or huge request cannot hold the listener.
+read with a timeout, so a slow or huge request cannot hold the listener. A whole request has a
+deadline (``http.request_timeout``), after which its connection is cut however slowly it still
+trickles in, and at most ``http.max_connections`` are open at once: past that a new connection
+is answered 503 and closed at once, without a thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import socket
 import sys
 import threading
 import time
@@ -30,7 +35,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(READ_TIMEOUT)
+        self.connection.settimeout(min(READ_TIMEOUT, self.server.deadline))
+
+    def handle_one_request(self) -> None:
+        super().handle_one_request()
+        self.server.arm(self.connection)  # the next request on this connection: a new deadline
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # requests are counted, not logged line by line
@@ -100,17 +109,73 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, (result + "\n").encode())
 
 
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 22\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\r\n"
+)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # a burst of connections is accepted (and refused) at once
 
     def __init__(self, address: tuple[str, int], agent: Agent) -> None:
         self.agent = agent
+        # Open connections and when each must have been answered (monotonic seconds).
+        self._open: dict[socket.socket, float] = {}
+        self._lock = threading.Lock()
         if ":" in address[0]:
-            import socket
-
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    # Read at each connection, so SIGHUP changes them too.
+    @property
+    def deadline(self) -> float:
+        return self.agent.config.http.request_timeout
+
+    @property
+    def max_connections(self) -> int:
+        return self.agent.config.http.max_connections
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            full = len(self._open) >= self.max_connections
+            if not full:
+                self._open[request] = time.monotonic() + self.deadline
+        if full:
+            self._refuse(request)
+            return
+        super().process_request(request, client_address)
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Too many open connections: a 503, if the socket takes it at once, and close."""
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(_BUSY)
+        super().shutdown_request(request)
+
+    def arm(self, request: socket.socket) -> None:
+        with self._lock:
+            if request in self._open:
+                self._open[request] = time.monotonic() + self.deadline
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)
+
+    def service_actions(self) -> None:
+        """Between polls of the listener: cut the connections past their deadline. Their
+        handler's blocked read or write returns, and its thread ends."""
+        now = time.monotonic()
+        with self._lock:
+            late = [request for request, deadline in self._open.items() if deadline < now]
+            for request in late:
+                self._open[request] = float("inf")  # cut once
+        for request in late:
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A request that failed: one log event, not a traceback on stderr. A client that
@@ -127,7 +192,9 @@ class HttpServer:
         self.server = _Server((host.strip("[]"), int(port)), agent)
         bound = self.server.server_address
         self.address = f"{bound[0]!s}:{bound[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.25,), name="http", daemon=True
+        )
 
     def start(self) -> None:
         self.thread.start()

@@ -27,7 +27,12 @@ from reconciler.engine.run import DEFAULT_WORKERS, converge, execute
 from reconciler.errors import ReconcilerError
 from reconciler.model import yamlload
 from reconciler.model.catalog import Catalog, Compiler, Entry, link
-from reconciler.resources._fs import BackupStore, Root, remove_stray_temporaries
+from reconciler.resources._fs import (
+    MAX_FILE_SIZE,
+    BackupStore,
+    Root,
+    remove_stray_temporaries,
+)
 from reconciler.resources._run import Runner
 from reconciler.resources.base import REGISTRY, Context, Resource
 from reconciler.source import Snapshot, open_snapshot
@@ -51,6 +56,7 @@ class RunOptions:
     # opened for the run from ``coordination`` (default: local, under the state directory).
     store: Store | None = None
     coordination: CoordinationConfig | None = None
+    max_file_size: int = MAX_FILE_SIZE  # reconcile.max_file_size
 
 
 Warn = Callable[[str], None]
@@ -79,6 +85,7 @@ def make_context(options: RunOptions, fingerprints: Mapping[str, Any]) -> Contex
         backups=BackupStore(options.state_dir),
         runner=Runner(base_env={"RECONCILER_ROOT": str(root.prefix)}),
         fingerprints=dict(fingerprints),
+        max_file_size=options.max_file_size,
     )
 
 

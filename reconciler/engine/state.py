@@ -108,6 +108,7 @@ def remove_stray_temporaries(state_dir: Path) -> int:
     Those of a live process (a daemon writing beside a one-off run) are left alone.
     """
     directories = [state_dir, state_dir / "reports", state_dir / "cache" / "yaml"]
+    directories.append(state_dir / "backups" / "objects")  # a backup copied in, not yet named
     with contextlib.suppress(OSError):
         directories += sorted(p for p in (state_dir / "backups" / "objects").iterdir())
     removed = 0

@@ -373,16 +373,27 @@ def _read_fact_file(path: Path, timeout: float) -> tuple[dict[str, Any] | None, 
         return None, None  # other files (README, *.disabled) are not facts
     if st.st_size > MAX_FACT_BYTES:
         return None, f"larger than {MAX_FACT_BYTES} bytes"
+    from reconciler.model.yamlload import load
+
+    # The repo's bounded loader (JSON is YAML): an alias bomb or thousands of nested brackets
+    # are refused in milliseconds, and the other facts still load.
     try:
-        text = path.read_text()
-        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        return None, f"unreadable: {exc}".replace("\n", " ")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FACT_BYTES + 1)  # it may have grown since the stat
+        if len(raw) > MAX_FACT_BYTES:
+            return None, f"larger than {MAX_FACT_BYTES} bytes"
+        data = load(raw, str(path))
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    except ModelError as exc:
+        problem = exc.problems[0]
+        line = f"line {problem.where.line}: " if problem.where.line else ""
+        return None, f"{line}{problem.message}".replace("\n", " ")
     if data is None:
         return {}, None
     if not isinstance(data, dict):
         return None, "must hold a mapping"
-    return data, None
+    return dict(_plain(data)), None
 
 
 def load_facts_file(path: Path) -> dict[str, Any]:

@@ -158,10 +158,12 @@ def _convert(
     return _construct(loader, node)
 
 
-# Only flow collections, anchors and aliases can nest deeply on few bytes or expand; block
-# nesting is bounded by indentation, which we check on the text.
+# Only flow collections, anchors and aliases can nest deeply on few bytes or expand. Block
+# nesting costs at least one column per two levels (a sequence may sit at its key's column),
+# written as indentation or as "- " and "? " indicators: a line that starts that far in is
+# checked level by level.
 _RISKY = re.compile(r"[\[{*&]")
-_DEEP_INDENT = re.compile(r"^ {128,}\S", re.MULTILINE)
+_DEEP_INDENT = re.compile(rf"^[ ?:-]{{{MAX_DEPTH // 2},}}", re.MULTILINE)
 
 
 def _check_bounds(text: str, name: str) -> None:

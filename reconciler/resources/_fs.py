@@ -31,9 +31,9 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from reconciler.errors import PathEscape, ReconcilerError, ResourceError
 
@@ -43,6 +43,10 @@ _serial = itertools.count()
 MAX_SYMLINKS = 40
 # Directories a Root keeps open at once (a run resolves each directory once).
 MAX_OPEN_DIRS = 256
+# The largest managed file the agent reads (to compare or back it up), unless the daemon's
+# reconcile.max_file_size says otherwise: past it a resource fails alone.
+MAX_FILE_SIZE = 64 * 1024 * 1024
+CHUNK = 1024 * 1024  # files are compared, hashed and copied this much at a time
 O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -294,6 +298,18 @@ class Place:
 
     def read_bytes(self) -> bytes:
         return self.read()[0]
+
+    def open_regular(self) -> tuple[BinaryIO, os.stat_result]:
+        """The regular file here, open for reading, and its stat (ELOOP for a symlink)."""
+        fd = self.open(os.O_RDONLY | os.O_NONBLOCK)
+        f = open(fd, "rb")  # noqa: SIM115 - the caller closes it
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            f.close()
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(self.host))
+            raise OSError(errno.EINVAL, "not a regular file", str(self.host))
+        return f, st
 
     def readlink(self) -> str:
         return os.readlink(self.name, dir_fd=self.fd)
@@ -566,6 +582,11 @@ def remove_stray_temporaries(directory: Path) -> int:
     return removed
 
 
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK):
+        yield chunk
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -609,20 +630,69 @@ class BackupStore:
         ``source`` is a managed file's place, or a host path. ``data``: its content as the
         caller just read it.
         """
-        if isinstance(source, Place):
-            if data is None:
-                data, st = source.read()
+        if data is None:
+            # Copied a chunk at a time: a big file costs no more memory than a small one.
+            if isinstance(source, Place):
+                f, st = source.open_regular()
             else:
-                found = source.lstat()
-                if found is None:
-                    raise FileNotFoundError(errno.ENOENT, "vanished", str(source.host))
-                st = found
+                f = open(source, "rb")  # noqa: SIM115 - closed below
+                st = os.fstat(f.fileno())
+            with f:
+                return self.save_open(f, st, path_as_written, sync, staged)
+        if isinstance(source, Place):
+            found = source.lstat()
+            if found is None:
+                raise FileNotFoundError(errno.ENOENT, "vanished", str(source.host))
+            st = found
         else:
             st = os.lstat(source)
-            if data is None:
-                with open(source, "rb") as f:
-                    data = f.read()
         return self.save_data(data, st, path_as_written, sync, staged)
+
+    def save_open(
+        self,
+        f: BinaryIO,
+        st: os.stat_result,
+        path_as_written: str,
+        sync: Callable[[Path], None] | None = None,
+        staged: bool = False,
+    ) -> str:
+        """Store the rest of an open file, a chunk at a time, with the mode and owner of ``st``."""
+        sha = self._store(_chunks(f), sync, staged)
+        return self._record(sha, st, path_as_written, sync, staged)
+
+    def _store(
+        self, chunks: Iterator[bytes], sync: Callable[[Path], None] | None, staged: bool
+    ) -> str:
+        """Copy a content into the store under its sha256, computed while it is copied."""
+        self.objects.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.objects / temp_name("incoming")
+        h = hashlib.sha256()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                for chunk in chunks:
+                    h.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                if not staged:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            sha = h.hexdigest()
+            target = self.objects / sha[:2] / sha
+            if target.exists():
+                tmp.unlink()
+                return sha
+            target.parent.mkdir(exist_ok=True, mode=0o700)
+            os.rename(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        if not staged:
+            (fsync_dir if sync is None else sync)(target.parent)
+        return sha
 
     def save_data(
         self,
@@ -648,6 +718,17 @@ class BackupStore:
                 stage_at(Place.at(target), data, 0o600, -1, -1).commit()
             else:
                 atomic_write(target, data, 0o600, -1, -1, sync=sync)
+        return self._record(sha, st, path_as_written, sync, staged)
+
+    def _record(
+        self,
+        sha: str,
+        st: os.stat_result,
+        path_as_written: str,
+        sync: Callable[[Path], None] | None,
+        staged: bool,
+    ) -> str:
+        """Add the index line of a stored content."""
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "path": path_as_written,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from reconciler.resources._fs import MAX_FILE_SIZE
+
 if TYPE_CHECKING:
     from reconciler.resources._fs import BackupStore, Place, Root, Staged
     from reconciler.resources._run import Runner
@@ -184,6 +186,8 @@ class Context:
     # Set by the engine around an inline apply: writes are staged here (a temporary beside its
     # target) and renamed into place after one syncfs for the batch. None: write at once.
     staging: list[Staged] | None = None
+    # The largest managed file read to compare or back it up (reconcile.max_file_size).
+    max_file_size: int = MAX_FILE_SIZE
 
     def write_file(
         self, place: Place, data: bytes, mode: int | None, uid: int | None, gid: int | None

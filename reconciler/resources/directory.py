@@ -28,9 +28,8 @@ def backup_tree(ctx: Context, place: _fs.Place, written: str) -> None:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
                     continue
-                data = f.read()
-            rel = f"{below}/{name}" if below else name
-            ctx.backups.save_data(data, st, f"{written}/{rel}")
+                rel = f"{below}/{name}" if below else name
+                ctx.backups.save_open(f, st, f"{written}/{rel}")  # a chunk at a time
 
 
 @register

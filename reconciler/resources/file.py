@@ -14,6 +14,7 @@ from reconciler.errors import ReconcilerError, ResourceError
 from reconciler.resources import _fs
 from reconciler.resources._fs import Place
 from reconciler.resources._path import (
+    MAX_DIFF_BYTES,
     PathResource,
     displace,
     owner_changes,
@@ -60,7 +61,7 @@ class File(PathResource):
         self._sha = hashlib.sha256(self._data).hexdigest() if self._data is not None else None
         self._mode = parse_mode(self.attrs.get("mode"))
         self._digest: str | None = None
-        self._seen: tuple[tuple[int, int, int, int], bytes, Change | None] | None = None
+        self._seen: tuple[tuple[int, int, int, int], bytes | None, Change | None] | None = None
 
     @classmethod
     def validate(cls, title: str, attrs: Mapping[str, Any]) -> list[tuple[str | None, str]]:
@@ -114,7 +115,7 @@ class File(PathResource):
             and self.attrs.get("replace", True)
             and not self._content_in_sync(ctx, st)
         ):
-            change = self._content_change(place, st)
+            change = self._content_change(ctx, place, st)
             if change is not None:
                 changes.append(change)
             else:
@@ -151,6 +152,7 @@ class File(PathResource):
     ) -> None:
         """Back the old content up (or give up), then write the new one beside and rename."""
         if st is not None and self.attrs.get("backup", True):
+            self._check_size(ctx, st.st_size)
             seen = self._seen
             try:
                 ctx.backup(place, self.title, seen[1] if seen and seen[0] == _key(st) else None)
@@ -200,24 +202,52 @@ class File(PathResource):
         if now is not None:
             self._remember(ctx, now)
 
-    def _content_change(self, place: Place, st: os.stat_result) -> Change | None:
+    def _content_change(self, ctx: Context, place: Place, st: os.stat_result) -> Change | None:
         """The content change against the file as it is, read once per state of the file: the
-        check, the apply that follows it and the backup share one read and one diff."""
+        check, the apply that follows it and the backup share one read and one diff.
+
+        The file is read a chunk at a time, hashed as it goes: only a file small enough to
+        diff is kept in memory."""
         seen = self._seen
         if seen is not None and seen[0] == _key(st):
             return seen[2]
+        self._check_size(ctx, st.st_size)
+        assert self._data is not None
+        h = hashlib.sha256()
+        kept: list[bytes] | None = [] if st.st_size <= MAX_DIFF_BYTES else None
+        size = 0
         try:
-            old = place.read_bytes()
+            f, _ = place.open_regular()
+            with f:
+                while chunk := f.read(_fs.CHUNK):
+                    size += len(chunk)
+                    self._check_size(ctx, size)  # it grew while it was read
+                    h.update(chunk)
+                    if kept is not None and size <= MAX_DIFF_BYTES:
+                        kept.append(chunk)
+                    else:
+                        kept = None
         except OSError as exc:
             raise ResourceError(f"{self.title}: cannot read: {exc.strerror}") from None
-        old_sha = hashlib.sha256(old).hexdigest()
+        old_sha = h.hexdigest()
         change = None
+        old = None if kept is None else b"".join(kept)
         if old_sha != self._sha:
-            assert self._data is not None
-            diff = None if self.sensitive else text_diff(self.title, old, self._data)
+            diff = None
+            if not self.sensitive and old is not None:
+                diff = text_diff(self.title, old, self._data)
             change = Change("content", f"sha256:{old_sha}", f"sha256:{self._sha}", diff)
         self._seen = (_key(st), old, change) if change is not None else None
         return change
+
+    def _check_size(self, ctx: Context, size: int) -> None:
+        """A managed file past the limit is neither read nor backed up: this resource fails,
+        the others go on."""
+        if size > ctx.max_file_size:
+            raise ResourceError(
+                f"{self.title}: the file is {size} bytes, more than the limit of "
+                f"{ctx.max_file_size} bytes (reconcile.max_file_size); not read, not replaced"
+            )
 
     def _content_in_sync(self, ctx: Context, st: os.stat_result) -> bool:
         known = ctx.fingerprints.get(self.title)
@@ -248,6 +278,7 @@ class File(PathResource):
             return [Change("ensure", kind.removeprefix("a "), "absent")]
         if apply:
             if stat.S_ISREG(st.st_mode) and self.attrs.get("backup", True):
+                self._check_size(ctx, st.st_size)
                 try:
                     ctx.backup(place, self.title)
                 except OSError as exc:

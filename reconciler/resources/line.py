@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -84,6 +85,12 @@ class Line(Resource):
     def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
         path = str(self.attrs["path"])
         place = ctx.root.locate(path)
+        st = place.lstat()
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_size > ctx.max_file_size:
+            raise ResourceError(
+                f"{path}: the file is {st.st_size} bytes, more than the limit of "
+                f"{ctx.max_file_size} bytes (reconcile.max_file_size); not read, not edited"
+            )
         try:
             old = place.read_bytes()
         except FileNotFoundError:

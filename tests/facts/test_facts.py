@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from reconciler import facts
 from reconciler.errors import ModelError
+from tests.conftest import CLI, wait_for
+from tests.daemon.conftest import Daemon, GitServer
 
 OS_RELEASES = {
     'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\nNAME="Debian GNU/Linux"\n': (
@@ -87,3 +91,75 @@ def test_render_and_lookup() -> None:
         facts.lookup(data, "os.nope")
     assert json.loads(facts.render(data, "json")) == data
     assert "family: Debian" in facts.render(data, "yaml")
+
+
+def _alias_bomb() -> str:
+    """Nine levels of nine aliases: a few hundred bytes that expand to 9**9 strings."""
+    lines = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_hostile_fact_files_are_warnings_and_the_other_facts_load(cli: CLI, tmp_path: Path) -> None:
+    """An alias bomb and 3000 nested brackets in facts.d: each a warning naming its file, in
+    seconds, and the facts beside them still count."""
+    d = tmp_path / "facts.d"
+    d.mkdir()
+    (d / "10-bomb.yaml").write_text(_alias_bomb())
+    (d / "20-deep.yaml").write_text("[" * 3000 + "\n")
+    (d / "30-deep.json").write_text("[" * 3000 + "\n")
+    (d / "40-block.yaml").write_text("- " * 3000 + "x\n")
+    (d / "50-site.yaml").write_text("datacenter: ams1\n")
+    assert len(_alias_bomb()) < 600  # a few hundred bytes
+    config = tmp_path / "config.yaml"
+    config.write_text(f"node: n1\nstate_dir: {cli.state}\nfacts_dirs: [{d}]\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reconciler.cli",
+            "facts",
+            "--config",
+            str(config),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["datacenter"] == "ams1"
+    for name in ("10-bomb.yaml", "20-deep.yaml", "30-deep.json", "40-block.yaml"):
+        assert any(name in line and "skipped" in line for line in done.stderr.splitlines()), (
+            name,
+            done.stderr,
+        )
+    assert "aliases expand" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_the_daemon_warns_about_hostile_fact_files_and_applies(
+    tmp_path: Path, server: GitServer
+) -> None:
+    """The daemon reads facts_dirs at every run: a bad fact file is a warning in its log, and
+    the run applies the revision."""
+    d = tmp_path / "facts.d"
+    d.mkdir()
+    (d / "10-bomb.yaml").write_text(_alias_bomb())
+    (d / "20-deep.json").write_text("[" * 3000 + "\n")
+    daemon = Daemon(tmp_path, server.url)
+    daemon.config.write_text(
+        daemon.config.read_text().replace("facts_dirs: []", f"facts_dirs: [{d}]")
+    )
+    daemon.start()
+    try:
+        wait_for(daemon.ready, 30, "the revision applied")
+        logs = daemon.logs()
+        assert "10-bomb.yaml" in logs and "aliases expand" in logs
+        assert "20-deep.json" in logs and "nesting depth" in logs
+        assert "Traceback" not in logs and "RecursionError" not in logs
+    finally:
+        assert daemon.stop() == 0

@@ -49,6 +49,28 @@ class TestLoad:
         with pytest.raises(ModelError, match="nesting deeper than"):
             load(text, "deep.yaml")
 
+    @pytest.mark.parametrize("depth", [MAX_DEPTH + 5, 3000])
+    def test_deep_block_sequences_are_refused_with_a_line(self, depth: int) -> None:
+        text = "ok: 1\nitems:\n" + "- " * depth + "x\n"
+        with pytest.raises(ModelError, match=r"deep.yaml:3: nesting deeper than"):
+            load(text, "deep.yaml")
+
+    @pytest.mark.parametrize("depth", [MAX_DEPTH + 5, 3000])
+    def test_deep_block_mappings_are_refused_with_a_line(self, depth: int) -> None:
+        # One space more per level: the least indentation YAML allows.
+        text = "".join(" " * i + f"k{i}:\n" for i in range(depth)) + " " * depth + "x\n"
+        with pytest.raises(ModelError, match=rf"deep.yaml:{MAX_DEPTH + 1}: nesting deeper than"):
+            load(text, "deep.yaml")
+
+    def test_deep_mixed_block_nesting_is_refused(self) -> None:
+        # A sequence may sit at its key's column: two levels per column of indentation.
+        text = "".join(" " * i + f"k{i}:\n" + " " * i + "-\n" for i in range(MAX_DEPTH))
+        with pytest.raises(ModelError, match="nesting deeper than"):
+            load(text + " " * MAX_DEPTH + "x\n", "deep.yaml")
+
+    def test_moderate_block_nesting_is_fine(self) -> None:
+        assert load("- " * 20 + "x\n", "ok.yaml") == [[[[[[[[[[[[[[[[[[[["x"]]]]]]]]]]]]]]]]]]]]
+
     def test_a_few_aliases_are_fine(self) -> None:
         data = load("base: &b {port: 80}\nweb: *b\n", "ok.yaml")
         assert data["web"] == {"port": 80}
