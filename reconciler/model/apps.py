@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from reconciler.errors import Location, ModelError, Problem
-from reconciler.model.repo import NAME, read_yaml, type_name, unknown_keys
+from reconciler.model.repo import NAME, did_you_mean, read_yaml, type_name, unknown_keys
 from reconciler.model.yamlload import LocList, LocMap
 from reconciler.source import Snapshot
 
@@ -274,7 +274,7 @@ def _check_requires(app: App) -> list[Problem]:
                 problems.append(
                     Problem(
                         f"component {component.name!r} requires {required!r}, which is not a "
-                        f"component of app {app.name!r}",
+                        f"component of app {app.name!r}{did_you_mean(required, names)}",
                         component.requires_at,
                     )
                 )
