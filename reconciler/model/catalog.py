@@ -16,7 +16,14 @@ from typing import Any
 import reconciler.resources  # noqa: F401  (registers the resource types)
 from reconciler.errors import Location, ModelError, Problem
 from reconciler.model import repo as repomod
-from reconciler.model.apps import App, Deployment, load_apps, unmatched_components
+from reconciler.model.apps import (
+    App,
+    Deployment,
+    app_names,
+    load_apps,
+    read_app,
+    unmatched_components,
+)
 from reconciler.model.repo import DataValue, Profile, Settings, closest, did_you_mean
 from reconciler.model.templates import Renderer
 from reconciler.model.yamlload import LocList, LocMap
@@ -887,11 +894,11 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
             compiler.compile_role(node, role, Location(f"roles/{role}.yaml"), facts)
         except ModelError as exc:
             problems += exc.problems
-    try:
-        apps = compiler.apps()
-    except ModelError:
-        apps = []  # check_apps reports them
-    for app in apps:
+    for name in app_names(snapshot):
+        try:
+            app, _ = read_app(snapshot, name)  # check_apps reports what is wrong with it
+        except ModelError:
+            continue
         for component in app.components:
             problems += declaration_problems(component.resources, app.file)
     problems += compiler.check_apps(node, facts)

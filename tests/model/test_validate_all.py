@@ -124,6 +124,26 @@ class TestEveryFileOnItsOwn:
             "nodes.yaml:2: role 'wbe' not found (no roles/wbe.yaml) (did you mean 'web'?)"
         ]
 
+    def test_an_app_with_an_unknown_key_still_has_its_resources_checked(
+        self, make_repo: Callable[..., Path]
+    ) -> None:
+        app = """
+            version: "1.0"
+            componets: []
+            components:
+              - name: api
+                nodes: {role: web}
+                resources:
+                  - file: /srv/api.conf
+                    contnet: x
+            """
+        assert validate(make_repo, {"apps/shop.yaml": app}) == [
+            "apps/shop.yaml:2, key 'componets': unknown key 'componets' in an app "
+            "(did you mean 'components'?)",
+            "apps/shop.yaml:8, key 'contnet': unknown attribute 'contnet' for file "
+            "(did you mean 'content'?)",
+        ]
+
     def test_a_bad_settings_file_hides_nothing_else(self, make_repo: Callable[..., Path]) -> None:
         found = validate(
             make_repo,
