@@ -236,7 +236,11 @@ class Compiler:
                 problems += found + declaration_problems(profile.resources, profile.file)
                 continue
             profiles.append(profile)
-        data = repomod.load_data(self.snapshot, self.settings, node, role, facts)
+        try:
+            data = repomod.load_data(self.snapshot, self.settings, node, role, facts)
+        except ModelError as exc:  # a data file that does not parse hides no other problem
+            problems += exc.problems
+            data = repomod.Data()
         known = {p.name: p for p in profiles}
         for _, file, content in data.levels:
             problems += repomod.check_data_file(file, content, known, self.profile_names())

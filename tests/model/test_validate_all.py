@@ -228,6 +228,22 @@ class TestANodeSeesWhatValidateSees:
         assert len(exc.value.problems) == 6
         assert any(p.startswith("profiles/spare.yaml:2") for p in everything)
 
+    def test_a_data_file_that_does_not_parse_hides_nothing_from_a_compile(
+        self, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                **BASE,
+                "profiles/nginx.yaml": "resources:\n  - file: /etc/a\n    tempalte: a\n",
+                "data/common.yaml": "nginx: [\n",
+            }
+        )
+        with pytest.raises(ModelError) as exc:
+            Compiler(DirectorySnapshot(repo)).compile("web-1", FACTS)
+        found = [str(p) for p in exc.value.problems]
+        assert [p.split(":")[0] for p in found] == ["data/common.yaml", "profiles/nginx.yaml"]
+        assert exc.value.stage == "parse"
+
 
 class TestDidYouMean:
     @pytest.mark.parametrize(
