@@ -237,7 +237,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from reconciler.engine.pipeline import RunOptions, gather_facts
-    from reconciler.model.catalog import Compiler, repo_warnings, validate_repo
+    from reconciler.model.catalog import Compiler, repo_warnings, tidy, validate_repo
 
     values = _settings(args)
     repo = values["repo"] or "."
@@ -255,7 +255,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             catalog = Compiler(snapshot).compile(node, {**facts, "node": node})
             compiled.append(f"{node}: role {catalog.role}, {len(catalog.entries)} resources")
         except ModelError as exc:
-            problems += [p for p in exc.problems if p not in problems]
+            problems = tidy([*problems, *exc.problems])
     if problems:
         _err(f"{snapshot.description}: {len(problems)} problem(s):")
         for problem in problems:

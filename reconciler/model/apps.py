@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from reconciler.errors import Location, ModelError, Problem
-from reconciler.model.repo import NAME, read_yaml, type_name, unknown_keys
+from reconciler.model.repo import NAME, did_you_mean, read_yaml, type_name, unknown_keys
 from reconciler.model.yamlload import LocList, LocMap
 from reconciler.source import Snapshot
 
@@ -112,6 +112,15 @@ def load_apps(snapshot: Snapshot) -> list[App]:
 
 
 def load_app(snapshot: Snapshot, name: str) -> App:
+    app, problems = read_app(snapshot, name)
+    if problems:
+        raise ModelError(problems, "validate")
+    return app
+
+
+def read_app(snapshot: Snapshot, name: str) -> tuple[App, list[Problem]]:
+    """An app with the components that could be read, and what is wrong with its file (in line
+    order); a ModelError only when it cannot be read at all."""
     path = f"apps/{name}.yaml"
     if not NAME.match(name):
         raise ModelError.one(
@@ -150,9 +159,8 @@ def load_app(snapshot: Snapshot, name: str) -> App:
             continue
         app.components.append(component)
     problems += _check_requires(app)
-    if problems:
-        raise ModelError(sorted(problems, key=lambda p: p.where.line or 0), "validate")
-    return app
+    ordered = sorted(problems, key=lambda p: p.where.line or 0)
+    return app, [Problem(p.message, p.where, "validate") for p in ordered]
 
 
 def _component(raw: LocMap, where: Location, path: str) -> tuple[Component | None, list[Problem]]:
@@ -274,7 +282,7 @@ def _check_requires(app: App) -> list[Problem]:
                 problems.append(
                     Problem(
                         f"component {component.name!r} requires {required!r}, which is not a "
-                        f"component of app {app.name!r}",
+                        f"component of app {app.name!r}{did_you_mean(required, names)}",
                         component.requires_at,
                     )
                 )

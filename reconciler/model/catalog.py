@@ -16,8 +16,15 @@ from typing import Any
 import reconciler.resources  # noqa: F401  (registers the resource types)
 from reconciler.errors import Location, ModelError, Problem
 from reconciler.model import repo as repomod
-from reconciler.model.apps import App, Deployment, load_apps, unmatched_components
-from reconciler.model.repo import DataValue, Profile, Settings
+from reconciler.model.apps import (
+    App,
+    Deployment,
+    app_names,
+    load_apps,
+    read_app,
+    unmatched_components,
+)
+from reconciler.model.repo import DataValue, Profile, Settings, closest, did_you_mean
 from reconciler.model.templates import Renderer
 from reconciler.model.yamlload import LocList, LocMap
 from reconciler.resources.base import (
@@ -179,12 +186,13 @@ def find_cycle(members: set[ResourceId], after: Mapping[ResourceId, set[Resource
 class Compiler:
     """Compiles catalogs from one snapshot; caches what does not depend on the node."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, settings: Settings | None = None) -> None:
         self.snapshot = snapshot
-        self.settings = repomod.load_settings(snapshot)
+        self.settings = repomod.load_settings(snapshot) if settings is None else settings
         self.renderer = Renderer(self._read_template)
-        self._profiles: dict[str, Profile] = {}
+        self._profiles: dict[str, tuple[Profile, list[Problem]]] = {}
         self._apps: list[App] | None = None
+        self._profile_names: frozenset[str] | None = None
         self._params_named: dict[str, frozenset[str] | None] = {}
 
     def _read_template(self, name: str) -> str:
@@ -197,8 +205,15 @@ class Compiler:
             raise jinja2.TemplateNotFound(name) from None
 
     def profile(self, name: str, where: Location) -> Profile:
+        profile, problems = self.read_profile(name, where)
+        if problems:
+            raise ModelError(problems, "validate")
+        return profile
+
+    def read_profile(self, name: str, where: Location) -> tuple[Profile, list[Problem]]:
+        """A profile and what is wrong with its file; a ModelError when it cannot be read."""
         if name not in self._profiles:
-            self._profiles[name] = repomod.load_profile(self.snapshot, name, where)
+            self._profiles[name] = repomod.read_profile(self.snapshot, name, where)
         return self._profiles[name]
 
     def compile(self, node: str, facts: Mapping[str, Any]) -> Catalog:
@@ -208,17 +223,27 @@ class Compiler:
     def compile_role(
         self, node: str, role: str, where: Location, facts: Mapping[str, Any]
     ) -> Catalog:
-        problems: list[Problem] = []
+        named, problems = repomod.read_role(self.snapshot, role, where)
         profiles: list[Profile] = []
-        for name, line in repomod.load_role(self.snapshot, role, where):
+        for name, line in named:
             try:
-                profiles.append(self.profile(name, line))
+                profile, found = self.read_profile(name, line)
             except ModelError as exc:
                 problems += exc.problems
-        data = repomod.load_data(self.snapshot, self.settings, node, role, facts)
+                continue
+            if found:
+                # Not compiled, but what is wrong whatever the values is still reported.
+                problems += found + declaration_problems(profile.resources, profile.file)
+                continue
+            profiles.append(profile)
+        try:
+            data = repomod.load_data(self.snapshot, self.settings, node, role, facts)
+        except ModelError as exc:  # a data file that does not parse hides no other problem
+            problems += exc.problems
+            data = repomod.Data()
         known = {p.name: p for p in profiles}
         for _, file, content in data.levels:
-            problems += repomod.check_data_file(file, content, known, self._profile_exists)
+            problems += repomod.check_data_file(file, content, known, self.profile_names())
         entries: dict[ResourceId, Entry] = {}
         catalog = Catalog(
             node, role, self.snapshot.revision, self.snapshot.branch, self.settings, entries, {}, {}
@@ -248,7 +273,7 @@ class Compiler:
         )
         try:
             if problems:
-                raise ModelError(_dedupe(problems))
+                raise ModelError(tidy(problems))
             link(catalog)
         except ModelError as exc:
             raise ModelError(scrub_problems(exc.problems, catalog.secrets)) from None
@@ -332,8 +357,11 @@ class Compiler:
                 problems += exc.problems
         return entries, problems
 
-    def _profile_exists(self, name: str) -> bool:
-        return self.snapshot.exists(f"profiles/{name}.yaml")
+    def profile_names(self) -> frozenset[str]:
+        """The name of every profile of the repo, whether or not it loads."""
+        if self._profile_names is None:
+            self._profile_names = frozenset(repomod.names_of(self.snapshot, "profile"))
+        return self._profile_names
 
     def resolve_params(
         self, profile: Profile, data: repomod.Data, context: Mapping[str, Any]
@@ -366,7 +394,9 @@ class Compiler:
         profile = self.profile(profile_name, Location(key=key))
         if param not in profile.params:
             raise ModelError.one(
-                f"profile {profile_name!r} has no parameter {param!r}", Location(profile.file)
+                f"profile {profile_name!r} has no parameter {param!r}"
+                f"{did_you_mean(param, profile.params)}",
+                Location(profile.file),
             )
         data = repomod.load_data(self.snapshot, self.settings, node, classification.role, facts)
         found = data.lookup(profile_name, param)
@@ -425,9 +455,7 @@ class Compiler:
         taint: Taint = Taint(),
     ) -> Entry | None:
         """One declaration to a catalog entry; None when its ``when:`` is false."""
-        if not isinstance(declaration, LocMap):
-            raise ModelError.one("a resource must be a mapping like '- file: /etc/motd'", where)
-        kind = resource_type(declaration, where)
+        kind = declared_type(declaration, where)
         cls = REGISTRY[kind]
         problems: list[Problem] = []
 
@@ -458,16 +486,6 @@ class Compiler:
         attrs: dict[str, Any] = {}
         for key, raw in declaration.items():
             if key in (kind, "when"):
-                continue
-            if key not in COMMON_ATTRIBUTES and key not in attribute_names(kind):
-                problems.append(
-                    Problem(
-                        f"unknown attribute {key!r} for {kind} (its attributes: "
-                        f"{', '.join(attribute_names(kind))}; and those of every type: "
-                        f"{', '.join(sorted(COMMON_ATTRIBUTES))})",
-                        at(str(key)),
-                    )
-                )
                 continue
             try:
                 attrs[key] = self.render(raw, context, at(key))
@@ -597,6 +615,49 @@ class Compiler:
             attrs["content"] = self.renderer.render_file(name, context, at("template"))
 
 
+def declared_type(declaration: Any, where: Location) -> str:
+    """The type of one resource declaration, once what needs no values is checked: that it is a
+    mapping that names a type, with no attribute that type lacks. A ModelError otherwise.
+
+    Compiling checks this before ``when:``, and validate checks it for every declaration of the
+    repo, so a misspelling is reported whichever nodes the resource is for."""
+    if not isinstance(declaration, LocMap):
+        raise ModelError.one("a resource must be a mapping like '- file: /etc/motd'", where)
+    kind = resource_type(declaration, where)
+    known = attribute_names(kind)
+    problems = []
+    for key in declaration:
+        if key in (kind, "when") or key in COMMON_ATTRIBUTES or key in known:
+            continue
+        close = closest(key, [*known, *COMMON_ATTRIBUTES])
+        hint = (
+            f"did you mean {close!r}?"
+            if close is not None
+            else f"its attributes: {', '.join(known)}; and those of every type: "
+            f"{', '.join(sorted(COMMON_ATTRIBUTES))}"
+        )
+        problems.append(
+            Problem(
+                f"unknown attribute {key!r} for {kind} ({hint})",
+                Location(where.file, declaration.line_of(key), str(key)),
+            )
+        )
+    if problems:
+        raise ModelError(problems)
+    return kind
+
+
+def declaration_problems(declarations: LocList, file: str) -> list[Problem]:
+    """What is wrong with a list of resource declarations whatever the node and its values."""
+    problems: list[Problem] = []
+    for index, declaration in enumerate(declarations):
+        try:
+            declared_type(declaration, Location(file, declarations.line_of(index)))
+        except ModelError as exc:
+            problems += exc.problems
+    return problems
+
+
 def resource_type(declaration: LocMap, where: Location) -> str:
     """The type a resource mapping names: its first key. A mapping whose first key is not a
     type but which has exactly one type key elsewhere is read the old way, by that key."""
@@ -615,9 +676,10 @@ def resource_type(declaration: LocMap, where: Location) -> str:
             where,
         )
     unknown = [k for k in declaration if k not in COMMON_ATTRIBUTES]
+    close = next((c for k in unknown if (c := closest(k, REGISTRY)) is not None), None)
+    hint = f"did you mean {close!r}?" if close else f"types: {', '.join(sorted(REGISTRY))}"
     raise ModelError.one(
-        f"no resource type among the keys {sorted(map(str, declaration))} "
-        f"(types: {', '.join(sorted(REGISTRY))})"
+        f"no resource type among the keys {sorted(map(str, declaration))} ({hint})"
         if unknown
         else "a resource needs a type key like 'file: /etc/motd'",
         where,
@@ -705,7 +767,8 @@ def link(catalog: Catalog) -> None:
                 if target not in entries:
                     problems.append(
                         Problem(
-                            f"{rid}: {relation} {target}, which is not in this node's catalog",
+                            f"{rid}: {relation} {target}, which is not in this node's catalog"
+                            f"{_close_id(target, entries, rid)}",
                             Location(entry.where.file, entry.where.line, relation),
                         )
                     )
@@ -737,6 +800,15 @@ def link(catalog: Catalog) -> None:
     catalog.order()  # raises on a cycle
 
 
+def _close_id(target: ResourceId, ids: Iterable[ResourceId], own: ResourceId) -> str:
+    """A did-you-mean for a missing target: another resource of its type with a close title
+    (titles alone, since ids of one type all share their start)."""
+    kind, _, title = target.partition(":")
+    titles = [i.partition(":")[2] for i in ids if i != own and i.partition(":")[0] == kind]
+    close = closest(title, titles)
+    return "" if close is None else f" (did you mean {f'{kind}:{close}'!r}?)"
+
+
 def _unquote(message: str, attrs: Mapping[str, Any]) -> str:
     """A sensitive resource's validation message without its values: each quoted value (as
     the checks quote them, with repr), whatever its length, becomes its digest."""
@@ -752,35 +824,64 @@ def scrub_problems(problems: list[Problem], secrets: Secrets) -> list[Problem]:
     return [Problem(secrets.scrub(p.message), p.where, p.stage) for p in problems]
 
 
-def _dedupe(problems: list[Problem]) -> list[Problem]:
-    seen: set[str] = set()
-    unique = []
+def tidy(problems: Iterable[Problem]) -> list[Problem]:
+    """Problems each once (however often they were found), in file and line order."""
+    unique: dict[str, Problem] = {}
     for problem in problems:
-        if str(problem) not in seen:
-            seen.add(str(problem))
-            unique.append(problem)
-    return unique
+        unique.setdefault(str(problem), problem)
+    return sorted(
+        unique.values(),
+        key=lambda p: (
+            p.where.file is None,
+            p.where.file or "",
+            p.where.line or 0,
+            p.where.key or "",
+            p.message,
+        ),
+    )
 
 
 def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> list[Problem]:
-    """Check every file of the repo and compile every role with these facts."""
+    """Every problem of a revision, each once, in file and line order.
+
+    Each file is checked on its own first (settings, nodes.yaml, every role, profile, data file
+    and app, used or not), so that a problem in one file hides none in another; then every
+    role is compiled with these facts, which finds what only values show."""
     problems: list[Problem] = []
     try:
-        compiler = Compiler(snapshot)
-    except ModelError as exc:
-        return exc.problems
-    try:
-        repomod.load_nodes(snapshot)
+        settings = repomod.load_settings(snapshot)
     except ModelError as exc:
         problems += exc.problems
-    for path in snapshot.files("profiles"):
-        name = path.removeprefix("profiles/").removesuffix(".yaml")
-        if path.endswith(".yaml"):
+        settings = Settings()
+    compiler = Compiler(snapshot, settings)
+    try:
+        nodes, found = repomod.read_nodes(snapshot)
+        problems += found + repomod.missing_roles(snapshot, nodes)
+    except ModelError as exc:
+        problems += exc.problems
+    roles = repomod.names_of(snapshot, "role")
+    for role in roles:
+        try:
+            named, found = repomod.read_role(snapshot, role, Location(f"roles/{role}.yaml"))
+        except ModelError as exc:
+            problems += exc.problems
+            continue
+        problems += found
+        for name, where in named:
             try:
-                compiler.profile(name, Location(path))
+                compiler.read_profile(name, where)
             except ModelError as exc:
                 problems += exc.problems
-    profiles = compiler._profiles
+    profiles: dict[str, Profile] = {}
+    for name in repomod.names_of(snapshot, "profile"):
+        try:
+            profile, found = compiler.read_profile(name, Location(f"profiles/{name}.yaml"))
+        except ModelError as exc:
+            problems += exc.problems
+            continue
+        problems += found + declaration_problems(profile.resources, profile.file)
+        if not found:
+            profiles[name] = profile
     for path in snapshot.files("data"):
         if not path.endswith((".yaml", ".yml")):
             continue
@@ -791,17 +892,21 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
         except ModelError as exc:
             problems += exc.problems
             continue
-        problems += repomod.check_data_file(path, content, profiles, lambda _: False)
-    for path in snapshot.files("roles"):
-        role = path.removeprefix("roles/").removesuffix(".yaml")
-        if not path.endswith(".yaml"):
-            continue
+        problems += repomod.check_data_file(path, content, profiles, compiler.profile_names())
+    for role in roles:
         try:
-            compiler.compile_role(node, role, Location(path), facts)
+            compiler.compile_role(node, role, Location(f"roles/{role}.yaml"), facts)
         except ModelError as exc:
             problems += exc.problems
+    for name in app_names(snapshot):
+        try:
+            app, _ = read_app(snapshot, name)  # check_apps reports what is wrong with it
+        except ModelError:
+            continue
+        for component in app.components:
+            problems += declaration_problems(component.resources, app.file)
     problems += compiler.check_apps(node, facts)
-    return _dedupe(problems)
+    return tidy(problems)
 
 
 def repo_warnings(snapshot: Snapshot) -> list[str]:

@@ -6,8 +6,9 @@ Problems are collected, not raised one by one, so that an author sees all of the
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -57,11 +58,27 @@ def type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+def closest(name: object, known: Iterable[object]) -> str | None:
+    """The known name most like ``name`` when one is close enough to be a likely typo."""
+    choices = sorted({str(k) for k in known} - {str(name)})
+    found = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def did_you_mean(name: object, known: Iterable[object]) -> str:
+    """`` (did you mean 'x'?)`` after a message about an unknown name, or nothing."""
+    close = closest(name, known)
+    return f" (did you mean {close!r}?)" if close is not None else ""
+
+
 def unknown_keys(
     mapping: LocMap, allowed: Mapping[str, Any] | frozenset[str] | set[str], file: str, what: str
 ) -> list[Problem]:
     return [
-        Problem(f"unknown key {key!r} in {what}", Location(file, mapping.line_of(key), str(key)))
+        Problem(
+            f"unknown key {key!r} in {what}{did_you_mean(key, allowed)}",
+            Location(file, mapping.line_of(key), str(key)),
+        )
         for key in mapping
         if key not in allowed
     ]
@@ -121,6 +138,14 @@ class Classification:
 
 
 def load_nodes(snapshot: Snapshot) -> LocMap:
+    raw, problems = read_nodes(snapshot)
+    if problems:
+        raise ModelError(problems, "validate")
+    return raw
+
+
+def read_nodes(snapshot: Snapshot) -> tuple[LocMap, list[Problem]]:
+    """nodes.yaml and what is wrong with it; a ModelError only when it cannot be read."""
     path = "nodes.yaml"
     raw = expect_map(read_yaml(snapshot, path), Location(path), "nodes.yaml")
     problems = unknown_keys(raw, {"nodes", "default"}, path, path)
@@ -152,9 +177,30 @@ def load_nodes(snapshot: Snapshot) -> LocMap:
         problems.append(
             Problem("must be a role name", Location(path, raw.line_of("default"), "default"))
         )
-    if problems:
-        raise ModelError(problems, "validate")
-    return raw
+    return raw, problems
+
+
+def missing_roles(snapshot: Snapshot, raw: LocMap) -> list[Problem]:
+    """The roles nodes.yaml gives that have no file, each where it is given (as a compile of a
+    node it classifies would report it)."""
+    given: list[tuple[Any, Location]] = []
+    entries = raw.get("nodes")
+    if isinstance(entries, LocList):
+        given += [
+            (entry.get("role"), Location("nodes.yaml", entries.line_of(index)))
+            for index, entry in enumerate(entries)
+            if isinstance(entry, LocMap)
+        ]
+    if "default" in raw:
+        given.append((raw.get("default"), Location("nodes.yaml", raw.line_of("default"))))
+    problems: list[Problem] = []
+    for role, where in given:
+        if isinstance(role, str) and NAME.match(role):
+            try:
+                _read_named(snapshot, "role", role, where)
+            except ModelError as exc:
+                problems += exc.problems
+    return problems
 
 
 def classify(snapshot: Snapshot, node: str, facts: Mapping[str, Any]) -> Classification:
@@ -190,16 +236,43 @@ def _read_named(snapshot: Snapshot, kind: str, name: str, where: Location) -> tu
     if not NAME.match(name):
         raise ModelError.one(f"{name!r} is not a valid {kind} name", where)
     if not snapshot.exists(path):
-        raise ModelError.one(f"{kind} {name!r} not found (no {path})", where)
+        raise ModelError.one(
+            f"{kind} {name!r} not found (no {path}){did_you_mean(name, names_of(snapshot, kind))}",
+            where,
+        )
     return path, expect_map(read_yaml(snapshot, path), Location(path), f"a {kind}")
+
+
+def names_of(snapshot: Snapshot, kind: str) -> list[str]:
+    """The names of every role or profile (``kind``) of the repo, in file name order."""
+    folder = f"{kind}s"
+    return sorted(
+        path.removeprefix(f"{folder}/").removesuffix(".yaml")
+        for path in snapshot.files(folder)
+        if path.endswith(".yaml")
+    )
 
 
 def load_role(snapshot: Snapshot, role: str, where: Location) -> list[tuple[str, Location]]:
     """The profiles a role includes, each with the line that names it."""
+    profiles, problems = read_role(snapshot, role, where)
+    if problems:
+        raise ModelError(problems, "validate")
+    return profiles
+
+
+def read_role(
+    snapshot: Snapshot, role: str, where: Location
+) -> tuple[list[tuple[str, Location]], list[Problem]]:
+    """The profiles a role includes (each with the line that names it) and what is wrong with
+    the role's file, which does not keep its profiles from being read. A role without
+    ``profiles`` has none. A ModelError only when the role cannot be read at all."""
     path, raw = _read_named(snapshot, "role", role, where)
     problems = unknown_keys(raw, {"profiles", "description"}, path, "a role")
-    profiles = raw.get("profiles", [])
-    if not isinstance(profiles, LocList) or not all(isinstance(p, str) for p in profiles):
+    profiles = raw.get("profiles")
+    if profiles is None:
+        profiles = LocList.empty()
+    elif not isinstance(profiles, LocList) or not all(isinstance(p, str) for p in profiles):
         problems.append(
             Problem(
                 "must be a list of profile names",
@@ -207,9 +280,8 @@ def load_role(snapshot: Snapshot, role: str, where: Location) -> list[tuple[str,
             )
         )
         profiles = LocList.empty()
-    if problems:
-        raise ModelError(problems, "validate")
-    return [(name, Location(path, profiles.line_of(i))) for i, name in enumerate(profiles)]
+    named = [(name, Location(path, profiles.line_of(i))) for i, name in enumerate(profiles)]
+    return named, [Problem(p.message, p.where, "validate") for p in problems]
 
 
 @dataclass
@@ -222,6 +294,14 @@ class Profile:
 
 
 def load_profile(snapshot: Snapshot, name: str, where: Location) -> Profile:
+    profile, problems = read_profile(snapshot, name, where)
+    if problems:
+        raise ModelError(problems, "validate")
+    return profile
+
+
+def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profile, list[Problem]]:
+    """A profile and what is wrong with its file; a ModelError only when it cannot be read."""
     path, raw = _read_named(snapshot, "profile", name, where)
     problems = unknown_keys(
         raw, {"params", "resources", "description", "sensitive_params"}, path, "a profile"
@@ -231,7 +311,7 @@ def load_profile(snapshot: Snapshot, name: str, where: Location) -> Profile:
         params = expect_map(params, Location(path, raw.line_of("params"), "params"), "params")
     except ModelError as exc:
         problems += exc.problems
-        params = expect_map(None, Location(path), "params")
+        params = expect_map(None, Location(path), "params")  # a broken profile is not compiled
     resources = raw.get("resources")
     if resources is None:
         resources = LocList.empty()
@@ -257,9 +337,8 @@ def load_profile(snapshot: Snapshot, name: str, where: Location) -> Profile:
                     Location(path, raw.line_of("sensitive_params"), "sensitive_params"),
                 )
             )
-    if problems:
-        raise ModelError(problems, "validate")
-    return Profile(name, path, params, resources, frozenset(sensitive))
+    profile = Profile(name, path, params, resources, frozenset(sensitive))
+    return profile, [Problem(p.message, p.where, "validate") for p in problems]
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -344,21 +423,27 @@ def check_data_file(
     path: str,
     content: LocMap,
     profiles: Mapping[str, Profile],
-    unchecked: Callable[[str], bool],
+    elsewhere: Collection[str],
 ) -> list[Problem]:
     """Every key of a data file must be a declared parameter, of the default's type.
 
-    Sections for profiles not in ``profiles`` are passed over when ``unchecked(name)`` says
-    they exist elsewhere (a compile checks only the node's own profiles); else they are errors.
+    Sections for profiles not in ``profiles`` are passed over when they are in ``elsewhere``
+    (every profile of the repo: a compile checks only the node's own profiles, and validate
+    reports a profile that does not load in its own file); else they are errors.
     """
     problems: list[Problem] = []
     for name, section in content.items():
         line = content.line_of(name)
         profile = profiles.get(name)
-        if profile is None and unchecked(str(name)):
+        if profile is None and str(name) in elsewhere:
             continue
         if profile is None:
-            problems.append(Problem(f"no profile named {name!r}", Location(path, line, str(name))))
+            problems.append(
+                Problem(
+                    f"no profile named {name!r}{did_you_mean(name, elsewhere)}",
+                    Location(path, line, str(name)),
+                )
+            )
             continue
         if not isinstance(section, LocMap):
             problems.append(
@@ -369,7 +454,11 @@ def check_data_file(
             where = Location(path, section.line_of(key), f"{name}.{key}")
             if key not in profile.params:
                 problems.append(
-                    Problem(f"profile {name!r} has no parameter {key!r} ({profile.file})", where)
+                    Problem(
+                        f"profile {name!r} has no parameter {key!r} ({profile.file})"
+                        f"{did_you_mean(key, profile.params)}",
+                        where,
+                    )
                 )
                 continue
             default = profile.params[key]

@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import CLI, EXAMPLE, commit_all, git, place_releases, tree_hash
+from tests.conftest import CLI, EXAMPLE, commit_all, git, place_releases, tree_hash, write_tree
 
 FACTS = "facts.yaml"
 
@@ -66,6 +66,40 @@ class TestExampleRepo:
         done = cli("validate", "--repo", str(EXAMPLE), "--node", "web-1", "--node", "db-1", check=0)
         assert "web-1: role web" in done.stdout
         assert "db-1: role db" in done.stdout
+
+
+class TestValidate:
+    def test_lists_every_problem_of_the_revision_at_once(self, cli: CLI, tmp_path: Path) -> None:
+        repo = write_tree(
+            tmp_path / "repo",
+            {
+                "nodes.yaml": 'nodes:\n  - match: "web-*"\n    role: web\n',
+                "roles/web.yaml": "profils: [nginx]\n",
+                "profiles/nginx.yaml": """
+                    params:
+                      port: 80
+                    resources:
+                      - file: /etc/nginx/nginx.conf
+                        tempalte: nginx.conf.j2
+                    """,
+                "templates/nginx.conf.j2": "listen {{ params.port }};\n",
+                "data/common.yaml": "nginx:\n  prot: 8080\n",
+            },
+        )
+        facts = str(facts_file(tmp_path))
+        done = cli("validate", "--repo", str(repo), "--facts", facts, "--node", "web-1", check=1)
+        assert done.stderr.splitlines()[1:] == [
+            "  data/common.yaml:2, key 'nginx.prot': profile 'nginx' has no parameter 'prot' "
+            "(profiles/nginx.yaml) (did you mean 'port'?)",
+            "  profiles/nginx.yaml:5, key 'tempalte': unknown attribute 'tempalte' for file "
+            "(did you mean 'template'?)",
+            "  roles/web.yaml:1, key 'profils': unknown key 'profils' in a role "
+            "(did you mean 'profiles'?)",
+        ]
+        assert "3 problem(s)" in done.stderr.splitlines()[0]
+        # The node's role names no profile, so only the role's own problem is the node's.
+        plan = cli.run("plan", repo, "--node", "web-1", "--facts", facts, check=1)
+        assert plan.stderr.splitlines()[1:] == done.stderr.splitlines()[3:]
 
 
 class TestPlan:

@@ -110,6 +110,7 @@ class TestParamsAndData:
             )
         assert problems(exc) == [
             "data/common.yaml:3, key 'web.prot': profile 'web' has no parameter 'prot' (profiles/web.yaml)"
+            " (did you mean 'port'?)"
         ]
 
     def test_data_type_mismatch_is_named(self, make_repo: Callable[..., Path]) -> None:
