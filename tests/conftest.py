@@ -47,7 +47,7 @@ def need(tool: str) -> str:
     return path
 
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "control-repo"
+EXAMPLE = Path(__file__).resolve().parents[1] / "reconciler" / "examples" / "control-repo"
 # Where the example app's releases are put in a node's root: a file:// URL reads inside it.
 RELEASES = "/var/cache/shop-releases"
 
