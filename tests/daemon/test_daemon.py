@@ -377,7 +377,7 @@ class TestSystemdUnit:
         analyze = need("systemd-analyze")
         unit = Path(__file__).resolve().parents[2] / "deploy/systemd/reconciler.service"
         exe = shutil.which("reconciler") or str(Path(sys.executable).parent / "reconciler")
-        text = unit.read_text().replace("/usr/local/bin/reconciler", exe)
+        text = unit.read_text().replace("/opt/reconciler/bin/reconciler", exe)
         assert "Type=notify" in text and "WatchdogSec=" in text
         copy = tmp_path / "reconciler.service"
         copy.write_text(text)
