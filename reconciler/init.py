@@ -74,7 +74,10 @@ def init(
     commit, found = check_readable(url, branch, timeout)
     text = render(url, node, found)
     config = parse_config(text, str(path))  # as the daemon reads it: a bug here writes nothing
-    if not path.parent.is_dir():
-        path.parent.mkdir(mode=0o700, parents=True)
-    atomic_write(path, text.encode(), mode=0o600)
+    try:
+        if not path.parent.is_dir():
+            path.parent.mkdir(mode=0o700, parents=True)
+        atomic_write(path, text.encode(), mode=0o600)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the configuration: {exc.strerror}") from None
     return Initialized(config, commit, found)

@@ -71,6 +71,16 @@ class TestInit:
         init(cli, config, "--repo", server.url, "--node", "web-1", "--force", check=0)
         assert load_config(config).node == "web-1"
 
+    def test_an_unwritable_place_is_an_error_not_a_traceback(
+        self, cli: CLI, server: GitServer, tmp_path: Path
+    ) -> None:
+        blocker = tmp_path / "etc"
+        blocker.write_text("a file where the directory would be\n")
+        config = blocker / "reconciler/config.yaml"
+        _, err = init(cli, config, "--repo", server.url, "--node", "web-1", check=1)
+        assert err.startswith(f"reconciler: {config}: cannot write the configuration: ")
+        assert "Traceback" not in err
+
     def test_refuses_what_the_daemon_would_refuse(self, cli: CLI, tmp_path: Path) -> None:
         config = tmp_path / "config.yaml"
         _, err = init(cli, config, "--repo", "ext::sh -c id", "--node", "web-1", check=1)

@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,22 @@ def node(tmp_path: Path) -> Path:
 
 
 class TestInstall:
+    def test_a_user_is_told_to_be_root(self, tmp_path: Path) -> None:
+        checkout = Path(tempfile.mkdtemp(prefix="reconciler-install-"))
+        try:
+            checkout.chmod(0o755)
+            (checkout / "deploy").mkdir(mode=0o755)
+            shutil.copy(SCRIPT, checkout / "deploy/install.sh")
+            done = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 "sh", str(checkout / "deploy/install.sh")],
+                capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(checkout)
+        assert done.returncode == 1
+        assert "installing on this node needs root (sudo " in done.stderr
+
     def test_installs_the_agent_its_unit_and_docs(self, node: Path, wheel: Path) -> None:
         done = install(node, wheel)
         assert done.returncode == 0, done.stdout + done.stderr
