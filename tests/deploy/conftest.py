@@ -19,6 +19,14 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import setuptools
+
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.fail(
+            f"setuptools {setuptools.__version__} cannot build reconciler's wheel: "
+            "pip install -e '.[test]' (`make test` does) installs setuptools>=77",
+            pytrace=False,
+        )
     # A copy of what the wheel is built from: the build writes build/ and *.egg-info beside
     # its sources, which must not land in the checkout.
     src = tmp_path_factory.mktemp("source")
