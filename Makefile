@@ -3,36 +3,49 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench soak fuzz clean
+TESTED := $(VENV)/.test-extras
 
+.PHONY: demo test test-deps lint bench soak fuzz clean
+
+# What the demo needs: reconciler and its runtime dependencies.
 $(BIN)/reconciler: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# What the tests need besides: pytest, hypothesis, mypy, ruff, atheris.
+$(TESTED): $(BIN)/reconciler
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 demo: $(BIN)/reconciler
 	$(BIN)/reconciler demo
 
-test: $(BIN)/reconciler lint
+# The Debian packages of deploy/test-packages.txt: installed when missing (as root), or the
+# command that installs them is printed and the target fails.
+test-deps:
+	@deploy/test-deps.sh
+
+test: test-deps $(TESTED) lint
 	$(BIN)/python -m pytest -q
 
-lint: $(BIN)/reconciler
+lint: $(TESTED)
 	$(BIN)/ruff check reconciler tests bench fuzz
 	$(BIN)/ruff format --check reconciler tests bench fuzz
 	$(BIN)/mypy --strict reconciler
 
-bench: $(BIN)/reconciler
+bench: $(TESTED)
 	$(BIN)/python bench/run.py
 
 # 1000 runs of the daemon's loop in one process, with drift between them: RSS, fds, threads.
-soak: $(BIN)/reconciler
+soak: $(TESTED)
 	$(BIN)/python bench/soak.py
 
 # Each atheris fuzz target for FUZZ_SECONDS, from the seeds: new inputs go to fuzz/work/,
 # failing inputs to fuzz/findings/ (docs/development.md, "Fuzzing").
 FUZZ_SECONDS ?= 600
-fuzz: $(BIN)/reconciler
+fuzz: $(TESTED)
 	@mkdir -p fuzz/findings
 	@status=0; for target in model webhook; do \
 	  mkdir -p fuzz/work/$$target; \

@@ -102,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the agent on the bundled example control repo")
     p.add_argument("--exit-after", type=float, help="stop after this many seconds (for tests)")
+
+    p = sub.add_parser(
+        "init", help="write the daemon's configuration, once the control repo can be read"
+    )
+    p.add_argument("--repo", required=True, help="the control repo's git URL")
+    p.add_argument("--node", required=True, help="this node's name in the control repo")
+    p.add_argument("--branch", help="the branch to follow (default: the remote's default)")
+    p.add_argument(
+        "--config", type=Path, default=Path("/etc/reconciler/config.yaml"), help="where to write"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing configuration")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds for reading the repo")
     return parser
 
 
@@ -419,8 +431,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(args.exit_after)
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from reconciler.init import init
+    from reconciler.source.git import shown_url
+
+    done = init(args.config, args.repo, args.node, args.branch, args.force, args.timeout)
+    _say(
+        f"wrote {args.config}: node {args.node}, branch {done.branch} of "
+        f"{shown_url(args.repo)} (now at {done.commit[:12]})"
+    )
+    _say("start the agent with:  systemctl enable --now reconciler")
+    return 0
+
+
 _HANDLERS = {
     "demo": cmd_demo,
+    "init": cmd_init,
     "suspend": cmd_suspend,
     "resume": cmd_resume,
     "daemon": cmd_daemon,

@@ -1,9 +1,10 @@
 """``reconciler demo``: the real daemon, on the bundled example control repo.
 
-It copies examples/control-repo into a folder of its own, makes it a git repository (branch
-``production``), writes a daemon configuration with a private root and state directory in that
-folder and a free loopback port, says what to try, and runs the daemon in the foreground until
-Ctrl-C. Nothing outside that folder is touched.
+It copies the example control repo, which ships inside the package (reconciler/examples/), into
+a folder of its own, makes it a git repository (branch ``production``), writes a daemon
+configuration with a private root and state directory in that folder and a free loopback port,
+says what to try, and runs the daemon in the foreground until Ctrl-C. Nothing outside that
+folder is touched.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from reconciler.errors import ReconcilerError
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "control-repo"
+EXAMPLE = Path(__file__).resolve().parent / "examples" / "control-repo"
 # Where the example app's releases are put in each node's root.
 RELEASES = "/var/cache/shop-releases"
 
@@ -98,7 +99,10 @@ log:
 
 def main(exit_after: float | None = None) -> int:
     if not EXAMPLE.is_dir():
-        raise ReconcilerError(f"the example control repo is not at {EXAMPLE}; run from a checkout")
+        raise ReconcilerError(
+            f"the example control repo is not at {EXAMPLE}: this installation of reconciler "
+            "is incomplete; reinstall it"
+        )
     base = Path(tempfile.mkdtemp(prefix="reconciler-demo-"))
     port = free_port()
     config = prepare(base, port)

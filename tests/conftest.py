@@ -18,7 +18,36 @@ import pytest
 if TYPE_CHECKING:
     from tests.daemon.conftest import GitServer
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "control-repo"
+# The Debian packages the tests need, and a command that shows each is installed: the one list
+# that `make test` installs from (deploy/test-deps.sh).
+TEST_PACKAGES = Path(__file__).resolve().parents[1] / "deploy" / "test-packages.txt"
+_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"  # useradd and friends, off a user's PATH
+
+
+def debian_package(tool: str) -> str:
+    """The Debian package that deploy/test-packages.txt lists for a command."""
+    for line in TEST_PACKAGES.read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 2 and not line.startswith("#") and fields[0] == tool:
+            return fields[1]
+    raise LookupError(f"{tool} is not in {TEST_PACKAGES}: add it with its Debian package")
+
+
+def need(tool: str) -> str:
+    """The path of a command a test needs. When it is missing the test fails, naming the Debian
+    package to install: a missing tool is never a silent skip."""
+    package = debian_package(tool)
+    path = shutil.which(tool, path=f"{os.environ.get('PATH', '')}:{_SBIN}")
+    if path is None:
+        pytest.fail(
+            f"{tool} is missing: install the Debian package {package} "
+            f"(`sudo apt-get install {package}`; `make test` installs what the tests need)",
+            pytrace=False,
+        )
+    return path
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "reconciler" / "examples" / "control-repo"
 # Where the example app's releases are put in a node's root: a file:// URL reads inside it.
 RELEASES = "/var/cache/shop-releases"
 

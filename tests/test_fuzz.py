@@ -17,13 +17,15 @@ import pytest
 
 FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("atheris") is None,
-        reason="atheris is not installed (pip install -e '.[test]' installs it)",
-    ),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _atheris() -> None:
+    if importlib.util.find_spec("atheris") is None:
+        pytest.fail(
+            "atheris is missing: pip install -e '.[test]' (`make test` does)", pytrace=False
+        )
 
 
 @pytest.mark.parametrize(("target", "runs"), [("model", 3000), ("webhook", 20000)])

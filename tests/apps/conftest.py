@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.apps.store import EtcdStore, LocalStore, Store
+from tests.conftest import need
 
 
 def free_port() -> int:
@@ -99,8 +99,7 @@ class EtcdServer:
 
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd is not installed (apt-get install etcd-server)")
+    need("etcd")
     base = tmp_path / "etcd"
     base.mkdir()
     server = EtcdServer(base)

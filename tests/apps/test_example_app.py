@@ -1,4 +1,4 @@
-"""The bundled example's app (examples/control-repo/apps/shop.yaml) rolled out on three nodes.
+"""The bundled example's app (reconciler/examples/control-repo/apps/shop.yaml) rolled out on three nodes.
 
 The releases are the tarballs in the example's files/releases/, copied into each node's root
 and read through the artifact resource from a file:// URL that a facts file gives (as

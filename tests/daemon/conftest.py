@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import commit_all, git, seed_root, wait_for, write_tree
+from tests.conftest import commit_all, git, need, seed_root, wait_for, write_tree
 
 REPO = {
     "nodes.yaml": "default: app\n",
@@ -44,6 +44,7 @@ class GitServer:
     """A bare repository served by `git daemon` on 127.0.0.1, and a work tree to push from."""
 
     def __init__(self, tmp: Path) -> None:
+        need("git")
         self.base = tmp / "served"
         self.base.mkdir()
         self.bare = self.base / "control.git"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import need, wait_for
 
 LIBFAKETIME = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,8 @@ class Probe:
 
 @pytest.fixture
 def probe(tmp_path: Path) -> Iterator[Probe]:
-    assert LIBFAKETIME, "libfaketime is missing (Debian package faketime)"
+    need("faketime")
+    assert LIBFAKETIME, "libfaketime.so.1 is missing: install the Debian package faketime"
     p = Probe(tmp_path)
     try:
         wait_for(lambda: p.count("poll") >= 2, 30, "the poll timer firing")

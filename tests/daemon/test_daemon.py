@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
+from tests.conftest import need
 from tests.daemon.conftest import REPO, Daemon, GitServer, wait_for
 
 DOCUMENTED_METRICS = {
@@ -375,16 +374,15 @@ class TestLifecycle:
 
 class TestSystemdUnit:
     def test_unit_verifies(self, tmp_path: Path) -> None:
-        if shutil.which("systemd-analyze") is None:
-            pytest.fail("systemd-analyze is required (.ci/run installs systemd)")
+        analyze = need("systemd-analyze")
         unit = Path(__file__).resolve().parents[2] / "deploy/systemd/reconciler.service"
         exe = shutil.which("reconciler") or str(Path(sys.executable).parent / "reconciler")
-        text = unit.read_text().replace("/usr/local/bin/reconciler", exe)
+        text = unit.read_text().replace("/opt/reconciler/bin/reconciler", exe)
         assert "Type=notify" in text and "WatchdogSec=" in text
         copy = tmp_path / "reconciler.service"
         copy.write_text(text)
         done = subprocess.run(
-            ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
+            [analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60
         )
         problems = [line for line in done.stderr.splitlines() if "reconciler.service" in line]
         assert done.returncode == 0 and not problems, done.stderr

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import reconciler.resources  # noqa: F401  (the metrics pre-create a series per type)
 from reconciler.daemon.metrics import Metrics
+from tests.conftest import need
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 NAME = re.compile(r"\breconciler_[a-z_]+")
@@ -28,10 +27,7 @@ def exported() -> set[str]:
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is needed: .ci/run installs the Debian package 'prometheus'")
-    return path
+    return need("promtool")
 
 
 class TestAlerts:

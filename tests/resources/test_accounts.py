@@ -10,11 +10,13 @@ from reconciler.errors import ResourceError
 from reconciler.resources.base import Context
 from reconciler.resources.group import Group
 from reconciler.resources.user import User
+from tests.conftest import need
 from tests.resources.conftest import make
 
 
 @pytest.fixture
 def accounts(ctx: Context) -> Path:
+    need("useradd")
     etc = ctx.root.prefix / "etc"
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     (etc / "group").write_text("root:x:0:\n")

@@ -530,10 +530,6 @@ def test_services(systemd: tuple[Context, Path], tmp_path: Path) -> None:
         compile_profile(tmp_path / "other", SERVICES.replace("systemd", "upstart"))
 
 
-@pytest.mark.skipif(
-    any(not os.path.exists(f"/usr/bin/{tool}") for tool in ("dpkg-deb", "apt-get")),
-    reason="needs dpkg-deb and apt-get (Debian)",
-)
 def test_packages(apt: tuple[Context, AptRepo, Path], cli: CLI, tmp_path: Path) -> None:
     _, packages, _ = apt
     packages.add("rtest-tool", "2.0")

@@ -7,7 +7,6 @@ packages are never touched. apt's history log under the root counts the transact
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import textwrap
 from collections.abc import Callable
@@ -20,13 +19,14 @@ from reconciler.resources._fs import BackupStore, Root
 from reconciler.resources._run import Runner
 from reconciler.resources.base import Change, Context
 from reconciler.resources.package import Package
-from tests.conftest import CLI
+from tests.conftest import CLI, need
 from tests.resources.conftest import make
 
-pytestmark = pytest.mark.skipif(
-    any(not os.path.exists(f"/usr/bin/{tool}") for tool in ("dpkg-deb", "apt-get")),
-    reason="needs dpkg-deb and apt-get (Debian); .ci/run installs them",
-)
+
+@pytest.fixture(autouse=True)
+def _debian_tools() -> None:
+    need("dpkg-deb")
+    need("apt-get")
 
 
 class AptRepo:

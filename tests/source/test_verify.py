@@ -20,7 +20,7 @@ import pytest
 from reconciler.config import Verify, parse_config
 from reconciler.errors import ConfigError, SignatureError
 from reconciler.source.verify import commit_signature, open_verified_snapshot, verify_commit
-from tests.conftest import CLI, GIT_ENV, write_tree
+from tests.conftest import CLI, GIT_ENV, need, write_tree
 from tests.daemon.conftest import REPO, Daemon, GitServer, wait_for
 
 ENV = GIT_ENV
@@ -62,6 +62,7 @@ class Signer:
 
 def ssh_signer(base: Path, name: str) -> Signer:
     key = base / name
+    need("ssh-keygen")
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key)
     return Signer("ssh", str(key), public=key.with_suffix(".pub"))
 
@@ -71,6 +72,8 @@ def gpg_signer(base: Path, name: str) -> Signer:
     home.mkdir(mode=0o700)
     email = f"{name}@example.com"
     env = {"GNUPGHOME": str(home)}
+    for tool in ("gpg", "gpg-agent", "gpgconf"):
+        need(tool)
     sh("gpg", "--batch", "--passphrase", "", "--pinentry-mode", "loopback",
        "--quick-gen-key", f"{name} <{email}>", "ed25519", "sign", "never", env=env)  # fmt: skip
     signer = Signer("gpg", email, home=home)
