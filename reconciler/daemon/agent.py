@@ -39,7 +39,7 @@ from reconciler.errors import (
     SourceError,
 )
 from reconciler.source import GitSnapshot
-from reconciler.source.git import Mirror, run_git
+from reconciler.source.git import Mirror, run_git, shown_url
 
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 15 * 60.0
@@ -206,7 +206,7 @@ class Agent:
         self.log.info(
             "started",
             listen=http.address,
-            source=self.config.source.url,
+            source=shown_url(self.config.source.url or ""),
             branch=self.config.source.branch,
             revision=self.state.revision,
             pid=os.getpid(),
@@ -468,7 +468,10 @@ class Agent:
         """Compile and run a new revision; on a model error keep the last good one."""
         try:
             snapshot = GitSnapshot(
-                self._mirror.git_dir, revision, branch, f"{self.config.source.url}@{branch}"
+                self._mirror.git_dir,
+                revision,
+                branch,
+                f"{shown_url(self.config.source.url or '')}@{branch}",
             )
         except ModelError as exc:  # a tree not read: too large, or with a .git path
             self._reject(revision, exc.stage, str(exc))

@@ -82,8 +82,13 @@ def make_context(options: RunOptions, fingerprints: Mapping[str, Any]) -> Contex
     )
 
 
-def open_run_snapshot(options: RunOptions) -> Snapshot:
-    """The revision ``options`` name; with ``verify``, only a commit signed by a trusted key."""
+def open_run_snapshot(options: RunOptions, checked: bool = False) -> Snapshot:
+    """The revision ``options`` name; with ``verify``, only a commit signed by a trusted key.
+
+    The state directory (the mirror git fetches into) is checked first, unless ``checked``.
+    """
+    if not checked:
+        state.prepare_state_dir(options.state_dir, create=False)
     if options.verify is not None:
         from reconciler.source.verify import open_verified_snapshot
 
@@ -108,7 +113,8 @@ def run(
     started_wall = now_iso()
     t0 = time.perf_counter()
     if snapshot is None:
-        snapshot = open_run_snapshot(options)
+        state.prepare_state_dir(options.state_dir, create=not plan)
+        snapshot = open_run_snapshot(options, checked=True)
     phases["fetch"] = time.perf_counter() - t0
 
     t = time.perf_counter()
