@@ -28,7 +28,7 @@ from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.webhook import WebhookVerifier
 from reconciler.engine import state
-from reconciler.engine.pipeline import RunOptions, run
+from reconciler.engine.pipeline import Outcome, OutcomeKind, RunOptions, reconcile, refuse_rewind
 from reconciler.engine.report import RunReport
 from reconciler.errors import (
     ConfigError,
@@ -39,7 +39,7 @@ from reconciler.errors import (
     SourceError,
 )
 from reconciler.source import GitSnapshot
-from reconciler.source.git import Mirror, run_git, shown_url
+from reconciler.source.git import Mirror, redact, shown_url
 
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 15 * 60.0
@@ -156,18 +156,14 @@ class Agent:
         self._lock_fd = fd
 
     def _load_good(self) -> None:
-        raw = state.read_json(self.config.state_dir / "daemon.json", self._warn)
-        if isinstance(raw, dict) and isinstance(raw.get("revision"), str):
-            self.state.revision = raw["revision"]
-            self.state.branch = raw.get("branch")
+        """The last applied revision, as the engine recorded it (by this daemon or by
+        ``reconciler apply --config``)."""
+        applied = state.load_applied(self.config.state_dir, self._warn)
+        if applied is not None:
+            self.state.revision = applied.revision
+            self.state.branch = applied.branch
             if self.state.revision and self.state.branch:
                 self.metrics.set_revision(self.state.revision, self.state.branch)
-
-    def _save_good(self) -> None:
-        state.write_json(
-            self.config.state_dir / "daemon.json",
-            {"revision": self.state.revision, "branch": self.state.branch},
-        )
 
     def _warn(self, message: str) -> None:
         self.log.warning("warning", message=message)
@@ -232,9 +228,9 @@ class Agent:
                     self.reload(schedule)
                 applied = False
                 if "poll" in pending:
-                    applied = self.poll()
+                    applied = self._guarded(self.poll)
                 if "check" in pending and not applied:
-                    self.check()
+                    self._guarded(self.check)
         finally:
             self.notifier.stopping()
             schedule.stop()
@@ -245,6 +241,28 @@ class Agent:
                 self._store.close()
             self.log.info("stopped")
         return 0
+
+    def _guarded(self, step: Any) -> bool:
+        """A poll or a check; what it did not expect (EMFILE, MemoryError, a bug) is a failed
+        run, logged and counted, and the daemon goes on enforcing the last good revision."""
+        try:
+            return bool(step())
+        except Exception as exc:
+            self._running.clear()
+            self._run_failed("Unexpected", f"Unexpected: {type(exc).__name__}: {exc}")
+            return False
+
+    def _run_failed(self, reason: str, message: str) -> None:
+        message = redact(message)
+        self.log.error(
+            "run failed; enforcing the last good revision",
+            reason=reason,
+            error=message,
+            revision=self.state.revision,
+        )
+        self.state.last_error = message
+        self.notifier.status(self._status_line())
+        self.metrics.runs.labels("failure").inc()  # last: the log and status say why
 
     def stop(self) -> None:
         self._stop.set()
@@ -281,6 +299,14 @@ class Agent:
         """
         if time.monotonic() < self._next_fetch:
             return False
+        try:  # before git runs in the mirror
+            state.prepare_state_dir(self.config.state_dir)
+        except ReconcilerError as exc:
+            delay = self._backoff.next_delay()
+            self._next_fetch = time.monotonic() + delay
+            self._retry_after(delay)
+            self._run_failed(exc.reason, str(exc))
+            return False
         t = time.perf_counter()
         try:
             head, branch = self._mirror.remote_head(self.config.source.branch)
@@ -309,16 +335,16 @@ class Agent:
         self.metrics.run_duration.labels("fetch").observe(time.perf_counter() - t)
         self._fetch_ok()
         if head != self.state.revision:
-            reason = self._refuse_rewind(head)
-            if reason:
-                self._reject(head, "rewind", reason)
-                return False
             try:
                 self._verify(head)
             except SignatureError as exc:
                 self._reject(head, "signature", str(exc))
                 if not self.state.applied and self.state.revision is not None:
                     self.check()
+                return False
+            reason = self._refuse_rewind(head)
+            if reason:
+                self._reject(head, "rewind", reason)
                 return False
         return self._apply(head, branch)
 
@@ -350,11 +376,11 @@ class Agent:
     def _fetch_failed(self, exc: Exception) -> None:
         delay = self._backoff.next_delay()
         self._next_fetch = time.monotonic() + delay
-        self.state.source_error = str(exc)
+        self.state.source_error = redact(str(exc))
         self.log.error(
             "fetch failed; enforcing the last good revision",
             reason="FetchFailed",
-            error=str(exc),
+            error=self.state.source_error,
             retry_in_seconds=round(delay, 1),
             revision=self.state.revision,
         )
@@ -375,13 +401,9 @@ class Agent:
         if good is None or self.config.source.allow_rewind:
             return None
         try:
-            run_git(["merge-base", "--is-ancestor", good, head], self._mirror.git_dir, 30)
-        except SourceError:
-            return (
-                f"RevisionRegression: {head[:12]} does not descend from the applied "
-                f"{good[:12]} (set source.allow_rewind: true to accept it)"
-            )
-        return None
+            return refuse_rewind(self._mirror.git_dir, good, head, 30)
+        except SourceError as exc:
+            return f"RevisionRegression: cannot tell whether {head[:12]} descends: {exc}"
 
     def _reject(self, revision: str, reason: str, message: str) -> None:
         previous = self._rejected_backoff.get(revision)
@@ -406,6 +428,7 @@ class Agent:
         c = self.config
         return RunOptions(
             repo=str(c.source.url),
+            ref=c.source.branch,
             node=c.node,
             root=c.root,
             state_dir=c.state_dir,
@@ -415,6 +438,7 @@ class Agent:
             stop=self._stop,
             store=self._coordination_store(),
             coordination=c.coordination,
+            allow_rewind=c.source.allow_rewind,
         )
 
     def _coordination_store(self) -> Any:
@@ -481,20 +505,19 @@ class Agent:
             self._unreadable()
             return False
         try:
-            report = self._run(snapshot, revision)
-        except ModelError as exc:
-            self._reject(revision, exc.stage, str(exc))
+            outcome = self._run(snapshot, revision)
+        finally:
+            snapshot.close()
+        if outcome.kind is OutcomeKind.REJECTED:
+            self._reject(revision, outcome.stage or "compile", outcome.message)
             if not self.state.applied and self.state.revision is not None:
                 self.check()
             return False
-        finally:
-            snapshot.close()
-        if report is None:
+        if not outcome.ran:
             return False
         self._rejected_backoff.pop(revision, None)
         self.state.revision, self.state.branch, self.state.applied = revision, branch, True
         self.metrics.set_revision(revision, branch)
-        self._save_good()
         return True
 
     def check(self) -> None:
@@ -509,36 +532,34 @@ class Agent:
             self._unreadable()
             return
         try:
-            if self._run(snapshot, self.state.revision) is not None:
-                self.state.applied = True
-        except ModelError as exc:
-            # The revision compiled before; it may fail now because facts changed.
-            self.metrics.rejected.labels(exc.stage).inc()
-            self.log.error("the last good revision no longer compiles", error=str(exc))
+            outcome = self._run(snapshot, self.state.revision)
         finally:
             snapshot.close()
+        if outcome.ran:
+            self.state.applied = True
+        elif outcome.kind is OutcomeKind.REJECTED:
+            # The revision compiled before; it may fail now because facts changed.
+            self.metrics.rejected.labels(outcome.stage or "compile").inc()
+            self.log.error("the last good revision no longer compiles", error=outcome.message)
 
-    def _run(self, snapshot: GitSnapshot, revision: str) -> RunReport | None:
+    def _run(self, snapshot: GitSnapshot, revision: str) -> Outcome:
+        """One run of the engine on the snapshot; its outcome moves the metrics and the log."""
         enforcing, suspended = self._enforcing()
         log = self.log.bind(revision=revision)
         self._running.set()  # the watcher holds events until _update_watch settles them
-        try:
-            report, catalog = run(
-                self._options(noop=not enforcing), snapshot=snapshot, warn=self._warn
-            )
-        except LockHeld as exc:
+        outcome = reconcile(self._options(noop=not enforcing), snapshot=snapshot, warn=self._warn)
+        report, catalog = outcome.report, outcome.catalog
+        if outcome.kind is OutcomeKind.SKIPPED:
             self._running.clear()
-            log.warning("run skipped", reason="LockHeld", error=str(exc))
-            return None
-        except ModelError:
+            log.warning("run skipped", reason=outcome.reason, error=outcome.message)
+            return outcome
+        if outcome.kind is OutcomeKind.REJECTED:
             self._running.clear()
-            raise
-        except ReconcilerError as exc:
+            return outcome
+        if not outcome.ran or report is None or catalog is None:
             self._running.clear()
-            log.error("run failed", error=str(exc))
-            self.state.last_error = str(exc)
-            self.metrics.runs.labels("failure").inc()
-            return None
+            self._run_failed(outcome.reason, outcome.message)
+            return outcome
         ended = time.time()
         self.state.node = report.node
         self.metrics.observe_run(report, ended, enforcing)
@@ -571,7 +592,7 @@ class Agent:
         finally:
             self._running.clear()
         self.notifier.status(self._status_line())
-        return report
+        return outcome
 
     def _update_watch(self, catalog: Any, report: RunReport) -> None:
         if not self.config.reconcile.watch:

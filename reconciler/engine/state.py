@@ -218,6 +218,39 @@ class Inventory:
         )
 
 
+@dataclass(frozen=True)
+class Applied:
+    """The last revision a run applied (or checked, in noop), from a source: the point a
+    branch must keep descending from. The CLI and the daemon keep it here, in one file."""
+
+    revision: str
+    branch: str | None
+    source: str | None  # the repository, as shown (credentials hidden); None: unknown
+
+
+# The name it had when only the daemon kept it: state directories keep working.
+APPLIED_FILE = "daemon.json"
+
+
+def load_applied(state_dir: Path, warn: Any = None) -> Applied | None:
+    raw = read_json(state_dir / APPLIED_FILE, warn)
+    if not isinstance(raw, dict) or not isinstance(raw.get("revision"), str):
+        return None
+    branch, source = raw.get("branch"), raw.get("source")
+    return Applied(
+        raw["revision"],
+        branch if isinstance(branch, str) else None,
+        source if isinstance(source, str) else None,
+    )
+
+
+def save_applied(state_dir: Path, applied: Applied) -> None:
+    write_json(
+        state_dir / APPLIED_FILE,
+        {"revision": applied.revision, "branch": applied.branch, "source": applied.source},
+    )
+
+
 def save_report(state_dir: Path, report: dict[str, Any]) -> Path:
     """Keep the report and the newest KEEP_REPORTS before it."""
     reports = state_dir / "reports"

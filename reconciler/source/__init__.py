@@ -184,6 +184,7 @@ class GitSnapshot:
 
         self.branch = branch
         self.description = description
+        self.git_dir = git_dir
         try:
             check_commit(git_dir, commit, timeout)
         except SourceError as exc:
