@@ -524,6 +524,11 @@ class Agent:
         """A drift check of the last good revision (repairing it when enforcing)."""
         if self.state.revision is None:
             return
+        try:  # before git reads the mirror: one tampered with is not read, not even for this
+            state.prepare_state_dir(self.config.state_dir)
+        except ReconcilerError as exc:
+            self._run_failed(exc.reason, str(exc))
+            return
         branch = self.state.branch or ""
         try:
             snapshot = GitSnapshot(self._mirror.git_dir, self.state.revision, branch, "last good")

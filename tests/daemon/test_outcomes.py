@@ -4,8 +4,10 @@ the last applied commit (a rewind refused either way) and URLs shown without cre
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import git
 from tests.daemon.conftest import Daemon, GitServer, wait_for
@@ -78,10 +80,7 @@ class TestSharedWithTheCli:
 
 
 class TestCredentials:
-    def test_the_url_is_logged_and_shown_without_its_token(self, tmp_path: object) -> None:
-        from pathlib import Path
-
-        assert isinstance(tmp_path, Path)
+    def test_the_url_is_logged_and_shown_without_its_token(self, tmp_path: Path) -> None:
         d = Daemon(tmp_path, "https://deploy:s3cr3t-token@127.0.0.1:1/control.git")
         try:
             d.start()
@@ -93,3 +92,42 @@ class TestCredentials:
         finally:
             d.stop()
             d.notify.close()
+
+
+class TestStateDir:
+    def test_a_mirror_tampered_by_another_user_is_never_used(
+        self, daemon: Daemon, server: GitServer, tmp_path: Path
+    ) -> None:
+        from tests.source.test_untrusted import NOBODY, chown_tree, plant_command
+
+        marker = tmp_path / "ran"
+        daemon.start()
+        wait_for(daemon.ready, what="/readyz")
+        mirror = daemon.state / "source" / "mirror.git"
+        plant_command(mirror, tmp_path / "elsewhere.git", marker)
+        chown_tree(mirror, NOBODY.pw_uid, NOBODY.pw_gid)
+        server.push(new_motd("version 2"))
+        wait_for(lambda: failures(daemon) >= 1, what="the refusal counted")
+        assert "StateDirUnsafe" in daemon.logs() and str(mirror) in daemon.logs()
+        assert not marker.exists()
+        # nothing is read from it, not even the last good revision, to repair drift
+        (daemon.root / "etc/motd").write_text("tampered\n")
+        wait_for(lambda: failures(daemon) >= 2, what="the drift check refused too")
+        assert motd(daemon) == "tampered\n"
+        assert daemon.proc is not None and daemon.proc.poll() is None
+        shutil.rmtree(mirror)
+        wait_for(lambda: motd(daemon) == "version 2\n", timeout=60, what="v2 once sound")
+        assert not marker.exists()
+
+    def test_a_daemon_refuses_to_start_on_a_planted_mirror(
+        self, daemon: Daemon, tmp_path: Path
+    ) -> None:
+        from tests.source.test_untrusted import NOBODY, chown_tree, planted_mirror
+
+        marker = tmp_path / "ran"
+        mirror = planted_mirror(daemon.state, tmp_path, marker)
+        chown_tree(mirror, NOBODY.pw_uid, NOBODY.pw_gid)
+        daemon.start()
+        assert daemon.proc is not None and daemon.proc.wait(30) == 1
+        assert f"{mirror}: refusing a state directory owned by uid 65534" in daemon.logs()
+        assert not marker.exists()

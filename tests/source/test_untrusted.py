@@ -39,11 +39,11 @@ def plant_command(git_dir: Path, elsewhere: Path, marker: Path) -> None:
     git(git_dir, "config", "core.fsmonitor", f"touch {marker}; echo")
 
 
-def planted_mirror(cli: CLI, tmp_path: Path, marker: Path) -> Path:
+def planted_mirror(state: Path, tmp_path: Path, marker: Path) -> Path:
     """The state directory a previous run would have left, with a mirror someone tampered."""
-    mirror = cli.state / "source" / "mirror.git"
+    mirror = state / "source" / "mirror.git"
     mirror.parent.mkdir(parents=True)
-    cli.state.chmod(0o700)
+    state.chmod(0o700)
     git(tmp_path, "init", "-q", "--bare", str(mirror))
     plant_command(mirror, tmp_path / "elsewhere.git", marker)
     return mirror
@@ -55,7 +55,7 @@ class TestPlantedMirror:
         self, cli: CLI, server: GitServer, tmp_path: Path, command: str
     ) -> None:
         marker = tmp_path / "ran"
-        mirror = planted_mirror(cli, tmp_path, marker)
+        mirror = planted_mirror(cli.state, tmp_path, marker)
         chown_tree(mirror, NOBODY.pw_uid, NOBODY.pw_gid)
         done = cli.run(command, server.url, "--ref", "production", "--node", "n1", check=1)
         assert "refusing" in done.stderr and "owned by uid 65534" in done.stderr
@@ -71,7 +71,7 @@ class TestPlantedMirror:
         marker = tmp_path / "ran"
         repo = write_tree(tmp_path / "repo", BASE)
         commit_all(repo)
-        planted_mirror(cli, tmp_path, marker)
+        planted_mirror(cli.state, tmp_path, marker)
         chown_tree(cli.state, NOBODY.pw_uid, NOBODY.pw_gid)
         done = cli.run(command, repo, "--ref", "main", "--node", "n1", check=1)
         assert f"{cli.state}: refusing a state directory owned by uid 65534" in done.stderr
