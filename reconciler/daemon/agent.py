@@ -28,17 +28,14 @@ from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.webhook import WebhookVerifier
 from reconciler.engine import state
-from reconciler.engine.pipeline import Outcome, OutcomeKind, RunOptions, reconcile, refuse_rewind
+from reconciler.engine.pipeline import Outcome, OutcomeKind, Pinned, RunOptions, reconcile
 from reconciler.engine.report import RunReport
 from reconciler.errors import (
     ConfigError,
     LockHeld,
-    ModelError,
     ReconcilerError,
-    SignatureError,
     SourceError,
 )
-from reconciler.source import GitSnapshot
 from reconciler.source.git import Mirror, redact, shown_url
 
 BACKOFF_MIN = 1.0
@@ -293,25 +290,17 @@ class Agent:
     # -- polling -----------------------------------------------------------------------------
 
     def poll(self) -> bool:
-        """Ask the remote for the branch head; fetch, compile and apply only when it moved.
+        """Ask the remote for the branch head; run the engine only when it moved.
 
         Returns whether a run happened (so that a pending drift check can be skipped).
         """
         if time.monotonic() < self._next_fetch:
             return False
-        try:  # before git runs in the mirror
-            state.prepare_state_dir(self.config.state_dir)
-        except ReconcilerError as exc:
-            delay = self._backoff.next_delay()
-            self._next_fetch = time.monotonic() + delay
-            self._retry_after(delay)
-            self._run_failed(exc.reason, str(exc))
-            return False
         t = time.perf_counter()
         try:
             head, branch = self._mirror.remote_head(self.config.source.branch)
         except (SourceError, ConfigError) as exc:
-            self._fetch_failed(exc)
+            self._fetch_failed(str(exc))
             return False
         if head == self.state.revision and self.state.applied and not self._refetch:
             self.metrics.fetches.labels("unchanged").inc()
@@ -322,43 +311,42 @@ class Agent:
             if time.monotonic() < retry_at:
                 self.metrics.fetches.labels("unchanged").inc()
                 return False
-        try:
-            if head != self.state.revision:
-                self._mirror.fetch(branch)
-            else:
-                self._mirror.ensure()
-                self._ensure_commit(head, branch)
-        except (SourceError, ConfigError) as exc:
-            self._fetch_failed(exc)
+        new = head != self.state.revision
+        asked = time.perf_counter() - t  # ls-remote: the first part of the fetch
+        outcome = self._run(Pinned(head, branch, "always" if new else "missing", verify=new))
+        if outcome.fetched:
+            self.metrics.fetches.labels("success").inc()
+            self.metrics.run_duration.labels("fetch").observe(asked + outcome.fetch_seconds)
+            self._fetch_ok()
+        revision = outcome.revision or head
+        if outcome.kind is OutcomeKind.FETCH_FAILED:
+            self._fetch_failed(outcome.message)
+            if outcome.stage == "read":
+                self._unreadable()
             return False
-        self.metrics.fetches.labels("success").inc()
-        self.metrics.run_duration.labels("fetch").observe(time.perf_counter() - t)
-        self._fetch_ok()
-        if head != self.state.revision:
-            try:
-                self._verify(head)
-            except SignatureError as exc:
-                self._reject(head, "signature", str(exc))
-                if not self.state.applied and self.state.revision is not None:
-                    self.check()
-                return False
-            reason = self._refuse_rewind(head)
-            if reason:
-                self._reject(head, "rewind", reason)
-                return False
-        return self._apply(head, branch)
-
-    def _verify(self, head: str) -> None:
-        """With source.verify, refuse a head not signed by a trusted key, before reading it."""
-        verify = self.config.source.verify
-        if verify is not None:
-            from reconciler.source.verify import verify_commit
-
-            verify_commit(self._mirror.git_dir, head, verify, self.config.source.timeout)
-
-    def _ensure_commit(self, head: str, branch: str) -> None:
-        if not self._mirror.has_commit(head):
-            self._mirror.fetch(branch)
+        if outcome.kind is OutcomeKind.REJECTED:
+            self._reject(revision, outcome.stage or "compile", outcome.message)
+            if (
+                outcome.stage != "rewind"
+                and not self.state.applied
+                and self.state.revision is not None
+            ):
+                self.check()
+            return False
+        if outcome.kind is OutcomeKind.ERROR and outcome.reason == "StateDirUnsafe":
+            delay = self._backoff.next_delay()
+            self._next_fetch = time.monotonic() + delay
+            self._retry_after(delay)
+        if not outcome.ran:
+            return False
+        self._rejected_backoff.pop(revision, None)
+        self.state.revision, self.state.branch, self.state.applied = (
+            revision,
+            outcome.branch or branch,
+            True,
+        )
+        self.metrics.set_revision(revision, self.state.branch or branch)
+        return True
 
     def _unreadable(self) -> None:
         """A revision could not be read from the mirror: poll, and fetch even an unchanged head
@@ -373,10 +361,10 @@ class Agent:
         self._next_fetch = 0.0
         self.state.source_error = None
 
-    def _fetch_failed(self, exc: Exception) -> None:
+    def _fetch_failed(self, message: str) -> None:
         delay = self._backoff.next_delay()
         self._next_fetch = time.monotonic() + delay
-        self.state.source_error = redact(str(exc))
+        self.state.source_error = redact(message)
         self.log.error(
             "fetch failed; enforcing the last good revision",
             reason="FetchFailed",
@@ -395,15 +383,6 @@ class Agent:
         timer = threading.Timer(delay, self.request, args=("poll",))
         timer.daemon = True
         timer.start()
-
-    def _refuse_rewind(self, head: str) -> str | None:
-        good = self.state.revision
-        if good is None or self.config.source.allow_rewind:
-            return None
-        try:
-            return refuse_rewind(self._mirror.git_dir, good, head, 30)
-        except SourceError as exc:
-            return f"RevisionRegression: cannot tell whether {head[:12]} descends: {exc}"
 
     def _reject(self, revision: str, reason: str, message: str) -> None:
         previous = self._rejected_backoff.get(revision)
@@ -439,6 +418,7 @@ class Agent:
             store=self._coordination_store(),
             coordination=c.coordination,
             allow_rewind=c.source.allow_rewind,
+            verify=c.source.verify,
         )
 
     def _coordination_store(self) -> Any:
@@ -488,77 +468,38 @@ class Agent:
         self.state.suspended = s.describe() if s else None
         return (self.config.reconcile.mode == "enforce" and s is None), self.state.suspended
 
-    def _apply(self, revision: str, branch: str) -> bool:
-        """Compile and run a new revision; on a model error keep the last good one."""
-        try:
-            snapshot = GitSnapshot(
-                self._mirror.git_dir,
-                revision,
-                branch,
-                f"{shown_url(self.config.source.url or '')}@{branch}",
-            )
-        except ModelError as exc:  # a tree not read: too large, or with a .git path
-            self._reject(revision, exc.stage, str(exc))
-            return False
-        except SourceError as exc:
-            self._fetch_failed(exc)
-            self._unreadable()
-            return False
-        try:
-            outcome = self._run(snapshot, revision)
-        finally:
-            snapshot.close()
-        if outcome.kind is OutcomeKind.REJECTED:
-            self._reject(revision, outcome.stage or "compile", outcome.message)
-            if not self.state.applied and self.state.revision is not None:
-                self.check()
-            return False
-        if not outcome.ran:
-            return False
-        self._rejected_backoff.pop(revision, None)
-        self.state.revision, self.state.branch, self.state.applied = revision, branch, True
-        self.metrics.set_revision(revision, branch)
-        return True
-
     def check(self) -> None:
         """A drift check of the last good revision (repairing it when enforcing)."""
         if self.state.revision is None:
             return
-        try:  # before git reads the mirror: one tampered with is not read, not even for this
-            state.prepare_state_dir(self.config.state_dir)
-        except ReconcilerError as exc:
-            self._run_failed(exc.reason, str(exc))
-            return
-        branch = self.state.branch or ""
-        try:
-            snapshot = GitSnapshot(self._mirror.git_dir, self.state.revision, branch, "last good")
-        except SourceError as exc:
-            self.log.error("the last good revision is not in the mirror", error=str(exc))
-            self._unreadable()
-            return
-        try:
-            outcome = self._run(snapshot, self.state.revision)
-        finally:
-            snapshot.close()
+        outcome = self._run(
+            Pinned(self.state.revision, self.state.branch or "", "never", verify=False)
+        )
         if outcome.ran:
             self.state.applied = True
+        elif outcome.kind is OutcomeKind.FETCH_FAILED:
+            self.log.error("the last good revision is not in the mirror", error=outcome.message)
+            self._unreadable()
         elif outcome.kind is OutcomeKind.REJECTED:
             # The revision compiled before; it may fail now because facts changed.
             self.metrics.rejected.labels(outcome.stage or "compile").inc()
             self.log.error("the last good revision no longer compiles", error=outcome.message)
 
-    def _run(self, snapshot: GitSnapshot, revision: str) -> Outcome:
-        """One run of the engine on the snapshot; its outcome moves the metrics and the log."""
+    def _run(self, pinned: Pinned) -> Outcome:
+        """One run of the engine; the outcome of a run that ran (or could not run) moves the
+        metrics, the log and the status here, a fetch failure or a rejection in the caller."""
         enforcing, suspended = self._enforcing()
-        log = self.log.bind(revision=revision)
+        log = self.log.bind(revision=pinned.commit)
         self._running.set()  # the watcher holds events until _update_watch settles them
-        outcome = reconcile(self._options(noop=not enforcing), snapshot=snapshot, warn=self._warn)
+        outcome = reconcile(self._options(noop=not enforcing), warn=self._warn, pinned=pinned)
         report, catalog = outcome.report, outcome.catalog
+        if outcome.revision is not None:
+            log = self.log.bind(revision=outcome.revision)
         if outcome.kind is OutcomeKind.SKIPPED:
             self._running.clear()
             log.warning("run skipped", reason=outcome.reason, error=outcome.message)
             return outcome
-        if outcome.kind is OutcomeKind.REJECTED:
+        if outcome.kind in (OutcomeKind.REJECTED, OutcomeKind.FETCH_FAILED):
             self._running.clear()
             return outcome
         if not outcome.ran or report is None or catalog is None:

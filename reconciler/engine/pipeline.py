@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from reconciler.apps.rollout import Rollout
 from reconciler.apps.store import Store, StoreError, open_store
@@ -41,7 +41,7 @@ from reconciler.resources._fs import BackupStore, Root, remove_stray_temporaries
 from reconciler.resources._run import Runner
 from reconciler.resources.base import REGISTRY, Context, Resource
 from reconciler.source import GitSnapshot, Snapshot, open_snapshot
-from reconciler.source.git import FetchTimeout, redact, run_git, shown_url
+from reconciler.source.git import FetchTimeout, Mirror, redact, run_git, shown_url
 
 
 @dataclass
@@ -138,12 +138,28 @@ class Outcome:
     catalog: Catalog | None = None
     revision: str | None = None
     branch: str | None = None
-    stage: str | None = None  # for a rejection: parse, validate, compile, signature, rewind
+    # For a rejection: parse, validate, compile, signature, rewind. For a fetch failure:
+    # "fetch" (the remote), or "read" (fetched, but the commit could not be read whole).
+    stage: str | None = None
     problems: list[Problem] = field(default_factory=list)
+    fetched: bool = False  # the fetch step succeeded (a pinned commit: it was there)
+    fetch_seconds: float = 0.0
 
     @property
     def ran(self) -> bool:
         return self.kind in (OutcomeKind.IN_SYNC, OutcomeKind.CHANGED, OutcomeKind.FAILED)
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """The commit a daemon run is for: the branch head it saw at the remote (``fetch`` always,
+    or only when missing from the mirror), or its last good one (``never``: a drift check
+    reads it from the mirror or fails). ``verify`` false: it was verified when first applied."""
+
+    commit: str
+    branch: str
+    fetch: Literal["always", "missing", "never"] = "always"
+    verify: bool = True
 
 
 def refuse_rewind(git_dir: Path, good: str, head: str, timeout: float) -> str | None:
@@ -169,24 +185,35 @@ def reconcile(
     plan: bool = False,
     warn: Warn = _ignore,
     snapshot: Snapshot | None = None,
+    pinned: Pinned | None = None,
 ) -> Outcome:
     """One run, every step in this order, for ``apply``, ``plan`` and every daemon run.
 
     Check the state directory (before anything in it is used: the mirror, the parse cache);
     fetch; verify the signature; refuse a rewind from the last applied commit; compile;
     converge; record (the report, and the applied commit). A ``snapshot`` given (the daemon's,
-    fetched and verified by the same functions) skips fetching. Whatever goes wrong is an
+    already open) skips fetching; ``pinned`` (the daemon's) names the commit to fetch and read
+    from the mirror of ``options.repo``. Whatever goes wrong is an
     ``Outcome``, never an exception: an unexpected one is an error with its type and message,
     reported (unless planning) as far as the state directory allows.
     """
     started = now_iso()
     revision = snapshot.revision if snapshot is not None else None
     branch = snapshot.branch if snapshot is not None else None
+    if pinned is not None:
+        revision, branch = pinned.commit, pinned.branch
     opened: Snapshot | None = None
+    fetch = _Fetch()
     try:
         state.prepare_state_dir(options.state_dir, create=not plan)
         if snapshot is None:
-            snapshot = opened = open_run_snapshot(options, checked=True)
+            t = time.perf_counter()
+            if pinned is None:
+                snapshot = opened = open_run_snapshot(options, checked=True)
+                fetch.done = True
+            else:
+                snapshot = opened = _open_pinned(options, pinned, fetch)
+            fetch.seconds = time.perf_counter() - t
             revision, branch = snapshot.revision, snapshot.branch
         why = _rewind(options, snapshot, warn)
         if why is not None:
@@ -203,33 +230,33 @@ def reconcile(
     except LockHeld as exc:
         return Outcome(OutcomeKind.SKIPPED, exc.reason, str(exc), revision=revision, branch=branch)
     except SignatureError as exc:
-        return _failed(
+        return fetch.mark(_failed(
             options, plan, started, exc.commit, branch, OutcomeKind.REJECTED, exc.reason,
             str(exc), warn, stage="signature",
-        )  # fmt: skip
+        ))  # fmt: skip
     except SourceError as exc:
-        return _failed(
+        return fetch.mark(_failed(
             options, plan, started, revision, branch, OutcomeKind.FETCH_FAILED, exc.reason,
-            str(exc), warn,
-        )  # fmt: skip
+            str(exc), warn, stage="read" if fetch.done else "fetch",
+        ))  # fmt: skip
     except ModelError as exc:
-        outcome = _failed(
+        outcome = fetch.mark(_failed(
             options, plan, started, revision, branch, OutcomeKind.REJECTED, exc.reason,
             str(exc), warn, stage=exc.stage,
-        )  # fmt: skip
+        ))  # fmt: skip
         outcome.problems = exc.problems
         return outcome
     except ReconcilerError as exc:
-        return _failed(
+        return fetch.mark(_failed(
             options, plan, started, revision, branch, OutcomeKind.ERROR, exc.reason,
             str(exc), warn,
-        )  # fmt: skip
+        ))  # fmt: skip
     except Exception as exc:  # a bug, MemoryError, EMFILE: a failed run, never a crash
         message = f"Unexpected: {type(exc).__name__}: {exc}"
-        return _failed(
+        return fetch.mark(_failed(
             options, plan, started, revision, branch, OutcomeKind.ERROR, "Unexpected",
             message, warn,
-        )  # fmt: skip
+        ))  # fmt: skip
     finally:
         if opened is not None and isinstance(opened, GitSnapshot):
             opened.close()
@@ -240,7 +267,41 @@ def reconcile(
         if report.changed
         else OutcomeKind.IN_SYNC
     )
-    return Outcome(kind, "", "", report, catalog, revision, branch)
+    return fetch.mark(Outcome(kind, "", "", report, catalog, revision, branch))
+
+
+@dataclass
+class _Fetch:
+    done: bool = False
+    seconds: float = 0.0
+
+    def mark(self, outcome: Outcome) -> Outcome:
+        outcome.fetched, outcome.fetch_seconds = self.done, self.seconds
+        return outcome
+
+
+def _open_pinned(options: RunOptions, pinned: Pinned, fetch: _Fetch) -> GitSnapshot:
+    """The pinned commit from the mirror of ``options.repo``: fetched as ``pinned.fetch`` says,
+    then verified (with ``options.verify``) before any of its files is read."""
+    mirror = Mirror(options.repo, options.state_dir / "source", options.timeout)
+    commit, branch = pinned.commit, pinned.branch
+    if pinned.fetch == "always":
+        commit, found = mirror.fetch(branch)
+        branch = found or branch
+    else:
+        mirror.ensure()
+        if not mirror.has_commit(commit):
+            if pinned.fetch == "never":
+                raise SourceError(f"{commit[:12]} is not in the mirror {mirror.git_dir}")
+            commit, found = mirror.fetch(branch)
+            branch = found or branch
+    fetch.done = True
+    if pinned.verify and options.verify is not None:
+        from reconciler.source.verify import verify_commit
+
+        verify_commit(mirror.git_dir, commit, options.verify, options.timeout)
+    shown = f"{shown_url(options.repo)}@{branch}" if pinned.fetch != "never" else "last good"
+    return GitSnapshot(mirror.git_dir, commit, branch, shown, options.timeout)
 
 
 def _rewind(options: RunOptions, snapshot: Snapshot, warn: Warn) -> str | None:
@@ -253,7 +314,7 @@ def _rewind(options: RunOptions, snapshot: Snapshot, warn: Warn) -> str | None:
         applied is None
         or snapshot.revision is None
         or snapshot.branch is None
-        or applied.source != shown_url(options.repo)
+        or applied.source not in (None, shown_url(options.repo))  # None: an older daemon's
         or applied.branch != snapshot.branch
     ):
         return None
