@@ -1,9 +1,11 @@
-"""One run, from a control repo to a report: the function the CLI and the daemon both call.
+"""One run, from a control repo to a report: ``reconcile``, the function the CLI and the daemon
+both call.
 
-fetch (a snapshot of the repo; with ``source.verify``, its commit's signature is checked before
-any file is read) -> facts -> compile (the node's catalog) -> check/apply over the graph -> prune
--> inventory and report. Anything wrong before the apply phase raises, and nothing of that
-revision has been applied.
+state directory checked -> fetch (a snapshot of the repo; with ``source.verify``, its commit's
+signature is checked before any file is read) -> a rewind refused -> facts -> compile (the
+node's catalog) -> check/apply over the graph -> prune -> inventory, report and the applied
+commit. Anything wrong before the apply phase applies nothing of that revision; whatever goes
+wrong ends as a typed ``Outcome``, never an exception.
 """
 
 from __future__ import annotations
@@ -321,6 +323,14 @@ def _rewind(options: RunOptions, snapshot: Snapshot, warn: Warn) -> str | None:
     return refuse_rewind(snapshot.git_dir, applied.revision, snapshot.revision, options.timeout)
 
 
+def _hostname() -> str:
+    """The node's name for the report of a run that ended before its facts were gathered."""
+    import socket
+
+    name = socket.gethostname()
+    return name if "." in name else socket.getfqdn(name)
+
+
 def _failed(
     options: RunOptions,
     plan: bool,
@@ -338,7 +348,7 @@ def _failed(
     message = redact(message)
     shown = message if message.startswith(reason) else f"{reason}: {message}"
     report = RunReport(
-        node=options.node or "",
+        node=options.node or _hostname(),
         revision=revision,
         branch=branch,
         noop=options.noop or plan,
