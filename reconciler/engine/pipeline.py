@@ -193,11 +193,11 @@ def reconcile(
 
     Check the state directory (before anything in it is used: the mirror, the parse cache);
     fetch; verify the signature; refuse a rewind from the last applied commit; compile;
-    converge; record (the report, and the applied commit). A ``snapshot`` given (the daemon's,
-    already open) skips fetching; ``pinned`` (the daemon's) names the commit to fetch and read
-    from the mirror of ``options.repo``. Whatever goes wrong is an
-    ``Outcome``, never an exception: an unexpected one is an error with its type and message,
-    reported (unless planning) as far as the state directory allows.
+    converge; record (the report, and the applied commit). ``pinned`` (the daemon's) names the
+    commit to fetch and read from the mirror of ``options.repo``; a ``snapshot`` already open
+    skips fetching. Whatever goes wrong is an ``Outcome``, never an exception: an unexpected
+    one is an error with its type and message, reported (unless planning) as far as the state
+    directory allows.
     """
     started = now_iso()
     revision = snapshot.revision if snapshot is not None else None
@@ -230,7 +230,9 @@ def reconcile(
     except StateDirUnsafe as exc:  # nothing can be written there, not even a report
         return Outcome(OutcomeKind.ERROR, exc.reason, str(exc), revision=revision, branch=branch)
     except LockHeld as exc:
-        return Outcome(OutcomeKind.SKIPPED, exc.reason, str(exc), revision=revision, branch=branch)
+        skipped = Outcome(OutcomeKind.SKIPPED, exc.reason, str(exc), revision=revision)
+        skipped.branch = branch
+        return fetch.mark(skipped)
     except SignatureError as exc:
         return fetch.mark(_failed(
             options, plan, started, exc.commit, branch, OutcomeKind.REJECTED, exc.reason,
