@@ -45,6 +45,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", type=Path, help="prefix every managed path with this directory")
     p.add_argument("--state-dir", type=Path, help="where reports, backups and the inventory live")
     p.add_argument("--noop", action="store_true", help="check only: report drift, change nothing")
+    p.add_argument(
+        "--allow-rewind",
+        action="store_true",
+        help="apply a branch moved to a commit that does not descend from the applied one",
+    )
     p.add_argument("--format", choices=("text", "json"), default="text")
 
 
@@ -136,6 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug or the machine (EMFILE, ENOMEM): said, not a traceback
+        from reconciler.source.git import redact
+
+        _err(f"Unexpected: {type(exc).__name__}: {redact(str(exc))}")
+        return EXIT_ERROR
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,6 +164,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "verify": None,
         "coordination": None,
         "max_file_size": ReconcileConfig().max_file_size,
+        "allow_rewind": False,
     }
     config_path = getattr(args, "config", None)
     if config_path is not None:
@@ -172,6 +183,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             verify=config.source.verify,
             coordination=config.coordination,
             max_file_size=config.reconcile.max_file_size,
+            allow_rewind=config.source.allow_rewind,
         )
     for key in ("repo", "ref", "node", "root", "state_dir"):
         value = getattr(args, key, None)
@@ -179,6 +191,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             values[key] = value
     if getattr(args, "noop", False):
         values["noop"] = True
+    if getattr(args, "allow_rewind", False):
+        values["allow_rewind"] = True
     return values
 
 
@@ -201,6 +215,7 @@ def _options(args: argparse.Namespace) -> Any:
         verify=values["verify"],
         coordination=values["coordination"],
         max_file_size=values["max_file_size"],
+        allow_rewind=values["allow_rewind"],
     )
 
 
@@ -224,10 +239,20 @@ def _colour() -> bool:
 
 
 def _run(args: argparse.Namespace, plan: bool) -> int:
-    from reconciler.engine.pipeline import run
+    """apply or plan: one run through the engine; its outcome picks the exit code."""
+    from reconciler.engine.pipeline import reconcile
     from reconciler.engine.report import render_text
 
-    report, _ = run(_options(args), plan=plan, warn=_warn)
+    outcome = reconcile(_options(args), plan=plan, warn=_warn)
+    report = outcome.report
+    if not outcome.ran or report is None:
+        if outcome.problems:
+            _err(f"the control repo has {len(outcome.problems)} problem(s):")
+            for problem in outcome.problems:
+                _say(f"  {problem}", file=sys.stderr)
+        else:
+            _err(outcome.message)
+        return EXIT_ERROR
     if args.format == "json":
         print(report.to_json())
     else:

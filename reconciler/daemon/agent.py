@@ -28,18 +28,15 @@ from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.webhook import WebhookVerifier
 from reconciler.engine import state
-from reconciler.engine.pipeline import RunOptions, run
+from reconciler.engine.pipeline import Outcome, OutcomeKind, Pinned, RunOptions, reconcile
 from reconciler.engine.report import RunReport
 from reconciler.errors import (
     ConfigError,
     LockHeld,
-    ModelError,
     ReconcilerError,
-    SignatureError,
     SourceError,
 )
-from reconciler.source import GitSnapshot
-from reconciler.source.git import Mirror, run_git
+from reconciler.source.git import Mirror, redact, shown_url
 
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 15 * 60.0
@@ -156,18 +153,14 @@ class Agent:
         self._lock_fd = fd
 
     def _load_good(self) -> None:
-        raw = state.read_json(self.config.state_dir / "daemon.json", self._warn)
-        if isinstance(raw, dict) and isinstance(raw.get("revision"), str):
-            self.state.revision = raw["revision"]
-            self.state.branch = raw.get("branch")
+        """The last applied revision, as the engine recorded it (by this daemon or by
+        ``reconciler apply --config``)."""
+        applied = state.load_applied(self.config.state_dir, self._warn)
+        if applied is not None:
+            self.state.revision = applied.revision
+            self.state.branch = applied.branch
             if self.state.revision and self.state.branch:
                 self.metrics.set_revision(self.state.revision, self.state.branch)
-
-    def _save_good(self) -> None:
-        state.write_json(
-            self.config.state_dir / "daemon.json",
-            {"revision": self.state.revision, "branch": self.state.branch},
-        )
 
     def _warn(self, message: str) -> None:
         self.log.warning("warning", message=message)
@@ -206,7 +199,7 @@ class Agent:
         self.log.info(
             "started",
             listen=http.address,
-            source=self.config.source.url,
+            source=shown_url(self.config.source.url or ""),
             branch=self.config.source.branch,
             revision=self.state.revision,
             pid=os.getpid(),
@@ -232,9 +225,9 @@ class Agent:
                     self.reload(schedule)
                 applied = False
                 if "poll" in pending:
-                    applied = self.poll()
+                    applied = self._guarded(self.poll)
                 if "check" in pending and not applied:
-                    self.check()
+                    self._guarded(self.check)
         finally:
             self.notifier.stopping()
             schedule.stop()
@@ -245,6 +238,28 @@ class Agent:
                 self._store.close()
             self.log.info("stopped")
         return 0
+
+    def _guarded(self, step: Any) -> bool:
+        """A poll or a check; what it did not expect (EMFILE, MemoryError, a bug) is a failed
+        run, logged and counted, and the daemon goes on enforcing the last good revision."""
+        try:
+            return bool(step())
+        except Exception as exc:
+            self._running.clear()
+            self._run_failed("Unexpected", f"Unexpected: {type(exc).__name__}: {exc}")
+            return False
+
+    def _run_failed(self, reason: str, message: str) -> None:
+        message = redact(message)
+        self.log.error(
+            "run failed; enforcing the last good revision",
+            reason=reason,
+            error=message,
+            revision=self.state.revision,
+        )
+        self.state.last_error = message
+        self.notifier.status(self._status_line())
+        self.metrics.runs.labels("failure").inc()  # last: the log and status say why
 
     def stop(self) -> None:
         self._stop.set()
@@ -275,7 +290,7 @@ class Agent:
     # -- polling -----------------------------------------------------------------------------
 
     def poll(self) -> bool:
-        """Ask the remote for the branch head; fetch, compile and apply only when it moved.
+        """Ask the remote for the branch head; run the engine only when it moved.
 
         Returns whether a run happened (so that a pending drift check can be skipped).
         """
@@ -285,7 +300,7 @@ class Agent:
         try:
             head, branch = self._mirror.remote_head(self.config.source.branch)
         except (SourceError, ConfigError) as exc:
-            self._fetch_failed(exc)
+            self._fetch_failed(str(exc))
             return False
         if head == self.state.revision and self.state.applied and not self._refetch:
             self.metrics.fetches.labels("unchanged").inc()
@@ -296,43 +311,42 @@ class Agent:
             if time.monotonic() < retry_at:
                 self.metrics.fetches.labels("unchanged").inc()
                 return False
-        try:
-            if head != self.state.revision:
-                self._mirror.fetch(branch)
-            else:
-                self._mirror.ensure()
-                self._ensure_commit(head, branch)
-        except (SourceError, ConfigError) as exc:
-            self._fetch_failed(exc)
+        new = head != self.state.revision
+        asked = time.perf_counter() - t  # ls-remote: the first part of the fetch
+        outcome = self._run(Pinned(head, branch, "always" if new else "missing", verify=new))
+        if outcome.fetched:
+            self.metrics.fetches.labels("success").inc()
+            self.metrics.run_duration.labels("fetch").observe(asked + outcome.fetch_seconds)
+            self._fetch_ok()
+        revision = outcome.revision or head
+        if outcome.kind is OutcomeKind.FETCH_FAILED:
+            self._fetch_failed(outcome.message)
+            if outcome.stage == "read":
+                self._unreadable()
             return False
-        self.metrics.fetches.labels("success").inc()
-        self.metrics.run_duration.labels("fetch").observe(time.perf_counter() - t)
-        self._fetch_ok()
-        if head != self.state.revision:
-            reason = self._refuse_rewind(head)
-            if reason:
-                self._reject(head, "rewind", reason)
-                return False
-            try:
-                self._verify(head)
-            except SignatureError as exc:
-                self._reject(head, "signature", str(exc))
-                if not self.state.applied and self.state.revision is not None:
-                    self.check()
-                return False
-        return self._apply(head, branch)
-
-    def _verify(self, head: str) -> None:
-        """With source.verify, refuse a head not signed by a trusted key, before reading it."""
-        verify = self.config.source.verify
-        if verify is not None:
-            from reconciler.source.verify import verify_commit
-
-            verify_commit(self._mirror.git_dir, head, verify, self.config.source.timeout)
-
-    def _ensure_commit(self, head: str, branch: str) -> None:
-        if not self._mirror.has_commit(head):
-            self._mirror.fetch(branch)
+        if outcome.kind is OutcomeKind.REJECTED:
+            self._reject(revision, outcome.stage or "compile", outcome.message)
+            if (
+                outcome.stage != "rewind"
+                and not self.state.applied
+                and self.state.revision is not None
+            ):
+                self.check()
+            return False
+        if outcome.kind is OutcomeKind.ERROR and outcome.reason == "StateDirUnsafe":
+            delay = self._backoff.next_delay()
+            self._next_fetch = time.monotonic() + delay
+            self._retry_after(delay)
+        if not outcome.ran:
+            return False
+        self._rejected_backoff.pop(revision, None)
+        self.state.revision, self.state.branch, self.state.applied = (
+            revision,
+            outcome.branch or branch,
+            True,
+        )
+        self.metrics.set_revision(revision, self.state.branch or branch)
+        return True
 
     def _unreadable(self) -> None:
         """A revision could not be read from the mirror: poll, and fetch even an unchanged head
@@ -347,14 +361,14 @@ class Agent:
         self._next_fetch = 0.0
         self.state.source_error = None
 
-    def _fetch_failed(self, exc: Exception) -> None:
+    def _fetch_failed(self, message: str) -> None:
         delay = self._backoff.next_delay()
         self._next_fetch = time.monotonic() + delay
-        self.state.source_error = str(exc)
+        self.state.source_error = redact(message)
         self.log.error(
             "fetch failed; enforcing the last good revision",
             reason="FetchFailed",
-            error=str(exc),
+            error=self.state.source_error,
             retry_in_seconds=round(delay, 1),
             revision=self.state.revision,
         )
@@ -369,19 +383,6 @@ class Agent:
         timer = threading.Timer(delay, self.request, args=("poll",))
         timer.daemon = True
         timer.start()
-
-    def _refuse_rewind(self, head: str) -> str | None:
-        good = self.state.revision
-        if good is None or self.config.source.allow_rewind:
-            return None
-        try:
-            run_git(["merge-base", "--is-ancestor", good, head], self._mirror.git_dir, 30)
-        except SourceError:
-            return (
-                f"RevisionRegression: {head[:12]} does not descend from the applied "
-                f"{good[:12]} (set source.allow_rewind: true to accept it)"
-            )
-        return None
 
     def _reject(self, revision: str, reason: str, message: str) -> None:
         previous = self._rejected_backoff.get(revision)
@@ -406,6 +407,7 @@ class Agent:
         c = self.config
         return RunOptions(
             repo=str(c.source.url),
+            ref=c.source.branch,
             node=c.node,
             root=c.root,
             state_dir=c.state_dir,
@@ -416,6 +418,8 @@ class Agent:
             store=self._coordination_store(),
             coordination=c.coordination,
             max_file_size=c.reconcile.max_file_size,
+            allow_rewind=c.source.allow_rewind,
+            verify=c.source.verify,
         )
 
     def _coordination_store(self) -> Any:
@@ -465,78 +469,44 @@ class Agent:
         self.state.suspended = s.describe() if s else None
         return (self.config.reconcile.mode == "enforce" and s is None), self.state.suspended
 
-    def _apply(self, revision: str, branch: str) -> bool:
-        """Compile and run a new revision; on a model error keep the last good one."""
-        try:
-            snapshot = GitSnapshot(
-                self._mirror.git_dir, revision, branch, f"{self.config.source.url}@{branch}"
-            )
-        except ModelError as exc:  # a tree not read: too large, or with a .git path
-            self._reject(revision, exc.stage, str(exc))
-            return False
-        except SourceError as exc:
-            self._fetch_failed(exc)
-            self._unreadable()
-            return False
-        try:
-            report = self._run(snapshot, revision)
-        except ModelError as exc:
-            self._reject(revision, exc.stage, str(exc))
-            if not self.state.applied and self.state.revision is not None:
-                self.check()
-            return False
-        finally:
-            snapshot.close()
-        if report is None:
-            return False
-        self._rejected_backoff.pop(revision, None)
-        self.state.revision, self.state.branch, self.state.applied = revision, branch, True
-        self.metrics.set_revision(revision, branch)
-        self._save_good()
-        return True
-
     def check(self) -> None:
         """A drift check of the last good revision (repairing it when enforcing)."""
         if self.state.revision is None:
             return
-        branch = self.state.branch or ""
-        try:
-            snapshot = GitSnapshot(self._mirror.git_dir, self.state.revision, branch, "last good")
-        except SourceError as exc:
-            self.log.error("the last good revision is not in the mirror", error=str(exc))
+        outcome = self._run(
+            Pinned(self.state.revision, self.state.branch or "", "never", verify=False)
+        )
+        if outcome.ran:
+            self.state.applied = True
+        elif outcome.kind is OutcomeKind.FETCH_FAILED:
+            self.log.error("the last good revision is not in the mirror", error=outcome.message)
             self._unreadable()
-            return
-        try:
-            if self._run(snapshot, self.state.revision) is not None:
-                self.state.applied = True
-        except ModelError as exc:
+        elif outcome.kind is OutcomeKind.REJECTED:
             # The revision compiled before; it may fail now because facts changed.
-            self.metrics.rejected.labels(exc.stage).inc()
-            self.log.error("the last good revision no longer compiles", error=str(exc))
-        finally:
-            snapshot.close()
+            self.metrics.rejected.labels(outcome.stage or "compile").inc()
+            self.log.error("the last good revision no longer compiles", error=outcome.message)
 
-    def _run(self, snapshot: GitSnapshot, revision: str) -> RunReport | None:
+    def _run(self, pinned: Pinned) -> Outcome:
+        """One run of the engine; the outcome of a run that ran (or could not run) moves the
+        metrics, the log and the status here, a fetch failure or a rejection in the caller."""
         enforcing, suspended = self._enforcing()
-        log = self.log.bind(revision=revision)
+        log = self.log.bind(revision=pinned.commit)
         self._running.set()  # the watcher holds events until _update_watch settles them
-        try:
-            report, catalog = run(
-                self._options(noop=not enforcing), snapshot=snapshot, warn=self._warn
-            )
-        except LockHeld as exc:
+        outcome = reconcile(self._options(noop=not enforcing), warn=self._warn, pinned=pinned)
+        report, catalog = outcome.report, outcome.catalog
+        if outcome.revision is not None:
+            log = self.log.bind(revision=outcome.revision)
+        if outcome.kind is OutcomeKind.SKIPPED:
             self._running.clear()
-            log.warning("run skipped", reason="LockHeld", error=str(exc))
-            return None
-        except ModelError:
+            log.warning("run skipped", reason=outcome.reason, error=outcome.message)
+            return outcome
+        if outcome.kind in (OutcomeKind.REJECTED, OutcomeKind.FETCH_FAILED):
             self._running.clear()
-            raise
-        except ReconcilerError as exc:
+            return outcome
+        if not outcome.ran or report is None or catalog is None:
             self._running.clear()
-            log.error("run failed", error=str(exc))
-            self.state.last_error = str(exc)
-            self.metrics.runs.labels("failure").inc()
-            return None
+            self._run_failed(outcome.reason, outcome.message)
+            return outcome
         ended = time.time()
         self.state.node = report.node
         self.metrics.observe_run(report, ended, enforcing)
@@ -569,7 +539,7 @@ class Agent:
         finally:
             self._running.clear()
         self.notifier.status(self._status_line())
-        return report
+        return outcome
 
     def _update_watch(self, catalog: Any, report: RunReport) -> None:
         if not self.config.reconcile.watch:

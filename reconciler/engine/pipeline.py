@@ -1,22 +1,26 @@
-"""One run, from a control repo to a report: the function the CLI and the daemon both call.
+"""One run, from a control repo to a report: ``reconcile``, the function the CLI and the daemon
+both call.
 
-fetch (a snapshot of the repo; with ``source.verify``, its commit's signature is checked before
-any file is read) -> facts -> compile (the node's catalog) -> check/apply over the graph -> prune
--> inventory and report. Anything wrong before the apply phase raises, and nothing of that
-revision has been applied.
+state directory checked -> fetch (a snapshot of the repo; with ``source.verify``, its commit's
+signature is checked before any file is read) -> a rewind refused -> facts -> compile (the
+node's catalog) -> check/apply over the graph -> prune -> inventory, report and the applied
+commit. Anything wrong before the apply phase applies nothing of that revision; whatever goes
+wrong ends as a typed ``Outcome``, never an exception.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from reconciler.apps.rollout import Rollout
 from reconciler.apps.store import Store, StoreError, open_store
@@ -24,7 +28,15 @@ from reconciler.config import CoordinationConfig, Verify
 from reconciler.engine import state
 from reconciler.engine.report import ResourceResult, RunReport
 from reconciler.engine.run import DEFAULT_WORKERS, converge, execute
-from reconciler.errors import ReconcilerError
+from reconciler.errors import (
+    LockHeld,
+    ModelError,
+    Problem,
+    ReconcilerError,
+    SignatureError,
+    SourceError,
+    StateDirUnsafe,
+)
 from reconciler.model import yamlload
 from reconciler.model.catalog import Catalog, Compiler, Entry, link
 from reconciler.resources._fs import (
@@ -35,7 +47,8 @@ from reconciler.resources._fs import (
 )
 from reconciler.resources._run import Runner
 from reconciler.resources.base import REGISTRY, Context, Resource
-from reconciler.source import Snapshot, open_snapshot
+from reconciler.source import GitSnapshot, Snapshot, open_snapshot
+from reconciler.source.git import FetchTimeout, Mirror, redact, run_git, shown_url
 
 
 @dataclass
@@ -57,6 +70,8 @@ class RunOptions:
     store: Store | None = None
     coordination: CoordinationConfig | None = None
     max_file_size: int = MAX_FILE_SIZE  # reconcile.max_file_size
+    # source.allow_rewind: apply a branch moved to a commit not descending from the applied one
+    allow_rewind: bool = False
 
 
 Warn = Callable[[str], None]
@@ -89,8 +104,13 @@ def make_context(options: RunOptions, fingerprints: Mapping[str, Any]) -> Contex
     )
 
 
-def open_run_snapshot(options: RunOptions) -> Snapshot:
-    """The revision ``options`` name; with ``verify``, only a commit signed by a trusted key."""
+def open_run_snapshot(options: RunOptions, checked: bool = False) -> Snapshot:
+    """The revision ``options`` name; with ``verify``, only a commit signed by a trusted key.
+
+    The state directory (the mirror git fetches into) is checked first, unless ``checked``.
+    """
+    if not checked:
+        state.prepare_state_dir(options.state_dir, create=False)
     if options.verify is not None:
         from reconciler.source.verify import open_verified_snapshot
 
@@ -104,6 +124,255 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+class OutcomeKind(Enum):
+    """How a run ended; the CLI picks its exit code from it, the daemon its metrics and retry."""
+
+    IN_SYNC = "in_sync"  # ran; nothing to change
+    CHANGED = "changed"  # ran; changed (or, in noop, would change) something
+    FAILED = "failed"  # ran; a resource, a prune or an app failed
+    REJECTED = "rejected"  # the revision is refused: the model, its signature, a rewind
+    FETCH_FAILED = "fetch_failed"  # the revision could not be read
+    SKIPPED = "skipped"  # another run holds the lock
+    ERROR = "error"  # could not run: an unsafe state directory, an unexpected exception
+
+
+@dataclass
+class Outcome:
+    """One run's end: its kind, why (a reason code, and a message for people), its report."""
+
+    kind: OutcomeKind
+    reason: str = ""  # "" for a run that ran; else RevisionRegression, FetchFailed, ...
+    message: str = ""
+    report: RunReport | None = None
+    catalog: Catalog | None = None
+    revision: str | None = None
+    branch: str | None = None
+    # For a rejection: parse, validate, compile, signature, rewind. For a fetch failure:
+    # "fetch" (the remote), or "read" (fetched, but the commit could not be read whole).
+    stage: str | None = None
+    problems: list[Problem] = field(default_factory=list)
+    fetched: bool = False  # the fetch step succeeded (a pinned commit: it was there)
+    fetch_seconds: float = 0.0
+
+    @property
+    def ran(self) -> bool:
+        return self.kind in (OutcomeKind.IN_SYNC, OutcomeKind.CHANGED, OutcomeKind.FAILED)
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """The commit a daemon run is for: the branch head it saw at the remote (``fetch`` always,
+    or only when missing from the mirror), or its last good one (``never``: a drift check
+    reads it from the mirror or fails). ``verify`` false: it was verified when first applied."""
+
+    commit: str
+    branch: str
+    fetch: Literal["always", "missing", "never"] = "always"
+    verify: bool = True
+
+
+def refuse_rewind(git_dir: Path, good: str, head: str, timeout: float) -> str | None:
+    """Why ``head`` may not follow the applied ``good``: it does not descend from it."""
+    if good == head:
+        return None
+    try:
+        if not all(re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", c) for c in (good, head)):
+            raise SourceError("not a commit id")
+        run_git(["merge-base", "--is-ancestor", good, head], git_dir, timeout)
+    except FetchTimeout:
+        raise
+    except SourceError:
+        return (
+            f"RevisionRegression: {head[:12]} does not descend from the applied "
+            f"{good[:12]} (set source.allow_rewind: true to accept it)"
+        )
+    return None
+
+
+def reconcile(
+    options: RunOptions,
+    plan: bool = False,
+    warn: Warn = _ignore,
+    snapshot: Snapshot | None = None,
+    pinned: Pinned | None = None,
+) -> Outcome:
+    """One run, every step in this order, for ``apply``, ``plan`` and every daemon run.
+
+    Check the state directory (before anything in it is used: the mirror, the parse cache);
+    fetch; verify the signature; refuse a rewind from the last applied commit; compile;
+    converge; record (the report, and the applied commit). ``pinned`` (the daemon's) names the
+    commit to fetch and read from the mirror of ``options.repo``; a ``snapshot`` already open
+    skips fetching. Whatever goes wrong is an ``Outcome``, never an exception: an unexpected
+    one is an error with its type and message, reported (unless planning) as far as the state
+    directory allows.
+    """
+    started = now_iso()
+    revision = snapshot.revision if snapshot is not None else None
+    branch = snapshot.branch if snapshot is not None else None
+    if pinned is not None:
+        revision, branch = pinned.commit, pinned.branch
+    opened: Snapshot | None = None
+    fetch = _Fetch()
+    try:
+        state.prepare_state_dir(options.state_dir, create=not plan)
+        if snapshot is None:
+            t = time.perf_counter()
+            if pinned is None:
+                snapshot = opened = open_run_snapshot(options, checked=True)
+                fetch.done = True
+            else:
+                snapshot = opened = _open_pinned(options, pinned, fetch)
+            fetch.seconds = time.perf_counter() - t
+            revision, branch = snapshot.revision, snapshot.branch
+        why = _rewind(options, snapshot, warn)
+        if why is not None:
+            return _failed(
+                options, plan, started, revision, branch, OutcomeKind.REJECTED,
+                "RevisionRegression", why, warn, stage="rewind",
+            )  # fmt: skip
+        report, catalog = run(options, plan, warn, snapshot)
+        if not plan and isinstance(snapshot, GitSnapshot) and snapshot.revision is not None:
+            applied = state.Applied(snapshot.revision, snapshot.branch, shown_url(options.repo))
+            state.save_applied(options.state_dir, applied)
+    except StateDirUnsafe as exc:  # nothing can be written there, not even a report
+        return Outcome(OutcomeKind.ERROR, exc.reason, str(exc), revision=revision, branch=branch)
+    except LockHeld as exc:
+        skipped = Outcome(OutcomeKind.SKIPPED, exc.reason, str(exc), revision=revision)
+        skipped.branch = branch
+        return fetch.mark(skipped)
+    except SignatureError as exc:
+        return fetch.mark(_failed(
+            options, plan, started, exc.commit, branch, OutcomeKind.REJECTED, exc.reason,
+            str(exc), warn, stage="signature",
+        ))  # fmt: skip
+    except SourceError as exc:
+        return fetch.mark(_failed(
+            options, plan, started, revision, branch, OutcomeKind.FETCH_FAILED, exc.reason,
+            str(exc), warn, stage="read" if fetch.done else "fetch",
+        ))  # fmt: skip
+    except ModelError as exc:
+        outcome = fetch.mark(_failed(
+            options, plan, started, revision, branch, OutcomeKind.REJECTED, exc.reason,
+            str(exc), warn, stage=exc.stage,
+        ))  # fmt: skip
+        outcome.problems = exc.problems
+        return outcome
+    except ReconcilerError as exc:
+        return fetch.mark(_failed(
+            options, plan, started, revision, branch, OutcomeKind.ERROR, exc.reason,
+            str(exc), warn,
+        ))  # fmt: skip
+    except Exception as exc:  # a bug, MemoryError, EMFILE: a failed run, never a crash
+        message = f"Unexpected: {type(exc).__name__}: {exc}"
+        return fetch.mark(_failed(
+            options, plan, started, revision, branch, OutcomeKind.ERROR, "Unexpected",
+            message, warn,
+        ))  # fmt: skip
+    finally:
+        if opened is not None and isinstance(opened, GitSnapshot):
+            opened.close()
+    kind = (
+        OutcomeKind.FAILED
+        if report.failed
+        else OutcomeKind.CHANGED
+        if report.changed
+        else OutcomeKind.IN_SYNC
+    )
+    return fetch.mark(Outcome(kind, "", "", report, catalog, revision, branch))
+
+
+@dataclass
+class _Fetch:
+    done: bool = False
+    seconds: float = 0.0
+
+    def mark(self, outcome: Outcome) -> Outcome:
+        outcome.fetched, outcome.fetch_seconds = self.done, self.seconds
+        return outcome
+
+
+def _open_pinned(options: RunOptions, pinned: Pinned, fetch: _Fetch) -> GitSnapshot:
+    """The pinned commit from the mirror of ``options.repo``: fetched as ``pinned.fetch`` says,
+    then verified (with ``options.verify``) before any of its files is read."""
+    mirror = Mirror(options.repo, options.state_dir / "source", options.timeout)
+    commit, branch = pinned.commit, pinned.branch
+    if pinned.fetch == "always":
+        commit, found = mirror.fetch(branch)
+        branch = found or branch
+    else:
+        mirror.ensure()
+        if not mirror.has_commit(commit):
+            if pinned.fetch == "never":
+                raise SourceError(f"{commit[:12]} is not in the mirror {mirror.git_dir}")
+            commit, found = mirror.fetch(branch)
+            branch = found or branch
+    fetch.done = True
+    if pinned.verify and options.verify is not None:
+        from reconciler.source.verify import verify_commit
+
+        verify_commit(mirror.git_dir, commit, options.verify, options.timeout)
+    shown = f"{shown_url(options.repo)}@{branch}" if pinned.fetch != "never" else "last good"
+    return GitSnapshot(mirror.git_dir, commit, branch, shown, options.timeout)
+
+
+def _rewind(options: RunOptions, snapshot: Snapshot, warn: Warn) -> str | None:
+    """Refuse a commit of the branch last applied from this source that does not descend
+    from the applied one (a working tree, another source or branch: nothing to compare)."""
+    if options.allow_rewind or not isinstance(snapshot, GitSnapshot):
+        return None
+    applied = state.load_applied(options.state_dir, warn)
+    if (
+        applied is None
+        or snapshot.revision is None
+        or snapshot.branch is None
+        or applied.source not in (None, shown_url(options.repo))  # None: an older daemon's
+        or applied.branch != snapshot.branch
+    ):
+        return None
+    return refuse_rewind(snapshot.git_dir, applied.revision, snapshot.revision, options.timeout)
+
+
+def _hostname() -> str:
+    """The node's name for the report of a run that ended before its facts were gathered."""
+    import socket
+
+    name = socket.gethostname()
+    return name if "." in name else socket.getfqdn(name)
+
+
+def _failed(
+    options: RunOptions,
+    plan: bool,
+    started: str,
+    revision: str | None,
+    branch: str | None,
+    kind: OutcomeKind,
+    reason: str,
+    message: str,
+    warn: Warn,
+    stage: str | None = None,
+) -> Outcome:
+    """A run that did not converge, reported: its report holds only the reason (a plan's is
+    not written); one that cannot be written is said in a warning."""
+    message = redact(message)
+    shown = message if message.startswith(reason) else f"{reason}: {message}"
+    report = RunReport(
+        node=options.node or _hostname(),
+        revision=revision,
+        branch=branch,
+        noop=options.noop or plan,
+        started=started,
+        run_id=secrets.token_hex(6),
+        errors=[shown],
+    )
+    if not plan:
+        try:
+            state.save_report(options.state_dir, report.to_dict())
+        except Exception as exc:
+            warn(f"the report of this run could not be written: {type(exc).__name__}: {exc}")
+    return Outcome(kind, reason, shown, report, None, revision, branch, stage)
+
+
 def run(
     options: RunOptions,
     plan: bool = False,
@@ -115,7 +384,8 @@ def run(
     started_wall = now_iso()
     t0 = time.perf_counter()
     if snapshot is None:
-        snapshot = open_run_snapshot(options)
+        state.prepare_state_dir(options.state_dir, create=not plan)
+        snapshot = open_run_snapshot(options, checked=True)
     phases["fetch"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -157,7 +427,13 @@ def run(
     report.phases = phases
     report.duration_seconds = time.perf_counter() - t0
     if not plan:
-        state.save_report(options.state_dir, report.to_dict())
+        try:
+            state.save_report(options.state_dir, report.to_dict())
+        except OSError as exc:
+            # What was applied stays applied (and recorded); the run failed to record it.
+            why = f"ReportNotWritten: {options.state_dir / 'reports'}: {type(exc).__name__}: {exc}"
+            report.errors.append(why)
+            warn(why)
     return report, catalog
 
 

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,17 +63,49 @@ def read_json(path: Path, warn: Any = None) -> Any:
         return None
 
 
-def prepare_state_dir(state_dir: Path) -> None:
+# What git and the parse cache read from the state directory: checked to the last file.
+_CHECKED_DEEP = ("source", "cache")
+
+
+def prepare_state_dir(state_dir: Path, create: bool = True) -> None:
     """Create the state directory, or refuse one that someone else could have written into.
 
     It holds the mirror git runs in, backups and caches: a directory owned by another user, or
-    writable by group or others, could have been prepared by an attacker (CVE-2022-24765).
+    writable by group or others, could have been prepared by an attacker (CVE-2022-24765), and
+    so could anything in it: the directory itself, every entry at its top, and everything below
+    the mirror and the caches must belong to this user and be writable by nobody else. Nothing
+    in it is used before this check. With ``create`` false, a missing directory is left missing.
     """
+    if not create and not os.path.lexists(state_dir):
+        return
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = os.stat(state_dir)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+    _check_owned(state_dir, os.stat(state_dir))
+    with os.scandir(state_dir) as entries:
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            _check_owned(Path(entry.path), st)
+            if entry.name in _CHECKED_DEEP and entry.is_dir(follow_symlinks=False):
+                _check_tree(Path(entry.path))
+
+
+def _check_tree(top: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = os.lstat(path)
+            _check_owned(path, st)
+            if stat.S_ISLNK(st.st_mode):
+                raise StateDirUnsafe(
+                    f"{path}: refusing a symbolic link in the state directory's {top.name}/"
+                )
+
+
+def _check_owned(path: Path, st: os.stat_result) -> None:
+    writable = 0 if stat.S_ISLNK(st.st_mode) else st.st_mode & 0o022
+    if st.st_uid != os.geteuid() or writable:
+        what = "a state directory" if stat.S_ISDIR(st.st_mode) else "a file in the state directory"
         raise StateDirUnsafe(
-            f"{state_dir}: refusing a state directory owned by uid {st.st_uid} with mode "
+            f"{path}: refusing {what} owned by uid {st.st_uid} with mode "
             f"{st.st_mode & 0o7777:04o}; it must belong to uid {os.geteuid()} and not be "
             "writable by group or others"
         )
@@ -184,6 +217,39 @@ class Inventory:
                 "fingerprints": {p: f.to_list() for p, f in self.fingerprints.items()},
             },
         )
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The last revision a run applied (or checked, in noop), from a source: the point a
+    branch must keep descending from. The CLI and the daemon keep it here, in one file."""
+
+    revision: str
+    branch: str | None
+    source: str | None  # the repository, as shown (credentials hidden); None: unknown
+
+
+# The name it had when only the daemon kept it: state directories keep working.
+APPLIED_FILE = "daemon.json"
+
+
+def load_applied(state_dir: Path, warn: Any = None) -> Applied | None:
+    raw = read_json(state_dir / APPLIED_FILE, warn)
+    if not isinstance(raw, dict) or not isinstance(raw.get("revision"), str):
+        return None
+    branch, source = raw.get("branch"), raw.get("source")
+    return Applied(
+        raw["revision"],
+        branch if isinstance(branch, str) else None,
+        source if isinstance(source, str) else None,
+    )
+
+
+def save_applied(state_dir: Path, applied: Applied) -> None:
+    write_json(
+        state_dir / APPLIED_FILE,
+        {"revision": applied.revision, "branch": applied.branch, "source": applied.source},
+    )
 
 
 def save_report(state_dir: Path, report: dict[str, Any]) -> Path:

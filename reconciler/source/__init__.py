@@ -114,8 +114,14 @@ class DirectorySnapshot:
 
 
 def _work_tree_head(root: Path) -> tuple[str | None, str | None]:
-    """The commit and branch a work tree's HEAD names, read from .git without running git."""
+    """The commit and branch a work tree's HEAD names, read from .git without running git.
+
+    A HEAD (or the ref it names) that points outside the repository is refused, not followed.
+    """
     git_dir = root / ".git"
+    if not git_dir.is_dir():
+        return None, None
+    check_inside(git_dir, "HEAD")
     try:
         head = (git_dir / "HEAD").read_text().strip()
     except OSError:
@@ -124,6 +130,7 @@ def _work_tree_head(root: Path) -> tuple[str | None, str | None]:
         return head or None, None
     ref = head[5:]
     branch = ref.removeprefix("refs/heads/")
+    check_inside(git_dir, ref)
     try:
         return (git_dir / ref).read_text().strip(), branch
     except OSError:
@@ -136,6 +143,24 @@ def _work_tree_head(root: Path) -> tuple[str | None, str | None]:
     except OSError:
         pass
     return None, branch
+
+
+def check_inside(git_dir: Path, name: str) -> None:
+    """Refuse a ref (``HEAD``, or what a symbolic ref names) that is not a plain name under
+    ``refs/``, or whose file is a link out of the repository: git would follow it there."""
+    plain = name == "HEAD" or (
+        name.startswith("refs/")
+        and "\0" not in name
+        and all(part not in ("", ".", "..") for part in name.split("/"))
+    )
+    path = git_dir / name
+    top = Path(os.path.realpath(git_dir))
+    real = Path(os.path.realpath(path))
+    if not plain or (os.path.lexists(path) and top not in real.parents):
+        raise SourceError(
+            f"{path}: {'HEAD' if name == 'HEAD' else f'the ref {name!r}'} points outside the "
+            f"repository {git_dir}; refused"
+        )
 
 
 class GitSnapshot:
@@ -159,6 +184,7 @@ class GitSnapshot:
 
         self.branch = branch
         self.description = description
+        self.git_dir = git_dir
         try:
             check_commit(git_dir, commit, timeout)
         except SourceError as exc:
@@ -273,4 +299,5 @@ def open_snapshot(repo: str, ref: str | None, state_dir: Path, timeout: float = 
         return GitSnapshot(git_dir, commit, branch, f"{repo}@{ref or 'HEAD'}", timeout)
     mirror = gitsource.Mirror(repo, state_dir / "source", timeout)
     commit, branch = mirror.fetch(ref)
-    return GitSnapshot(mirror.git_dir, commit, branch, f"{repo}@{branch or commit}", timeout)
+    shown = gitsource.shown_url(repo)
+    return GitSnapshot(mirror.git_dir, commit, branch, f"{shown}@{branch or commit}", timeout)

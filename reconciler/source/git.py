@@ -29,19 +29,35 @@ MAX_MIRROR_BYTES = 2 * 1024**3  # packed objects a mirror may hold; a fetch stop
 WATCH_EVERY = 0.2  # seconds between two looks at a running fetch
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^-]")
 
-_HARDENING = [
-    "-c", "core.hooksPath=/dev/null",
-    "-c", "core.fsmonitor=false",
-    "-c", "protocol.allow=never",
-    *[arg for s in ALLOWED_SCHEMES for arg in ("-c", f"protocol.{s}.allow=always")],
-    "-c", "submodule.recurse=false",
-    "-c", "fetch.recurseSubmodules=false",
-    "-c", "core.symlinks=false",
-    "-c", "filter.lfs.smudge=",
-    "-c", "filter.lfs.process=",
-    "-c", "filter.lfs.required=false",
-    "-c", "safe.directory=*",
-]  # fmt: skip
+# Every setting that can make git run a program, pinned on the command line (which wins over
+# the repository's own configuration) to a value that runs nothing of the repository's.
+_PINNED = [
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.alternateRefsCommand=true",  # an empty value would run the alternate's path
+    "core.alternateRefsPrefixes=",
+    "core.askPass=/bin/false",
+    "core.pager=cat",
+    "core.editor=/bin/false",
+    "sequence.editor=/bin/false",
+    "credential.helper=",
+    "diff.external=",
+    "uploadpack.packObjectsHook=",
+    "receive.procReceiveRefs=",
+    "gc.auto=0",
+    "maintenance.auto=false",
+    "protocol.allow=never",
+    *[f"protocol.{s}.allow=always" for s in ALLOWED_SCHEMES],
+    "protocol.ext.allow=never",
+    "protocol.fd.allow=never",
+    "submodule.recurse=false",
+    "fetch.recurseSubmodules=false",
+    "core.symlinks=false",
+    "filter.lfs.smudge=",
+    "filter.lfs.process=",
+    "filter.lfs.required=false",
+]
+_HARDENING = [arg for setting in _PINNED for arg in ("-c", setting)]
 
 
 class FetchTimeout(SourceError):
@@ -54,19 +70,20 @@ class TooLarge(SourceError):
 
 def check_url(url: str) -> str:
     """Refuse URLs that could make git run something: ext::, fd::, leading '-', odd schemes."""
+    shown = redact(url)
     if url.startswith("-") or "\0" in url or "\n" in url:
-        raise ConfigError(f"source url {url!r} is not allowed")
+        raise ConfigError(f"source url {shown!r} is not allowed")
     if "::" in url.split("/", 1)[0]:
-        raise ConfigError(f"source url {url!r}: transport helpers (x::) are not allowed")
+        raise ConfigError(f"source url {shown!r}: transport helpers (x::) are not allowed")
     if "://" in url:
         scheme = url.split("://", 1)[0].lower()
         if scheme not in ALLOWED_SCHEMES:
             raise ConfigError(
-                f"source url {url!r}: scheme {scheme!r} is not allowed "
+                f"source url {shown!r}: scheme {scheme!r} is not allowed "
                 f"(allowed: {', '.join(ALLOWED_SCHEMES)})"
             )
     elif not _SCP_LIKE.match(url) and not url.startswith("/"):
-        raise ConfigError(f"source url {url!r} is neither an allowed URL nor an absolute path")
+        raise ConfigError(f"source url {shown!r} is neither an allowed URL nor an absolute path")
     return url
 
 
@@ -86,6 +103,10 @@ def git_env() -> dict[str, str]:
     for key in ("SSH_AUTH_SOCK", "GIT_SSH_COMMAND"):
         if key in os.environ:
             env[key] = os.environ[key]
+    # The user's ssh command, else plain ssh: never a core.sshCommand from a repository (the
+    # variable wins over any configuration). Likewise no proxy command (core.gitProxy).
+    env.setdefault("GIT_SSH_COMMAND", "ssh")
+    env["GIT_PROXY_COMMAND"] = ""
     return env
 
 
@@ -106,7 +127,7 @@ def git_process(
     """
     argv = ["git", *_HARDENING, *[arg for c in config for arg in ("-c", c)]]
     if git_dir is not None:
-        argv += ["--git-dir", str(git_dir)]
+        argv += ["--git-dir", os.path.abspath(git_dir)]
     argv += args
     name = args[0] if args else "git"
     try:
@@ -117,6 +138,7 @@ def git_process(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            cwd="/",  # no repository found from wherever reconciler was started
         )
     except FileNotFoundError:
         raise SourceError("git is not installed") from None
@@ -158,7 +180,8 @@ def run_git(
     done = git_process(args, git_dir, timeout, config, watch=watch)
     if done.returncode != 0:
         err = done.stderr.decode(errors="replace").strip().splitlines()
-        raise SourceError(f"git {args[0]} failed: {err[-1] if err else done.returncode}")
+        last = redact(err[-1]) if err else done.returncode
+        raise SourceError(f"git {args[0]} failed: {last}")
     return done.stdout.decode(errors="replace")
 
 
@@ -174,8 +197,34 @@ def git_dir_of(path: Path) -> Path:
     raise SourceError(f"{path}: not a git repository (needed for --ref)")
 
 
+def check_local_repo(git_dir: Path) -> None:
+    """Refuse a local repository git must not run in: one that belongs to another user (its
+    configuration is theirs; git refuses it too) or whose HEAD or ``.git`` leads elsewhere."""
+    from reconciler.source import check_inside
+
+    st = os.stat(git_dir)
+    if st.st_uid != os.geteuid():
+        raise SourceError(
+            f"{git_dir}: the repository belongs to uid {st.st_uid}, not to uid {os.geteuid()} "
+            "that runs reconciler; refused (its configuration could run programs): use a clone "
+            "of your own, or a URL"
+        )
+    if git_dir.name == ".git" and os.path.islink(git_dir):
+        raise SourceError(f"{git_dir}: a symbolic link to another directory; refused")
+    check_inside(git_dir, "HEAD")
+    try:
+        head = (git_dir / "HEAD").read_text(errors="replace").strip()
+    except OSError:
+        return
+    if head.startswith("ref: "):
+        check_inside(git_dir, head[5:])
+
+
 def resolve_local(git_dir: Path, ref: str | None, timeout: float) -> tuple[str, str | None]:
-    """The commit a ref names in a local repository, and the branch if the ref is one."""
+    """The commit a ref names in a local repository, and the branch if the ref is one.
+
+    The repository is checked first (``check_local_repo``): git runs in it then."""
+    check_local_repo(git_dir)
     name = ref or "HEAD"
     if name.startswith("-"):
         raise SourceError(f"ref {name!r} is not allowed")
@@ -224,12 +273,18 @@ def check_commit(git_dir: Path, commit: str, timeout: float) -> None:
         raise SourceError(f"commit {commit[:12]} cannot be read whole from {git_dir}: {why}")
 
 
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/@\s'\"]*?):([^/@\s'\"]*)@")
+
+
 def shown_url(url: str) -> str:
     """The URL for messages: a password or token in it is hidden."""
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/@]*):([^/@]*)@", url)
-    if match is None:
-        return url
-    return f"{match.group(1)}{match.group(2)}:***@{url[match.end() :]}"
+    return redact(url)
+
+
+def redact(text: str) -> str:
+    """``text`` with the password or token of every URL in it hidden (``user:***@``): for
+    URLs shown in logs, reports and /status, and git's messages, which echo the URL."""
+    return _USERINFO.sub(lambda m: f"{m.group(1)}{m.group(2)}:***@", text)
 
 
 class Mirror:

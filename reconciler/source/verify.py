@@ -131,7 +131,7 @@ def open_verified_snapshot(
         mirror = gitsource.Mirror(repo, state_dir / "source", timeout)
         commit, branch = mirror.fetch(ref)
         git_dir = mirror.git_dir
-        description = f"{repo}@{branch or commit}"
+        description = f"{gitsource.shown_url(repo)}@{branch or commit}"
     verify_commit(git_dir, commit, verify, timeout)
     return GitSnapshot(git_dir, commit, branch, description, timeout)
 
