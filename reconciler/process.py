@@ -19,7 +19,7 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -133,13 +133,17 @@ def run(
     uid: int | None = None,
     gid: int | None = None,
     grace: float = GRACE_SECONDS,
+    watch: Callable[[], None] | None = None,
+    watch_every: float = 1.0,
 ) -> Completed:
     """Run ``argv`` to its end or its deadline, ``timeout`` seconds from now.
 
     ``env`` is the whole environment (None: this process's). ``stderr``: kept apart, merged
     into stdout, or discarded. ``kill_on_overflow``: a stream passing ``output_cap`` ends the
     process (as a timeout does) instead of being cut. ``uid``/``gid``: run as that user, with
-    no supplementary groups (needs root). Raises OSError when the command cannot be started.
+    no supplementary groups (needs root). ``watch`` is called every ``watch_every`` seconds
+    while the process runs; what it raises ends the process group and propagates. Raises
+    OSError when the command cannot be started.
     """
     deadline = time.monotonic() + timeout
     extra: dict[str, object] = {}
@@ -163,7 +167,9 @@ def run(
     out, err = _Capture(output_cap, keep), _Capture(output_cap, keep)
     timed_out = overflowed = False
     try:
-        timed_out, overflowed = _pump(proc, input, out, err, deadline, kill_on_overflow)
+        timed_out, overflowed = _pump(
+            proc, input, out, err, deadline, kill_on_overflow, watch, watch_every
+        )
         if not (timed_out or overflowed):
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
@@ -201,6 +207,8 @@ def _pump(
     err: _Capture,
     deadline: float,
     kill_on_overflow: bool,
+    watch: Callable[[], None] | None,
+    watch_every: float,
 ) -> tuple[bool, bool]:
     """Feed the input and read the outputs until both end, the child has exited (and what
     was already written is read), or the deadline: (timed out, overflowed)."""
@@ -221,10 +229,15 @@ def _pump(
             else:
                 proc.stdin.close()
         drain_until: float | None = None
+        next_watch = time.monotonic() + watch_every
         while captures:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return True, False
+            if watch is not None and now >= next_watch:
+                watch()
+                next_watch = now + watch_every
             events = selector.select(min(left, _POLL_SECONDS))
             for key, _ in events:
                 fd = key.fd

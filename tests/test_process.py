@@ -131,6 +131,23 @@ class TestTimeout:
         child = int((leftovers / "child").read_text())
         wait_for(lambda: gone(child), timeout=5, what="the command's leftover ended")
 
+    def test_what_watch_raises_ends_the_process(self, leftovers: Path) -> None:
+        """A caller's watch (git checks that its lock is still held) can stop a command."""
+        calls: list[float] = []
+
+        def watch() -> None:
+            calls.append(time.monotonic())
+            if len(calls) == 3:
+                raise RuntimeError("lock lost")
+
+        script = f"echo $$ > {leftovers}/shell; sleep 30"
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="lock lost"):
+            process.run(["sh", "-c", script], timeout=30, watch=watch, watch_every=0.1)
+        assert time.monotonic() - started < 5
+        shell = int((leftovers / "shell").read_text())
+        wait_for(lambda: gone(shell), timeout=5, what="the command ended")
+
     def test_check_timeout_raises(self) -> None:
         done = process.run(["sleep", "30"], timeout=0.2, grace=0.1)
         with pytest.raises(process.TimedOut, match=r"sleep: timed out after 0\.2s"):
