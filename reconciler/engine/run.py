@@ -1,9 +1,10 @@
-"""Apply a catalog: walk the resource graph, converge each resource, contain every failure.
+"""Apply a catalog: run what the scheduler says is ready, converge each resource, contain
+every failure.
 
-Resources run in graph order. Cheap filesystem resources run inline; the others (commands,
-packages) go to a small thread pool, so that independent slow resources overlap. A resource
-whose prerequisite failed or was skipped is skipped. A refresh (notify/subscribe) reaches its
-target only when the source changed and the target itself was not skipped or failed.
+``engine.schedule`` decides the order, the skips and the refreshes from ids and outcomes; this
+module executes: inline (one after another), or with a thread pool, cheap filesystem resources
+checked in the engine's thread with their writes staged and committed in batches, and batched
+types (packages) converged together. Each run has its own ``RunState``.
 """
 
 from __future__ import annotations

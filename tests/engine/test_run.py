@@ -120,3 +120,44 @@ def test_each_run_has_its_own_state(tmp_path: Path) -> None:
     assert ctx.run.changed() == frozenset()  # the caller's context is not the run's
     (root / "srv/a.conf").write_text("drift")
     assert [r.status for r in execute(catalog, ctx, noop=False)] == ["changed"]
+
+
+EXECUTORS_PROFILE = [
+    "- file: /srv/a.conf",
+    "  content: a",
+    "  notify: exec:reload",
+    "- exec: reload",
+    '  command: "echo reloaded >> $RECONCILER_ROOT/srv/reload.log"',
+    "  refreshonly: true",
+    "- exec: broken",
+    '  command: "exit 3"',
+    "- file: /srv/after-broken.conf",
+    "  content: never",
+    "  require: exec:broken",
+    "- file: /srv/other.conf",
+    "  content: other",
+    "  subscribe: file:/srv/a.conf",
+]
+
+
+@pytest.mark.parametrize("workers", [1, 8], ids=["inline", "pool"])
+def test_every_executor_gives_the_same_outcome(tmp_path: Path, workers: int) -> None:
+    catalog = Compiler(DirectorySnapshot(repo_with(tmp_path, EXECUTORS_PROFILE))).compile("n", {})
+    root = seed_root(tmp_path / "root")
+    state = tmp_path / "state"
+    ctx = Context(
+        Root(root), state, BackupStore(state), Runner(base_env={"RECONCILER_ROOT": str(root)})
+    )
+    results = {r.id: r.status for r in execute(catalog, ctx, noop=False, workers=workers)}
+    assert results == {
+        "file:/srv/a.conf": "changed",
+        "exec:reload": "changed",
+        "exec:broken": "failed",
+        "file:/srv/after-broken.conf": "skipped",
+        "file:/srv/other.conf": "changed",
+    }
+    assert (root / "srv/reload.log").read_text() == "reloaded\n"
+    assert not (root / "srv/after-broken.conf").exists()
+    again = {r.id: r.status for r in execute(catalog, ctx, noop=False, workers=workers)}
+    assert again["file:/srv/a.conf"] == "in_sync" and again["exec:reload"] == "in_sync"
+    assert (root / "srv/reload.log").read_text() == "reloaded\n"
