@@ -108,8 +108,8 @@ def test_services_in_the_pool_read_what_changed_while_files_finish(
 
 
 def test_each_run_has_its_own_state(tmp_path: Path) -> None:
-    """What one run changed is not what the next one changed: a context used again starts
-    afresh (a unit file changed in one run does not reload systemd in the next)."""
+    """A context used for a second run (a rollback after an apply) starts it afresh: what
+    the first run changed and did once is not carried into the second."""
     repo = repo_with(tmp_path, ["- file: /srv/a.conf", "  content: a"])
     catalog = Compiler(DirectorySnapshot(repo)).compile("n", {})
     root = seed_root(tmp_path / "root")
