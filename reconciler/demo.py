@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
+from reconciler import process
 from reconciler.errors import ReconcilerError
 
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "control-repo"
@@ -25,12 +25,11 @@ RELEASES = "/var/cache/shop-releases"
 
 
 def _git(repo: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.name=reconciler demo",
-         "-c", "user.email=demo@localhost", *args],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    argv = ["git", "-C", str(repo), "-c", "user.name=reconciler demo",
+            "-c", "user.email=demo@localhost", *args]  # fmt: skip
+    done = process.run(argv, timeout=60, stderr="merge")
+    if not done.ok:
+        raise ReconcilerError(f"git {args[0]} failed: {done.text().strip()}")
 
 
 def free_port() -> int:

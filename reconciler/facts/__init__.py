@@ -13,11 +13,7 @@ import contextlib
 import json
 import os
 import platform
-import selectors
-import signal
 import socket
-import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +21,10 @@ from typing import Any
 
 import yaml
 
+from reconciler import process
 from reconciler.errors import Location, ModelError
 
 MAX_FACT_BYTES = 1024 * 1024
-KILL_WAIT = 5.0  # seconds to reap a killed facts executable
 _FAMILIES = {
     "debian": "Debian",
     "ubuntu": "Debian",
@@ -277,40 +273,6 @@ def _networking(hostname: str, fqdn: str, domain: str) -> dict[str, Any]:
 # -- external facts -----------------------------------------------------------------------------
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the executable and every process it started that stayed in its group."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _read_bounded(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, str | None]:
-    """Standard output until its end, up to MAX_FACT_BYTES and until ``deadline``: what was
-    read, and why reading stopped early (None: it ended)."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    os.set_blocking(fd, False)
-    chunks: list[bytes] = []
-    size = 0
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return b"", "timed out"
-            if not selector.select(left):
-                continue
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                return b"".join(chunks), None
-            size += len(chunk)
-            if size > MAX_FACT_BYTES:
-                return b"", f"printed more than {MAX_FACT_BYTES} bytes"
-            chunks.append(chunk)
-
-
 def _run_executable(path: Path, timeout: float) -> tuple[dict[str, Any] | None, str | None]:
     """Run a facts executable: its output read up to MAX_FACT_BYTES, for at most ``timeout``
     seconds. Past either bound it is killed with its whole process group, and never read
@@ -320,36 +282,25 @@ def _run_executable(path: Path, timeout: float) -> tuple[dict[str, Any] | None, 
         "LANG": "C.UTF-8",
     }
     try:
-        proc = subprocess.Popen(
+        done = process.run(
             [str(path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            timeout=timeout,
             env=env,
-            start_new_session=True,
+            output_cap=MAX_FACT_BYTES,
+            keep="head",
+            stderr="discard",
+            kill_on_overflow=True,
+            grace=0.0,
         )
     except OSError as exc:
         return None, f"cannot run: {exc.strerror or exc}"
-    deadline = time.monotonic() + timeout
-    try:
-        out, stopped = _read_bounded(proc, deadline)
-        if stopped is None:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                stopped = "timed out"
-    finally:
-        _kill_group(proc)  # what it left running, or all of it when a bound was passed
-        assert proc.stdout is not None
-        proc.stdout.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(KILL_WAIT)
-    if stopped == "timed out":
+    if done.timed_out:
         return None, f"timed out after {timeout:g}s; killed with its process group"
-    if stopped is not None:
-        return None, f"{stopped}; killed with its process group"
-    if proc.returncode != 0:
-        return None, f"exited {proc.returncode}"
+    if done.overflowed:
+        return None, f"printed more than {MAX_FACT_BYTES} bytes; killed with its process group"
+    out = done.stdout
+    if done.returncode != 0:
+        return None, f"exited {done.returncode}"
     try:
         data = json.loads(out)
     except ValueError as exc:

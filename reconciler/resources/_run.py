@@ -1,4 +1,5 @@
-"""Running commands: argv lists, a clean environment, a timeout that kills the whole group.
+"""Running commands for resources: argv lists, a clean environment, a user, through
+``reconciler.process`` (output capped as it arrives, a timeout that ends the whole group).
 
 A shell is used only when the caller asks for one (an exec whose command is a string). Output
 (stdout and stderr together) is kept up to a bound, the last bytes being the useful ones.
@@ -6,19 +7,15 @@ A shell is used only when the caller asks for one (an exec whose command is a st
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler import process
 from reconciler.errors import ResourceError
 
 MAX_OUTPUT = 64 * 1024
-GRACE_SECONDS = 2.0
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -27,6 +24,7 @@ class RunResult:
     returncode: int
     output: str
     timed_out: bool = False
+    dropped: int = 0  # bytes of output not kept (the head of a long output)
 
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.output.rstrip().splitlines()[-lines:])
@@ -47,7 +45,8 @@ class Runner:
         input: bytes | None = None,
     ) -> RunResult:
         environ = {"PATH": BASE_PATH, "LANG": "C.UTF-8", **self.base_env, **(env or {})}
-        kwargs: dict[str, object] = {}
+        uid: int | None = None
+        gid: int | None = None
         if user is not None:
             if os.geteuid() != 0:
                 import pwd
@@ -61,19 +60,21 @@ class Runner:
                     entry = pwd.getpwnam(user)
                 except KeyError:
                     raise ResourceError(f"no user named {user!r}") from None
-                kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
+                uid, gid = entry.pw_uid, entry.pw_gid
                 environ.setdefault("HOME", entry.pw_dir)
                 environ.setdefault("USER", user)
         try:
-            proc = subprocess.Popen(
+            done = process.run(
                 argv,
-                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                timeout=timeout,
                 cwd=cwd,
                 env=environ,
-                start_new_session=True,
-                **kwargs,  # type: ignore[call-overload]
+                input=input,
+                output_cap=MAX_OUTPUT,
+                keep="tail",
+                stderr="merge",
+                uid=uid,
+                gid=gid,
             )
         except FileNotFoundError:
             raise ResourceError(f"command not found: {argv[0]}") from None
@@ -81,34 +82,7 @@ class Runner:
             raise ResourceError(f"command not executable: {argv[0]}") from None
         except OSError as exc:
             raise ResourceError(f"cannot run {argv[0]}: {exc.strerror}") from None
-        timed_out = False
-        try:
-            out, _ = proc.communicate(input, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
-            out, _ = proc.communicate()
-        finally:
-            _kill_group(proc, only_leftovers=True)
-        text = out[-MAX_OUTPUT:].decode(errors="replace")
-        return RunResult(proc.returncode if not timed_out else -1, text, timed_out)
-
-
-def _kill_group(proc: subprocess.Popen[bytes], only_leftovers: bool = False) -> None:
-    """Stop the command's whole process group: TERM, a short grace, then KILL."""
-    try:
-        pgid = os.getpgid(proc.pid) if proc.poll() is None else proc.pid
-    except ProcessLookupError:
-        pgid = proc.pid
-    if only_leftovers:
-        # Children the command left behind in its group would hold locks or pipes: end them.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + GRACE_SECONDS
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+        code = -1 if done.returncode is None else done.returncode
+        return RunResult(
+            code, done.stdout.decode(errors="replace"), done.timed_out, done.stdout_dropped
+        )

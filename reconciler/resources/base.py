@@ -11,8 +11,10 @@ compiler, so a resource never reads the control repo.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -164,6 +166,54 @@ class Fingerprint:
         return cls(int(size), int(mtime_ns), int(ctime_ns), int(inode), str(sha))
 
 
+class RunState:
+    """What one run has done so far, shared by the resources it converges, from any thread.
+
+    The engine owns it: it records each resource that changed as it finishes, and which
+    directories to fsync at the end. Resources ask what changed (a snapshot) and take a
+    once-per-run action at most once (a systemd daemon-reload).
+    """
+
+    def __init__(self, defer_fsync: bool = False) -> None:
+        self._lock = threading.Lock()
+        self._changed: set[ResourceId] = set()
+        self._done: set[str] = set()
+        # Directories whose entries changed, fsynced once at the end of the run; None: fsync
+        # each at once (outside a run of the engine).
+        self._dirty: set[Path] | None = set() if defer_fsync else None
+
+    def mark_changed(self, rid: ResourceId) -> None:
+        with self._lock:
+            self._changed.add(rid)
+
+    def changed(self) -> frozenset[ResourceId]:
+        """The ids of the resources that changed so far in this run."""
+        with self._lock:
+            return frozenset(self._changed)
+
+    def once(self, action: str) -> bool:
+        """True the first time ``action`` is asked for in this run, False after."""
+        with self._lock:
+            if action in self._done:
+                return False
+            self._done.add(action)
+            return True
+
+    def sync_later(self, directory: Path) -> bool:
+        """Note a directory to fsync at the end of the run; False: not deferred, do it now."""
+        with self._lock:
+            if self._dirty is None:
+                return False
+            self._dirty.add(directory)
+            return True
+
+    def take_dirty(self) -> list[Path]:
+        """The directories noted so far, deepest first; the run fsyncs at once from now on."""
+        with self._lock:
+            dirty, self._dirty = self._dirty or set(), None
+        return sorted(dirty, key=lambda p: len(p.parts), reverse=True)
+
+
 @dataclass
 class Context:
     """Everything a resource needs from the host, passed in so tests point it anywhere."""
@@ -173,21 +223,22 @@ class Context:
     backups: BackupStore
     runner: Runner
     fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
-    # Set by the engine: the ids of resources that changed in this run (for daemon-reload etc).
-    changed: set[ResourceId] = field(default_factory=set)
-    # Once-per-run actions already taken (a systemd daemon-reload).
-    done: set[str] = field(default_factory=set)
     # Every path (as written) that some resource of the catalog manages: for directory purge.
     catalog_paths: frozenset[str] = frozenset()
     log: Callable[..., None] = lambda *a, **k: None
-    # Directories whose entries changed; the engine fsyncs each once at the end of the run.
-    # None: fsync at once.
-    dirty_dirs: set[Path] | None = None
-    # Set by the engine around an inline apply: writes are staged here (a temporary beside its
-    # target) and renamed into place after one syncfs for the batch. None: write at once.
+    # The run under way (the engine gives each run its own).
+    run: RunState = field(default_factory=RunState)
+    # Only on a context made by ``staged`` for one apply: writes are staged here (a temporary
+    # beside its target) and renamed into place after one syncfs for the batch.
     staging: list[Staged] | None = None
     # The largest managed file read to compare or back it up (reconcile.max_file_size).
     max_file_size: int = MAX_FILE_SIZE
+
+    def staged(self, into: list[Staged]) -> Context:
+        """A context for one apply whose file writes are staged into ``into``, not made."""
+        view = copy.copy(self)
+        view.staging = into
+        return view
 
     def write_file(
         self, place: Place, data: bytes, mode: int | None, uid: int | None, gid: int | None
@@ -210,12 +261,10 @@ class Context:
 
     def sync_dir(self, directory: Path) -> None:
         """Make a rename or removal in ``directory`` durable (now, or at the end of the run)."""
-        if self.dirty_dirs is None:
+        if not self.run.sync_later(directory):
             from reconciler.resources._fs import fsync_dir
 
             fsync_dir(directory)
-        else:
-            self.dirty_dirs.add(directory)
 
 
 class Resource(ABC):

@@ -62,11 +62,12 @@ class Service(Resource):
 
     def _reload_units(self, ctx: Context) -> None:
         """``daemon-reload`` once per run when a unit file was changed in it."""
-        changed_units = any(
-            rid.startswith(tuple(f"file:{d}" for d in UNIT_DIRS)) for rid in ctx.changed
-        )
-        if changed_units and "daemon-reload" not in ctx.done and ctx.root.prefix == Path("/"):
-            ctx.done.add("daemon-reload")
+        if ctx.root.prefix != Path("/"):
+            return
+        unit_files = tuple(f"file:{d}" for d in UNIT_DIRS)
+        # A snapshot: other resources finish (and are added) while this one runs.
+        changed_units = any(rid.startswith(unit_files) for rid in ctx.run.changed())
+        if changed_units and ctx.run.once("daemon-reload"):
             result = ctx.runner.run(["systemctl", "daemon-reload"], timeout=TIMEOUT)
             if result.returncode != 0:
                 raise ResourceError("systemctl daemon-reload failed")

@@ -100,7 +100,7 @@ def test_refresh_restarts_running_services_only(systemd: tuple[Context, Path]) -
 
 def test_daemon_reload_once_when_a_unit_file_changed(systemd: tuple[Context, Path]) -> None:
     ctx, state = systemd
-    ctx.changed.add("file:/etc/systemd/system/app.service")
+    ctx.run.mark_changed("file:/etc/systemd/system/app.service")
     make(Service, "app", ensure="running").check_apply(ctx, True)
     make(Service, "other", ensure="running").check_apply(ctx, True)
     assert calls(state).count("daemon-reload") == 1

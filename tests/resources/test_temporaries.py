@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.resources._fs import TMP_MARK
+from reconciler.resources._fs import TMP_MARK, Staged
 from reconciler.resources.base import Context
 from reconciler.resources.file import File
 from reconciler.resources.line import Line
@@ -89,11 +89,8 @@ def test_the_temporary_has_its_owner_and_mode_before_any_content(
     )
     watch = Inotify(etc)
     if staged:  # as the engine does for inline resources: stage, then commit the batch
-        ctx.staging = []
-        try:
-            resource.check_apply(ctx, True)
-        finally:
-            batch, ctx.staging = ctx.staging, None
+        batch: list[Staged] = []
+        resource.check_apply(ctx.staged(batch), True)
         assert len(batch) == 1
         for item in batch:
             item.commit()
