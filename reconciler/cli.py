@@ -386,7 +386,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         _say(f"  (the default is at {default_at.file}:{default_at.line})")
     else:
         _say(f"  the profile's default: {default_at.file}:{default_at.line} at {revision}")
-    _say("  levels, first wins:")
+    _say("  levels, first wins:" if len(contributed) < 2 else "  levels, merged:")
     used = {level: file for level, file, _ in data.levels}
     skipped = dict(data.skipped)
     for level in compiler.settings.hierarchy:
@@ -409,7 +409,10 @@ def _explain_merged(found: Any, revision: str, show: Any) -> None:
     _say(f"  merged ({found.merge}) from {len(found.pieces)} level(s), first level first:")
     for piece in found.pieces:
         _say(f"    data level {piece.level!r}: {piece.where.file}:{piece.where.line} at {revision}")
-    for label, given in found.origins():
+    origins = found.origins()
+    if origins:
+        _say("  where each piece comes from:")
+    for label, given in origins:
         places = ", ".join(f"{p.where.file}:{p.where.line}" for p in given) or "?"
         _say(f"    {show(label)}: from {places}")
 

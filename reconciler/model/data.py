@@ -214,11 +214,13 @@ def merge_problem(found: Sequence[DataValue], mode: MergeMode, knockout: str | N
     if mode == "hash":
         for piece in found:
             if not isinstance(piece.value, Mapping):
-                return f"a hash merge needs a mapping at every level; {piece.where} has {kind(piece.value)}"
+                at = f"{piece.where.file}:{piece.where.line}"
+                return f"a hash merge needs a mapping at every level; {at} has {kind(piece.value)}"
     elif mode == "unique":
         for piece in found:
             if isinstance(piece.value, Mapping):
-                return f"a unique merge needs lists or values; {piece.where} has a mapping"
+                at = f"{piece.where.file}:{piece.where.line}"
+                return f"a unique merge needs lists or values; {at} has a mapping"
     elif mode == "deep":
         located = [(p.value, p.where.file or "", p.where.line) for p in found]
         return _kind_conflict(located, "", knockout)
@@ -358,7 +360,10 @@ class Lookups:
             return self._cache[cached]
         names = [k for k, _ in self._chain]
         if key in names:
-            steps = [f"{k} ({at})" for k, at in self._chain[names.index(key) :]]
+            steps = [
+                f"{k} ({at.file}:{at.line})" if at else k
+                for k, at in self._chain[names.index(key) :]
+            ]
             raise ModelError.one(
                 "interpolation cycle: " + " -> ".join([*steps, key]),
                 self._chain[-1][1] or Location(key=key),

@@ -488,7 +488,9 @@ def free_key_problem(name: Any, value: Any, profiles: Collection[str]) -> str | 
 
     A mapping under a name close to a profile's is taken for a misspelt section, unless the
     name has ``::``; a free key has no ``.`` (that separates a section from its key)."""
-    if not isinstance(name, str) or not name or "." in name:
+    if not isinstance(name, str) or not name:
+        return f"a data key must be a non-empty string, not {name!r} (quote it: '{name}')"
+    if "." in name:
         return f"a free data key must be a name without '.', not {name!r}"
     close = closest(name, profiles)
     if close is not None and isinstance(value, Mapping) and "::" not in name:
