@@ -201,7 +201,7 @@ def merge_levels(values: Sequence[Any], mode: MergeMode, knockout: str | None = 
     for value in reversed(values[:-1]):
         result = combine(result, value, mode, knockout)
     if mode == "unique":
-        return _as_list(result)
+        return unique(_as_list(result))
     return finish(result, knockout if mode == "deep" else None)
 
 

@@ -12,7 +12,7 @@ from reconciler.errors import ModelError
 from reconciler.model.catalog import Compiler, validate_repo
 from reconciler.source import DirectorySnapshot
 
-FACTS: dict[str, Any] = {"os": {"family": "Debian"}, "datacenter": "ams1"}
+FACTS: dict[str, Any] = {"os": {"family": "Debian"}, "datacenter": "ams1", "cpus": 4}
 
 BASE = {
     "nodes.yaml": "default: app\n",
@@ -275,16 +275,17 @@ class TestInterpolation:
             "data/common.yaml": """
                 port: 8080
                 app:
-                  name: "%{facts.os.family}-%{lookup('port')} 100%{literal('%')}"
+                  name: "%{facts.os.family}-%{lookup('port')} 100%{literal('%')} %{lookup('flag')}%{lookup('nil')}"
                   ports: ["%{lookup('port')}", "x%{lookup('port')}"]
-                  opts: {dc: "%{facts.datacenter}", enabled: "%{lookup('flag')}"}
+                  opts: {dc: "%{facts.datacenter}", enabled: "%{lookup('flag')}", n: "%{facts.cpus}"}
                 flag: true
+                nil: ~
                 """,
         }
         assert compile_params(make_repo, files) == {
-            "name": "Debian-8080 100%",
+            "name": "Debian-8080 100% true",
             "ports": [8080, "x8080"],
-            "opts": {"dc": "ams1", "enabled": True},
+            "opts": {"dc": "ams1", "enabled": True, "n": 4},
         }
 
     @pytest.mark.parametrize(
