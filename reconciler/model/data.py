@@ -17,11 +17,13 @@ from typing import Any, Literal, cast, get_args
 from reconciler.errors import Location, ModelError, Problem
 from reconciler.model.repo import _MISSING as NO_FACT
 from reconciler.model.repo import DataValue, did_you_mean, lookup_fact
+from reconciler.model.templates import MAX_OUTPUT, _size  # _size: bounded, stops past it
 from reconciler.model.yamlload import LocList, LocMap
 
 MergeMode = Literal["first", "hash", "deep", "unique"]
 MERGE_MODES: tuple[MergeMode, ...] = get_args(MergeMode)
 OPTION_KEYS = frozenset({"merge", "knockout_prefix"})
+HIERA_KEYS = frozenset({"strategy", "knockout_prefix"})  # merge: written as a mapping
 RESERVED = "lookup_options"  # the top-level key of a data file that holds its lookup options
 _MISSING: Any = object()
 
@@ -82,6 +84,25 @@ def parse_lookup_options(
             if k not in OPTION_KEYS
         ]
         merge = spec.get("merge", "first")
+        holder, prefix = spec, f"{RESERVED}.{key}"
+        if isinstance(merge, LocMap):  # Hiera's form: merge: {strategy: deep, knockout_prefix: -}
+            holder, prefix = merge, f"{RESERVED}.{key}.merge"
+            found += [
+                Problem(
+                    f"unknown key {k!r} in merge{did_you_mean(k, HIERA_KEYS)}",
+                    Location(file, merge.line_of(k), f"{prefix}.{k}"),
+                )
+                for k in merge
+                if k not in HIERA_KEYS
+            ]
+            if "knockout_prefix" in spec and "knockout_prefix" in merge:
+                found.append(
+                    Problem(
+                        "give knockout_prefix once, here or in merge",
+                        Location(file, spec.line_of("knockout_prefix"), f"{prefix}"),
+                    )
+                )
+            merge = merge.get("strategy", "first")
         if merge not in MERGE_MODES:
             found.append(
                 Problem(
@@ -89,8 +110,13 @@ def parse_lookup_options(
                     Location(file, spec.line_of("merge"), f"{RESERVED}.{key}.merge"),
                 )
             )
-        knockout = spec.get("knockout_prefix")
-        at = Location(file, spec.line_of("knockout_prefix"), f"{RESERVED}.{key}.knockout_prefix")
+        knockout = holder.get("knockout_prefix", spec.get("knockout_prefix"))
+        held = holder if "knockout_prefix" in holder else spec
+        at = Location(
+            file,
+            held.line_of("knockout_prefix"),
+            f"{prefix if held is holder else f'{RESERVED}.{key}'}.knockout_prefix",
+        )
         if knockout is not None and (not isinstance(knockout, str) or not knockout):
             found.append(Problem("knockout_prefix must be a non-empty string like '--'", at))
         elif knockout is not None and merge != "deep":
@@ -395,7 +421,14 @@ class Lookups:
             where = Location(file, line, key)
             value = data_value(raw, where)
             typed = typed or (isinstance(value, str) and _whole(value) is not None)
-            pieces.append(DataValue(self.interpolate(value, where), level, where))
+            substituted = self.interpolate(value, where)
+            if substituted is not value and _size(substituted) > MAX_OUTPUT:
+                raise ModelError.one(
+                    f"the value is larger than {MAX_OUTPUT} bytes written out once its %{{...}} "
+                    f"are substituted",
+                    where,
+                )
+            pieces.append(DataValue(substituted, level, where))
             if mode == "first":
                 break
         if not pieces:
@@ -447,7 +480,14 @@ class Lookups:
             whole = _whole(value)
             if whole is not None:
                 return self._substitute(whole, where)
-            return _INTERPOLATION.sub(lambda m: self._text(m.group(1), where), value)
+            text = _INTERPOLATION.sub(lambda m: self._text(m.group(1), where), value)
+            if len(text) > MAX_OUTPUT:
+                raise ModelError.one(
+                    f"the value is larger than {MAX_OUTPUT} bytes written out once its %{{...}} "
+                    f"are substituted",
+                    where,
+                )
+            return text
         if isinstance(value, LocList):
             items = [self.interpolate(v, _at(where, value.line_of(i))) for i, v in enumerate(value)]
             if all(a is b for a, b in zip(items, value, strict=True)):

@@ -323,3 +323,39 @@ class TestInterpolation:
     ) -> None:
         files = {**self.PROFILE, "data/common.yaml": f"app:\n  name: {value}\npool: [a]\n"}
         assert problems(make_repo, files) == [expected]
+
+
+class TestHieraFormAndBounds:
+    def test_merge_written_as_hiera_writes_it(self, make_repo: Callable[..., Path]) -> None:
+        files = {
+            "reconciler.yaml": """
+                lookup_options:
+                  app.opts:
+                    merge: {strategy: deep, knockout_prefix: "--"}
+                """,
+            "data/nodes/n1.yaml": "app: {opts: {--a: ~, c: {y: 2}}}\n",
+            "data/common.yaml": NODE_AND_COMMON["data/common.yaml"],
+        }
+        assert compile_params(make_repo, files)["opts"] == {"c": {"x": 1, "y": 2}}
+        files["reconciler.yaml"] = (
+            "lookup_options:\n  app.opts:\n    merge: {strategy: deep, sort: 1}\n"
+        )
+        assert problems(make_repo, files) == [
+            "reconciler.yaml:3, key 'lookup_options.app.opts.merge.sort': unknown key 'sort' in "
+            "merge"
+        ]
+
+    def test_interpolation_that_grows_without_bound_is_refused(
+        self, make_repo: Callable[..., Path]
+    ) -> None:
+        doubling = "".join(
+            f"k{i}: \"%{{lookup('k{i + 1}')}}%{{lookup('k{i + 1}')}}\"\n" for i in range(30)
+        )
+        files = {
+            "data/common.yaml": doubling + "k30: xxxxxxxxxxxxxxxx\n",
+            "profiles/app.yaml": "params:\n  v: \"{{ lookup('k0') | length }}\"\n",
+        }
+        found = problems(make_repo, files)
+        assert len(found) == 1
+        assert "key 'k" in found[0]
+        assert "larger than 4194304 bytes written out once its %{...} are substituted" in found[0]
