@@ -18,7 +18,7 @@ from reconciler.errors import Location, ModelError, Problem
 from reconciler.model.repo import _MISSING as NO_FACT
 from reconciler.model.repo import DataValue, did_you_mean, lookup_fact
 from reconciler.model.templates import MAX_OUTPUT, _size  # _size: bounded, stops past it
-from reconciler.model.yamlload import LocList, LocMap
+from reconciler.model.yamlload import MAX_DEPTH, LocList, LocMap
 
 MergeMode = Literal["first", "hash", "deep", "unique"]
 MERGE_MODES: tuple[MergeMode, ...] = get_args(MergeMode)
@@ -347,7 +347,7 @@ def _show(item: Any) -> str:
 _INTERPOLATION = re.compile(r"%\{([^{}]*)\}")
 _LOOKUP = re.compile(r"""\s*lookup\(\s*(?:'([^']*)'|"([^"]*)")\s*\)\s*\Z""")
 _LITERAL = re.compile(r"""\s*literal\(\s*(?:'([^']*)'|"([^"]*)")\s*\)\s*\Z""")
-MAX_DEPTH = 32  # interpolations within interpolations: deeper chains are refused
+MAX_CHAIN = 32  # interpolations within interpolations: deeper chains are refused
 
 
 class LookupMissing(ValueError):
@@ -394,14 +394,19 @@ class Lookups:
                 "interpolation cycle: " + " -> ".join([*steps, key]),
                 self._chain[-1][1] or Location(key=key),
             )
-        if len(self._chain) > MAX_DEPTH:
+        if len(self._chain) > MAX_CHAIN:
             raise ModelError.one(
-                f"interpolations nested more than {MAX_DEPTH} deep",
+                f"interpolations nested more than {MAX_CHAIN} deep",
                 self._chain[-1][1] or Location(),
             )
         self._chain.append((key, None))
         try:
             found = self._find(key, merge)
+        except RecursionError:  # values nested in values through %{lookup()}, past Python's stack
+            raise ModelError.one(
+                "the value is nested too deeply once its %{...} are substituted",
+                next((at for _, at in reversed(self._chain) if at), Location(key=key)),
+            ) from None
         finally:
             self._chain.pop()
         self._cache[cached] = found
@@ -426,6 +431,12 @@ class Lookups:
                 raise ModelError.one(
                     f"the value is larger than {MAX_OUTPUT} bytes written out once its %{{...}} "
                     f"are substituted",
+                    where,
+                )
+            if substituted is not value and _too_deep(substituted):
+                raise ModelError.one(
+                    f"the value nests more than {MAX_DEPTH} levels deep once its %{{...}} are "
+                    f"substituted",
                     where,
                 )
             pieces.append(DataValue(substituted, level, where))
@@ -550,6 +561,21 @@ class Lookups:
         if found is None:
             raise ModelError.one(f"%{{{expression}}}: {self.not_found(key)}", where)
         return found.value
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether a value nests deeper than a data file may (measured after its size, which
+    bounds the walk)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping | list):
+            if depth >= MAX_DEPTH:
+                return True
+            stack += [
+                (v, depth + 1) for v in (item.values() if isinstance(item, Mapping) else item)
+            ]
+    return False
 
 
 def _whole(value: str) -> str | None:

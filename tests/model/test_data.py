@@ -359,3 +359,19 @@ class TestHieraFormAndBounds:
         assert len(found) == 1
         assert "key 'k" in found[0]
         assert "larger than 4194304 bytes written out once its %{...} are substituted" in found[0]
+
+    def test_interpolation_that_nests_past_the_yaml_bound_is_refused(
+        self, make_repo: Callable[..., Path]
+    ) -> None:
+        wrapped = "".join(
+            f"k{i}: " + "[" * 40 + f"\"%{{lookup('k{i + 1}')}}\"" + "]" * 40 + "\n"
+            for i in range(2)
+        )
+        files = {
+            "data/common.yaml": wrapped + "k2: [1]\n",
+            "profiles/app.yaml": "params:\n  v: \"{{ lookup('k0') | length }}\"\n",
+        }
+        assert problems(make_repo, files) == [
+            "data/common.yaml:1, key 'k0': the value nests more than 64 levels deep once its "
+            "%{...} are substituted"
+        ]
