@@ -6,12 +6,15 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
 from reconciler.errors import ModelError, ReconcilerError, SourceError
+
+if TYPE_CHECKING:
+    from reconciler.model.data import Found
 
 EXIT_ERROR = 1
 
@@ -400,7 +403,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _explain_merged(found: Any, revision: str, show: Any) -> None:
+def _explain_merged(found: Found, revision: str, show: Callable[[str], str]) -> None:
     """The levels a data value was read or merged from, and where each piece came from."""
     if found.merge == "first":
         piece = found.pieces[0]

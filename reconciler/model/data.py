@@ -56,6 +56,8 @@ def parse_lookup_options(
 ) -> tuple[list[LookupOption], list[Problem]]:
     """The options of a ``lookup_options:`` mapping and what is wrong with it."""
     here = Location(file, line, RESERVED)
+    if raw is None:  # written, with nothing in it yet
+        return [], []
     if not isinstance(raw, LocMap):
         return [], [Problem("lookup_options must be a mapping from keys to options", here)]
     options: list[LookupOption] = []

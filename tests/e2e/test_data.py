@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from reconciler.resources.base import digest
 from tests.conftest import CLI
 
 REPO = {
@@ -122,6 +123,19 @@ class TestMergedData:
         assert "merged (unique) from 2 level(s)" in out
         assert '"ntp.internal": from data/nodes/n1.yaml:7' in out
         assert '"1.pool.ntp.org": from data/common.yaml:9' in out
+
+    def test_explain_of_a_merged_sensitive_parameter_shows_digests(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        profile = REPO["profiles/app.yaml"].replace(
+            "        resources:", "        sensitive_params: [packages]\n        resources:"
+        )
+        repo = make_repo({**REPO, "profiles/app.yaml": profile})
+        done = cli("explain", "app.packages", "--node", "n1", "--repo", str(repo), check=0)
+        assert "merged (unique) from 2 level(s)" in done.stdout
+        assert f"{digest(json.dumps('vim'))}: from data/common.yaml:8" in done.stdout
+        for name in ("htop", "curl", "vim"):
+            assert name not in done.stdout
 
     def test_a_lookup_without_default_of_a_missing_key_is_an_error(
         self, cli: CLI, make_repo: Callable[..., Path]

@@ -375,3 +375,27 @@ class TestHieraFormAndBounds:
             "data/common.yaml:1, key 'k0': the value nests more than 64 levels deep once its "
             "%{...} are substituted"
         ]
+
+
+class TestSensitive:
+    FILES = {
+        "roles/app.yaml": "profiles: [app, db]\n",
+        "profiles/db.yaml": "params:\n  passwords: []\nsensitive_params: [passwords]\n",
+        "profiles/app.yaml": """
+            resources:
+              - file: /etc/app.conf
+                content: "{{ lookup('db.passwords') | join(',') }}"
+            """,
+        "reconciler.yaml": "lookup_options:\n  db.passwords: {merge: unique}\n",
+        "data/nodes/n1.yaml": "db: {passwords: [node-secret-1]}\n",
+        "data/common.yaml": "db: {passwords: [common-secret-2]}\n",
+    }
+
+    def test_a_resource_that_looks_up_a_sensitive_parameter_is_sensitive(
+        self, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo({**BASE, **self.FILES})
+        catalog = Compiler(DirectorySnapshot(repo)).compile("n1", FACTS)
+        resource = catalog.entries["file:/etc/app.conf"].resource
+        assert resource.attrs["content"] == "node-secret-1,common-secret-2"
+        assert resource.sensitive
