@@ -6,12 +6,15 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
 from reconciler.errors import ModelError, ReconcilerError, SourceError
+
+if TYPE_CHECKING:
+    from reconciler.model.data import Found
 
 EXIT_ERROR = 1
 
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text")
 
     p = sub.add_parser("explain", help="which data level, file, line and commit set a value")
-    p.add_argument("key", help="<profile>.<parameter>, e.g. nginx.port")
+    p.add_argument("key", help="<profile>.<parameter> (nginx.port) or a data key (ntp_servers)")
     _add_source_options(p)
 
     p = sub.add_parser("suspend", help="pause enforcement (drift is still measured)")
@@ -398,32 +401,60 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     node, facts = gather_facts(options, _warn)
     compiler = Compiler(snapshot)
-    value, found, default_at, data = compiler.explain(node, facts, args.key)
+    revision = snapshot.revision or "working tree"
     profile = args.key.split(".", 1)[0]
+    if profile not in compiler.profile_names():  # a free data key
+        merged = compiler.explain_data(node, facts, args.key)
+        _say(f"{args.key} = {json.dumps(merged.value, default=str)}   (node {node})")
+        _explain_merged(merged, revision, lambda text: text)
+        return 0
+    value, found, default_at, data = compiler.explain(node, facts, args.key)
     sensitive = args.key.split(".", 1)[1] in compiler.profile(profile, default_at).sensitive
     shown = digest(json.dumps(value)) if sensitive else json.dumps(value)
-    revision = snapshot.revision or "working tree"
     _say(f"{args.key} = {shown}   (node {node})")
+    contributed = {found.level} if found is not None else set()
     if found is not None:
-        _say(
-            f"  set by data level {found.level!r}: {found.where.file}:{found.where.line}"
-            f" at {revision}"
-        )
+        merged = compiler.explain_data(node, facts, args.key)
+        if merged.merge != "first":
+            _explain_merged(merged, revision, digest if sensitive else (lambda text: text))
+            contributed = {piece.level for piece in merged.pieces}
+        else:
+            _say(
+                f"  set by data level {found.level!r}: {found.where.file}:{found.where.line}"
+                f" at {revision}"
+            )
         _say(f"  (the default is at {default_at.file}:{default_at.line})")
     else:
         _say(f"  the profile's default: {default_at.file}:{default_at.line} at {revision}")
-    _say("  levels, first wins:")
+    _say("  levels, first wins:" if len(contributed) < 2 else "  levels, merged:")
     used = {level: file for level, file, _ in data.levels}
     skipped = dict(data.skipped)
     for level in compiler.settings.hierarchy:
         if level in used:
-            mark = "<- this one" if found is not None and found.level == level else ""
+            mark = "<- this one" if level in contributed else ""
             _say(f"    {level:<32} {used[level]} {mark}")
         elif level in skipped:
             _say(f"    {level:<32} skipped: {skipped[level]}")
         else:
             _say(f"    {level:<32} no file")
     return 0
+
+
+def _explain_merged(found: Found, revision: str, show: Callable[[str], str]) -> None:
+    """The levels a data value was read or merged from, and where each piece came from."""
+    if found.merge == "first":
+        piece = found.pieces[0]
+        _say(f"  set by data level {piece.level!r}: {piece.where} at {revision}")
+        return
+    _say(f"  merged ({found.merge}) from {len(found.pieces)} level(s), first level first:")
+    for piece in found.pieces:
+        _say(f"    data level {piece.level!r}: {piece.where.file}:{piece.where.line} at {revision}")
+    origins = found.origins()
+    if origins:
+        _say("  where each piece comes from:")
+    for label, given in origins:
+        places = ", ".join(f"{p.where.file}:{p.where.line}" for p in given) or "?"
+        _say(f"    {show(label)}: from {places}")
 
 
 def cmd_suspend(args: argparse.Namespace) -> int:

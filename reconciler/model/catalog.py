@@ -15,6 +15,7 @@ from typing import Any
 
 import reconciler.resources  # noqa: F401  (registers the resource types)
 from reconciler.errors import Location, ModelError, Problem
+from reconciler.model import data as datamod
 from reconciler.model import repo as repomod
 from reconciler.model.apps import (
     App,
@@ -248,11 +249,17 @@ class Compiler:
         catalog = Catalog(
             node, role, self.snapshot.revision, self.snapshot.branch, self.settings, entries, {}, {}
         )
-        base_context = {"facts": facts, "node": node, "role": role}
+        lookups = self.lookups(data, facts)
+        base_context = {
+            "facts": facts,
+            "node": node,
+            "role": role,
+            "lookup": datamod.function(lookups),
+        }
         resolved: list[Profile] = []
         for profile in profiles:
             try:
-                catalog.params[profile.name] = self.resolve_params(profile, data, base_context)
+                catalog.params[profile.name] = self.resolve_params(profile, lookups, base_context)
             except ModelError as exc:
                 problems += exc.problems
                 continue
@@ -291,7 +298,12 @@ class Compiler:
         except ModelError as exc:
             return exc.problems
         problems: list[Problem] = []
-        context = {"facts": facts, "node": node, "role": ""}
+        try:
+            data = repomod.load_data(self.snapshot, self.settings, node, "", facts)
+        except ModelError:
+            data = repomod.Data()  # each data file is checked on its own
+        lookup = datamod.function(self.lookups(data, facts))
+        context = {"facts": facts, "node": node, "role": "", "lookup": lookup}
         for app in apps:
             for component in app.components:
                 problems += self._compile_component(Deployment(app, component, []), context)[1]
@@ -363,19 +375,33 @@ class Compiler:
             self._profile_names = frozenset(repomod.names_of(self.snapshot, "profile"))
         return self._profile_names
 
+    def lookups(self, data: repomod.Data, facts: Mapping[str, Any]) -> datamod.Lookups:
+        """The node's data read by key, for one compile."""
+        return datamod.Lookups(
+            data.levels, facts, self.settings.lookup_options, self.profile_names()
+        )
+
     def resolve_params(
-        self, profile: Profile, data: repomod.Data, context: Mapping[str, Any]
+        self, profile: Profile, lookups: datamod.Lookups, context: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """A profile's parameters: data first (as written, never rendered), else the default."""
+        """A profile's parameters: data first (as written, never rendered, merged as the
+        key's lookup options say), else the default."""
         params: dict[str, Any] = {}
         problems: list[Problem] = []
         for key, default in profile.params.items():
-            found = data.lookup(profile.name, key)
-            if found is not None:
-                params[key] = found.value
-                continue
             where = Location(profile.file, profile.params.line_of(key), f"params.{key}")
             try:
+                found = lookups.find(f"{profile.name}.{key}")
+                if found is not None:
+                    if found.typed and not repomod.same_kind(default, found.value):
+                        raise ModelError.one(
+                            f"expected {repomod.type_name(default)} like the default at "
+                            f"{profile.file}:{profile.params.line_of(key)}, got "
+                            f"{repomod.type_name(found.value)} from its %{{...}}",
+                            found.pieces[0].where,
+                        )
+                    params[key] = found.value
+                    continue
                 params[key] = self.render(default, context, where)
             except ModelError as exc:
                 problems += exc.problems
@@ -383,10 +409,25 @@ class Compiler:
             raise ModelError(problems)
         return params
 
+    def explain_data(self, node: str, facts: Mapping[str, Any], key: str) -> datamod.Found:
+        """A data key's value for a node and the levels it was merged from."""
+        classification = repomod.classify(self.snapshot, node, facts)
+        data = repomod.load_data(self.snapshot, self.settings, node, classification.role, facts)
+        lookups = self.lookups(data, facts)
+        try:
+            lookups.check_key(key)
+        except ValueError as exc:
+            raise ModelError.one(str(exc).removeprefix("lookup: "), Location(key=key)) from None
+        found = lookups.find(key)
+        if found is None:
+            raise ModelError.one(lookups.not_found(key), Location(key=key))
+        return found
+
     def explain(
         self, node: str, facts: Mapping[str, Any], key: str
     ) -> tuple[Any, DataValue | None, Location, repomod.Data]:
-        """Where ``profile.param`` gets its value for a node: (value, data hit, default, data)."""
+        """Where ``profile.param`` gets its value for a node: (value, data hit, default, data).
+        The data hit is the first level's, of those a merged value was merged from."""
         profile_name, _, param = key.partition(".")
         if not param:
             raise ModelError.one(f"{key!r}: write the key as <profile>.<parameter>")
@@ -399,11 +440,17 @@ class Compiler:
                 Location(profile.file),
             )
         data = repomod.load_data(self.snapshot, self.settings, node, classification.role, facts)
-        found = data.lookup(profile_name, param)
+        lookups = self.lookups(data, facts)
+        found = lookups.find(key)
         default_at = Location(profile.file, profile.params.line_of(param), key)
         if found is not None:
-            return found.value, found, default_at, data
-        context = {"facts": facts, "node": node, "role": classification.role}
+            return found.value, found.pieces[0], default_at, data
+        context = {
+            "facts": facts,
+            "node": node,
+            "role": classification.role,
+            "lookup": datamod.function(lookups),
+        }
         value = self.render(profile.params[param], context, default_at)
         return value, None, default_at, data
 

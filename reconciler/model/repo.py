@@ -11,11 +11,14 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import Location, ModelError, Problem
 from reconciler.model.yamlload import LocList, LocMap, load
 from reconciler.source import Snapshot
+
+if TYPE_CHECKING:
+    from reconciler.model.data import LookupOption
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 DEFAULT_HIERARCHY = (
@@ -102,6 +105,7 @@ class Settings:
     hierarchy: tuple[str, ...] = DEFAULT_HIERARCHY
     prune: bool = False
     allow_mass_prune: bool = False
+    lookup_options: tuple[LookupOption, ...] = ()
 
 
 def load_settings(snapshot: Snapshot) -> Settings:
@@ -109,7 +113,15 @@ def load_settings(snapshot: Snapshot) -> Settings:
     if not snapshot.exists(path):
         return Settings()
     raw = expect_map(read_yaml(snapshot, path), Location(path), "reconciler.yaml")
-    problems = unknown_keys(raw, {"hierarchy", "prune", "allow_mass_prune"}, path, path)
+    from reconciler.model.data import parse_lookup_options
+
+    problems = unknown_keys(
+        raw, {"hierarchy", "prune", "allow_mass_prune", "lookup_options"}, path, path
+    )
+    options, found = parse_lookup_options(
+        raw.get("lookup_options", LocMap.empty()), path, raw.line_of("lookup_options")
+    )
+    problems += found
     hierarchy = raw.get("hierarchy", list(DEFAULT_HIERARCHY))
     if not isinstance(hierarchy, list) or not all(isinstance(h, str) for h in hierarchy):
         problems.append(
@@ -124,7 +136,10 @@ def load_settings(snapshot: Snapshot) -> Settings:
     if problems:
         raise ModelError(problems, "validate")
     return Settings(
-        tuple(hierarchy), bool(raw.get("prune", False)), bool(raw.get("allow_mass_prune", False))
+        tuple(hierarchy),
+        bool(raw.get("prune", False)),
+        bool(raw.get("allow_mass_prune", False)),
+        tuple(options),
     )
 
 
@@ -358,15 +373,6 @@ class Data:
     levels: list[tuple[str, str, LocMap]] = field(default_factory=list)  # (level, file, content)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (level, why)
 
-    def lookup(self, profile: str, key: str) -> DataValue | None:
-        for level, file, content in self.levels:
-            section = content.get(profile)
-            if isinstance(section, LocMap) and key in section:
-                return DataValue(
-                    section[key], level, Location(file, section.line_of(key), f"{profile}.{key}")
-                )
-        return None
-
 
 def interpolate_level(level: str, node: str, role: str, facts: Mapping[str, Any]) -> str | None:
     """A hierarchy level's file for this node, or None when a fact it names is missing."""
@@ -425,25 +431,29 @@ def check_data_file(
     profiles: Mapping[str, Profile],
     elsewhere: Collection[str],
 ) -> list[Problem]:
-    """Every key of a data file must be a declared parameter, of the default's type.
+    """Every key of a profile's section must be a declared parameter, of the default's type.
 
     Sections for profiles not in ``profiles`` are passed over when they are in ``elsewhere``
     (every profile of the repo: a compile checks only the node's own profiles, and validate
-    reports a profile that does not load in its own file); else they are errors.
+    reports a profile that does not load in its own file). Any other top-level key is a free
+    key (see ``free_key_problem``), and ``lookup_options`` holds the file's lookup options.
     """
+    from reconciler.model.data import RESERVED, parse_lookup_options
+
     problems: list[Problem] = []
     for name, section in content.items():
         line = content.line_of(name)
+        if name == RESERVED:
+            problems += parse_lookup_options(section, path, line)[1]
+            continue
         profile = profiles.get(name)
         if profile is None and str(name) in elsewhere:
             continue
         if profile is None:
-            problems.append(
-                Problem(
-                    f"no profile named {name!r}{did_you_mean(name, elsewhere)}",
-                    Location(path, line, str(name)),
-                )
-            )
+            message = free_key_problem(name, section, elsewhere)
+            if message is None:
+                continue
+            problems.append(Problem(message, Location(path, line, str(name))))
             continue
         if not isinstance(section, LocMap):
             problems.append(
@@ -462,7 +472,7 @@ def check_data_file(
                 )
                 continue
             default = profile.params[key]
-            if not same_kind(default, value):
+            if not same_kind(default, value) and not interpolated(value):
                 problems.append(
                     Problem(
                         f"expected {type_name(default)} like the default at "
@@ -471,6 +481,27 @@ def check_data_file(
                     )
                 )
     return problems
+
+
+def free_key_problem(name: Any, value: Any, profiles: Collection[str]) -> str | None:
+    """What is wrong with a top-level data key that names no profile, or None: a free key.
+
+    A mapping under a name close to a profile's is taken for a misspelt section, unless the
+    name has ``::``; a free key has no ``.`` (that separates a section from its key)."""
+    if not isinstance(name, str) or not name:
+        return f"a data key must be a non-empty string, not {name!r} (quote it: '{name}')"
+    if "." in name:
+        return f"a free data key must be a name without '.', not {name!r}"
+    close = closest(name, profiles)
+    if close is not None and isinstance(value, Mapping) and "::" not in name:
+        return f"no profile named {name!r} (did you mean {close!r}?)"
+    return None
+
+
+def interpolated(value: Any) -> bool:
+    """Whether a data value is exactly one ``%{...}``, which keeps the type of what it names
+    (checked once it is substituted)."""
+    return isinstance(value, str) and re.fullmatch(r"%\{[^{}]*\}", value) is not None
 
 
 def same_kind(default: Any, value: Any) -> bool:

@@ -290,11 +290,13 @@ class TestValidateRepo:
                 "roles/web.yaml": "profiles: [web]\n",
                 "roles/broken.yaml": "profiles: [nothere]\n",
                 "profiles/web.yaml": "params: {port: 80}\n",
-                "data/common.yaml": "ghost: {x: 1}\n",
+                "data/common.yaml": "webb: {x: 1}\n",
             }
         )
         found = [str(p) for p in validate_repo(DirectorySnapshot(repo), FACTS, "here")]
         assert (
             "roles/broken.yaml:1: profile 'nothere' not found (no profiles/nothere.yaml)" in found
         )
-        assert "data/common.yaml:1, key 'ghost': no profile named 'ghost'" in found
+        assert (
+            "data/common.yaml:1, key 'webb': no profile named 'webb' (did you mean 'web'?)" in found
+        )
