@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """Options from --config (when given) overridden by flags."""
-    from reconciler.config import ReconcileConfig
+    from reconciler.config import ReconcileConfig, SecretsConfig
 
     values: dict[str, Any] = {
         "repo": None,
@@ -142,6 +142,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "verify": None,
         "coordination": None,
         "max_file_size": ReconcileConfig().max_file_size,
+        "secrets": SecretsConfig(),
     }
     config_path = getattr(args, "config", None)
     if config_path is not None:
@@ -160,6 +161,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             verify=config.source.verify,
             coordination=config.coordination,
             max_file_size=config.reconcile.max_file_size,
+            secrets=config.secrets,
         )
     for key in ("repo", "ref", "node", "root", "state_dir"):
         value = getattr(args, key, None)
@@ -189,6 +191,7 @@ def _options(args: argparse.Namespace) -> Any:
         verify=values["verify"],
         coordination=values["coordination"],
         max_file_size=values["max_file_size"],
+        secrets=values["secrets"],
     )
 
 

@@ -416,6 +416,7 @@ class Agent:
             store=self._coordination_store(),
             coordination=c.coordination,
             max_file_size=c.reconcile.max_file_size,
+            secrets=c.secrets,
         )
 
     def _coordination_store(self) -> Any:

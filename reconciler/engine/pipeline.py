@@ -20,13 +20,14 @@ from typing import Any
 
 from reconciler.apps.rollout import Rollout
 from reconciler.apps.store import Store, StoreError, open_store
-from reconciler.config import CoordinationConfig, Verify
+from reconciler.config import CoordinationConfig, SecretsConfig, Verify
 from reconciler.engine import state
 from reconciler.engine.report import ResourceResult, RunReport
 from reconciler.engine.run import DEFAULT_WORKERS, converge, execute
 from reconciler.errors import ReconcilerError
 from reconciler.model import yamlload
 from reconciler.model.catalog import Catalog, Compiler, Entry, link
+from reconciler.model.secrets import Keyring
 from reconciler.resources._fs import (
     MAX_FILE_SIZE,
     BackupStore,
@@ -57,6 +58,7 @@ class RunOptions:
     store: Store | None = None
     coordination: CoordinationConfig | None = None
     max_file_size: int = MAX_FILE_SIZE  # reconcile.max_file_size
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)  # the node's decryption keys
 
 
 Warn = Callable[[str], None]
@@ -121,7 +123,7 @@ def run(
     t = time.perf_counter()
     yamlload.use_cache(yamlload.ParseCache(options.state_dir / "cache" / "yaml", readonly=plan))
     node, facts = gather_facts(options, warn)
-    catalog = Compiler(snapshot).compile(node, facts)
+    catalog = Compiler(snapshot, keyring=Keyring(options.secrets)).compile(node, facts)
     phases["compile"] = time.perf_counter() - t
 
     noop = options.noop or plan

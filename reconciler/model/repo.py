@@ -109,7 +109,8 @@ def load_settings(snapshot: Snapshot) -> Settings:
     if not snapshot.exists(path):
         return Settings()
     raw = expect_map(read_yaml(snapshot, path), Location(path), "reconciler.yaml")
-    problems = unknown_keys(raw, {"hierarchy", "prune", "allow_mass_prune"}, path, path)
+    known = {"hierarchy", "prune", "allow_mass_prune", "recipients"}  # recipients: secrets.py
+    problems = unknown_keys(raw, known, path, path)
     hierarchy = raw.get("hierarchy", list(DEFAULT_HIERARCHY))
     if not isinstance(hierarchy, list) or not all(isinstance(h, str) for h in hierarchy):
         problems.append(

@@ -1,0 +1,236 @@
+"""Encrypted values in data, decrypted on the node that uses them and nowhere else.
+
+The values are encrypted by the real tools (`eyaml` from Debian's hiera-eyaml, `age` from
+Debian's age), the nodes run the real CLI with their keys in their configuration file, and
+`reconciler secret encrypt`'s output is decrypted by the real tools.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reconciler.resources.base import digest
+from tests.conftest import CLI, write_tree
+
+DB_PASSWORD = "db-pass-7Qx91kLm"  # for role db, with age
+API_TOKEN = "api-token-Vb83Hs2q"  # for the eyaml key pair, written in eyaml's block form
+NEEDS = {"eyaml": "hiera-eyaml", "age": "age", "age-keygen": "age"}
+
+
+def tool(name: str) -> str:
+    """A real tool the tests need: missing, it is a failure naming its Debian package."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: apt-get install {NEEDS[name]}")
+    return path
+
+
+def run(*argv: str, input: bytes | None = None, cwd: Path | None = None) -> bytes:
+    done = subprocess.run(argv, input=input, cwd=cwd, capture_output=True, timeout=60)
+    assert done.returncode == 0, (argv, done.stderr)
+    return done.stdout
+
+
+def age_identity(path: Path) -> str:
+    """A new age identity in ``path`` (by age-keygen); its recipient."""
+    run(tool("age-keygen"), "-o", str(path))
+    return next(
+        line.split(": ", 1)[1]
+        for line in path.read_text().splitlines()
+        if line.startswith("# public key: ")
+    )
+
+
+def age_encrypt(value: str, recipient: str) -> str:
+    """``ENC[AGE,...]`` as written by the age tool itself."""
+    blob = run(tool("age"), "-r", recipient, input=value.encode())
+    return "ENC[AGE," + base64.b64encode(blob).decode() + "]"
+
+
+def eyaml_keys(where: Path) -> tuple[Path, Path]:
+    """(private, public) eyaml key pair made by ``eyaml createkeys`` in ``where``."""
+    where.mkdir(parents=True, exist_ok=True)
+    run(tool("eyaml"), "createkeys", cwd=where)
+    return where / "keys/private_key.pkcs7.pem", where / "keys/public_key.pkcs7.pem"
+
+
+def eyaml_encrypt(value: str, private: Path, public: Path, output: str) -> str:
+    argv = [tool("eyaml"), "encrypt", "-s", value, "-o", output]
+    argv += ["--pkcs7-private-key", str(private), "--pkcs7-public-key", str(public)]
+    return run(*argv).decode().strip()
+
+
+class Site:
+    """A control repo with a database password for role db and an eyaml API token, and the keys
+    of a db node and a web node."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.db_recipient = age_identity(tmp / "db.agekey")
+        self.web_recipient = age_identity(tmp / "web.agekey")
+        self.eyaml_private, self.eyaml_public = eyaml_keys(tmp / "eyaml")
+        block = eyaml_encrypt(API_TOKEN, self.eyaml_private, self.eyaml_public, "block")
+        assert "\n" in block  # eyaml's block form: wrapped lines
+        self.repo = write_tree(
+            tmp / "repo",
+            {
+                "reconciler.yaml": f"""
+                    recipients:
+                      roles:
+                        db: [{self.db_recipient}]
+                        web: [{self.web_recipient}]
+                    """,
+                "nodes.yaml": """
+                    nodes:
+                      - match: "db-*"
+                        role: db
+                      - match: "web-*"
+                        role: web
+                    """,
+                "roles/db.yaml": "profiles: [db]\n",
+                "roles/web.yaml": "profiles: [web]\n",
+                "profiles/db.yaml": """
+                    params:
+                      password: ""
+                      api_token: ""
+                    resources:
+                      - directory: /etc/db
+                      - file: /etc/db/password
+                        content: "{{ params.password }}\\n"
+                        mode: "0600"
+                      - file: /etc/db/api.conf
+                        content: "url = https://api.example.com\\ntoken = {{ params.api_token }}\\n"
+                    """,
+                "profiles/web.yaml": """
+                    params:
+                      greeting: hello
+                    resources:
+                      - file: /etc/motd
+                        content: "{{ params.greeting }}\\n"
+                    """,
+                "data/common.yaml": "db:\n"
+                f"  password: {age_encrypt(DB_PASSWORD, self.db_recipient)}\n"
+                "  api_token: >\n" + "".join(f"    {line}\n" for line in block.splitlines()),
+            },
+        )
+
+    def config(self, node: str, **keys: Path) -> Path:
+        """A node's configuration file, naming its keys."""
+        path = self.tmp / f"{node}.yaml"
+        lines = [f"node: {node}", "secrets:"] + [f"  {k}: {v}" for k, v in keys.items()]
+        path.write_text("\n".join(lines) + "\n" if keys else f"node: {node}\n")
+        return path
+
+    def db_config(self) -> Path:
+        return self.config(
+            "db-1",
+            age_identity=self.tmp / "db.agekey",
+            eyaml_private_key=self.eyaml_private,
+            eyaml_public_key=self.eyaml_public,
+        )
+
+    def web_config(self) -> Path:
+        return self.config("web-1", age_identity=self.tmp / "web.agekey")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return Site(tmp_path)
+
+
+def files_under(path: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_the_db_node_decrypts_values_written_by_eyaml_and_age(site: Site, cli: CLI) -> None:
+    config = site.db_config()
+    plan = cli.run("plan", site.repo, "--config", str(config), "--format", "json", check=2)
+    done = cli.run("apply", site.repo, "--config", str(config), check=2)
+    status = cli("status", "--state-dir", str(cli.state), "--format", "json", check=0)
+
+    assert (cli.root / "etc/db/password").read_text() == DB_PASSWORD + "\n"
+    api = (cli.root / "etc/db/api.conf").read_text()
+    assert api == f"url = https://api.example.com\ntoken = {API_TOKEN}\n"  # no block newline
+    # The files that use a decrypted value are sensitive: shown as digests, never as text.
+    report = json.loads(plan.stdout)
+    shown = {r["id"]: r for r in report["resources"]}
+    assert digest(DB_PASSWORD + "\n") in json.dumps(shown["file:/etc/db/password"])
+    assert digest(api) in json.dumps(shown["file:/etc/db/api.conf"])
+    outputs = [plan.stdout, plan.stderr, done.stdout, done.stderr, status.stdout]
+    stored = files_under(cli.state)
+    assert stored  # the run report and the inventory, at least
+    for secret in (DB_PASSWORD, API_TOKEN):
+        assert not any(secret in text for text in outputs), secret
+        assert not [p for p, data in stored.items() if secret.encode() in data], secret
+
+
+def test_a_web_node_without_the_db_keys_compiles_what_it_uses(site: Site, cli: CLI) -> None:
+    # It has neither the db role's age identity nor the eyaml key pair, and needs neither.
+    done = cli.run("apply", site.repo, "--config", str(site.web_config()), check=2)
+
+    assert (cli.root / "etc/motd").read_text() == "hello\n"
+    assert not (cli.root / "etc/db").exists()
+    assert "cannot decrypt" not in done.stderr
+
+
+def test_a_node_that_uses_a_value_it_cannot_decrypt_fails_where_it_is_used(
+    site: Site, cli: CLI
+) -> None:
+    # A mistake: the web role now includes the db profile.
+    (site.repo / "roles/web.yaml").write_text("profiles: [web, db]\n")
+
+    done = cli.run("apply", site.repo, "--config", str(site.web_config()), check=1)
+
+    errors = done.stderr
+    # Each value: its file, line and key, and what the node would need.
+    assert "data/common.yaml:2, key 'db.password': cannot decrypt ENC[AGE,...]" in errors
+    assert f"this node's age identity (recipient {site.web_recipient}) is not one of" in errors
+    assert "it was encrypted for 1 X25519 recipient(s), which age does not name" in errors
+    assert f"reconciler.yaml lists {site.web_recipient} for node 'web-1' or role 'web'" in errors
+    assert "'reconciler secret encrypt --node web-1' or '--role web'" in errors
+    assert "data/common.yaml:3, key 'db.api_token': cannot decrypt ENC[PKCS7,...]" in errors
+    assert "this node has no eyaml key pair (secrets.eyaml_private_key" in errors
+    assert "the certificate with serial 1, issuer (empty)" in errors
+    # Nothing of the revision is applied, and nothing is revealed.
+    assert not (cli.root / "etc/motd").exists()
+    assert DB_PASSWORD not in done.stdout + errors
+
+
+def test_another_eyaml_key_pair_is_named_in_the_error(site: Site, cli: CLI) -> None:
+    private, public = eyaml_keys(site.tmp / "other-eyaml")
+    config = site.config(
+        "db-1",
+        age_identity=site.tmp / "db.agekey",
+        eyaml_private_key=private,
+        eyaml_public_key=public,
+    )
+
+    done = cli.run("plan", site.repo, "--config", str(config), check=1)
+
+    assert "data/common.yaml:3, key 'db.api_token': cannot decrypt ENC[PKCS7,...]" in done.stderr
+    assert "this node's eyaml key pair (certificate serial 1, issuer (empty), public key " in (
+        done.stderr
+    )
+    assert "db.password" not in done.stderr  # the age value it can read is fine
+
+
+def test_a_key_file_others_can_read_is_refused(site: Site, cli: CLI) -> None:
+    identity = site.tmp / "db.agekey"
+    identity.chmod(0o644)
+
+    done = cli.run("plan", site.repo, "--config", str(site.db_config()), check=1)
+
+    assert f"secrets.age_identity {identity}: refusing a key file" in done.stderr
+    assert "mode 0644" in done.stderr
+    assert DB_PASSWORD not in done.stdout + done.stderr
+
+
+def test_validate_needs_no_keys(site: Site, cli: CLI) -> None:
+    done = cli("validate", "--repo", str(site.repo), check=0)
+    assert "valid" in done.stdout
