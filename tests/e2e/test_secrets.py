@@ -234,3 +234,69 @@ def test_a_key_file_others_can_read_is_refused(site: Site, cli: CLI) -> None:
 def test_validate_needs_no_keys(site: Site, cli: CLI) -> None:
     done = cli("validate", "--repo", str(site.repo), check=0)
     assert "valid" in done.stdout
+
+
+def test_secret_encrypt_for_a_role_reads_the_recipients_from_the_repo(site: Site, cli: CLI) -> None:
+    done = cli("secret", "encrypt", "--repo", str(site.repo), "--role", "db", input="s3cret-x\n")
+    assert done.returncode == 0, done.stderr
+    value = done.stdout.strip()
+    assert value.startswith("ENC[AGE,") and value.endswith("]")
+    blob = base64.b64decode(value[len("ENC[AGE,") : -1])
+
+    # The real age tool: the db identity reads it (the final newline of stdin is not part of
+    # it), the web identity cannot.
+    assert run(tool("age"), "-d", "-i", str(site.tmp / "db.agekey"), input=blob) == b"s3cret-x"
+    refused = subprocess.run(
+        [tool("age"), "-d", "-i", str(site.tmp / "web.agekey")], input=blob, capture_output=True
+    )
+    assert refused.returncode != 0
+
+    # Both roles: either reads it.
+    both = cli(
+        "secret", "encrypt", "--repo", str(site.repo), "--role", "db", "--role", "web",
+        "--value", "shared-value",
+    )  # fmt: skip
+    blob = base64.b64decode(both.stdout.strip()[len("ENC[AGE,") : -1])
+    for key in ("db.agekey", "web.agekey"):
+        assert run(tool("age"), "-d", "-i", str(site.tmp / key), input=blob) == b"shared-value"
+
+    unknown = cli("secret", "encrypt", "--repo", str(site.repo), "--role", "dbs", "--value", "x")
+    assert unknown.returncode == 1
+    assert "no age recipients for role 'dbs' (recipients.roles) (did you mean 'db'?)" in (
+        unknown.stderr
+    )
+
+
+def test_secret_encrypt_eyaml_is_read_by_eyaml(site: Site, cli: CLI) -> None:
+    done = cli(
+        "secret", "encrypt", "--eyaml", "--public-key", str(site.eyaml_public),
+        "--value", "for-puppet-too",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    value = done.stdout.strip()
+    assert value.startswith("ENC[PKCS7,")
+    argv = [tool("eyaml"), "decrypt", "-s", value]
+    argv += ["--pkcs7-private-key", str(site.eyaml_private)]
+    argv += ["--pkcs7-public-key", str(site.eyaml_public)]
+    assert run(*argv).decode().strip() == "for-puppet-too"
+
+
+def test_a_node_reads_what_secret_encrypt_wrote_for_it(site: Site, cli: CLI) -> None:
+    # The node's own recipient, under recipients.nodes.
+    text = (site.repo / "reconciler.yaml").read_text()
+    (site.repo / "reconciler.yaml").write_text(
+        text + f"  nodes:\n    web-1: [{site.web_recipient}]\n"
+    )
+    encrypted = cli(
+        "secret", "encrypt", "--repo", str(site.repo), "--node", "web-1", "--value", "motd-9f3k2x"
+    )
+    assert encrypted.returncode == 0, encrypted.stderr
+    (site.repo / "data/nodes").mkdir(parents=True)
+    (site.repo / "data/nodes/web-1.yaml").write_text(
+        f"web:\n  greeting: {encrypted.stdout.strip()}\n"
+    )
+
+    done = cli.run("apply", site.repo, "--config", str(site.web_config()), check=2)
+
+    assert (cli.root / "etc/motd").read_text() == "motd-9f3k2x\n"
+    assert "motd-9f3k2x" not in done.stdout + done.stderr
