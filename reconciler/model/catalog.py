@@ -25,7 +25,7 @@ from reconciler.model.apps import (
     unmatched_components,
 )
 from reconciler.model.repo import DataValue, Profile, Settings, closest, did_you_mean
-from reconciler.model.secrets import Keyring, Reader, reveal_params
+from reconciler.model.secrets import Keyring, Reader, load_recipients, reveal_params
 from reconciler.model.templates import Renderer
 from reconciler.model.yamlload import LocList, LocMap
 from reconciler.resources.base import (
@@ -864,6 +864,10 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
     except ModelError as exc:
         problems += exc.problems
         settings = Settings()
+    try:
+        load_recipients(snapshot)
+    except ModelError as exc:
+        problems += exc.problems
     compiler = Compiler(snapshot, settings)
     try:
         nodes, found = repomod.read_nodes(snapshot)

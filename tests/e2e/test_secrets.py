@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.resources.base import digest
-from tests.conftest import CLI, write_tree
+from tests.conftest import CLI, wait_for, write_tree
+from tests.daemon.conftest import Daemon, GitServer
 
 DB_PASSWORD = "db-pass-7Qx91kLm"  # for role db, with age
 API_TOKEN = "api-token-Vb83Hs2q"  # for the eyaml key pair, written in eyaml's block form
@@ -77,25 +78,23 @@ class Site:
         self.eyaml_private, self.eyaml_public = eyaml_keys(tmp / "eyaml")
         block = eyaml_encrypt(API_TOKEN, self.eyaml_private, self.eyaml_public, "block")
         assert "\n" in block  # eyaml's block form: wrapped lines
-        self.repo = write_tree(
-            tmp / "repo",
-            {
-                "reconciler.yaml": f"""
+        self.files: dict[str, str] = {
+            "reconciler.yaml": f"""
                     recipients:
                       roles:
                         db: [{self.db_recipient}]
                         web: [{self.web_recipient}]
                     """,
-                "nodes.yaml": """
+            "nodes.yaml": """
                     nodes:
                       - match: "db-*"
                         role: db
                       - match: "web-*"
                         role: web
                     """,
-                "roles/db.yaml": "profiles: [db]\n",
-                "roles/web.yaml": "profiles: [web]\n",
-                "profiles/db.yaml": """
+            "roles/db.yaml": "profiles: [db]\n",
+            "roles/web.yaml": "profiles: [web]\n",
+            "profiles/db.yaml": """
                     params:
                       password: ""
                       api_token: ""
@@ -107,18 +106,18 @@ class Site:
                       - file: /etc/db/api.conf
                         content: "url = https://api.example.com\\ntoken = {{ params.api_token }}\\n"
                     """,
-                "profiles/web.yaml": """
+            "profiles/web.yaml": """
                     params:
                       greeting: hello
                     resources:
                       - file: /etc/motd
                         content: "{{ params.greeting }}\\n"
                     """,
-                "data/common.yaml": "db:\n"
-                f"  password: {age_encrypt(DB_PASSWORD, self.db_recipient)}\n"
-                "  api_token: >\n" + "".join(f"    {line}\n" for line in block.splitlines()),
-            },
-        )
+            "data/common.yaml": "db:\n"
+            f"  password: {age_encrypt(DB_PASSWORD, self.db_recipient)}\n"
+            "  api_token: >\n" + "".join(f"    {line}\n" for line in block.splitlines()),
+        }
+        self.repo = write_tree(tmp / "repo", self.files)
 
     def config(self, node: str, **keys: Path) -> Path:
         """A node's configuration file, naming its keys."""
@@ -300,3 +299,59 @@ def test_a_node_reads_what_secret_encrypt_wrote_for_it(site: Site, cli: CLI) -> 
 
     assert (cli.root / "etc/motd").read_text() == "motd-9f3k2x\n"
     assert "motd-9f3k2x" not in done.stdout + done.stderr
+
+
+def test_validate_names_a_bad_recipient(site: Site, cli: CLI) -> None:
+    text = (site.repo / "reconciler.yaml").read_text()
+    (site.repo / "reconciler.yaml").write_text(text + "  nodes:\n    web-1: [age1nope]\n")
+
+    done = cli("validate", "--repo", str(site.repo), check=1)
+
+    assert (
+        "reconciler.yaml:6, key 'recipients.nodes.web-1': not an age recipient (age1...): "
+        "'age1nope'" in done.stderr
+    )
+
+
+def test_the_daemon_decrypts_with_the_keys_in_its_configuration(site: Site) -> None:
+    (site.tmp / "server").mkdir()
+    server = GitServer(site.tmp / "server")
+    server.start()
+    (site.tmp / "agent").mkdir()
+    daemon = Daemon(site.tmp / "agent", server.url, poll_interval="1s", interval="1h")
+    daemon.write_config(
+        f"secrets:\n  age_identity: {site.tmp / 'db.agekey'}\n"
+        f"  eyaml_private_key: {site.eyaml_private}\n  eyaml_public_key: {site.eyaml_public}\n"
+    )
+    nodes = "nodes:\n  - match: node-1\n    role: db\n"
+    try:
+        server.push({**site.files, "nodes.yaml": nodes}, "encrypted values")
+        daemon.start()
+        password = daemon.root / "etc/db/password"
+        wait_for(password.exists, what="first apply")
+        assert password.read_text() == DB_PASSWORD + "\n"
+        assert f"token = {API_TOKEN}\n" in (daemon.root / "etc/db/api.conf").read_text()
+        # A revision whose role uses a value encrypted for web only is rejected, and says why.
+        web_only = age_encrypt("web-only-Zr72", site.web_recipient)
+        bad = server.push(
+            {
+                "roles/db.yaml": "profiles: [db, web]\n",
+                "data/roles/db.yaml": f"web:\n  greeting: {web_only}\n",
+            },
+            "a value for web",
+        )
+        wait_for(
+            lambda: bad in json.loads(daemon.get("/status")[1]).get("rejected", {}),
+            what="the rejection",
+        )
+        status = daemon.get("/status")[1].decode()
+        assert "data/roles/db.yaml:2, key 'web.greeting': cannot decrypt ENC[AGE,...]" in status
+    finally:
+        assert daemon.stop() == 0
+        daemon.notify.close()
+        server.stop()
+    # source/ is the daemon's mirror of the control repo: it holds the values encrypted.
+    stored = {p: data for p, data in files_under(daemon.state).items() if "source" not in p.parts}
+    for secret in (DB_PASSWORD, API_TOKEN):
+        assert secret not in daemon.logs() + status
+        assert not [p for p, data in stored.items() if secret.encode() in data], secret
