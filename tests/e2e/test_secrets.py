@@ -21,6 +21,8 @@ from tests.daemon.conftest import Daemon, GitServer
 
 DB_PASSWORD = "db-pass-7Qx91kLm"  # for role db, with age
 API_TOKEN = "api-token-Vb83Hs2q"  # for the eyaml key pair, written in eyaml's block form
+REPLICA_PASSWORD = "replica-Kp20xW"  # in a profile's default
+DSN_PASSWORD = "dsn-pass-Ty61"  # a token inside a longer string
 NEEDS = {"eyaml": "hiera-eyaml", "age": "age", "age-keygen": "age"}
 
 
@@ -98,6 +100,9 @@ class Site:
                     params:
                       password: ""
                       api_token: ""
+                      # encrypted in the default, and a token among other text
+                      replica: @REPLICA@
+                      dsn: "postgres://app:@DSN@@db/app"
                     resources:
                       - directory: /etc/db
                       - file: /etc/db/password
@@ -105,7 +110,11 @@ class Site:
                         mode: "0600"
                       - file: /etc/db/api.conf
                         content: "url = https://api.example.com\\ntoken = {{ params.api_token }}\\n"
-                    """,
+                      - file: /etc/db/replica.conf
+                        content: "{{ params.replica }} {{ params.dsn }}\\n"
+                    """.replace(
+                "@REPLICA@", age_encrypt(REPLICA_PASSWORD, self.db_recipient)
+            ).replace("@DSN@", age_encrypt(DSN_PASSWORD, self.db_recipient)),
             "profiles/web.yaml": """
                     params:
                       greeting: hello
@@ -156,6 +165,9 @@ def test_the_db_node_decrypts_values_written_by_eyaml_and_age(site: Site, cli: C
     assert (cli.root / "etc/db/password").read_text() == DB_PASSWORD + "\n"
     api = (cli.root / "etc/db/api.conf").read_text()
     assert api == f"url = https://api.example.com\ntoken = {API_TOKEN}\n"  # no block newline
+    assert (cli.root / "etc/db/replica.conf").read_text() == (
+        f"{REPLICA_PASSWORD} postgres://app:{DSN_PASSWORD}@db/app\n"
+    )
     # The files that use a decrypted value are sensitive: shown as digests, never as text.
     report = json.loads(plan.stdout)
     shown = {r["id"]: r for r in report["resources"]}
@@ -164,7 +176,7 @@ def test_the_db_node_decrypts_values_written_by_eyaml_and_age(site: Site, cli: C
     outputs = [plan.stdout, plan.stderr, done.stdout, done.stderr, status.stdout]
     stored = files_under(cli.state)
     assert stored  # the run report and the inventory, at least
-    for secret in (DB_PASSWORD, API_TOKEN):
+    for secret in (DB_PASSWORD, API_TOKEN, REPLICA_PASSWORD, DSN_PASSWORD):
         assert not any(secret in text for text in outputs), secret
         assert not [p for p, data in stored.items() if secret.encode() in data], secret
 
