@@ -269,7 +269,10 @@ class Compiler:
                 continue
             resolved.append(profile)
         secrets = Secrets(
-            leaf for p in resolved for leaf in sensitive_values(p, catalog.params[p.name])
+            [
+                *(leaf for p in resolved for leaf in sensitive_values(p, catalog.params[p.name])),
+                *self.keyring.revealed,  # a token's plaintext inside a longer value too
+            ]
         )
         for profile in resolved:
             context = {**base_context, "params": catalog.params[profile.name]}

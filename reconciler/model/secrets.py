@@ -72,6 +72,7 @@ class Keyring:
 
     def __init__(self, paths: SecretsConfig | None) -> None:
         self.paths = paths
+        self.revealed: list[str] = []  # every plaintext decrypted, to be shown as digests only
         self._pkcs7: tuple[Any, Any] | None = None
         self._age: list[Any] | None = None
 
@@ -199,6 +200,10 @@ def reveal_params(
 
 def _reveal(keyring: Keyring, value: Any, where: Location, reader: Reader) -> Any:
     if isinstance(value, str):
+        if "ENC[" in TOKEN.sub("", value):  # a value cut short would be written as it is
+            raise ModelError.one(
+                "an ENC[ that is not a whole ENC[METHOD,base64] token (cut short?)", where
+            )
         whole = TOKEN.fullmatch(value.strip())
         if whole is not None:  # eyaml's block form ends in a newline that is not the secret's
             return decrypt_token(keyring, whole.group(1), whole.group(2), where, reader)
@@ -234,9 +239,11 @@ def decrypt_token(keyring: Keyring, method: str, body: str, where: Location, rea
     except ConfigError as exc:
         raise fail(f"cannot decrypt ENC[{method},...]: {exc}") from None
     try:
-        return plain.decode("utf-8")
+        text = plain.decode("utf-8")
     except UnicodeDecodeError:
         raise fail(f"ENC[{method},...] decrypts to bytes that are not UTF-8 text") from None
+    keyring.revealed.append(text)
+    return text
 
 
 def _decrypt_pkcs7(keyring: Keyring, blob: bytes) -> bytes:

@@ -367,3 +367,40 @@ def test_the_daemon_decrypts_with_the_keys_in_its_configuration(site: Site) -> N
     for secret in (DB_PASSWORD, API_TOKEN):
         assert secret not in daemon.logs() + status
         assert not [p for p, data in stored.items() if secret.encode() in data], secret
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("ENC[AGE,YWdlLWVuY3J5cHRpb24", "an ENC[ that is not a whole ENC[METHOD,base64] token"),
+        ("ENC[AGE,not base64!]", "ENC[AGE,...] does not hold base64"),
+        ("ENC[GPG,YWJj]", "ENC[GPG,...]: reconciler decrypts ENC[PKCS7,...] and ENC[AGE,...] only"),
+    ],
+)
+def test_a_broken_encrypted_value_is_an_error_not_text(
+    site: Site, cli: CLI, value: str, message: str
+) -> None:
+    (site.repo / "data/nodes").mkdir(parents=True)
+    (site.repo / "data/nodes/web-1.yaml").write_text(f"web:\n  greeting: {value}\n")
+
+    done = cli.run("plan", site.repo, "--config", str(site.web_config()), check=1)
+
+    assert f"data/nodes/web-1.yaml:2, key 'web.greeting': {message}" in done.stderr
+
+
+def test_a_token_decrypted_inside_a_longer_value_is_shown_as_its_digest(
+    site: Site, cli: CLI
+) -> None:
+    # An exec that names no parameter prints the password of the dsn alone, and fails.
+    (site.repo / "roles/db.yaml").write_text("profiles: [db, leak]\n")
+    (site.repo / "profiles/leak.yaml").write_text(
+        "resources:\n"
+        "  - exec: show-dsn-password\n"
+        "    command: sed 's/.*app://; s/@.*//' \"$RECONCILER_ROOT/etc/db/replica.conf\"; exit 3\n"
+        "    require: file:/etc/db/replica.conf\n"
+    )
+
+    done = cli.run("apply", site.repo, "--config", str(site.db_config()), check=6)
+
+    assert digest(DSN_PASSWORD) in done.stdout
+    assert DSN_PASSWORD not in done.stdout + done.stderr
