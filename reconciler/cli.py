@@ -105,6 +105,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path)
     p.add_argument("--state-dir", type=Path)
 
+    p = sub.add_parser("secret", help="encrypt a value for the control repo's data")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser(
+        "encrypt",
+        help="print ENC[AGE,...] for named nodes and roles, or ENC[PKCS7,...] with --eyaml",
+    )
+    p.add_argument("--repo", default=".", help="the control repo whose recipients to read")
+    p.add_argument("--ref", help="a branch, tag or commit (read from git, not the working tree)")
+    p.add_argument("--node", action="append", default=[], help="a node to encrypt for (repeatable)")
+    p.add_argument("--role", action="append", default=[], help="a role to encrypt for (repeatable)")
+    p.add_argument("--value", help="the value (default: standard input, less one final newline)")
+    p.add_argument("--eyaml", action="store_true", help="encrypt for an eyaml key pair instead")
+    p.add_argument(
+        "--public-key",
+        type=Path,
+        default=Path("keys/public_key.pkcs7.pem"),
+        help="with --eyaml: the public key (default: eyaml's, keys/public_key.pkcs7.pem)",
+    )
+
     p = sub.add_parser("daemon", help="run the agent (under systemd)")
     p.add_argument("--config", type=Path, required=True)
 
@@ -153,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """Options from --config (when given) overridden by flags."""
-    from reconciler.config import ReconcileConfig
+    from reconciler.config import ReconcileConfig, SecretsConfig
 
     values: dict[str, Any] = {
         "repo": None,
@@ -168,6 +187,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "coordination": None,
         "max_file_size": ReconcileConfig().max_file_size,
         "allow_rewind": False,
+        "secrets": SecretsConfig(),
     }
     config_path = getattr(args, "config", None)
     if config_path is not None:
@@ -187,6 +207,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             coordination=config.coordination,
             max_file_size=config.reconcile.max_file_size,
             allow_rewind=config.source.allow_rewind,
+            secrets=config.secrets,
         )
     for key in ("repo", "ref", "node", "root", "state_dir"):
         value = getattr(args, key, None)
@@ -219,6 +240,7 @@ def _options(args: argparse.Namespace) -> Any:
         coordination=values["coordination"],
         max_file_size=values["max_file_size"],
         allow_rewind=values["allow_rewind"],
+        secrets=values["secrets"],
     )
 
 
@@ -475,6 +497,27 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secret(args: argparse.Namespace) -> int:
+    from reconciler.model import secrets
+
+    value = args.value if args.value is not None else sys.stdin.read().removesuffix("\n")
+    if args.eyaml:
+        if args.node or args.role:
+            raise ReconcilerError("--eyaml encrypts for --public-key, not for nodes or roles")
+        try:
+            certificate = args.public_key.read_bytes()
+        except OSError as exc:
+            raise ReconcilerError(f"{args.public_key}: {exc.strerror}") from None
+        print(secrets.encrypt_pkcs7(value.encode(), certificate))
+        return 0
+    if not args.node and not args.role:
+        raise ReconcilerError("name who may decrypt it: --node NAME or --role NAME (repeatable)")
+    snapshot = _snapshot(str(args.repo), _settings(args))
+    recipients = secrets.recipients_for(secrets.load_recipients(snapshot), args.node, args.role)
+    print(secrets.encrypt_age(value.encode(), recipients))
+    return 0
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     from reconciler.daemon.agent import main as daemon_main
 
@@ -512,6 +555,7 @@ _HANDLERS = {
     "facts": cmd_facts,
     "status": cmd_status,
     "explain": cmd_explain,
+    "secret": cmd_secret,
 }
 
 if __name__ == "__main__":

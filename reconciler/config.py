@@ -102,6 +102,15 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class SecretsConfig:
+    """``secrets:``: the node's keys for the encrypted values of the control repo."""
+
+    eyaml_private_key: Path | None = None
+    eyaml_public_key: Path | None = None
+    age_identity: Path | None = None
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "json"
     level: str = "info"
@@ -120,6 +129,7 @@ class Config:
     webhook_secret_file: Path | None = None
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
     path: Path | None = None
 
 
@@ -226,6 +236,7 @@ def parse_config(text: bytes | str, name: str) -> Config:
             "webhook",
             "coordination",
             "log",
+            "secrets",
         },
     )
     d = Config()
@@ -277,6 +288,18 @@ def parse_config(text: bytes | str, name: str) -> Config:
             lg, "level", "str", "info", "log.", choices=("debug", "info", "warning", "error")
         ),
     )
+    sec = r.section(raw, "secrets", {"eyaml_private_key", "eyaml_public_key", "age_identity"})
+    secrets = SecretsConfig(
+        eyaml_private_key=r.get(sec, "eyaml_private_key", "path", None, "secrets."),
+        eyaml_public_key=r.get(sec, "eyaml_public_key", "path", None, "secrets."),
+        age_identity=r.get(sec, "age_identity", "path", None, "secrets."),
+    )
+    if (secrets.eyaml_private_key is None) != (secrets.eyaml_public_key is None):
+        r.fail(
+            raw,
+            "secrets",
+            "eyaml_private_key and eyaml_public_key go together: decrypting needs both",
+        )
     listen = r.get(raw, "listen", "str", d.listen)
     if isinstance(listen, str) and not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$", listen):
         r.fail(raw, "listen", "must be HOST:PORT like 127.0.0.1:9717")
@@ -292,6 +315,7 @@ def parse_config(text: bytes | str, name: str) -> Config:
         webhook_secret_file=r.get(hook, "secret_file", "path", None, "webhook."),
         coordination=coordination,
         log=log,
+        secrets=secrets,
         path=Path(name),
     )
     if r.problems:

@@ -76,6 +76,20 @@ class TestConfig:
         with pytest.raises(ConfigError, match=r"source.url"):
             parse_config(f'source:\n  url: "{url}"\n', "c.yaml")
 
+    def test_secrets_name_the_nodes_key_files(self) -> None:
+        config = parse_config("secrets:\n  age_identity: /etc/reconciler/age.key\n", "c.yaml")
+        assert config.secrets.age_identity == Path("/etc/reconciler/age.key")
+        assert config.secrets.eyaml_private_key is None
+        with pytest.raises(ConfigError) as err:
+            parse_config(
+                "secrets:\n  eyaml_private_key: /k.pem\n  age_identiy: /a\n  age_identity: a\n",
+                "c.yaml",
+            )
+        message = str(err.value)
+        assert "c.yaml:3, key 'secrets.age_identiy': unknown key" in message
+        assert "c.yaml:4, key 'secrets.age_identity': must be an absolute path" in message
+        assert "key 'secrets': eyaml_private_key and eyaml_public_key go together" in message
+
     def test_missing_file(self, tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="cannot read the configuration"):
             load_config(tmp_path / "nope.yaml")

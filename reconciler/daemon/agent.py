@@ -420,6 +420,7 @@ class Agent:
             max_file_size=c.reconcile.max_file_size,
             allow_rewind=c.source.allow_rewind,
             verify=c.source.verify,
+            secrets=c.secrets,
         )
 
     def _coordination_store(self) -> Any:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from reconciler.apps.rollout import Rollout
 from reconciler.apps.store import Store, StoreError, open_store
-from reconciler.config import CoordinationConfig, Verify
+from reconciler.config import CoordinationConfig, SecretsConfig, Verify
 from reconciler.engine import state
 from reconciler.engine.report import ResourceResult, RunReport
 from reconciler.engine.run import DEFAULT_WORKERS, converge, execute
@@ -39,6 +39,7 @@ from reconciler.errors import (
 )
 from reconciler.model import yamlload
 from reconciler.model.catalog import Catalog, Compiler, Entry, link
+from reconciler.model.secrets import Keyring
 from reconciler.resources._fs import (
     MAX_FILE_SIZE,
     BackupStore,
@@ -72,6 +73,7 @@ class RunOptions:
     max_file_size: int = MAX_FILE_SIZE  # reconcile.max_file_size
     # source.allow_rewind: apply a branch moved to a commit not descending from the applied one
     allow_rewind: bool = False
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)  # the node's decryption keys
 
 
 Warn = Callable[[str], None]
@@ -391,7 +393,7 @@ def run(
     t = time.perf_counter()
     yamlload.use_cache(yamlload.ParseCache(options.state_dir / "cache" / "yaml", readonly=plan))
     node, facts = gather_facts(options, warn)
-    catalog = Compiler(snapshot).compile(node, facts)
+    catalog = Compiler(snapshot, keyring=Keyring(options.secrets)).compile(node, facts)
     phases["compile"] = time.perf_counter() - t
 
     noop = options.noop or plan

@@ -26,6 +26,7 @@ from reconciler.model.apps import (
     unmatched_components,
 )
 from reconciler.model.repo import DataValue, Profile, Settings, closest, did_you_mean
+from reconciler.model.secrets import Keyring, Reader, load_recipients, reveal_params
 from reconciler.model.templates import Renderer
 from reconciler.model.yamlload import LocList, LocMap
 from reconciler.resources.base import (
@@ -187,8 +188,12 @@ def find_cycle(members: set[ResourceId], after: Mapping[ResourceId, set[Resource
 class Compiler:
     """Compiles catalogs from one snapshot; caches what does not depend on the node."""
 
-    def __init__(self, snapshot: Snapshot, settings: Settings | None = None) -> None:
+    def __init__(
+        self, snapshot: Snapshot, settings: Settings | None = None, keyring: Keyring | None = None
+    ) -> None:
         self.snapshot = snapshot
+        # The node's keys for encrypted values; without them values stay encrypted (validate).
+        self.keyring = Keyring(None) if keyring is None else keyring
         self.settings = repomod.load_settings(snapshot) if settings is None else settings
         self.renderer = Renderer(self._read_template)
         self._profiles: dict[str, tuple[Profile, list[Problem]]] = {}
@@ -259,13 +264,22 @@ class Compiler:
         resolved: list[Profile] = []
         for profile in profiles:
             try:
-                catalog.params[profile.name] = self.resolve_params(profile, lookups, base_context)
+                catalog.params[profile.name], profile = reveal_params(
+                    self.keyring,
+                    profile,
+                    self.resolve_params(profile, lookups, base_context),
+                    lookups,
+                    Reader(node, role, self.snapshot),
+                )
             except ModelError as exc:
                 problems += exc.problems
                 continue
             resolved.append(profile)
         secrets = Secrets(
-            leaf for p in resolved for leaf in sensitive_values(p, catalog.params[p.name])
+            [
+                *(leaf for p in resolved for leaf in sensitive_values(p, catalog.params[p.name])),
+                *self.keyring.revealed,  # a token's plaintext inside a longer value too
+            ]
         )
         for profile in resolved:
             context = {**base_context, "params": catalog.params[profile.name]}
@@ -900,6 +914,10 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
     except ModelError as exc:
         problems += exc.problems
         settings = Settings()
+    try:
+        load_recipients(snapshot)
+    except ModelError as exc:
+        problems += exc.problems
     compiler = Compiler(snapshot, settings)
     try:
         nodes, found = repomod.read_nodes(snapshot)

@@ -115,9 +115,8 @@ def load_settings(snapshot: Snapshot) -> Settings:
     raw = expect_map(read_yaml(snapshot, path), Location(path), "reconciler.yaml")
     from reconciler.model.data import parse_lookup_options
 
-    problems = unknown_keys(
-        raw, {"hierarchy", "prune", "allow_mass_prune", "lookup_options"}, path, path
-    )
+    known = {"hierarchy", "prune", "allow_mass_prune", "lookup_options", "recipients"}
+    problems = unknown_keys(raw, known, path, path)  # recipients: read by secrets.py
     options, found = parse_lookup_options(
         raw.get("lookup_options", LocMap.empty()), path, raw.line_of("lookup_options")
     )
