@@ -172,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """Options from --config (when given) overridden by flags."""
-    from reconciler.config import ReconcileConfig, SecretsConfig
+    from reconciler.config import ReconcileConfig
+    from reconciler.model.secrets import SecretsConfig
 
     values: dict[str, Any] = {
         "repo": None,
@@ -221,7 +222,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from reconciler.engine.pipeline import RunOptions
+    from reconciler.reconcile import RunOptions
 
     values = _settings(args)
     if values["repo"] is None:
@@ -246,7 +247,7 @@ def _options(args: argparse.Namespace) -> Any:
 
 def _snapshot(repo: str, values: dict[str, Any]) -> Any:
     """The revision to read; with source.verify in --config, only a verified signed commit."""
-    from reconciler.engine.pipeline import RunOptions, open_run_snapshot
+    from reconciler.reconcile import RunOptions, open_run_snapshot
 
     return open_run_snapshot(
         RunOptions(
@@ -265,8 +266,8 @@ def _colour() -> bool:
 
 def _run(args: argparse.Namespace, plan: bool) -> int:
     """apply or plan: one run through the engine; its outcome picks the exit code."""
-    from reconciler.engine.pipeline import reconcile
     from reconciler.engine.report import render_text
+    from reconciler.reconcile import reconcile
 
     outcome = reconcile(_options(args), plan=plan, warn=_warn)
     report = outcome.report
@@ -298,8 +299,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from reconciler.engine.pipeline import RunOptions, gather_facts
     from reconciler.model.catalog import Compiler, repo_warnings, tidy, validate_repo
+    from reconciler.reconcile import RunOptions, gather_facts
 
     values = _settings(args)
     repo = values["repo"] or "."
@@ -331,7 +332,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_facts(args: argparse.Namespace) -> int:
     from reconciler import facts as factsmod
-    from reconciler.engine.pipeline import RunOptions, gather_facts
+    from reconciler.reconcile import RunOptions, gather_facts
 
     values = _settings(args)
     options = RunOptions(
@@ -382,8 +383,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _print_live_requirements(apps: list[dict[str, Any]], values: dict[str, Any]) -> None:
     """What the components that waiting ones wait for report now, read from the store."""
-    from reconciler.apps.store import StoreError, open_store
-    from reconciler.config import CoordinationConfig
+    from reconciler.apps.store import CoordinationConfig, StoreError, open_store
 
     wanted = sorted({(a["app"], c) for a in apps for c in a.get("waits_for", {})})
     if not wanted:
@@ -408,8 +408,8 @@ def _print_live_requirements(apps: list[dict[str, Any]], values: dict[str, Any])
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from reconciler.engine.pipeline import RunOptions, gather_facts
     from reconciler.model.catalog import Compiler
+    from reconciler.reconcile import RunOptions, gather_facts
     from reconciler.resources.base import digest
 
     values = _settings(args)

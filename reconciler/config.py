@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from reconciler.apps.store import CoordinationConfig
 from reconciler.errors import ConfigError, Location, ModelError, Problem
+from reconciler.fs import MAX_FILE_SIZE
+from reconciler.model.secrets import SecretsConfig
 from reconciler.model.yamlload import LocMap, load
-from reconciler.resources._fs import MAX_FILE_SIZE
+from reconciler.source.verify import Verify
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -48,27 +51,6 @@ def parse_duration(value: Any) -> float:
 
 
 @dataclass(frozen=True)
-class Verify:
-    """source.verify: the keys a commit must be signed by, from local configuration only.
-
-    ``format: ssh`` takes ``allowed_signers`` (an SSH allowed-signers file); ``format: gpg``
-    takes ``keyring`` (a file of exported public keys, binary or armored, a pubring.kbx or
-    pubring.gpg, or a GnuPG home directory whose public keyring is read).
-    """
-
-    format: str
-    allowed_signers: Path | None = None
-    keyring: Path | None = None
-
-    @property
-    def keys(self) -> Path:
-        """The file (or directory) the trusted keys are read from."""
-        path = self.allowed_signers if self.format == "ssh" else self.keyring
-        assert path is not None
-        return path
-
-
-@dataclass(frozen=True)
 class SourceConfig:
     url: str | None = None
     branch: str | None = None
@@ -82,17 +64,9 @@ class SourceConfig:
 class ReconcileConfig:
     interval: float = 1800.0
     splay: float = 300.0
-    mode: str = "enforce"
+    mode: Literal["enforce", "noop"] = "enforce"
     watch: bool = True
     max_file_size: int = MAX_FILE_SIZE  # a managed file past it is not read: it fails alone
-
-
-@dataclass(frozen=True)
-class CoordinationConfig:
-    backend: str = "local"
-    path: Path = Path("/var/lib/reconciler/coordination")
-    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
-    lease: float = 300.0  # a deployment slot is freed this long after its holder last renewed it
 
 
 @dataclass(frozen=True)
@@ -102,18 +76,9 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
-class SecretsConfig:
-    """``secrets:``: the node's keys for the encrypted values of the control repo."""
-
-    eyaml_private_key: Path | None = None
-    eyaml_public_key: Path | None = None
-    age_identity: Path | None = None
-
-
-@dataclass(frozen=True)
 class LogConfig:
-    format: str = "json"
-    level: str = "info"
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 
 @dataclass(frozen=True)
@@ -33,20 +34,40 @@ class Problem:
 
     message: str
     where: Location = Location()
-    stage: str | None = None  # parse, validate or compile: where it was found
+    stage: Stage | None = None  # parse, validate or compile: where it was found
 
     def __str__(self) -> str:
         where = str(self.where)
         return f"{where}: {self.message}" if where else self.message
 
 
+# The reason codes of errors and of runs that did not converge, as reports, logs and metrics
+# name them.
+Reason = Literal[
+    "",  # a run that ran
+    "Error",
+    "ModelError",
+    "FetchFailed",
+    "SignatureRejected",
+    "RevisionRegression",
+    "ConfigError",
+    "LockHeld",
+    "StateDirUnsafe",
+    "PathEscape",
+    "ResourceFailed",
+    "StoreError",
+    "Unexpected",
+]
+Stage = Literal["parse", "validate", "compile"]
+
+
 class ReconcilerError(Exception):
     """Base of every error reconciler raises on purpose."""
 
-    reason = "Error"
+    reason: ClassVar[Reason] = "Error"
 
 
-STAGES = ("parse", "validate", "compile")
+STAGES: tuple[Stage, ...] = ("parse", "validate", "compile")
 
 
 class ModelError(ReconcilerError):
@@ -56,9 +77,9 @@ class ModelError(ReconcilerError):
     that a revision with broken YAML counts as a parse rejection however deep it was found.
     """
 
-    reason = "ModelError"
+    reason: ClassVar[Reason] = "ModelError"
 
-    def __init__(self, problems: Iterable[Problem], reason: str | None = None) -> None:
+    def __init__(self, problems: Iterable[Problem], reason: Stage | None = None) -> None:
         self.problems = [
             p if p.stage or reason is None else Problem(p.message, p.where, reason)
             for p in problems
@@ -68,14 +89,16 @@ class ModelError(ReconcilerError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
     @classmethod
-    def one(cls, message: str, where: Location = Location(), reason: str = "compile") -> ModelError:
+    def one(
+        cls, message: str, where: Location = Location(), reason: Stage = "compile"
+    ) -> ModelError:
         return cls([Problem(message, where)], reason)
 
 
 class SourceError(ReconcilerError):
     """The control repo could not be read: missing, unreachable, bad ref."""
 
-    reason = "FetchFailed"
+    reason: ClassVar[Reason] = "FetchFailed"
 
 
 class SignatureError(SourceError):
@@ -84,7 +107,7 @@ class SignatureError(SourceError):
     ``why`` is one of unsigned, wrong_format, unknown_key, bad_signature, unverifiable.
     """
 
-    reason = "SignatureRejected"
+    reason: ClassVar[Reason] = "SignatureRejected"
 
     def __init__(self, commit: str, message: str, why: str = "bad_signature") -> None:
         self.commit = commit
@@ -95,28 +118,28 @@ class SignatureError(SourceError):
 class ConfigError(ReconcilerError):
     """The daemon's configuration file is wrong."""
 
-    reason = "ConfigError"
+    reason: ClassVar[Reason] = "ConfigError"
 
 
 class LockHeld(ReconcilerError):
     """Another run holds the state directory's lock."""
 
-    reason = "LockHeld"
+    reason: ClassVar[Reason] = "LockHeld"
 
 
 class StateDirUnsafe(ReconcilerError):
     """The state directory could have been written by someone else."""
 
-    reason = "StateDirUnsafe"
+    reason: ClassVar[Reason] = "StateDirUnsafe"
 
 
 class PathEscape(ReconcilerError):
     """A path would leave the root it must stay in."""
 
-    reason = "PathEscape"
+    reason: ClassVar[Reason] = "PathEscape"
 
 
 class ResourceError(ReconcilerError):
     """A resource could not be checked or applied. The message is shown in the report."""
 
-    reason = "ResourceFailed"
+    reason: ClassVar[Reason] = "ResourceFailed"

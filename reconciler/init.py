@@ -16,7 +16,7 @@ from pathlib import Path
 
 from reconciler.config import Config, parse_config
 from reconciler.errors import ConfigError, ReconcilerError, SourceError
-from reconciler.resources._fs import atomic_write
+from reconciler.fs import atomic_write
 from reconciler.source.git import Mirror, check_url, shown_url
 
 DEFAULT_CONFIG = Path("/etc/reconciler/config.yaml")

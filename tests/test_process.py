@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import process
-from reconciler.resources._run import MAX_OUTPUT, Runner
+from reconciler.resources.runner import MAX_OUTPUT, Runner
 from tests.conftest import CLI, wait_for, write_tree
 
 BIG = 600_000_000  # what an exec printed when it took the agent to 1.2 GB
@@ -66,7 +66,7 @@ class TestOutput:
     def test_a_command_printing_600_mb_keeps_the_agent_small(self) -> None:
         found = peak_memory_kb(
             f"""
-            from reconciler.resources._run import Runner
+            from reconciler.resources.runner import Runner
             done = Runner().run(["sh", "-c", "yes | head -c {BIG}"], timeout=120)
             found = {{"code": done.returncode, "kept": len(done.output), "dropped": done.dropped}}
             """

@@ -12,8 +12,8 @@ import urllib.request
 from dataclasses import dataclass
 
 from reconciler.model.apps import Health
-from reconciler.resources._run import Runner
 from reconciler.resources.exec import argv_of
+from reconciler.resources.runner import Runner
 
 MAX_BODY = 4096  # bytes of a failed answer kept for the message
 

@@ -35,11 +35,19 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
-from reconciler.config import CoordinationConfig
-from reconciler.errors import ReconcilerError
-from reconciler.resources._fs import atomic_write
+from reconciler.errors import Reason, ReconcilerError
+from reconciler.fs import atomic_write
+
+
+@dataclass(frozen=True)
+class CoordinationConfig:
+    backend: Literal["local", "etcd"] = "local"
+    path: Path = Path("/var/lib/reconciler/coordination")
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    lease: float = 300.0  # a deployment slot is freed this long after its holder last renewed it
+
 
 STATES = ("deploying", "healthy", "failed", "waiting", "rolledback")
 POLL_INTERVAL = 0.1  # seconds between two looks of LocalStore.wait
@@ -62,7 +70,7 @@ class ComponentState:
 class StoreError(ReconcilerError):
     """The coordination store could not be reached or used."""
 
-    reason = "StoreError"
+    reason: ClassVar[Reason] = "StoreError"
 
 
 class Store(Protocol):

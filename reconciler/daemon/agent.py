@@ -28,7 +28,6 @@ from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.webhook import WebhookVerifier
 from reconciler.engine import state
-from reconciler.engine.pipeline import Outcome, OutcomeKind, Pinned, RunOptions, reconcile
 from reconciler.engine.report import RunReport
 from reconciler.errors import (
     ConfigError,
@@ -36,6 +35,7 @@ from reconciler.errors import (
     ReconcilerError,
     SourceError,
 )
+from reconciler.reconcile import Outcome, OutcomeKind, Pinned, RunOptions, reconcile
 from reconciler.source.git import Mirror, redact, shown_url
 
 BACKOFF_MIN = 1.0

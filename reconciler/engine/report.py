@@ -8,17 +8,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.engine.schedule import STATUSES, Status
 from reconciler.resources.base import Change, Secrets
 
 # Bytes of diffs one report keeps: past it, diffs are left out (the backups hold the content).
 REPORT_DIFF_BUDGET = 1 << 20
-STATUSES = ("in_sync", "changed", "would_change", "failed", "skipped")
 
 
 @dataclass
 class ResourceResult:
     id: str
-    status: str = "in_sync"
+    status: Status = "in_sync"
     changes: list[Change] = field(default_factory=list)
     error: str | None = None
     duration_seconds: float = 0.0
@@ -99,7 +99,7 @@ class RunReport:
         return None if text is None else self.secrets.scrub(text)
 
     def summary(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATUSES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         for result in self.resources:
             counts[result.status] += 1
         summary = {"total": len(self.resources), **counts}

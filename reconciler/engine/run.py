@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from reconciler.engine.report import ResourceResult
 from reconciler.engine.schedule import CHANGED, STATUSES, Ready, Scheduler, Status
 from reconciler.errors import ReconcilerError
+from reconciler.fs import Staged, fsync_dir, syncfs
 from reconciler.model.catalog import Catalog, Entry
-from reconciler.resources._fs import Staged, fsync_dir, syncfs
 from reconciler.resources.base import Change, Context, Resource, ResourceId, RunState
 
 DEFAULT_WORKERS = 8

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import LockHeld, StateDirUnsafe
+from reconciler.fs import atomic_write
 from reconciler.resources.base import Fingerprint
 
 KEEP_REPORTS = 50
@@ -31,20 +32,9 @@ _swept: set[Path] = set()
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temporary file beside it, fsync, rename, fsync of the dir."""
+    """Write JSON atomically, with the one atomic writer (reconciler.fs.atomic_write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    text = json.dumps(data, separators=(",", ":"))
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, json.dumps(data, separators=(",", ":")).encode(), mode=0o600)
 
 
 def read_json(path: Path, warn: Any = None) -> Any:

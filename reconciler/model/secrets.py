@@ -22,11 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.config import SecretsConfig
 from reconciler.errors import ConfigError, Location, ModelError, Problem
 from reconciler.model.data import Lookups
 from reconciler.model.repo import Profile, expect_map, read_yaml
 from reconciler.source import Snapshot
+
+
+@dataclass(frozen=True)
+class SecretsConfig:
+    """``secrets:``: the node's keys for the encrypted values of the control repo."""
+
+    eyaml_private_key: Path | None = None
+    eyaml_public_key: Path | None = None
+    age_identity: Path | None = None
+
 
 # A token may hold whitespace and newlines: eyaml's block output (``-o block``) wraps it.
 TOKEN = re.compile(r"ENC\[([A-Za-z0-9_]+),([^\]]*)\]")

@@ -8,7 +8,6 @@ anything is built, so a hostile file cannot exhaust the machine. Mappings come b
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import pickle
@@ -18,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from reconciler.errors import Location, ModelError
+from reconciler.errors import Location, ModelError, ReconcilerError
+from reconciler.fs import atomic_write
 
 MAX_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64
@@ -254,17 +254,14 @@ class ParseCache:
         if self.readonly or not self._usable():
             return
         path = self.directory / f"{key}.pickle"
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
         try:
-            with open(tmp, "wb") as f:
-                pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
+            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            atomic_write(path, data, mode=0o600)
             entries = sorted(self.directory.glob("*.pickle"), key=lambda p: p.stat().st_mtime)
             for stale in entries[: -self.KEEP]:
                 stale.unlink()
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        except (OSError, ReconcilerError):  # a cache that cannot be written is no cache
+            pass
 
 
 _cache: ParseCache | None = None

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from reconciler.resources import _fs
+from reconciler import fs as _fs
 from reconciler.resources.base import Change, Context, Resource
 
 MAX_DIFF_BYTES = 256 * 1024

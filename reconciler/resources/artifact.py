@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from reconciler import fs as _fs
 from reconciler.errors import PathEscape, ResourceError
-from reconciler.resources import _fs
 from reconciler.resources._path import PathResource
 from reconciler.resources.base import Attr, Change, Context, Resource, register
 

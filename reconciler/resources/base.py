@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from reconciler.resources._fs import MAX_FILE_SIZE
+from reconciler.fs import MAX_FILE_SIZE
 
 if TYPE_CHECKING:
-    from reconciler.resources._fs import BackupStore, Place, Root, Staged
-    from reconciler.resources._run import Runner
+    from reconciler.fs import BackupStore, Place, Root, Staged
+    from reconciler.resources.runner import Runner
 
 ResourceId = str  # "<type>:<title>", e.g. "file:/etc/motd"
 
@@ -244,7 +244,7 @@ class Context:
         self, place: Place, data: bytes, mode: int | None, uid: int | None, gid: int | None
     ) -> None:
         """Replace a file's content atomically (now, or staged for the engine's batch)."""
-        from reconciler.resources import _fs
+        from reconciler import fs as _fs
 
         if self.staging is None:
             _fs.write_at(place, data, mode, uid, gid, sync=self.sync_dir)
@@ -262,7 +262,7 @@ class Context:
     def sync_dir(self, directory: Path) -> None:
         """Make a rename or removal in ``directory`` durable (now, or at the end of the run)."""
         if not self.run.sync_later(directory):
-            from reconciler.resources._fs import fsync_dir
+            from reconciler.fs import fsync_dir
 
             fsync_dir(directory)
 

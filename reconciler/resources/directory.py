@@ -7,8 +7,8 @@ import stat
 from collections.abc import Mapping
 from typing import ClassVar
 
+from reconciler import fs as _fs
 from reconciler.errors import ResourceError
-from reconciler.resources import _fs
 from reconciler.resources._path import PathResource, owner_changes, parse_mode
 from reconciler.resources.base import Attr, Change, Context, Resource, register
 

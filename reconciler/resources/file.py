@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from reconciler import fs as _fs
 from reconciler.errors import ReconcilerError, ResourceError
-from reconciler.resources import _fs
-from reconciler.resources._fs import Place
+from reconciler.fs import Place
 from reconciler.resources._path import (
     MAX_DIFF_BYTES,
     PathResource,

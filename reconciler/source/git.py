@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from reconciler.errors import ConfigError, SourceError
-from reconciler.resources._fs import fsync_dir
+from reconciler.fs import fsync_dir
 
 ALLOWED_SCHEMES = ("https", "ssh", "git", "file")
 MAX_BRANCHES_SHOWN = 5  # branch names an error about a missing branch lists

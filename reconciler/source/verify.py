@@ -25,12 +25,35 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from reconciler.config import Verify
 from reconciler.errors import SignatureError, SourceError
 from reconciler.source import GitSnapshot, is_git_url
 from reconciler.source import git as gitsource
+
+
+@dataclass(frozen=True)
+class Verify:
+    """source.verify: the keys a commit must be signed by, from local configuration only.
+
+    ``format: ssh`` takes ``allowed_signers`` (an SSH allowed-signers file); ``format: gpg``
+    takes ``keyring`` (a file of exported public keys, binary or armored, a pubring.kbx or
+    pubring.gpg, or a GnuPG home directory whose public keyring is read).
+    """
+
+    format: Literal["ssh", "gpg"]
+    allowed_signers: Path | None = None
+    keyring: Path | None = None
+
+    @property
+    def keys(self) -> Path:
+        """The file (or directory) the trusted keys are read from."""
+        path = self.allowed_signers if self.format == "ssh" else self.keyring
+        assert path is not None
+        return path
+
 
 MAX_KEYRING_BYTES = 16 * 1024 * 1024
 

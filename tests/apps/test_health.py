@@ -11,7 +11,7 @@ import pytest
 
 from reconciler.apps.health import check
 from reconciler.model.apps import Health
-from reconciler.resources._run import Runner
+from reconciler.resources.runner import Runner
 
 
 class Answers(http.server.BaseHTTPRequestHandler):

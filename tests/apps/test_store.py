@@ -13,12 +13,12 @@ import pytest
 
 from reconciler.apps.store import (
     ComponentState,
+    CoordinationConfig,
     EtcdStore,
     LocalStore,
     StoreError,
     open_store,
 )
-from reconciler.config import CoordinationConfig
 from tests.apps.conftest import EtcdServer, StoreFactory, free_port
 from tests.conftest import wait_for
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.engine.pipeline import RunOptions, run
+from reconciler.reconcile import RunOptions, run
 from tests.conftest import seed_root, tree_hash, write_tree
 
 NAMES = st.sampled_from(["a", "b", "c", "conf", "data"])

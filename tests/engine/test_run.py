@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.engine.pipeline import RunOptions, run
 from reconciler.engine.run import execute
+from reconciler.fs import BackupStore, Root
 from reconciler.model.catalog import Compiler
-from reconciler.resources._fs import BackupStore, Root
-from reconciler.resources._run import BASE_PATH, Runner
+from reconciler.reconcile import RunOptions, run
 from reconciler.resources.base import Context
+from reconciler.resources.runner import BASE_PATH, Runner
 from reconciler.source import DirectorySnapshot
 from tests.conftest import seed_root, write_tree
 

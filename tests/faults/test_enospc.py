@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 
 from reconciler import cli
-from reconciler.resources import _fs
-from reconciler.resources._fs import TMP_MARK
+from reconciler import fs as _fs
+from reconciler.fs import TMP_MARK
 from tests.conftest import write_tree
 
 CAPACITY = 1 << 20  # the tmpfs size (size=1m)

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from reconciler.resources._fs import TMP_MARK
+from reconciler.fs import TMP_MARK
 from tests.conftest import seed_root, write_tree
 
 FILES = 240

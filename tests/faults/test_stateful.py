@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from reconciler.engine.pipeline import RunOptions, run
 from reconciler.engine.report import RunReport
+from reconciler.reconcile import RunOptions, run
 from tests.conftest import seed_root, tree_hash, write_tree
 
 TOP = ("a", "b", "c", "d")

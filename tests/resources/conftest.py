@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from reconciler.resources._fs import BackupStore, Root
-from reconciler.resources._run import Runner
+from reconciler.fs import BackupStore, Root
 from reconciler.resources.base import Context, Resource
+from reconciler.resources.runner import Runner
 from tests.conftest import seed_root
 
 

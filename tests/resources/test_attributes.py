@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 
 from reconciler.errors import Location, ModelError
+from reconciler.fs import BackupStore
 from reconciler.model.catalog import Compiler, attribute_names, resource_type
 from reconciler.model.yamlload import LocMap, load
-from reconciler.resources._fs import BackupStore
 from reconciler.resources.base import COMMON_ATTRIBUTES, REGISTRY, Context
 from reconciler.source import DirectorySnapshot
 from tests.conftest import CLI, write_tree

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.engine.pipeline import RunOptions, run
 from reconciler.errors import ReconcilerError, ResourceError
-from reconciler.resources._fs import TMP_MARK, BackupStore
+from reconciler.fs import TMP_MARK, BackupStore
+from reconciler.reconcile import RunOptions, run
 from reconciler.resources.base import Context
 from reconciler.resources.directory import Directory
 from reconciler.resources.file import File

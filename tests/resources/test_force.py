@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ResourceError
-from reconciler.resources._fs import BackupStore, Root
-from reconciler.resources._run import Runner
+from reconciler.fs import BackupStore, Root
 from reconciler.resources.base import Context
 from reconciler.resources.file import File
+from reconciler.resources.runner import Runner
 from tests.conftest import seed_root, tree_hash
 from tests.resources.conftest import make
 from tests.resources.mounts import tmpfs

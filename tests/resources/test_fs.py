@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import fs as _fs
 from reconciler.errors import PathEscape
-from reconciler.resources import _fs
-from reconciler.resources._fs import BackupStore, Root, atomic_write
+from reconciler.fs import BackupStore, Root, atomic_write
 
 
 class TestRoot:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ResourceError
-from reconciler.resources._fs import BackupStore, Root
-from reconciler.resources._run import Runner
+from reconciler.fs import BackupStore, Root
 from reconciler.resources.base import Change, Context
 from reconciler.resources.package import Package
+from reconciler.resources.runner import Runner
 from tests.conftest import CLI, need
 from tests.resources.conftest import make
 

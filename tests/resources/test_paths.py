@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.engine.pipeline import RunOptions, run
 from reconciler.errors import PathEscape, ReconcilerError, ResourceError
-from reconciler.resources._fs import TMP_MARK, Root
+from reconciler.fs import TMP_MARK, Root
+from reconciler.reconcile import RunOptions, run
 from reconciler.resources.artifact import Artifact
 from reconciler.resources.base import Context, Resource
 from reconciler.resources.directory import Directory

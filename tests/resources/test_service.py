@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ResourceError
-from reconciler.resources._fs import BackupStore, Root
-from reconciler.resources._run import BASE_PATH, Runner
+from reconciler.fs import BackupStore, Root
 from reconciler.resources.base import Context
+from reconciler.resources.runner import BASE_PATH, Runner
 from reconciler.resources.service import Service
 from tests.resources.conftest import make
 

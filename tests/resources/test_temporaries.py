@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.resources._fs import TMP_MARK, Staged
+from reconciler.fs import TMP_MARK, Staged
 from reconciler.resources.base import Context
 from reconciler.resources.file import File
 from reconciler.resources.line import Line

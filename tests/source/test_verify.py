@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config import Verify, parse_config
+from reconciler.config import parse_config
 from reconciler.errors import ConfigError, SignatureError
-from reconciler.source.verify import commit_signature, open_verified_snapshot, verify_commit
+from reconciler.source.verify import Verify, commit_signature, open_verified_snapshot, verify_commit
 from tests.conftest import CLI, GIT_ENV, need, write_tree
 from tests.daemon.conftest import REPO, Daemon, GitServer, wait_for
 

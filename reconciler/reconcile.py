@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reconciler.apps.rollout import Rollout
-from reconciler.apps.store import Store, StoreError, open_store
-from reconciler.config import CoordinationConfig, SecretsConfig, Verify
+from reconciler.apps.store import CoordinationConfig, Store, StoreError, open_store
 from reconciler.engine import state
 from reconciler.engine.report import ResourceResult, RunReport
 from reconciler.engine.run import DEFAULT_WORKERS, converge, execute
@@ -32,24 +31,26 @@ from reconciler.errors import (
     LockHeld,
     ModelError,
     Problem,
+    Reason,
     ReconcilerError,
     SignatureError,
     SourceError,
     StateDirUnsafe,
 )
-from reconciler.model import yamlload
-from reconciler.model.catalog import Catalog, Compiler, Entry, link
-from reconciler.model.secrets import Keyring
-from reconciler.resources._fs import (
+from reconciler.fs import (
     MAX_FILE_SIZE,
     BackupStore,
     Root,
     remove_stray_temporaries,
 )
-from reconciler.resources._run import Runner
+from reconciler.model import yamlload
+from reconciler.model.catalog import Catalog, Compiler, Entry, link
+from reconciler.model.secrets import Keyring, SecretsConfig
 from reconciler.resources.base import REGISTRY, Context, Resource
+from reconciler.resources.runner import Runner
 from reconciler.source import GitSnapshot, Snapshot, open_snapshot
 from reconciler.source.git import FetchTimeout, Mirror, redact, run_git, shown_url
+from reconciler.source.verify import Verify
 
 
 @dataclass
@@ -143,7 +144,7 @@ class Outcome:
     """One run's end: its kind, why (a reason code, and a message for people), its report."""
 
     kind: OutcomeKind
-    reason: str = ""  # "" for a run that ran; else RevisionRegression, FetchFailed, ...
+    reason: Reason = ""  # "" for a run that ran; else RevisionRegression, FetchFailed, ...
     message: str = ""
     report: RunReport | None = None
     catalog: Catalog | None = None
@@ -349,7 +350,7 @@ def _failed(
     revision: str | None,
     branch: str | None,
     kind: OutcomeKind,
-    reason: str,
+    reason: Reason,
     message: str,
     warn: Warn,
     stage: str | None = None,
