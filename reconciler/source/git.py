@@ -1,8 +1,9 @@
 """Hardened git: a scrubbed environment, no hooks, no submodules, allowed URL schemes only.
 
-Git runs as a subprocess with argv lists, a timeout, no system or global configuration, hooks
-pointed at an empty path, no terminal prompts, and protocol allow-listing, so that nothing in a
-repository or its URL can make it run a program.
+Git runs as a subprocess, through ``reconciler.process.run`` (bounded output, a timeout that ends
+its whole process group), with argv lists, no system or global configuration, hooks pointed at an
+empty path, no terminal prompts, and protocol allow-listing, so that nothing in a repository or
+its URL can make it run a program.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from reconciler import process
 from reconciler.errors import ConfigError, SourceError
 from reconciler.fs import fsync_dir
 
@@ -27,6 +27,9 @@ ALLOWED_SCHEMES = ("https", "ssh", "git", "file")
 MAX_BRANCHES_SHOWN = 5  # branch names an error about a missing branch lists
 MAX_MIRROR_BYTES = 2 * 1024**3  # packed objects a mirror may hold; a fetch stops beyond
 WATCH_EVERY = 0.2  # seconds between two looks at a running fetch
+# What reconciler reads of one git command's output (each stream), at most: ls-remote of a
+# remote with a few hundred thousand branches, or a commit object (verify) of that size.
+MAX_GIT_OUTPUT = 32 * 1024 * 1024
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^-]")
 
 # Every setting that can make git run a program, pinned on the command line (which wins over
@@ -117,13 +120,16 @@ def git_process(
     config: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     watch: Callable[[], None] | None = None,
-) -> subprocess.CompletedProcess[bytes]:
+    output_cap: int = MAX_GIT_OUTPUT,
+) -> process.Completed:
     """Run hardened git and return it finished, whatever its exit status.
 
     ``config`` adds ``key=value`` settings after the hardening ones (so they win over the
     repository's own configuration); ``env`` adds variables to the scrubbed environment.
     ``watch`` is called every WATCH_EVERY seconds while git runs; what it raises stops git.
-    On a timeout or an error, git and every process it started are killed.
+    git runs through ``process.run``: on a timeout, an error, or when it exits, git and every
+    process it started in its group are ended, and nothing that left the group is waited for.
+    Its output is needed whole: a stream passing ``output_cap`` stops git, and is an error.
     """
     argv = ["git", *_HARDENING, *[arg for c in config for arg in ("-c", c)]]
     if git_dir is not None:
@@ -131,43 +137,27 @@ def git_process(
     argv += args
     name = args[0] if args else "git"
     try:
-        proc = subprocess.Popen(
+        done = process.run(
             argv,
-            env={**git_env(), **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
+            timeout=timeout,
             cwd="/",  # no repository found from wherever reconciler was started
+            env={**git_env(), **(env or {})},
+            output_cap=output_cap,
+            keep="head",
+            kill_on_overflow=True,
+            watch=watch,
+            watch_every=WATCH_EVERY,
         )
     except FileNotFoundError:
         raise SourceError("git is not installed") from None
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                out, err = proc.communicate(timeout=min(left, WATCH_EVERY) if watch else left)
-                break
-            except subprocess.TimeoutExpired:
-                if time.monotonic() >= deadline:
-                    raise FetchTimeout(f"git {name} timed out after {timeout:g}s") from None
-                if watch is not None:
-                    watch()
-    except BaseException:
-        _kill_group(proc)
-        raise
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill git and everything it started (index-pack, remote helpers, ssh): its own session."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
+    if done.timed_out:
+        raise FetchTimeout(f"git {name} timed out after {timeout:g}s")
+    if done.overflowed:
+        raise SourceError(
+            f"git {name} printed more than {output_cap} bytes of output, more than reconciler "
+            "reads; stopped"
+        )
+    return done
 
 
 def run_git(

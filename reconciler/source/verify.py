@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from reconciler import process
 from reconciler.errors import SignatureError, SourceError
 from reconciler.source import GitSnapshot, is_git_url
 from reconciler.source import git as gitsource
@@ -56,6 +56,9 @@ class Verify:
 
 
 MAX_KEYRING_BYTES = 16 * 1024 * 1024
+# What is read of one gpg command's output (each stream), at most: the keys of a keyring exported,
+# or listed, come to less than twice the keyring.
+MAX_GPG_OUTPUT = 2 * MAX_KEYRING_BYTES
 
 _BEGIN = {
     b"-----BEGIN SSH SIGNATURE-----": "ssh",
@@ -282,7 +285,7 @@ def _gpg(
     data: bytes,
     timeout: float,
     refuse: Callable[[str], SignatureError],
-) -> subprocess.CompletedProcess[bytes]:
+) -> process.Completed:
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "HOME": "/nonexistent",
@@ -291,19 +294,21 @@ def _gpg(
     }
     argv = ["gpg", "--homedir", str(home), "--batch", "--no-tty", "--no-autostart", *args]
     try:
-        done = subprocess.run(
+        done = process.run(
             argv,
-            input=data,
-            env=env,
-            capture_output=True,
             timeout=timeout,
-            check=False,
-            start_new_session=True,
+            env=env,
+            input=data,
+            output_cap=MAX_GPG_OUTPUT,
+            keep="head",
+            kill_on_overflow=True,
         )
-    except subprocess.TimeoutExpired:
-        raise refuse(f"gpg timed out after {timeout:g}s") from None
     except FileNotFoundError:
         raise refuse("gpg is not installed") from None
+    if done.timed_out:
+        raise refuse(f"gpg timed out after {timeout:g}s")
+    if done.overflowed:
+        raise refuse(f"gpg printed more than {MAX_GPG_OUTPUT} bytes of output; stopped")
     if done.returncode != 0 and "--list-keys" not in args:
         raise refuse(f"gpg cannot read it: {_last(done)}")
     return done
@@ -319,17 +324,17 @@ def _git(
     timeout: float,
     config: list[str] | None = None,
     env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[bytes]:
+) -> process.Completed:
     try:
         return gitsource.git_process(args, git_dir, timeout, [*_PINNED, *(config or [])], env=env)
     except SourceError as exc:
         raise SignatureError(commit, f"cannot verify: {exc}", "unverifiable") from None
 
 
-def _text(done: subprocess.CompletedProcess[bytes]) -> str:
+def _text(done: process.Completed) -> str:
     return (done.stdout + b"\n" + done.stderr).decode(errors="replace")
 
 
-def _last(done: subprocess.CompletedProcess[bytes]) -> str:
+def _last(done: process.Completed) -> str:
     lines = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()]
     return lines[-1].strip() if lines else f"exit status {done.returncode}"

@@ -7,17 +7,21 @@ import contextlib
 import fcntl
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import pytest
 
-from reconciler.errors import ModelError, SourceError
+from reconciler.config import Verify
+from reconciler.errors import ModelError, SignatureError, SourceError
 from reconciler.source import MAX_FILE_BYTES, MAX_FILES, DirectorySnapshot, GitSnapshot
-from reconciler.source.git import FetchTimeout, Mirror, TooLarge, git_process
+from reconciler.source.git import MAX_GIT_OUTPUT, FetchTimeout, Mirror, TooLarge, git_process
+from reconciler.source.verify import verify_commit
 from tests.conftest import CLI, commit_all, git, write_tree
 from tests.daemon.conftest import GitServer, wait_for
 from tests.source.servers import (
@@ -159,6 +163,97 @@ class TestStalledRemote:
         proxy.mode = "pass"
         cli("apply", "--config", config, check=2)
         assert motd(cli) == "version 2\n"
+
+
+def fake_ssh(tmp_path: Path, before: str) -> Path:
+    """An ``ssh`` for ``GIT_SSH_COMMAND`` that runs ``before`` (a shell snippet), then serves the
+    command git asks the remote host for (its last argument) from this machine."""
+    script = tmp_path / "bin" / "ssh"  # named ssh: git passes it OpenSSH's options
+    script.parent.mkdir()
+    script.write_text(f'#!/bin/sh\n{before}\nwhile [ $# -gt 1 ]; do shift; done\nexec sh -c "$1"\n')
+    script.chmod(0o755)
+    return script
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie waiting for its reaper has ended too)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def end_pids(pids: Path) -> None:
+    """End the processes whose pids a test's helpers wrote, one a line, to ``pids``."""
+    if pids.exists():
+        for pid in pids.read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+class TestGitHelpers:
+    """git runs through the one process runner: what its helpers (ssh here) start is bounded
+    in time like any command's."""
+
+    def test_a_stalling_helper_and_its_child_holding_the_output_end_at_the_timeout(
+        self, tmp_path: Path, remote: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        _, bare = remote
+        pids = tmp_path / "pids"
+        # The helper starts a child that keeps git's output open, then never answers.
+        ssh = fake_ssh(
+            tmp_path, f"echo $$ >> {pids}\nsleep 300 &\necho $! >> {pids}\nexec sleep 301"
+        )
+        monkeypatch.setenv("GIT_SSH_COMMAND", str(ssh))
+        mirror = Mirror(f"ssh://git.example{bare}", tmp_path / "state" / "source", 1)
+        started = time.monotonic()
+        try:
+            with pytest.raises(FetchTimeout, match=r"did not finish within source.timeout \(1s\)"):
+                mirror.fetch("main")
+            assert time.monotonic() - started < 1 + 5
+            helper, child = (int(pid) for pid in pids.read_text().split())
+            wait_for(lambda: gone(helper) and gone(child), 2, "the helper and its child ended")
+        finally:
+            end_pids(pids)
+        assert not leftovers(mirror.directory)
+
+    def test_a_process_a_helper_leaves_holding_stderr_does_not_hold_up_the_fetch(
+        self, tmp_path: Path, remote: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        _, bare = remote
+        pids = tmp_path / "pids"
+        # Left behind in a session of its own, with git's stderr, as an ssh connection master
+        # can be: outside git's process group, so it is neither killed nor waited for.
+        ssh = fake_ssh(tmp_path, f"setsid sleep 60 </dev/null >/dev/null &\necho $! >> {pids}")
+        monkeypatch.setenv("GIT_SSH_COMMAND", str(ssh))
+        mirror = Mirror(f"ssh://git.example{bare}", tmp_path / "state" / "source", 30)
+        try:
+            started = time.monotonic()
+            commit, branch = mirror.fetch("main")
+            elapsed = time.monotonic() - started
+        finally:
+            end_pids(pids)
+        assert (commit, branch) == (git(bare, "rev-parse", "main"), "main")
+        assert mirror.has_commit(commit)
+        assert elapsed < 10, f"the fetch took {elapsed:.1f}s"
+        assert len(pids.read_text().split()) >= 2  # ls-remote and fetch went through the helper
+
+    def test_a_command_whose_output_passes_the_cap_fails_instead_of_being_cut(
+        self, tmp_path: Path, remote: tuple[Path, Path]
+    ) -> None:
+        _, bare = remote
+        # A commit object larger than git's output cap: verify reads the commit whole.
+        tree = git(bare, "rev-parse", "main^{tree}")
+        who = "A <a@example.com> 0 +0000"
+        body = f"tree {tree}\nauthor {who}\ncommitter {who}\n\n".encode()
+        huge = git_in(
+            bare, body + b"x" * MAX_GIT_OUTPUT, "hash-object", "-t", "commit", "-w", "--stdin"
+        )
+        with pytest.raises(SignatureError) as caught:
+            verify_commit(bare, huge, Verify("ssh", allowed_signers=tmp_path / "signers"))
+        assert f"git cat-file printed more than {MAX_GIT_OUTPUT} bytes" in str(caught.value)
+        assert caught.value.why == "unverifiable"
 
 
 def submodule_repo(tmp_path: Path, marker: Path, recorder: Recorder) -> Path:
