@@ -144,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(p)
 
     p = _command(sub, "suspend", "pause enforcement: runs check and report, change nothing")
-    p.add_argument("--reason", required=True, help="why: shown in status, metrics and logs")
+    p.add_argument(
+        "--reason",
+        required=True,
+        help="why: shown by status, apply, and the daemon's status page and logs",
+    )
     p.add_argument(
         "--until",
         metavar="TIME|DURATION",
