@@ -66,12 +66,10 @@ _METAVAR = {
 _EXIT_CODES = "exit 0 in sync, 2 changed, 4 failed, 6 both, 1 could not run"
 
 
-def _command(
-    sub: Any, name: str, summary: str, epilog: str | None = None
-) -> argparse.ArgumentParser:
+def _command(sub: Any, name: str, summary: str) -> argparse.ArgumentParser:
     """A subcommand whose one-line summary is both its entry in the list and its description."""
     parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=epilog
+        name, help=summary, description=summary[0].upper() + summary[1:] + "."
     )
     return parser
 
@@ -299,12 +297,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-_NO_REPO = "no control repo: give --repo PATH|URL or --config FILE"
-
-
 def _repo(values: dict[str, Any]) -> str:
+    """The control repo to read: never the current directory unless the user names it."""
     if values["repo"] is None:
-        raise ReconcilerError(_NO_REPO)
+        raise ReconcilerError("no control repo: give --repo PATH|URL or --config FILE")
     return str(values["repo"])
 
 
