@@ -35,25 +35,66 @@ def _warn(message: str) -> None:
     _say(f"reconciler: warning: {message}", file=sys.stderr)
 
 
+# One help text per option, whichever command takes it. An option that means something else in
+# one command (validate's repeatable --node, init's --config) says so there.
+_HELP = {
+    "--config": "the daemon's configuration file; flags override it",
+    "--repo": "control repo: a local directory (working tree) or a git URL",
+    "--ref": "a branch, tag or commit (read from git, not the working tree)",
+    "--node": "the node name (default: this host's FQDN)",
+    "--facts": "YAML or JSON facts to add",
+    "--root": "prefix every managed path with this directory",
+    "--state-dir": "where reports, backups, the inventory and a suspension live",
+    "--noop": "check only: report drift, change nothing",
+    "--allow-rewind": (
+        "apply a branch moved to a commit that does not descend from the applied one"
+    ),
+    "--ignore-suspension": "enforce even while enforcement is suspended (reconciler suspend)",
+    "--format": "how to print the result",
+}
+
+_METAVAR = {
+    "--config": "FILE",
+    "--repo": "PATH|URL",
+    "--ref": "REF",
+    "--node": "NAME",
+    "--facts": "FILE",
+    "--root": "DIR",
+    "--state-dir": "DIR",
+}
+
+_EXIT_CODES = "exit 0 in sync, 2 changed, 4 failed, 6 both, 1 could not run"
+
+
+def _command(sub: Any, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary is both its entry in the list and its description."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=summary[0].upper() + summary[1:] + "."
+    )
+    return parser
+
+
+def _option(p: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    kwargs.setdefault("help", _HELP[name])
+    if name in _METAVAR and kwargs.get("action") in (None, "append"):
+        kwargs.setdefault("metavar", _METAVAR[name])
+    p.add_argument(name, **kwargs)
+
+
 def _add_source_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="the daemon's configuration file; flags override it")
-    p.add_argument("--repo", help="control repo: a local directory (working tree) or a git URL")
-    p.add_argument("--ref", help="a branch, tag or commit (read from git, not the working tree)")
-    p.add_argument("--node", help="the node name (default: this host's FQDN)")
-    p.add_argument("--facts", type=Path, dest="facts_file", help="YAML or JSON facts to add")
+    _option(p, "--config", type=Path)
+    _option(p, "--repo")
+    _option(p, "--ref")
+    _option(p, "--node")
+    _option(p, "--facts", type=Path, dest="facts_file")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     _add_source_options(p)
-    p.add_argument("--root", type=Path, help="prefix every managed path with this directory")
-    p.add_argument("--state-dir", type=Path, help="where reports, backups and the inventory live")
-    p.add_argument("--noop", action="store_true", help="check only: report drift, change nothing")
-    p.add_argument(
-        "--allow-rewind",
-        action="store_true",
-        help="apply a branch moved to a commit that does not descend from the applied one",
-    )
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    _option(p, "--root", type=Path)
+    _option(p, "--state-dir", type=Path)
+    _option(p, "--allow-rewind", action="store_true")
+    _option(p, "--format", choices=("text", "json"), default="text")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,59 +102,73 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reconciler",
         description="Pull-based GitOps agent: converge this node to its control repo.",
     )
-    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"reconciler {__version__}",
+        help="print reconciler's version and exit",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
-        "apply", help="converge the node (exit 0 in sync, 2 changed, 4 failed, 6 both)"
+    p = _command(sub, "apply", f"converge the node ({_EXIT_CODES})")
+    _add_run_options(p)
+    _option(p, "--noop", action="store_true")
+    _option(p, "--ignore-suspension", action="store_true")
+    p = _command(
+        sub, "plan", "show what apply would change; change nothing (exit 0 in sync, 2 drift)"
     )
     _add_run_options(p)
-    p = sub.add_parser("plan", help="show what apply would change; change nothing")
-    _add_run_options(p)
 
-    p = sub.add_parser("validate", help="check every file of the repo and compile every role")
-    p.add_argument("--config", type=Path)
-    p.add_argument("--repo")
-    p.add_argument("--ref")
-    p.add_argument(
-        "--node", action="append", default=[], help="also compile this node (repeatable)"
-    )
-    p.add_argument("--facts", type=Path, dest="facts_file")
+    p = _command(sub, "validate", "check every file of the repo and compile every role")
+    _option(p, "--config", type=Path)
+    _option(p, "--repo")
+    _option(p, "--ref")
+    _option(p, "--node", action="append", default=[], help="also compile this node (repeatable)")
+    _option(p, "--facts", type=Path, dest="facts_file")
 
-    p = sub.add_parser("facts", help="print this node's facts")
-    p.add_argument("--format", choices=("yaml", "json"), default="yaml")
-    p.add_argument("--config", type=Path)
-    p.add_argument("--node")
-    p.add_argument("--facts", type=Path, dest="facts_file")
+    p = _command(sub, "facts", "print this node's facts")
+    _option(p, "--format", choices=("yaml", "json"), default="yaml")
+    _option(p, "--config", type=Path)
+    _option(p, "--node")
+    _option(p, "--facts", type=Path, dest="facts_file")
 
-    p = sub.add_parser("status", help="the last run of this node")
-    p.add_argument("--config", type=Path)
-    p.add_argument("--state-dir", type=Path)
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p = _command(sub, "status", "the last run of this node, and a suspension of enforcement")
+    _option(p, "--config", type=Path)
+    _option(p, "--state-dir", type=Path)
+    _option(p, "--format", choices=("text", "json"), default="text")
 
-    p = sub.add_parser("explain", help="which data level, file, line and commit set a value")
+    p = _command(sub, "explain", "which data level, file, line and commit set a value")
     p.add_argument("key", help="<profile>.<parameter> (nginx.port) or a data key (ntp_servers)")
     _add_source_options(p)
 
-    p = sub.add_parser("suspend", help="pause enforcement (drift is still measured)")
-    p.add_argument("--reason", required=True, help="why: shown in status, metrics and logs")
-    p.add_argument("--until", help="an end time (2026-11-25T08:00Z) or a duration (2h)")
-    p.add_argument("--config", type=Path)
-    p.add_argument("--state-dir", type=Path)
-
-    p = sub.add_parser("resume", help="end a suspension")
-    p.add_argument("--config", type=Path)
-    p.add_argument("--state-dir", type=Path)
-
-    p = sub.add_parser("secret", help="encrypt a value for the control repo's data")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = actions.add_parser(
-        "encrypt",
-        help="print ENC[AGE,...] for named nodes and roles, or ENC[PKCS7,...] with --eyaml",
+    p = _command(sub, "suspend", "pause enforcement: runs check and report, change nothing")
+    p.add_argument(
+        "--reason",
+        required=True,
+        help="why: shown by status, apply, and the daemon's status page and logs",
     )
-    p.add_argument("--repo", default=".", help="the control repo whose recipients to read")
-    p.add_argument("--ref", help="a branch, tag or commit (read from git, not the working tree)")
-    p.add_argument("--node", action="append", default=[], help="a node to encrypt for (repeatable)")
+    p.add_argument(
+        "--until",
+        metavar="TIME|DURATION",
+        help="an end time (2026-11-25T08:00Z) or a duration (2h)",
+    )
+    _option(p, "--config", type=Path)
+    _option(p, "--state-dir", type=Path)
+
+    p = _command(sub, "resume", "end a suspension of enforcement")
+    _option(p, "--config", type=Path)
+    _option(p, "--state-dir", type=Path)
+
+    p = _command(sub, "secret", "encrypt a value for the control repo's data")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _command(
+        actions,
+        "encrypt",
+        "print ENC[AGE,...] for named nodes and roles, or ENC[PKCS7,...] with --eyaml",
+    )
+    _option(p, "--repo", default=".", help="the control repo whose recipients to read (default: .)")
+    _option(p, "--ref")
+    _option(p, "--node", action="append", default=[], help="a node to encrypt for (repeatable)")
     p.add_argument("--role", action="append", default=[], help="a role to encrypt for (repeatable)")
     p.add_argument("--value", help="the value (default: standard input, less one final newline)")
     p.add_argument("--eyaml", action="store_true", help="encrypt for an eyaml key pair instead")
@@ -124,28 +179,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --eyaml: the public key (default: eyaml's, keys/public_key.pkcs7.pem)",
     )
 
-    p = sub.add_parser("daemon", help="run the agent (under systemd)")
-    p.add_argument("--config", type=Path, required=True)
+    p = _command(sub, "daemon", "run the agent (under systemd)")
+    _option(p, "--config", type=Path, required=True)
 
-    p = sub.add_parser("demo", help="run the agent on the bundled example control repo")
-    p.add_argument("--exit-after", type=float, help="stop after this many seconds (for tests)")
+    p = _command(sub, "demo", "run the agent on the bundled example control repo")
+    p.add_argument("--exit-after", type=float, help=argparse.SUPPRESS)  # for tests
 
-    p = sub.add_parser(
-        "init", help="write the daemon's configuration, once the control repo can be read"
-    )
-    p.add_argument("--repo", required=True, help="the control repo's git URL")
-    p.add_argument("--node", required=True, help="this node's name in the control repo")
+    p = _command(sub, "init", "write the daemon's configuration, once the control repo can be read")
+    _option(p, "--repo", required=True, help="the control repo's git URL")
+    _option(p, "--node", required=True, help="this node's name in the control repo")
     p.add_argument("--branch", help="the branch to follow (default: the remote's default)")
-    p.add_argument(
-        "--config", type=Path, default=Path("/etc/reconciler/config.yaml"), help="where to write"
+    _option(
+        p,
+        "--config",
+        type=Path,
+        default=Path("/etc/reconciler/config.yaml"),
+        help="the configuration file to write (default: /etc/reconciler/config.yaml)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing configuration")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds for reading the repo")
     return parser
 
 
+# A reader that went away (`reconciler status | head -1`) ends the command as SIGPIPE ends other
+# tools, 128 + 13, without a word: the shell's pipefail still sees the output was cut short.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is handled below
+        return code
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and print the error: point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         handler = _HANDLERS[args.command]
         return handler(args)
@@ -163,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise
     except Exception as exc:  # a bug or the machine (EMFILE, ENOMEM): said, not a traceback
         from reconciler.source.git import redact
 
@@ -221,14 +298,19 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _repo(values: dict[str, Any]) -> str:
+    """The control repo to read: never the current directory unless the user names it."""
+    if values["repo"] is None:
+        raise ReconcilerError("no control repo: give --repo PATH|URL or --config FILE")
+    return str(values["repo"])
+
+
 def _options(args: argparse.Namespace) -> Any:
     from reconciler.reconcile import RunOptions
 
     values = _settings(args)
-    if values["repo"] is None:
-        raise ReconcilerError("no control repo: give --repo PATH|URL or --config FILE")
     return RunOptions(
-        repo=str(values["repo"]),
+        repo=_repo(values),
         ref=values["ref"],
         node=values["node"],
         root=Path(values["root"]),
@@ -242,6 +324,7 @@ def _options(args: argparse.Namespace) -> Any:
         max_file_size=values["max_file_size"],
         allow_rewind=values["allow_rewind"],
         secrets=values["secrets"],
+        ignore_suspension=getattr(args, "ignore_suspension", False),
     )
 
 
@@ -270,6 +353,13 @@ def _run(args: argparse.Namespace, plan: bool) -> int:
     from reconciler.reconcile import reconcile
 
     outcome = reconcile(_options(args), plan=plan, warn=_warn)
+    if outcome.suspended is not None:
+        s = outcome.suspended
+        _say(
+            f"reconciler: enforcement is suspended ({s.reason}, {s.end()}): running in noop; "
+            "--ignore-suspension to apply anyway",
+            file=sys.stderr,
+        )
     report = outcome.report
     if not outcome.ran or report is None:
         if outcome.problems:
@@ -303,11 +393,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from reconciler.reconcile import RunOptions, gather_facts
 
     values = _settings(args)
-    repo = values["repo"] or "."
-    snapshot = _snapshot(str(repo), values)
-    options = RunOptions(
-        repo=str(repo), facts_file=args.facts_file, facts_dirs=values["facts_dirs"]
-    )
+    repo = _repo(values)
+    snapshot = _snapshot(repo, values)
+    options = RunOptions(repo=repo, facts_file=args.facts_file, facts_dirs=values["facts_dirs"])
     this_node, facts = gather_facts(options, _warn)
     problems = validate_repo(snapshot, facts, this_node)
     for warning in repo_warnings(snapshot):
@@ -345,18 +433,30 @@ def cmd_facts(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from reconciler.engine.state import last_report
+    from reconciler.engine.suspension import current
 
     values = _settings(args)
-    report = last_report(Path(values["state_dir"]), _warn)
-    if report is None:
-        _err(f"no run report in {values['state_dir']} yet")
-        return EXIT_ERROR
+    state_dir = Path(values["state_dir"])
+    report = last_report(state_dir, _warn)
+    suspended = current(state_dir)
     if args.format == "json":
+        if report is None:
+            _err(f"no run report in {state_dir} yet")
+            return EXIT_ERROR
+        if suspended is not None:  # the report as written, and what holds now
+            report = {**report, "suspended": suspended.to_dict()}
         print(json.dumps(report, indent=2))
         return 0
+    if suspended is not None:
+        _say(f"enforcement: {suspended.describe()}")
+    if report is None:
+        _err(f"no run report in {state_dir} yet")
+        return EXIT_ERROR
     summary = report.get("summary", {})
     _say(f"node:      {report.get('node')} (role {report.get('role')})")
-    _say(f"revision:  {report.get('revision') or 'working tree'} ({report.get('branch') or '-'})")
+    revision = report.get("revision") or "working tree"
+    branch = report.get("branch")
+    _say(f"revision:  {revision}" + (f" ({branch})" if branch else ""))
     _say(
         f"last run:  {report.get('started')} in {report.get('duration_seconds', 0):.2f}s"
         f"{' (noop)' if report.get('noop') else ''}"
@@ -364,12 +464,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     _say("resources: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     for item in report.get("resources", []):
         if item.get("status") in ("failed", "would_change", "skipped"):
-            _say(
-                f"  {item['status']:<12} {item['id']}"
-                + (f": {item['error']}" if item.get("error") else "")
-            )
+            _say(f"  {item['status']:<12} {item['id']}" + _indented(": ", item.get("error"), 6))
     for error in report.get("errors", []):
-        _say(f"  error: {error}")
+        _say("  error" + _indented(": ", error, 4))
     apps = report.get("apps") or []
     if apps:
         from reconciler.engine.report import render_apps
@@ -379,6 +476,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             _say("  " + line)
         _print_live_requirements(apps, values)
     return 0
+
+
+def _indented(prefix: str, text: str | None, indent: int) -> str:
+    """``text`` after ``prefix``, its later lines (a command's output) indented under it."""
+    if not text:
+        return ""
+    return prefix + text.replace("\n", "\n" + " " * indent)
 
 
 def _print_live_requirements(apps: list[dict[str, Any]], values: dict[str, Any]) -> None:
@@ -413,15 +517,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from reconciler.resources.base import digest
 
     values = _settings(args)
-    repo = values["repo"] or "."
-    snapshot = _snapshot(str(repo), values)
+    repo = _repo(values)
+    snapshot = _snapshot(repo, values)
     options = RunOptions(
-        repo=str(repo),
+        repo=repo,
         node=values["node"],
         facts_file=args.facts_file,
         facts_dirs=values["facts_dirs"],
     )
     node, facts = gather_facts(options, _warn)
+    if values["node"] is None:
+        _say(f"reconciler: no --node given: explaining for this host, node {node}", file=sys.stderr)
     compiler = Compiler(snapshot)
     revision = snapshot.revision or "working tree"
     profile = args.key.split(".", 1)[0]
@@ -480,7 +586,7 @@ def _explain_merged(found: Found, revision: str, show: Callable[[str], str]) -> 
 
 
 def cmd_suspend(args: argparse.Namespace) -> int:
-    from reconciler.daemon import suspend
+    from reconciler.engine import suspension as suspend
 
     state_dir = Path(_settings(args)["state_dir"])
     until = suspend.parse_until(args.until) if args.until else None
@@ -490,7 +596,7 @@ def cmd_suspend(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from reconciler.daemon import suspend
+    from reconciler.engine import suspension as suspend
 
     state_dir = Path(_settings(args)["state_dir"])
     _say("enforcement resumed" if suspend.resume(state_dir) else "enforcement was not suspended")

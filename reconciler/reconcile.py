@@ -11,6 +11,7 @@ wrong ends as a typed ``Outcome``, never an exception.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import secrets
@@ -27,6 +28,8 @@ from reconciler.apps.store import CoordinationConfig, Store, StoreError, open_st
 from reconciler.engine import state
 from reconciler.engine.report import ResourceResult, RunReport
 from reconciler.engine.run import DEFAULT_WORKERS, converge, execute
+from reconciler.engine.suspension import Suspension
+from reconciler.engine.suspension import current as current_suspension
 from reconciler.errors import (
     LockHeld,
     ModelError,
@@ -75,6 +78,8 @@ class RunOptions:
     # source.allow_rewind: apply a branch moved to a commit not descending from the applied one
     allow_rewind: bool = False
     secrets: SecretsConfig = field(default_factory=SecretsConfig)  # the node's decryption keys
+    # Enforce even while enforcement is suspended (`reconciler suspend`): a run is noop then.
+    ignore_suspension: bool = False
 
 
 Warn = Callable[[str], None]
@@ -156,6 +161,7 @@ class Outcome:
     problems: list[Problem] = field(default_factory=list)
     fetched: bool = False  # the fetch step succeeded (a pinned commit: it was there)
     fetch_seconds: float = 0.0
+    suspended: Suspension | None = None  # the suspension that made an enforcing run noop
 
     @property
     def ran(self) -> bool:
@@ -205,7 +211,8 @@ def reconcile(
     fetch; verify the signature; refuse a rewind from the last applied commit; compile;
     converge; record (the report, and the applied commit). ``pinned`` (the daemon's) names the
     commit to fetch and read from the mirror of ``options.repo``; a ``snapshot`` already open
-    skips fetching. Whatever goes wrong is an ``Outcome``, never an exception: an unexpected
+    skips fetching. While enforcement is suspended, an enforcing run is a noop run (unless
+    ``options.ignore_suspension``), and the outcome names the suspension. Whatever goes wrong is an ``Outcome``, never an exception: an unexpected
     one is an error with its type and message, reported (unless planning) as far as the state
     directory allows.
     """
@@ -216,8 +223,13 @@ def reconcile(
         revision, branch = pinned.commit, pinned.branch
     opened: Snapshot | None = None
     fetch = _Fetch()
+    suspended: Suspension | None = None
     try:
         state.prepare_state_dir(options.state_dir, create=not plan)
+        if not (plan or options.noop or options.ignore_suspension):
+            suspended = current_suspension(options.state_dir)
+            if suspended is not None:
+                options = dataclasses.replace(options, noop=True)
         if snapshot is None:
             t = time.perf_counter()
             if pinned is None:
@@ -281,7 +293,8 @@ def reconcile(
         if report.changed
         else OutcomeKind.IN_SYNC
     )
-    return fetch.mark(Outcome(kind, "", "", report, catalog, revision, branch))
+    outcome = Outcome(kind, "", "", report, catalog, revision, branch, suspended=suspended)
+    return fetch.mark(outcome)
 
 
 @dataclass

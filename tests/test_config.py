@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config import load_config, parse_config, parse_duration
+from reconciler.config import load_config, parse_config
 from reconciler.errors import ConfigError
+from reconciler.units import parse_duration
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "reconciler"
 
-BASE = {"errors", "__version__"}  # anyone may use these
+BASE = {"errors", "units", "__version__"}  # anyone may use these
 # Each layer and the layers it may import besides itself and BASE, lowest first.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),

@@ -184,6 +184,11 @@ def printable_lines(text: str) -> str:
     return "\n".join(printable(line) for line in text.split("\n"))
 
 
+def _hang(text: str, indent: int) -> str:
+    """A message's later lines (a command's output) indented under its first."""
+    return text.replace("\n", "\n" + " " * indent)
+
+
 def _short(value: str | None) -> str | None:
     """Digests shortened for people; reports keep them whole."""
     if value is not None and value.startswith("sha256:") and len(value) > 19:
@@ -239,11 +244,13 @@ def render_text(report: RunReport, colour: bool, plan: bool) -> str:
                     lines.append("      " + paint(diff_line, diff_style))
         error = printable_lines(report.scrub(result.error) or "")
         if result.status == "skipped":
-            lines.append(f"    skipped: {error or None}")
+            lines.append(f"    skipped: {_hang(error or 'None', 6)}")
         elif error:
-            lines.append("    " + paint(f"error: {error}", "fail"))
+            lines.append("    " + paint(f"error: {_hang(error, 6)}", "fail"))
     for message in report.errors:
-        lines.append(paint(f"error: {printable_lines(report.scrub(message) or '')}", "fail"))
+        lines.append(
+            paint(f"error: {_hang(printable_lines(report.scrub(message) or ''), 2)}", "fail")
+        )
     lines += render_apps([_scrubber(report.secrets)(app) for app in report.apps], paint)
     summary = report.summary()
     pending = summary.get("would_change", 0)

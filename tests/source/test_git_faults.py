@@ -17,11 +17,10 @@ from typing import IO
 
 import pytest
 
-from reconciler.config import Verify
 from reconciler.errors import ModelError, SignatureError, SourceError
 from reconciler.source import MAX_FILE_BYTES, MAX_FILES, DirectorySnapshot, GitSnapshot
 from reconciler.source.git import MAX_GIT_OUTPUT, FetchTimeout, Mirror, TooLarge, git_process
-from reconciler.source.verify import verify_commit
+from reconciler.source.verify import Verify, verify_commit
 from tests.conftest import CLI, commit_all, git, write_tree
 from tests.daemon.conftest import GitServer, wait_for
 from tests.source.servers import (
