@@ -24,8 +24,17 @@ from reconciler.model.apps import (
     read_app,
     unmatched_components,
 )
+from reconciler.model.expand import MAX_RESOURCES, for_each_items, with_defaults
 from reconciler.model.repo import DataValue, Profile, Settings, closest, did_you_mean
 from reconciler.model.templates import Renderer
+from reconciler.model.types import (
+    INSTANCE_KEYS,
+    MAX_NESTING,
+    DefinedType,
+    in_instance,
+    read_type,
+    type_names,
+)
 from reconciler.model.yamlload import LocList, LocMap
 from reconciler.resources.base import (
     COMMON_ATTRIBUTES,
@@ -70,6 +79,8 @@ class Catalog:
     deployments: list[Deployment] = field(default_factory=list)
     # The values of sensitive parameters: shown only as digests, wherever they turn up.
     secrets: Secrets = field(default_factory=Secrets)
+    # Each defined type instance ("vhost:shop") and the ids of its resources.
+    groups: dict[str, list[ResourceId]] = field(default_factory=dict)
 
     def order(self) -> list[ResourceId]:
         """A topological order of the ids, stable for equal inputs."""
@@ -183,6 +194,17 @@ def find_cycle(members: set[ResourceId], after: Mapping[ResourceId, set[Resource
 # -- compiling ----------------------------------------------------------------------------------
 
 
+@dataclass
+class Build:
+    """What one catalog's compile keeps across its profiles and apps: the defined type
+    instances (their ids, resources and where each is used), and how many resources and
+    instances were declared (bounded by MAX_RESOURCES)."""
+
+    groups: dict[str, list[ResourceId]] = field(default_factory=dict)
+    used_at: dict[str, Location] = field(default_factory=dict)
+    declared: int = 0
+
+
 class Compiler:
     """Compiles catalogs from one snapshot; caches what does not depend on the node."""
 
@@ -194,6 +216,18 @@ class Compiler:
         self._apps: list[App] | None = None
         self._profile_names: frozenset[str] | None = None
         self._params_named: dict[str, frozenset[str] | None] = {}
+        self._types: dict[str, tuple[DefinedType, list[Problem]]] | None = None
+
+    def read_types(self) -> dict[str, tuple[DefinedType, list[Problem]]]:
+        """Every defined type of the repo, and what is wrong with each file."""
+        if self._types is None:
+            self._types = {
+                name: read_type(self.snapshot, name) for name in type_names(self.snapshot)
+            }
+        return self._types
+
+    def types(self) -> dict[str, DefinedType]:
+        return {name: defined for name, (defined, _) in self.read_types().items()}
 
     def _read_template(self, name: str) -> str:
         path = "templates/" + clean_relpath(name, Location(key="template"))
@@ -233,7 +267,9 @@ class Compiler:
                 continue
             if found:
                 # Not compiled, but what is wrong whatever the values is still reported.
-                problems += found + declaration_problems(profile.resources, profile.file)
+                problems += found + declaration_problems(
+                    profile.resources, profile.file, self.types()
+                )
                 continue
             profiles.append(profile)
         try:
@@ -260,13 +296,21 @@ class Compiler:
         secrets = Secrets(
             leaf for p in resolved for leaf in sensitive_values(p, catalog.params[p.name])
         )
+        build = Build()
         for profile in resolved:
             context = {**base_context, "params": catalog.params[profile.name]}
             taint = Taint(profile.sensitive, frozenset(profile.params), secrets)
             problems += self.add_resources(
-                entries, profile.resources, profile.file, f"profile:{profile.name}", context, taint
+                entries,
+                profile.resources,
+                profile.file,
+                f"profile:{profile.name}",
+                context,
+                taint,
+                build,
             )
-        problems += self.add_deployments(catalog, base_context, Taint(secrets=secrets))
+        problems += self.add_deployments(catalog, base_context, Taint(secrets=secrets), build)
+        catalog.groups = build.groups
         spread_sensitivity(entries)
         catalog.secrets = Secrets(
             [*secrets.values, *(v for e in entries.values() for v in e.resource.secret_values())]
@@ -298,7 +342,7 @@ class Compiler:
         return problems
 
     def add_deployments(
-        self, catalog: Catalog, base_context: Mapping[str, Any], taint: Taint
+        self, catalog: Catalog, base_context: Mapping[str, Any], taint: Taint, build: Build
     ) -> list[Problem]:
         """The resources of every app component this node runs, at the app's version."""
         try:
@@ -311,7 +355,7 @@ class Compiler:
                 if not component.runs_on(catalog.node, catalog.role):
                     continue
                 deployment = Deployment(app, component, [])
-                entries, found = self._compile_component(deployment, base_context, taint)
+                entries, found = self._compile_component(deployment, base_context, taint, build)
                 problems += found
                 for rid, entry in entries.items():
                     other = catalog.entries.get(rid)
@@ -329,7 +373,11 @@ class Compiler:
         return problems
 
     def _compile_component(
-        self, deployment: Deployment, base_context: Mapping[str, Any], taint: Taint = Taint()
+        self,
+        deployment: Deployment,
+        base_context: Mapping[str, Any],
+        taint: Taint = Taint(),
+        build: Build | None = None,
     ) -> tuple[dict[ResourceId, Entry], list[Problem]]:
         """A component's resources, and its health check rendered into ``deployment``.
 
@@ -343,7 +391,7 @@ class Compiler:
         }
         entries: dict[ResourceId, Entry] = {}
         problems = self.add_resources(
-            entries, component.resources, app.file, deployment.origin, context, taint
+            entries, component.resources, app.file, deployment.origin, context, taint, build
         )
         if component.health is not None:
             at = Location(component.where.file, component.where.line, "health")
@@ -425,53 +473,200 @@ class Compiler:
         origin: str,
         context: Mapping[str, Any],
         taint: Taint = Taint(),
+        build: Build | None = None,
+        defaults: Mapping[str, LocMap] | None = None,
+        using: tuple[str, ...] = (),
     ) -> list[Problem]:
+        """Compile declarations into ``entries``: each once, or once per item of its
+        ``for_each``; a use of a defined type adds the resources of the instance.
+
+        ``defaults`` are the profile's, by type; ``using`` the defined types being expanded
+        (to name a type that uses itself)."""
+        build = Build() if build is None else build
+        types = self.types()
         problems: list[Problem] = []
         for index, declaration in enumerate(declarations):
             where = Location(file, declarations.line_of(index))
             try:
-                entry = self.resource(declaration, where, origin, context, taint)
+                kind = declared_type(declaration, where, types)
+                if defaults:
+                    declaration = with_defaults(declaration, defaults.get(kind))
+                contexts: Iterable[Mapping[str, Any]] = (
+                    for_each_items(declaration, file, context, self.renderer.evaluate)
+                    if "for_each" in declaration
+                    else (context,)
+                )
+                first_item: dict[ResourceId, int] = {}
+                for item, item_context in enumerate(contexts):
+                    build.declared += 1
+                    if build.declared > MAX_RESOURCES:
+                        problems.append(
+                            Problem(f"more than {MAX_RESOURCES} resources in one catalog", where)
+                        )
+                        return problems
+                    if kind in types:
+                        problems += self.instance(
+                            entries, declaration, types[kind], where, origin, item_context,
+                            taint, build, using,
+                        )  # fmt: skip
+                        continue
+                    try:
+                        entry = self.resource(
+                            declaration, where, origin, item_context, taint, kind=kind
+                        )
+                    except ModelError as exc:
+                        problems += exc.problems
+                        continue
+                    if entry is None:
+                        continue
+                    rid = entry.resource.id
+                    other = entries.get(rid)
+                    if other is not None:
+                        problems.append(
+                            _duplicate(rid, where, other, first_item.get(rid), item, declaration)
+                        )
+                        continue
+                    first_item[rid] = item
+                    entries[rid] = entry
             except ModelError as exc:
                 problems += exc.problems
-                continue
-            if entry is None:
-                continue
-            rid = entry.resource.id
-            other = entries.get(rid)
-            if other is not None:
-                problems.append(
-                    Problem(f"duplicate resource {rid} (also declared at {other.where})", where)
-                )
-                continue
-            entries[rid] = entry
         return problems
 
-    def resource(
+    def instance(
         self,
-        declaration: Any,
+        entries: dict[ResourceId, Entry],
+        declaration: LocMap,
+        defined: DefinedType,
         where: Location,
         origin: str,
         context: Mapping[str, Any],
-        taint: Taint = Taint(),
-    ) -> Entry | None:
-        """One declaration to a catalog entry; None when its ``when:`` is false."""
-        kind = declared_type(declaration, where)
-        cls = REGISTRY[kind]
-        problems: list[Problem] = []
+        taint: Taint,
+        build: Build,
+        using: tuple[str, ...],
+    ) -> list[Problem]:
+        """Add the resources of one use of a defined type to ``entries``.
+
+        Each gets the instance's relationships and ``noop``; ``<type>:<title>`` names them all
+        as a relationship target. Problems inside the type name the use as well."""
+        kind = defined.name
 
         def at(key: str) -> Location:
             return Location(where.file, declaration.line_of(key), key)
 
-        if "when" in declaration:
-            condition = declaration["when"]
-            if isinstance(condition, bool):
-                holds = condition
-            elif isinstance(condition, str):
-                holds = bool(self.renderer.evaluate(condition, context, at("when")))
-            else:
-                raise ModelError.one("must be an expression or a boolean", at("when"))
-            if not holds:
-                return None
+        if not self._holds(declaration, context, at):
+            return []
+        title = self._title(declaration, kind, context, at, taint)
+        label, ref = f"{kind}[{title}]", f"{kind}:{title}"
+        if kind in using or len(using) >= MAX_NESTING:
+            chain = " -> ".join([*using, kind])
+            why = "use each other" if kind in using else f"nest more than {MAX_NESTING} deep"
+            return [Problem(f"defined types {why}: {chain}", where)]
+        if ref in build.used_at:
+            return [Problem(f"duplicate {ref} (also declared at {build.used_at[ref]})", where)]
+        build.used_at[ref] = where
+        if defined.broken:
+            found = self.read_types()[kind][1]
+            return [Problem(f"{label}: the defined type {kind} has problems", where), *found]
+        problems: list[Problem] = []
+        given: dict[str, Any] = {}
+        for key, raw in declaration.items():
+            if key == kind or key in INSTANCE_KEYS:
+                continue
+            param = defined.params[key]
+            try:
+                value = self.render(raw, context, at(key))
+            except ModelError as exc:
+                problems += exc.problems
+                continue
+            message = param.check(value)
+            if message:
+                problems.append(
+                    Problem(
+                        f"{label}: parameter {key!r} {message} (declared at {param.where})",
+                        at(key),
+                    )
+                )
+            given[key] = value
+        scope = {k: context[k] for k in ("facts", "node", "role", "app") if k in context}
+        scope["title"] = title
+        for name, param in defined.params.items():
+            if name in given:
+                continue
+            if param.required:
+                problems.append(
+                    Problem(f"{label} needs the parameter {name!r} ({param.where})", where)
+                )
+                continue
+            try:
+                given[name] = self.render(
+                    param.default, {**scope, "params": dict(given)}, param.where
+                )
+            except ModelError as exc:
+                problems += [in_instance(p, label, where) for p in exc.problems]
+        relations: dict[str, list[ResourceId]] = {}
+        for relation in RELATIONS:
+            if relation in declaration:
+                try:
+                    value = self.render(declaration[relation], context, at(relation))
+                    relations[relation] = _ids(value, at(relation), self.types())
+                except ModelError as exc:
+                    problems += exc.problems
+        noop = declaration.get("noop", False)
+        if not isinstance(noop, bool):
+            problems.append(Problem("must be true or false", at("noop")))
+        if problems:
+            return problems
+        sensitive = any(
+            self._names_sensitive(value, taint)
+            for key, value in declaration.items()
+            if key not in (kind, "when")
+        )
+        inner: dict[ResourceId, Entry] = {}
+        found = self.add_resources(
+            inner,
+            defined.resources,
+            defined.file,
+            f"{origin}/{label}",
+            {**scope, "params": given},
+            Taint(secrets=taint.secrets),
+            build,
+            None,
+            (*using, kind),
+        )
+        problems += [in_instance(p, label, where) for p in found]
+        for rid, entry in inner.items():
+            for relation, targets in relations.items():
+                entry.relations[relation] = [*entry.relations.get(relation, ()), *targets]
+            entry.noop = entry.noop or noop
+            entry.resource.sensitive = entry.resource.sensitive or sensitive
+            other = entries.get(rid)
+            if other is not None:
+                problems.append(
+                    Problem(
+                        f"duplicate resource {rid} (declared in {label} at {entry.where}; "
+                        f"also declared at {other.where})",
+                        where,
+                    )
+                )
+                continue
+            entries[rid] = entry
+        build.groups[ref] = list(inner)
+        return problems
+
+    def _holds(self, declaration: LocMap, context: Mapping[str, Any], at: Any) -> bool:
+        """Whether a declaration's ``when:`` holds (or it has none)."""
+        if "when" not in declaration:
+            return True
+        condition = declaration["when"]
+        if isinstance(condition, bool):
+            return condition
+        if isinstance(condition, str):
+            return bool(self.renderer.evaluate(condition, context, at("when")))
+        raise ModelError.one("must be an expression or a boolean", at("when"))
+
+    def _title(
+        self, declaration: LocMap, kind: str, context: Mapping[str, Any], at: Any, taint: Taint
+    ) -> str:
         title = self.render(declaration[kind], context, at(kind))
         if not isinstance(title, str | int) or isinstance(title, bool) or str(title) == "":
             raise ModelError.one("the title must be a non-empty string", at(kind))
@@ -483,9 +678,33 @@ class Compiler:
                 "put the value in an attribute",
                 at(kind),
             )
+        return title
+
+    def resource(
+        self,
+        declaration: Any,
+        where: Location,
+        origin: str,
+        context: Mapping[str, Any],
+        taint: Taint = Taint(),
+        kind: str | None = None,
+    ) -> Entry | None:
+        """One declaration of a built-in type to a catalog entry; None when its ``when:`` is
+        false. ``kind``: its type, when the declaration was already checked."""
+        if kind is None:
+            kind = declared_type(declaration, where)
+        cls = REGISTRY[kind]
+        problems: list[Problem] = []
+
+        def at(key: str) -> Location:
+            return Location(where.file, declaration.line_of(key), key)
+
+        if not self._holds(declaration, context, at):
+            return None
+        title = self._title(declaration, kind, context, at, taint)
         attrs: dict[str, Any] = {}
         for key, raw in declaration.items():
-            if key in (kind, "when"):
+            if key in (kind, "when", "for_each"):
                 continue
             try:
                 attrs[key] = self.render(raw, context, at(key))
@@ -499,7 +718,7 @@ class Compiler:
         relations: dict[str, list[ResourceId]] = {}
         for relation in RELATIONS:
             if relation in attrs:
-                relations[relation] = _ids(attrs.pop(relation), at(relation))
+                relations[relation] = _ids(attrs.pop(relation), at(relation), self.types())
         noop = attrs.pop("noop", False)
         declared = attrs.pop("sensitive", False)
         for key, value in (("noop", noop), ("sensitive", declared)):
@@ -615,19 +834,24 @@ class Compiler:
             attrs["content"] = self.renderer.render_file(name, context, at("template"))
 
 
-def declared_type(declaration: Any, where: Location) -> str:
+def declared_type(
+    declaration: Any, where: Location, types: Mapping[str, DefinedType] | None = None
+) -> str:
     """The type of one resource declaration, once what needs no values is checked: that it is a
-    mapping that names a type, with no attribute that type lacks. A ModelError otherwise.
+    mapping that names a type (built-in or defined in ``types``), with no attribute (or
+    parameter) that type lacks. A ModelError otherwise.
 
     Compiling checks this before ``when:``, and validate checks it for every declaration of the
     repo, so a misspelling is reported whichever nodes the resource is for."""
     if not isinstance(declaration, LocMap):
         raise ModelError.one("a resource must be a mapping like '- file: /etc/motd'", where)
-    kind = resource_type(declaration, where)
+    kind = resource_type(declaration, where, types)
+    if types is not None and kind in types:
+        return _instance_keys(declaration, types[kind], where)
     known = attribute_names(kind)
     problems = []
     for key in declaration:
-        if key in (kind, "when") or key in COMMON_ATTRIBUTES or key in known:
+        if key in (kind, "when", "for_each") or key in COMMON_ATTRIBUTES or key in known:
             continue
         close = closest(key, [*known, *COMMON_ATTRIBUTES])
         hint = (
@@ -647,22 +871,46 @@ def declared_type(declaration: Any, where: Location) -> str:
     return kind
 
 
-def declaration_problems(declarations: LocList, file: str) -> list[Problem]:
+def _instance_keys(declaration: LocMap, defined: DefinedType, where: Location) -> str:
+    """The type of a use of a defined type, once its keys are checked against its parameters."""
+    if defined.broken:
+        return defined.name
+    known = [*defined.params, *sorted(INSTANCE_KEYS)]
+    problems = [
+        Problem(
+            f"unknown parameter {key!r} for {defined.name} ({defined.file})"
+            f"{did_you_mean(key, known)}",
+            Location(where.file, declaration.line_of(key), str(key)),
+        )
+        for key in declaration
+        if key != defined.name and key not in INSTANCE_KEYS and key not in defined.params
+    ]
+    if problems:
+        raise ModelError(problems)
+    return defined.name
+
+
+def declaration_problems(
+    declarations: LocList, file: str, types: Mapping[str, DefinedType] | None = None
+) -> list[Problem]:
     """What is wrong with a list of resource declarations whatever the node and its values."""
     problems: list[Problem] = []
     for index, declaration in enumerate(declarations):
         try:
-            declared_type(declaration, Location(file, declarations.line_of(index)))
+            declared_type(declaration, Location(file, declarations.line_of(index)), types)
         except ModelError as exc:
             problems += exc.problems
     return problems
 
 
-def resource_type(declaration: LocMap, where: Location) -> str:
-    """The type a resource mapping names: its first key. A mapping whose first key is not a
-    type but which has exactly one type key elsewhere is read the old way, by that key."""
+def resource_type(
+    declaration: LocMap, where: Location, defined: Mapping[str, DefinedType] | None = None
+) -> str:
+    """The type a resource mapping names: its first key (a built-in type or one of the
+    ``defined`` types). A mapping whose first key is not a type but which has exactly one
+    built-in type key elsewhere is read the old way, by that key."""
     first = declaration.first
-    if first in REGISTRY:
+    if first in REGISTRY or (defined is not None and first in defined):
         return str(first)
     types = [str(key) for key in declaration if key in REGISTRY]
     if len(types) == 1:
@@ -676,8 +924,9 @@ def resource_type(declaration: LocMap, where: Location) -> str:
             where,
         )
     unknown = [k for k in declaration if k not in COMMON_ATTRIBUTES]
-    close = next((c for k in unknown if (c := closest(k, REGISTRY)) is not None), None)
-    hint = f"did you mean {close!r}?" if close else f"types: {', '.join(sorted(REGISTRY))}"
+    kinds = [*REGISTRY, *(defined or ())]
+    close = next((c for k in unknown if (c := closest(k, kinds)) is not None), None)
+    hint = f"did you mean {close!r}?" if close else f"types: {', '.join(sorted(kinds))}"
     raise ModelError.one(
         f"no resource type among the keys {sorted(map(str, declaration))} ({hint})"
         if unknown
@@ -702,11 +951,12 @@ def attribute_names(kind: str) -> list[str]:
     return sorted(names)
 
 
-def _ids(value: Any, where: Location) -> list[ResourceId]:
+def _ids(value: Any, where: Location, types: Mapping[str, Any] | None = None) -> list[ResourceId]:
     items = value if isinstance(value, list) else [value]
     ids: list[ResourceId] = []
     for item in items:
-        if not isinstance(item, str) or ":" not in item or item.split(":", 1)[0] not in REGISTRY:
+        kind = item.split(":", 1)[0] if isinstance(item, str) and ":" in item else None
+        if kind is None or (kind not in REGISTRY and (types is None or kind not in types)):
             raise ModelError.one(
                 f"{item!r} is not a resource id like 'package:nginx' or 'file:/etc/motd'", where
             )
@@ -762,8 +1012,8 @@ def link(catalog: Catalog) -> None:
     refreshes: dict[ResourceId, set[ResourceId]] = {}
     problems: list[Problem] = []
     for rid, entry in entries.items():
-        for relation, targets in entry.relations.items():
-            for target in targets:
+        for relation, named in entry.relations.items():
+            for target in _members(named, catalog.groups):
                 if target not in entries:
                     problems.append(
                         Problem(
@@ -798,6 +1048,30 @@ def link(catalog: Catalog) -> None:
     catalog.after = after
     catalog.refreshes = refreshes
     catalog.order()  # raises on a cycle
+
+
+def _duplicate(
+    rid: ResourceId,
+    where: Location,
+    other: Entry,
+    first: int | None,
+    item: int,
+    declaration: LocMap,
+) -> Problem:
+    if first is not None:
+        return Problem(
+            f"for_each gives {rid} twice (items {first} and {item}): titles must be unique",
+            Location(where.file, declaration.line_of("for_each"), "for_each"),
+        )
+    return Problem(f"duplicate resource {rid} (also declared at {other.where})", where)
+
+
+def _members(named: list[ResourceId], groups: Mapping[str, list[ResourceId]]) -> list[str]:
+    """Relationship targets with each defined type instance (``vhost:shop``) replaced by its
+    resources."""
+    if not groups:
+        return named
+    return [member for target in named for member in groups.get(target, [target])]
 
 
 def _close_id(target: ResourceId, ids: Iterable[ResourceId], own: ResourceId) -> str:
@@ -872,6 +1146,10 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
                 compiler.read_profile(name, where)
             except ModelError as exc:
                 problems += exc.problems
+    for defined, found in compiler.read_types().values():
+        problems += found
+        if not found:
+            problems += declaration_problems(defined.resources, defined.file, compiler.types())
     profiles: dict[str, Profile] = {}
     for name in repomod.names_of(snapshot, "profile"):
         try:
@@ -879,7 +1157,7 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
         except ModelError as exc:
             problems += exc.problems
             continue
-        problems += found + declaration_problems(profile.resources, profile.file)
+        problems += found + declaration_problems(profile.resources, profile.file, compiler.types())
         if not found:
             profiles[name] = profile
     for path in snapshot.files("data"):
@@ -904,7 +1182,7 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
         except ModelError:
             continue
         for component in app.components:
-            problems += declaration_problems(component.resources, app.file)
+            problems += declaration_problems(component.resources, app.file, compiler.types())
     problems += compiler.check_apps(node, facts)
     return tidy(problems)
 

@@ -1,0 +1,265 @@
+"""Reuse and generation through the real CLI: defined types, for_each, included profiles,
+defaults per profile and assertions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import CLI
+
+VHOST = """\
+params:
+  port: {type: integer, default: 80}
+  docroot: "/srv/www/{{ title }}"
+  aliases: {type: list, default: []}
+resources:
+  - directory: "{{ params.docroot }}"
+  - file: "/etc/nginx/sites/{{ title }}.conf"
+    content: |
+      server {{ title }} {{ params.aliases | join(' ') }}
+      listen {{ params.port }}
+      root {{ params.docroot }}
+    notify: exec:reload-nginx
+"""
+
+WEB = {
+    "nodes.yaml": "default: web\n",
+    "roles/web.yaml": "profiles: [web]\n",
+    "types/vhost.yaml": VHOST,
+}
+
+
+def ids(done: Any) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for r in json.loads(done.stdout)["resources"]}
+
+
+class TestDefinedTypes:
+    def test_a_type_used_twice_makes_two_sets_of_resources(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                **WEB,
+                "profiles/web.yaml": """
+                    resources:
+                      - directory: /etc/nginx
+                      - directory: /etc/nginx/sites
+                      - directory: /srv/www
+                      - vhost: shop
+                        port: 8080
+                        aliases: [www.shop.test]
+                      - vhost: blog
+                      - exec: reload-nginx
+                        command: "echo reloaded >> $RECONCILER_ROOT/var/log/reloads"
+                        refreshonly: true
+                """,
+            }
+        )
+        done = cli.run("apply", repo, "--node", "w1", "--format", "json", check=2)
+        assert {"file:/etc/nginx/sites/shop.conf", "file:/etc/nginx/sites/blog.conf"} <= set(
+            ids(done)
+        )
+        assert (cli.root / "etc/nginx/sites/shop.conf").read_text() == (
+            "server shop www.shop.test\nlisten 8080\nroot /srv/www/shop\n"
+        )
+        assert (cli.root / "etc/nginx/sites/blog.conf").read_text() == (
+            "server blog \nlisten 80\nroot /srv/www/blog\n"
+        )
+        assert (cli.root / "srv/www/shop").is_dir() and (cli.root / "srv/www/blog").is_dir()
+        assert (cli.root / "var/log/reloads").read_text() == "reloaded\n"
+        cli.run("apply", repo, "--node", "w1", check=0)
+
+    def test_a_relationship_to_an_instance_reaches_each_of_its_resources(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                **WEB,
+                "types/vhost.yaml": VHOST.replace("    notify: exec:reload-nginx\n", ""),
+                "profiles/web.yaml": """
+                    resources:
+                      - exec: check-sites
+                        command: "ls $RECONCILER_ROOT/etc/nginx/sites > $RECONCILER_ROOT/var/log/sites"
+                        creates: /var/log/sites
+                        require: vhost:shop
+                      - directory: /etc/nginx
+                      - directory: /etc/nginx/sites
+                      - directory: /srv/www
+                      - vhost: shop
+                        before: file:/etc/motd
+                      - file: /etc/motd
+                        content: "after shop\\n"
+                """,
+            }
+        )
+        done = cli.run("apply", repo, "--node", "w1", "--format", "json", check=2)
+        order = [r["id"] for r in json.loads(done.stdout)["resources"]]
+        for member in ("directory:/srv/www/shop", "file:/etc/nginx/sites/shop.conf"):
+            assert order.index(member) < order.index("exec:check-sites")
+            assert order.index(member) < order.index("file:/etc/motd")
+        assert (cli.root / "var/log/sites").read_text() == "shop.conf\n"
+
+    def test_errors_in_an_instance_name_the_use_and_the_definition(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                **WEB,
+                "types/vhost.yaml": VHOST + "  - file: /etc/x\n    content: '{{ params.nope }}'\n",
+                "profiles/web.yaml": """
+                    resources:
+                      - vhost: shop
+                        port: "eighty"
+                      - vhost: blog
+                        prot: 81
+                """,
+            }
+        )
+        done = cli.run("apply", repo, "--node", "w1", check=1)
+        assert (
+            "profiles/web.yaml:3, key 'port': vhost[shop]: parameter 'port' must be an integer, "
+            "not a string (declared at types/vhost.yaml:2, key 'params.port')" in done.stderr
+        )
+        assert (
+            "profiles/web.yaml:5, key 'prot': unknown parameter 'prot' for vhost "
+            "(types/vhost.yaml) (did you mean 'port'?)" in done.stderr
+        )
+        repo = make_repo(
+            {
+                **WEB,
+                "types/vhost.yaml": VHOST + "  - file: /etc/x\n    content: '{{ params.nope }}'\n",
+                "profiles/web.yaml": "resources:\n  - vhost: shop\n",
+            },
+            name="repo2",
+        )
+        done = cli.run("apply", repo, "--node", "w1", check=1)
+        assert "types/vhost.yaml:14, key 'content': expression error:" in done.stderr
+        assert "(in vhost[shop], used at profiles/web.yaml:2)" in done.stderr
+
+    def test_a_type_named_like_a_builtin_and_types_using_each_other_are_errors(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                **WEB,
+                "types/file.yaml": "resources: []\n",
+                "types/a.yaml": "resources:\n  - b: '{{ title }}'\n",
+                "types/b.yaml": "resources:\n  - a: '{{ title }}'\n",
+                "profiles/web.yaml": "resources:\n  - a: one\n",
+            }
+        )
+        done = cli("validate", "--repo", str(repo), "--node", "w1", check=1)
+        assert "types/file.yaml: a defined type may not be named like the built-in type 'file'" in (
+            done.stdout + done.stderr
+        )
+        done = cli.run("apply", repo, "--node", "w1", check=1)
+        assert "defined types use each other: a -> b -> a" in done.stderr
+
+    def test_two_instances_declaring_one_file_is_an_error_naming_both(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                **WEB,
+                "types/motd.yaml": "resources:\n  - file: /etc/motd\n    content: '{{ title }}'\n",
+                "profiles/web.yaml": "resources:\n  - motd: one\n  - motd: two\n  - motd: one\n",
+            }
+        )
+        done = cli.run("apply", repo, "--node", "w1", check=1)
+        assert (
+            "profiles/web.yaml:3: duplicate resource file:/etc/motd (declared in motd[two] at "
+            "types/motd.yaml:2; also declared at types/motd.yaml:2)" in done.stderr
+        )
+        assert "profiles/web.yaml:4: duplicate motd:one (also declared at profiles/web.yaml:2)" in (
+            done.stderr
+        )
+
+
+class TestForEach:
+    REPO = {
+        "nodes.yaml": "default: web\n",
+        "roles/web.yaml": "profiles: [users]\n",
+        "types/site.yaml": "params:\n  port: 80\nresources:\n"
+        "  - file: '/etc/sites/{{ title }}'\n    content: '{{ params.port }}'\n",
+    }
+
+    def test_resources_from_a_list_and_a_mapping_in_data(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                **self.REPO,
+                "profiles/users.yaml": """
+                    params:
+                      motd_lines: []
+                      sites: {}
+                    resources:
+                      - directory: /etc/sites
+                      - file: "/etc/motd.d/{{ item }}"
+                        for_each: params.motd_lines
+                        content: "{{ item | upper }}\\n"
+                        when: "item != 'skip'"
+                      - directory: /etc/motd.d
+                      - site: "{{ key }}"
+                        for_each: "{{ params.sites }}"
+                        port: "{{ item.port }}"
+                """,
+                "data/common.yaml": """
+                    users:
+                      motd_lines: [hello, world, skip]
+                      sites: {shop: {port: 8080}, blog: {port: 8081}}
+                """,
+            }
+        )
+        cli.run("apply", repo, "--node", "w1", check=2)
+        assert sorted(p.name for p in (cli.root / "etc/motd.d").iterdir()) == ["hello", "world"]
+        assert (cli.root / "etc/motd.d/world").read_text() == "WORLD\n"
+        assert (cli.root / "etc/sites/shop").read_text() == "8080"
+        assert (cli.root / "etc/sites/blog").read_text() == "8081"
+        cli.run("apply", repo, "--node", "w1", check=0)
+
+    def test_titles_must_stay_unique_and_the_value_must_be_a_list_or_mapping(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                **self.REPO,
+                "profiles/users.yaml": """
+                    resources:
+                      - file: "/etc/{{ item | lower }}"
+                        for_each: [a, B, b]
+                      - file: /etc/x
+                        for_each: "facts.processors"
+                """,
+            }
+        )
+        facts = make_repo({"facts.yaml": "processors: 4\n"}, name="facts")
+        done = cli.run("apply", repo, "--node", "w1", "--facts", str(facts / "facts.yaml"), check=1)
+        assert (
+            "profiles/users.yaml:3, key 'for_each': for_each gives file:/etc/b twice "
+            "(items 1 and 2): titles must be unique" in done.stderr
+        )
+        assert (
+            "profiles/users.yaml:5, key 'for_each': for_each must give a list or a mapping, "
+            "not an integer" in done.stderr
+        )
+
+    def test_a_huge_for_each_is_refused(self, cli: CLI, make_repo: Callable[..., Path]) -> None:
+        repo = make_repo(
+            {
+                **self.REPO,
+                "profiles/users.yaml": """
+                    resources:
+                      - file: "/etc/f{{ item }}"
+                        for_each: "(range(60000) | list) + (range(40001) | list)"
+                """,
+            }
+        )
+        done = cli.run("apply", repo, "--node", "w1", check=1)
+        assert (
+            "profiles/users.yaml:3, key 'for_each': for_each gives 100001 items; at most 100000 "
+            "are allowed" in done.stderr
+        )
