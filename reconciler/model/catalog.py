@@ -49,6 +49,7 @@ from reconciler.resources.base import (
 from reconciler.source import Snapshot, clean_relpath
 
 RELATIONS = ("require", "before", "notify", "subscribe")
+MAX_INCLUDE_DEPTH = 64
 
 
 @dataclass
@@ -217,6 +218,7 @@ class Compiler:
         self._profile_names: frozenset[str] | None = None
         self._params_named: dict[str, frozenset[str] | None] = {}
         self._types: dict[str, tuple[DefinedType, list[Problem]]] | None = None
+        self._type_map: dict[str, DefinedType] | None = None
 
     def read_types(self) -> dict[str, tuple[DefinedType, list[Problem]]]:
         """Every defined type of the repo, and what is wrong with each file."""
@@ -227,7 +229,10 @@ class Compiler:
         return self._types
 
     def types(self) -> dict[str, DefinedType]:
-        return {name: defined for name, (defined, _) in self.read_types().items()}
+        """Every defined type of the repo by name (a broken one marked ``broken``)."""
+        if self._type_map is None:
+            self._type_map = {name: found[0] for name, found in self.read_types().items()}
+        return self._type_map
 
     def _read_template(self, name: str) -> str:
         path = "templates/" + clean_relpath(name, Location(key="template"))
@@ -250,6 +255,103 @@ class Compiler:
             self._profiles[name] = repomod.read_profile(self.snapshot, name, where)
         return self._profiles[name]
 
+    def included(self, named: list[tuple[str, Location]]) -> tuple[list[Profile], list[Problem]]:
+        """The profiles a role names and those they include, each once, a profile after those
+        it includes; profiles that include each other are an error naming them in order."""
+        profiles: list[Profile] = []
+        problems: list[Problem] = []
+        done: set[str] = set()
+
+        def visit(name: str, where: Location, chain: tuple[str, ...]) -> None:
+            if name in chain:
+                cycle = " -> ".join([*chain[chain.index(name) :], name])
+                problems.append(Problem(f"profiles include each other: {cycle}", where))
+                return
+            if name in done:
+                return
+            if len(chain) >= MAX_INCLUDE_DEPTH:
+                problems.append(
+                    Problem(f"includes nest more than {MAX_INCLUDE_DEPTH} profiles deep", where)
+                )
+                return
+            done.add(name)
+            try:
+                profile, found = self.read_profile(name, where)
+            except ModelError as exc:
+                problems.extend(exc.problems)
+                return
+            if found:
+                # Not compiled, but what is wrong whatever the values is still reported.
+                problems.extend(found)
+                problems.extend(declaration_problems(profile.resources, profile.file, self.types()))
+                return
+            for other, at in profile.includes:
+                visit(other, at, (*chain, name))
+            profiles.append(profile)
+
+        for name, where in named:
+            visit(name, where, ())
+        return profiles, problems
+
+    def check_assertions(
+        self, assertions: LocList, file: str, context: Mapping[str, Any]
+    ) -> list[Problem]:
+        """A problem with its message for each ``assert:`` of a role or profile that fails."""
+        problems: list[Problem] = []
+        for index, item in enumerate(assertions):
+            if not isinstance(item, LocMap) or "that" not in item or "message" not in item:
+                continue  # reported when the file is read
+            where = Location(file, assertions.line_of(index), "assert")
+            try:
+                that = item["that"]
+                holds = (
+                    that
+                    if isinstance(that, bool)
+                    else self.renderer.evaluate(
+                        str(that), context, Location(file, item.line_of("that"), "that")
+                    )
+                )
+                if not holds:
+                    at = Location(file, item.line_of("message"), "message")
+                    problems.append(
+                        Problem(
+                            f"assertion failed: {self.render(item['message'], context, at)}", where
+                        )
+                    )
+            except ModelError as exc:
+                problems += exc.problems
+        return problems
+
+    def defaults_problems(self, profile: Profile) -> list[Problem]:
+        """What is wrong with a profile's ``defaults:``: a type that does not exist, an
+        attribute (or parameter) that type lacks."""
+        problems: list[Problem] = []
+        types = self.types()
+        for kind, attrs in profile.defaults.items():
+            at = Location(profile.file, attrs.line, f"defaults.{kind}")
+            if kind not in REGISTRY and kind not in types:
+                close = did_you_mean(kind, [*REGISTRY, *types])
+                problems.append(Problem(f"no type named {kind!r}{close}", at))
+                continue
+            for key in ("for_each", kind):
+                if key in attrs:
+                    problems.append(
+                        Problem(
+                            f"{key!r} cannot have a default",
+                            Location(profile.file, attrs.line_of(key), f"defaults.{kind}.{key}"),
+                        )
+                    )
+            probe = LocMap.empty(attrs.line)
+            probe[kind] = "defaults"
+            probe.first = kind
+            probe.update((k, v) for k, v in attrs.items() if k not in ("for_each", kind))
+            probe.lines = dict(attrs.lines)
+            try:
+                declared_type(probe, at, types)
+            except ModelError as exc:
+                problems += exc.problems
+        return problems
+
     def compile(self, node: str, facts: Mapping[str, Any]) -> Catalog:
         classification = repomod.classify(self.snapshot, node, facts)
         return self.compile_role(node, classification.role, classification.where, facts)
@@ -258,20 +360,8 @@ class Compiler:
         self, node: str, role: str, where: Location, facts: Mapping[str, Any]
     ) -> Catalog:
         named, problems = repomod.read_role(self.snapshot, role, where)
-        profiles: list[Profile] = []
-        for name, line in named:
-            try:
-                profile, found = self.read_profile(name, line)
-            except ModelError as exc:
-                problems += exc.problems
-                continue
-            if found:
-                # Not compiled, but what is wrong whatever the values is still reported.
-                problems += found + declaration_problems(
-                    profile.resources, profile.file, self.types()
-                )
-                continue
-            profiles.append(profile)
+        profiles, found = self.included(named)
+        problems += found
         try:
             data = repomod.load_data(self.snapshot, self.settings, node, role, facts)
         except ModelError as exc:  # a data file that does not parse hides no other problem
@@ -285,6 +375,14 @@ class Compiler:
             node, role, self.snapshot.revision, self.snapshot.branch, self.settings, entries, {}, {}
         )
         base_context = {"facts": facts, "node": node, "role": role}
+        try:
+            problems += self.check_assertions(
+                repomod.role_assertions(self.snapshot, role, where),
+                f"roles/{role}.yaml",
+                base_context,
+            )
+        except ModelError as exc:
+            problems += exc.problems
         resolved: list[Profile] = []
         for profile in profiles:
             try:
@@ -293,6 +391,9 @@ class Compiler:
                 problems += exc.problems
                 continue
             resolved.append(profile)
+            context = {**base_context, "params": catalog.params[profile.name]}
+            problems += self.check_assertions(profile.assertions, profile.file, context)
+            problems += self.defaults_problems(profile)
         secrets = Secrets(
             leaf for p in resolved for leaf in sensitive_values(p, catalog.params[p.name])
         )
@@ -308,6 +409,7 @@ class Compiler:
                 context,
                 taint,
                 build,
+                profile.defaults,
             )
         problems += self.add_deployments(catalog, base_context, Taint(secrets=secrets), build)
         catalog.groups = build.groups
@@ -572,7 +674,9 @@ class Compiler:
         for key, raw in declaration.items():
             if key == kind or key in INSTANCE_KEYS:
                 continue
-            param = defined.params[key]
+            param = defined.params.get(key)
+            if param is None:
+                continue  # a default of the profile for a parameter the type lacks: reported
             try:
                 value = self.render(raw, context, at(key))
             except ModelError as exc:
@@ -1158,6 +1262,8 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
             problems += exc.problems
             continue
         problems += found + declaration_problems(profile.resources, profile.file, compiler.types())
+        problems += compiler.included([(name, Location(profile.file))])[1]
+        problems += compiler.defaults_problems(profile)
         if not found:
             profiles[name] = profile
     for path in snapshot.files("data"):

@@ -268,7 +268,8 @@ def read_role(
     the role's file, which does not keep its profiles from being read. A role without
     ``profiles`` has none. A ModelError only when the role cannot be read at all."""
     path, raw = _read_named(snapshot, "role", role, where)
-    problems = unknown_keys(raw, {"profiles", "description"}, path, "a role")
+    problems = unknown_keys(raw, {"profiles", "description", "assert"}, path, "a role")
+    problems += assertion_problems(raw, path)
     profiles = raw.get("profiles")
     if profiles is None:
         profiles = LocList.empty()
@@ -284,6 +285,11 @@ def read_role(
     return named, [Problem(p.message, p.where, "validate") for p in problems]
 
 
+def role_assertions(snapshot: Snapshot, role: str, where: Location) -> LocList:
+    """The ``assert:`` list of a role."""
+    return assertions(_read_named(snapshot, "role", role, where)[1])
+
+
 @dataclass
 class Profile:
     name: str
@@ -291,6 +297,37 @@ class Profile:
     params: LocMap
     resources: LocList
     sensitive: frozenset[str] = frozenset()
+    includes: list[tuple[str, Location]] = field(default_factory=list)
+    defaults: dict[str, LocMap] = field(default_factory=dict)  # type -> attribute -> value
+    assertions: LocList = field(default_factory=LocList.empty)
+
+
+def assertions(raw: LocMap) -> LocList:
+    """The ``assert:`` list of a role or profile (empty when it is missing or malformed)."""
+    found = raw.get("assert")
+    return found if isinstance(found, LocList) else LocList.empty(raw.line)
+
+
+def assertion_problems(raw: LocMap, path: str) -> list[Problem]:
+    """``assert: [{that: EXPR, message: TEXT}, ...]``, checked whatever the values."""
+    if "assert" not in raw:
+        return []
+    found = raw["assert"]
+    at = Location(path, raw.line_of("assert"), "assert")
+    if not isinstance(found, LocList):
+        return [Problem("must be a list of {that: EXPRESSION, message: TEXT}", at)]
+    problems: list[Problem] = []
+    for index, item in enumerate(found):
+        where = Location(path, found.line_of(index), f"assert[{index}]")
+        if not isinstance(item, LocMap):
+            problems.append(Problem("must be a mapping {that: EXPRESSION, message: TEXT}", where))
+            continue
+        problems += unknown_keys(item, {"that", "message"}, path, "an assertion")
+        if not isinstance(item.get("that"), str | bool):
+            problems.append(Problem("'that' must be an expression", where))
+        if not isinstance(item.get("message"), str) or not item["message"]:
+            problems.append(Problem("'message' must be a text", where))
+    return problems
 
 
 def load_profile(snapshot: Snapshot, name: str, where: Location) -> Profile:
@@ -304,8 +341,44 @@ def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profil
     """A profile and what is wrong with its file; a ModelError only when it cannot be read."""
     path, raw = _read_named(snapshot, "profile", name, where)
     problems = unknown_keys(
-        raw, {"params", "resources", "description", "sensitive_params"}, path, "a profile"
+        raw,
+        {"params", "resources", "description", "sensitive_params", "include", "defaults", "assert"},
+        path,
+        "a profile",
     )
+    problems += assertion_problems(raw, path)
+    includes = raw.get("include", LocList.empty(raw.line))
+    if isinstance(includes, str):
+        includes = LocList([includes])
+        includes.line, includes.lines = raw.line_of("include"), [raw.line_of("include")]
+    if not isinstance(includes, LocList) or not all(isinstance(i, str) for i in includes):
+        problems.append(
+            Problem(
+                "must be a list of profile names",
+                Location(path, raw.line_of("include"), "include"),
+            )
+        )
+        includes = LocList.empty(raw.line)
+    defaults: dict[str, LocMap] = {}
+    given = raw.get("defaults")
+    if given is not None and not isinstance(given, LocMap):
+        problems.append(
+            Problem(
+                "must be a mapping of types to attributes, like {file: {owner: root}}",
+                Location(path, raw.line_of("defaults"), "defaults"),
+            )
+        )
+    elif given is not None:
+        for kind, attrs in given.items():
+            if not isinstance(attrs, LocMap):
+                problems.append(
+                    Problem(
+                        "must be a mapping of attributes",
+                        Location(path, given.line_of(kind), f"defaults.{kind}"),
+                    )
+                )
+                continue
+            defaults[str(kind)] = attrs
     params = raw.get("params")
     try:
         params = expect_map(params, Location(path, raw.line_of("params"), "params"), "params")
@@ -337,7 +410,16 @@ def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profil
                     Location(path, raw.line_of("sensitive_params"), "sensitive_params"),
                 )
             )
-    profile = Profile(name, path, params, resources, frozenset(sensitive))
+    profile = Profile(
+        name,
+        path,
+        params,
+        resources,
+        frozenset(sensitive),
+        [(n, Location(path, includes.line_of(i), "include")) for i, n in enumerate(includes)],
+        defaults,
+        assertions(raw),
+    )
     return profile, [Problem(p.message, p.where, "validate") for p in problems]
 
 

@@ -263,3 +263,117 @@ class TestForEach:
             "profiles/users.yaml:3, key 'for_each': for_each gives 100001 items; at most 100000 "
             "are allowed" in done.stderr
         )
+
+
+class TestProfiles:
+    def test_included_profiles_join_once_and_defaults_apply_to_the_profile(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                "nodes.yaml": "default: web\n",
+                "roles/web.yaml": "profiles: [web, base]\n",
+                "profiles/base.yaml": """
+                    include: [motd]
+                    resources:
+                      - file: /etc/base
+                        content: "base\\n"
+                """,
+                "profiles/motd.yaml": """
+                    params:
+                      text: hello
+                    resources:
+                      - file: /etc/motd
+                        content: "{{ params.text }}\\n"
+                """,
+                "profiles/web.yaml": """
+                    include: [base, motd]
+                    defaults:
+                      file: {mode: "0600"}
+                    resources:
+                      - file: /etc/web
+                        content: "web\\n"
+                      - file: /etc/web-public
+                        content: "public\\n"
+                        mode: "0644"
+                """,
+                "data/common.yaml": "motd: {text: from data}\n",
+            }
+        )
+        done = cli.run("apply", repo, "--node", "w1", "--format", "json", check=2)
+        order = [r["id"] for r in json.loads(done.stdout)["resources"]]
+        assert order == [
+            "file:/etc/motd",
+            "file:/etc/base",
+            "file:/etc/web",
+            "file:/etc/web-public",
+        ]
+        assert (cli.root / "etc/motd").read_text() == "from data\n"
+        assert (cli.root / "etc/web").stat().st_mode & 0o777 == 0o600
+        assert (cli.root / "etc/web-public").stat().st_mode & 0o777 == 0o644
+        assert (cli.root / "etc/base").stat().st_mode & 0o777 != 0o600  # not web's defaults
+
+    def test_include_cycles_and_bad_defaults_are_named(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                "nodes.yaml": "default: web\n",
+                "roles/web.yaml": "profiles: [a]\n",
+                "profiles/a.yaml": "include: [b]\n",
+                "profiles/b.yaml": "include: [c]\n",
+                "profiles/c.yaml": "include: [a]\ndefaults:\n  file: {ownr: root}\n  fiel: {}\n",
+            }
+        )
+        done = cli.run("apply", repo, "--node", "w1", check=1)
+        assert (
+            "profiles/c.yaml:1, key 'include': profiles include each other: a -> b -> c -> a"
+            in done.stderr
+        )
+        assert (
+            "profiles/c.yaml:3, key 'ownr': unknown attribute 'ownr' for file "
+            "(did you mean 'owner'?)" in done.stderr
+        )
+        assert "profiles/c.yaml:4, key 'defaults.fiel': no type named 'fiel' (did you mean " in (
+            done.stderr
+        )
+
+
+class TestAssertions:
+    def test_a_failing_assertion_stops_the_compile_with_its_message(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                "nodes.yaml": "default: web\n",
+                "roles/web.yaml": """
+                    profiles: [web]
+                    assert:
+                      - that: "node.startswith('w')"
+                        message: "web nodes are named w*, not {{ node }}"
+                """,
+                "profiles/web.yaml": """
+                    params:
+                      port: 80
+                    assert:
+                      - that: "params.port > 1024"
+                        message: "port {{ params.port }} needs root; use one above 1024"
+                    resources:
+                      - file: /etc/web
+                        content: "{{ params.port }}"
+                """,
+            }
+        )
+        done = cli.run("apply", repo, "--node", "x1", check=1)
+        assert (
+            "profiles/web.yaml:4, key 'assert': assertion failed: port 80 needs root; "
+            "use one above 1024" in done.stderr
+        )
+        assert (
+            "roles/web.yaml:3, key 'assert': assertion failed: web nodes are named w*, not x1"
+            in done.stderr
+        )
+        assert not (cli.root / "etc/web").exists()
+        data = make_repo({"data/common.yaml": "web: {port: 8080}\n"}, name="repo")
+        cli.run("apply", data, "--node", "w1", check=2)
+        assert (cli.root / "etc/web").read_text() == "8080"
