@@ -28,6 +28,9 @@ import yaml
 from reconciler.errors import Location, ModelError
 
 MAX_FACT_BYTES = 1024 * 1024
+# The facts the agent computes itself, kept apart as ``facts.trusted``: a facts directory or
+# file (which a local user may be able to write) can change the others, never these.
+TRUSTED = ("node", "hostname", "fqdn", "domain", "os", "kernel", "architecture")
 KILL_WAIT = 5.0  # seconds to reap a killed facts executable
 _FAMILIES = {
     "debian": "Debian",
@@ -423,6 +426,7 @@ def gather(
     """Every fact of this node: built-in, then facts directories, then ``facts_file``."""
     found = builtin(node, proc, etc)
     name = found.facts["node"]
+    trusted = {key: _plain(found.facts.get(key)) for key in TRUSTED}
     for directory in facts_dirs:
         try:
             entries = sorted(Path(directory).iterdir())
@@ -439,6 +443,7 @@ def gather(
     # The node name comes from --node or the host, never from a fact source (a fact must not
     # be able to move a node into another role).
     found.facts["node"] = name
+    found.facts["trusted"] = trusted
     return found
 
 

@@ -9,12 +9,20 @@ app as a whole: unknown keys, unknown or cyclic requirements, bad health checks,
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 from reconciler.errors import Location, ModelError, Problem
-from reconciler.model.repo import NAME, did_you_mean, read_yaml, type_name, unknown_keys
+from reconciler.model.match import is_regex, name_matches, pattern_problem
+from reconciler.model.repo import (
+    NAME,
+    did_you_mean,
+    fact_holds,
+    read_yaml,
+    type_name,
+    unknown_keys,
+)
 from reconciler.model.yamlload import LocList, LocMap
 from reconciler.source import Snapshot
 
@@ -22,6 +30,7 @@ APP_KEYS = frozenset({"version", "components", "description"})
 COMPONENT_KEYS = frozenset(
     {"name", "nodes", "requires", "max_parallel", "resources", "health", "on_failure"}
 )
+NODES_KEYS = ("role", "match", "facts", "trusted")
 HEALTH_KEYS = frozenset({"command", "http", "timeout", "retries", "interval"})
 
 
@@ -52,11 +61,20 @@ class Component:
     health: Health | None
     on_failure: str  # "halt" or "rollback"
     requires_at: Location = field(default_factory=Location)
+    facts: dict[str, Any] = field(default_factory=dict)  # dotted fact path -> value
+    trusted: dict[str, Any] = field(default_factory=dict)  # the same, of facts.trusted
 
-    def runs_on(self, node: str, role: str) -> bool:
-        if self.role is not None:
-            return self.role == role
-        return self.match is not None and fnmatchcase(node, self.match)
+    def runs_on(self, node: str, role: str, facts: Mapping[str, Any] | None = None) -> bool:
+        """Whether a node runs this component: every condition of its ``nodes:`` holds."""
+        if self.role is not None and self.role != role:
+            return False
+        if self.match is not None and not name_matches(node, self.match):
+            return False
+        facts = facts or {}
+        trusted = facts.get("trusted") or {}
+        return all(fact_holds(facts, k, v) for k, v in self.facts.items()) and all(
+            fact_holds(trusted, k, v) for k, v in self.trusted.items()
+        )
 
 
 @dataclass
@@ -174,26 +192,33 @@ def _component(raw: LocMap, where: Location, path: str) -> tuple[Component | Non
         problems.append(Problem("needs a name like 'api' ([a-z0-9][a-z0-9_-]*)", at("name")))
         return None, problems
     role = match = None
+    conditions: dict[str, dict[str, Any]] = {"facts": {}, "trusted": {}}
     nodes = raw.get("nodes")
-    if (
-        not isinstance(nodes, LocMap)
-        or len(nodes) != 1
-        or next(iter(nodes))
-        not in (
-            "role",
-            "match",
+    if not isinstance(nodes, LocMap) or not nodes or not set(nodes) <= set(NODES_KEYS):
+        problems.append(
+            Problem(
+                "needs nodes: {role: NAME}, {match: GLOB or /REGEX/}, {facts: {PATH: VALUE}} "
+                "or {trusted: {PATH: VALUE}} (several conditions must all hold)",
+                at("nodes"),
+            )
         )
-    ):
-        problems.append(Problem("needs nodes: {role: NAME} or nodes: {match: GLOB}", at("nodes")))
     else:
-        key = next(iter(nodes))
-        value = nodes[key]
-        if not isinstance(value, str) or not value:
-            problems.append(Problem("must be a string", at(key, nodes)))
-        elif key == "role":
-            role = value
-        else:
-            match = value
+        for key, value in nodes.items():
+            if key in conditions:
+                if not isinstance(value, LocMap) or not value:
+                    problems.append(
+                        Problem("must be a mapping of fact paths to values", at(key, nodes))
+                    )
+                else:
+                    conditions[key] = dict(value)
+            elif not isinstance(value, str) or not value:
+                problems.append(Problem("must be a string", at(key, nodes)))
+            elif key == "role":
+                role = value
+            elif why := pattern_problem(value):
+                problems.append(Problem(why, at(key, nodes)))
+            else:
+                match = value
     requires = raw.get("requires", [])
     if isinstance(requires, str):
         requires = [requires]
@@ -227,6 +252,8 @@ def _component(raw: LocMap, where: Location, path: str) -> tuple[Component | Non
         health,
         on_failure,
         at("requires") if "requires" in raw else where,
+        conditions["facts"],
+        conditions["trusted"],
     )
     return component, problems
 
@@ -347,5 +374,7 @@ def unmatched_components(app: App, snapshot: Snapshot) -> list[str]:
 
 def _may_overlap(glob: str, pattern: str) -> bool:
     """Whether some name could match both globs (checked on their literal prefixes)."""
+    if is_regex(glob) or is_regex(pattern):
+        return True  # not worth guessing: no warning
     a, b = (g.split("*")[0].split("?")[0].split("[")[0] for g in (glob, pattern))
     return a.startswith(b) or b.startswith(a)

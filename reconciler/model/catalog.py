@@ -454,7 +454,7 @@ class Compiler:
         problems: list[Problem] = []
         for app in apps:
             for component in app.components:
-                if not component.runs_on(catalog.node, catalog.role):
+                if not component.runs_on(catalog.node, catalog.role, base_context["facts"]):
                     continue
                 deployment = Deployment(app, component, [])
                 entries, found = self._compile_component(deployment, base_context, taint, build)

@@ -10,10 +10,10 @@ import difflib
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 from reconciler.errors import Location, ModelError, Problem
+from reconciler.model.match import name_matches, pattern_problem
 from reconciler.model.yamlload import LocList, LocMap, load
 from reconciler.source import Snapshot
 
@@ -158,7 +158,9 @@ def read_nodes(snapshot: Snapshot) -> tuple[LocMap, list[Problem]]:
         if not isinstance(entry, LocMap):
             problems.append(Problem("each entry must be a mapping", Location(path, line)))
             continue
-        problems += unknown_keys(entry, {"match", "facts", "role"}, path, "a nodes entry")
+        problems += unknown_keys(
+            entry, {"match", "facts", "trusted", "role"}, path, "a nodes entry"
+        )
         role = entry.get("role")
         if not isinstance(role, str) or not NAME.match(role):
             problems.append(
@@ -168,10 +170,15 @@ def read_nodes(snapshot: Snapshot) -> tuple[LocMap, list[Problem]]:
             )
         if "match" in entry and not isinstance(entry["match"], str):
             problems.append(Problem("must be a string", Location(path, line, "match")))
-        if "facts" in entry and not isinstance(entry["facts"], LocMap):
-            problems.append(Problem("must be a mapping", Location(path, line, "facts")))
-        if "match" not in entry and "facts" not in entry:
-            problems.append(Problem("an entry needs 'match' or 'facts'", Location(path, line)))
+        elif "match" in entry and (why := pattern_problem(entry["match"])):
+            problems.append(Problem(why, Location(path, entry.line_of("match"), "match")))
+        for key in ("facts", "trusted"):
+            if key in entry and not isinstance(entry[key], LocMap):
+                problems.append(Problem("must be a mapping", Location(path, line, key)))
+        if not {"match", "facts", "trusted"} & set(entry):
+            problems.append(
+                Problem("an entry needs 'match', 'facts' or 'trusted'", Location(path, line))
+            )
     default = raw.get("default")
     if default is not None and (not isinstance(default, str) or not NAME.match(default)):
         problems.append(
@@ -208,10 +215,13 @@ def classify(snapshot: Snapshot, node: str, facts: Mapping[str, Any]) -> Classif
     raw = load_nodes(snapshot)
     entries: LocList = raw.get("nodes") or LocList.empty()
     for index, entry in enumerate(entries):
-        if "match" in entry and not fnmatchcase(node, entry["match"]):
+        if "match" in entry and not name_matches(node, entry["match"]):
             continue
         conditions = entry.get("facts") or {}
-        if all(_fact_holds(facts, k, v) for k, v in conditions.items()):
+        trusted = entry.get("trusted") or {}
+        if all(fact_holds(facts, k, v) for k, v in conditions.items()) and all(
+            fact_holds(facts.get("trusted") or {}, k, v) for k, v in trusted.items()
+        ):
             return Classification(entry["role"], Location("nodes.yaml", entries.line_of(index)))
     if raw.get("default"):
         return Classification(raw["default"], Location("nodes.yaml", raw.line_of("default")))
@@ -220,7 +230,7 @@ def classify(snapshot: Snapshot, node: str, facts: Mapping[str, Any]) -> Classif
     )
 
 
-def _fact_holds(facts: Mapping[str, Any], dotted: Any, expected: Any) -> bool:
+def fact_holds(facts: Mapping[str, Any], dotted: Any, expected: Any) -> bool:
     actual = lookup_fact(facts, str(dotted))
     if actual is _MISSING:
         return False
