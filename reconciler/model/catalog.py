@@ -26,6 +26,7 @@ from reconciler.model.apps import (
 )
 from reconciler.model.expand import MAX_RESOURCES, for_each_items, with_defaults
 from reconciler.model.repo import DataValue, Profile, Settings, closest, did_you_mean
+from reconciler.model.substitute import MISS, Substitutions
 from reconciler.model.templates import Renderer
 from reconciler.model.types import (
     INSTANCE_KEYS,
@@ -213,6 +214,7 @@ class Compiler:
         self.snapshot = snapshot
         self.settings = repomod.load_settings(snapshot) if settings is None else settings
         self.renderer = Renderer(self._read_template)
+        self.substitutions = Substitutions()
         self._profiles: dict[str, tuple[Profile, list[Problem]]] = {}
         self._apps: list[App] | None = None
         self._profile_names: frozenset[str] | None = None
@@ -560,7 +562,12 @@ class Compiler:
     def render(self, value: Any, context: Mapping[str, Any], where: Location) -> Any:
         """Render every string containing ``{{`` inside a value written in the repo."""
         if isinstance(value, str):
-            return self.renderer.render_string(value, context, where) if "{{" in value else value
+            if "{{" not in value:
+                return value
+            found = self.substitutions.render(value, context)
+            if found is not MISS:
+                return found
+            return self.renderer.render_string(value, context, where)
         if isinstance(value, list):
             return [self.render(v, context, where) for v in value]
         if isinstance(value, dict):
@@ -594,7 +601,13 @@ class Compiler:
                 if defaults:
                     declaration = with_defaults(declaration, defaults.get(kind))
                 contexts: Iterable[Mapping[str, Any]] = (
-                    for_each_items(declaration, file, context, self.renderer.evaluate)
+                    for_each_items(
+                        declaration,
+                        file,
+                        context,
+                        self.renderer.evaluate,
+                        self.substitutions.lookup,
+                    )
                     if "for_each" in declaration
                     else (context,)
                 )

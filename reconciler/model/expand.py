@@ -13,6 +13,7 @@ from typing import Any
 
 from reconciler.errors import Location, ModelError
 from reconciler.model.repo import type_name
+from reconciler.model.substitute import MISS
 from reconciler.model.yamlload import LocMap
 
 MAX_ITEMS = 100_000  # items of one for_each
@@ -24,15 +25,21 @@ def for_each_items(
     file: str,
     context: Mapping[str, Any],
     evaluate: Callable[[str, Mapping[str, Any], Location], Any],
+    lookup: Callable[[str, Mapping[str, Any]], Any] | None = None,
 ) -> Iterator[Mapping[str, Any]]:
-    """The contexts a declaration with ``for_each`` is compiled in, one per item."""
+    """The contexts a declaration with ``for_each`` is compiled in, one per item.
+
+    ``lookup`` gives the value of an expression that only names one (``params.files``), or
+    MISS; ``evaluate`` the value of any other."""
     at = Location(file, declaration.line_of("for_each"), "for_each")
     raw = declaration["for_each"]
     if isinstance(raw, str):
         expression = raw.strip()
         if expression.startswith("{{") and expression.endswith("}}"):
             expression = expression[2:-2]
-        value = evaluate(expression, context, at)
+        value = MISS if lookup is None else lookup(expression, context)
+        if value is MISS:
+            value = evaluate(expression, context, at)
     else:
         value = raw
     if isinstance(value, Mapping):
