@@ -44,7 +44,7 @@ def for_each_items(
         value = raw
     if isinstance(value, Mapping):
         pairs: list[tuple[Any, Any]] = list(value.items())
-    elif isinstance(value, list | tuple):
+    elif isinstance(value, list | tuple | range):
         pairs = [(None, item) for item in value]
     else:
         raise ModelError.one(f"for_each must give a list or a mapping, not {type_name(value)}", at)
@@ -65,7 +65,7 @@ def with_defaults(declaration: LocMap, defaults: LocMap | None) -> LocMap:
     merged.lines = dict(declaration.lines)
     merged.first = declaration.first
     for key, value in defaults.items():
-        if key not in merged:
+        if key not in merged and key != "for_each":  # for_each has no default (an error)
             merged[key] = value
             merged.lines[key] = defaults.line_of(key)
     return merged

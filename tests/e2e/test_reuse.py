@@ -377,3 +377,80 @@ class TestAssertions:
         data = make_repo({"data/common.yaml": "web: {port: 8080}\n"}, name="repo")
         cli.run("apply", data, "--node", "w1", check=2)
         assert (cli.root / "etc/web").read_text() == "8080"
+
+
+class TestInstanceOptions:
+    def test_when_noop_required_parameters_and_defaults_for_a_defined_type(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        files = {
+            "nodes.yaml": "default: web\n",
+            "roles/web.yaml": "profiles: [web]\n",
+            "types/conf.yaml": """
+                params:
+                  text: {type: string}
+                  mode: {type: string, default: "0644"}
+                resources:
+                  - file: "/etc/{{ title }}"
+                    content: "{{ params.text }}"
+                    mode: "{{ params.mode }}"
+            """,
+            "profiles/web.yaml": """
+                defaults:
+                  conf: {mode: "0600"}
+                resources:
+                  - conf: applied
+                    text: a
+                  - conf: skipped
+                    text: b
+                    when: "node == 'other'"
+                  - conf: dry
+                    text: c
+                    noop: true
+            """,
+        }
+        repo = make_repo(files)
+        cli.run("apply", repo, "--node", "w1", check=2)
+        assert (cli.root / "etc/applied").read_text() == "a"
+        assert (cli.root / "etc/applied").stat().st_mode & 0o777 == 0o600  # from defaults
+        assert not (cli.root / "etc/skipped").exists()
+        assert not (cli.root / "etc/dry").exists()  # noop: reported, not applied
+        repo = make_repo(
+            {
+                **files,
+                "profiles/web.yaml": """
+                    defaults:
+                      conf: {for_each: [a]}
+                    resources:
+                      - conf: applied
+                """,
+            },
+            name="broken",
+        )
+        done = cli.run("apply", repo, "--node", "w1", check=1)
+        assert (
+            "profiles/web.yaml:4: conf[applied] needs the parameter 'text' "
+            "(types/conf.yaml:2, key 'params.text')" in done.stderr
+        )
+        assert (
+            "profiles/web.yaml:2, key 'defaults.conf.for_each': 'for_each' cannot have a default"
+            in (done.stderr)
+        )
+
+    def test_templates_see_the_trusted_facts(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                "nodes.yaml": "default: web\n",
+                "roles/web.yaml": "profiles: [web]\n",
+                "profiles/web.yaml": """
+                    resources:
+                      - file: /etc/kernel
+                        content: "{{ facts.trusted.kernel.name }} {{ facts.kernel.name }}"
+                """,
+            }
+        )
+        facts = make_repo({"f.yaml": "kernel: {name: Plan9}\n"}, name="facts")
+        cli.run("apply", repo, "--node", "w1", "--facts", str(facts / "f.yaml"), check=2)
+        assert (cli.root / "etc/kernel").read_text() == "Linux Plan9"

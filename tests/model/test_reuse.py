@@ -1,0 +1,75 @@
+"""Defined types, for_each and classification patterns through the model API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import ModelError
+from reconciler.model import catalog as catalogmod
+from reconciler.model.catalog import Compiler
+from reconciler.model.match import name_matches, pattern_problem
+from reconciler.source import DirectorySnapshot
+
+BASE = {"nodes.yaml": "default: web\n", "roles/web.yaml": "profiles: [web]\n"}
+FACTS = {"os": {"family": "Debian"}}
+
+
+def test_instance_resources_record_their_instance_and_the_instance_is_a_group(
+    make_repo: Callable[..., Path],
+) -> None:
+    repo = make_repo(
+        {
+            **BASE,
+            "types/site.yaml": "resources:\n  - file: '/etc/{{ title }}'\n  - file: '/etc/{{ title }}.d'\n",
+            "profiles/web.yaml": "resources:\n  - site: shop\n",
+        }
+    )
+    catalog = Compiler(DirectorySnapshot(repo)).compile("w1", FACTS)
+    assert catalog.entries["file:/etc/shop"].origin == "profile:web/site[shop]"
+    assert catalog.groups == {"site:shop": ["file:/etc/shop", "file:/etc/shop.d"]}
+
+
+def test_a_catalog_is_bounded_whatever_for_each_gives(
+    make_repo: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(catalogmod, "MAX_RESOURCES", 50)
+    repo = make_repo(
+        {
+            **BASE,
+            "profiles/web.yaml": "resources:\n  - file: '/etc/f{{ item }}'\n    for_each: range(60)\n",
+        }
+    )
+    with pytest.raises(ModelError, match=r"profiles/web\.yaml:2: more than 50 resources"):
+        Compiler(DirectorySnapshot(repo)).compile("w1", FACTS)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "matches"),
+    [
+        ("/web-[0-9]+/", "web-1", True),
+        ("/web-[0-9]+/", "web-1x", False),
+        ("/^web-[0-9]+$/", "web-22", True),
+        ("/(db|cache)-[a-z]+/", "cache-east", True),
+        ("web-*", "web-anything", True),
+        ("/", "/", True),  # one slash is a glob, matching itself
+    ],
+)
+def test_patterns(pattern: str, name: str, matches: bool) -> None:
+    assert pattern_problem(pattern) is None
+    assert name_matches(name, pattern) is matches
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["/(a+)+/", "/(a*)*b/", "/(x|xy)+/", "/((ab)+c)*/", "/(a{2,})+/", "/" + "a" * 300 + "/"],
+)
+def test_risky_or_long_patterns_are_refused(pattern: str) -> None:
+    assert pattern_problem(pattern) is not None
+
+
+@pytest.mark.parametrize("pattern", ["/(ab)+/", "/[(+]+x/", r"/\(a+\)+/", "/(a|b)/"])
+def test_plain_repeats_are_allowed(pattern: str) -> None:
+    assert pattern_problem(pattern) is None
