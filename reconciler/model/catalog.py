@@ -17,12 +17,15 @@ import reconciler.resources  # noqa: F401  (registers the resource types)
 from reconciler.errors import Location, ModelError, Problem
 from reconciler.model import repo as repomod
 from reconciler.model.apps import (
+    APP_SECTION,
     App,
     Deployment,
+    app_data_problems,
     app_names,
     load_apps,
     read_app,
     unmatched_components,
+    without_app_sections,
 )
 from reconciler.model.expand import MAX_RESOURCES, for_each_items, with_defaults
 from reconciler.model.repo import DataValue, Profile, Settings, closest, did_you_mean
@@ -371,7 +374,10 @@ class Compiler:
             data = repomod.Data()
         known = {p.name: p for p in profiles}
         for _, file, content in data.levels:
-            problems += repomod.check_data_file(file, content, known, self.profile_names())
+            problems += repomod.check_data_file(
+                file, without_app_sections(content), known, self.profile_names()
+            )
+            problems += self.app_data_problems(file, content)
         entries: dict[ResourceId, Entry] = {}
         catalog = Catalog(
             node, role, self.snapshot.revision, self.snapshot.branch, self.settings, entries, {}, {}
@@ -413,7 +419,7 @@ class Compiler:
                 build,
                 profile.defaults,
             )
-        problems += self.add_deployments(catalog, base_context, Taint(secrets=secrets), build)
+        problems += self.add_deployments(catalog, base_context, Taint(secrets=secrets), build, data)
         catalog.groups = build.groups
         spread_sensitivity(entries)
         catalog.secrets = Secrets(
@@ -445,8 +451,19 @@ class Compiler:
                 problems += self._compile_component(Deployment(app, component, []), context)[1]
         return problems
 
+    def app_data_problems(self, file: str, content: LocMap) -> list[Problem]:
+        try:
+            return app_data_problems(file, content, self.apps())
+        except ModelError:
+            return []  # what is wrong with the apps is reported with them
+
     def add_deployments(
-        self, catalog: Catalog, base_context: Mapping[str, Any], taint: Taint, build: Build
+        self,
+        catalog: Catalog,
+        base_context: Mapping[str, Any],
+        taint: Taint,
+        build: Build,
+        data: repomod.Data,
     ) -> list[Problem]:
         """The resources of every app component this node runs, at the app's version."""
         try:
@@ -459,7 +476,9 @@ class Compiler:
                 if not component.runs_on(catalog.node, catalog.role, base_context["facts"]):
                     continue
                 deployment = Deployment(app, component, [])
-                entries, found = self._compile_component(deployment, base_context, taint, build)
+                entries, found = self._compile_component(
+                    deployment, base_context, taint, build, data
+                )
                 problems += found
                 for rid, entry in entries.items():
                     other = catalog.entries.get(rid)
@@ -482,17 +501,24 @@ class Compiler:
         base_context: Mapping[str, Any],
         taint: Taint = Taint(),
         build: Build | None = None,
+        data: repomod.Data | None = None,
     ) -> tuple[dict[ResourceId, Entry], list[Problem]]:
         """A component's resources, and its health check rendered into ``deployment``.
 
-        Templates see the node's names plus ``app.name`` and ``app.version``; ``params`` is
-        empty (an app has no parameters)."""
+        Templates see the node's names plus ``app`` (``name``, ``version``, ``definition``,
+        ``instance``) and ``params``, the app's parameters."""
         app, component = deployment.app, deployment.component
-        context = {
-            **base_context,
-            "params": {},
-            "app": {"name": app.name, "version": app.version},
+        meta = {
+            "name": app.name,
+            "version": app.version,
+            "definition": app.definition or app.name,
+            "instance": app.instance,
         }
+        try:
+            params = self.app_params(app, data or repomod.Data(), {**base_context, "app": meta})
+        except ModelError as exc:
+            return {}, exc.problems
+        context = {**base_context, "params": params, "app": meta}
         entries: dict[ResourceId, Entry] = {}
         problems = self.add_resources(
             entries, component.resources, app.file, deployment.origin, context, taint, build
@@ -508,6 +534,31 @@ class Compiler:
             except ModelError as exc:
                 problems += exc.problems
         return entries, problems
+
+    def app_params(
+        self, app: App, data: repomod.Data, context: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """An app's parameters, the most specific first: data for the instance
+        (``app:<app>-<instance>``), the instance's ``params`` in the app file, data for the
+        app (``app:<app>``), the default. Values from data are never rendered."""
+        params: dict[str, Any] = {}
+        problems: list[Problem] = []
+        for key in app.params:
+            found = data.lookup(f"{APP_SECTION}{app.name}", key) if app.instance else None
+            if found is None and key not in app.instance_params:
+                found = data.lookup(f"{APP_SECTION}{app.definition}", key)
+            if found is not None:
+                params[key] = found.value
+                continue
+            written = app.instance_params if key in app.instance_params else app.params
+            at = Location(app.file, written.line_of(key), f"params.{key}")
+            try:
+                params[key] = self.render(written[key], context, at)
+            except ModelError as exc:
+                problems += exc.problems
+        if problems:
+            raise ModelError(problems)
+        return params
 
     def profile_names(self) -> frozenset[str]:
         """The name of every profile of the repo, whether or not it loads."""
@@ -1289,7 +1340,10 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
         except ModelError as exc:
             problems += exc.problems
             continue
-        problems += repomod.check_data_file(path, content, profiles, compiler.profile_names())
+        problems += repomod.check_data_file(
+            path, without_app_sections(content), profiles, compiler.profile_names()
+        )
+        problems += compiler.app_data_problems(path, content)
     for role in roles:
         try:
             compiler.compile_role(node, role, Location(f"roles/{role}.yaml"), facts)
