@@ -143,8 +143,8 @@ def load_apps(snapshot: Snapshot) -> list[App]:
         if other is not app:
             problems.append(
                 Problem(
-                    f"two apps are named {app.name!r} (apps/{app.name}.yaml and an instance "
-                    f"of {app.file}): rename one",
+                    f"two apps are named {app.name!r} ({_describe(other)} and "
+                    f"{_describe(app)}): rename one",
                     Location(app.file),
                     "validate",
                 )
@@ -152,6 +152,10 @@ def load_apps(snapshot: Snapshot) -> list[App]:
     if problems:
         raise ModelError(problems, "validate")
     return apps
+
+
+def _describe(app: App) -> str:
+    return f"instance {app.instance!r} of {app.file}" if app.instance else app.file
 
 
 def load_app(snapshot: Snapshot, name: str) -> App:

@@ -103,3 +103,33 @@ class TestAppInstances:
         assert "data/common.yaml:2, key 'app:rgbnk': no app named 'rgbnk' (did you mean " in (
             done.stderr
         )
+
+    def test_instances_by_trusted_facts_and_a_name_clash(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        app = """
+            version: "1"
+            instances:
+              linux: {nodes: {trusted: {kernel.name: Linux}}}
+              plan9: {nodes: {trusted: {kernel.name: Plan9}}}
+            components:
+              - name: c
+                nodes: {role: app}
+                resources:
+                  - file: "/etc/{{ app.name }}"
+        """
+        repo = make_repo({**REPO, "apps/rgbank.yaml": app})
+        spoof = make_repo({"f.yaml": "kernel: {name: Plan9}\n"}, name="spoof")
+        cli.run("apply", repo, "--node", "n1", "--facts", str(spoof / "f.yaml"), check=2)
+        assert (cli.root / "etc/rgbank-linux").exists()
+        assert not (cli.root / "etc/rgbank-plan9").exists()
+        plain = 'version: "1"\ncomponents:\n  - name: c\n    nodes: {role: app}\n'
+        clash = make_repo(
+            {**REPO, "apps/rgbank.yaml": app, "apps/rgbank-linux.yaml": plain},
+            name="clash",
+        )
+        done = cli.run("apply", clash, "--node", "n1", check=1)
+        assert (
+            "two apps are named 'rgbank-linux' (instance 'linux' of apps/rgbank.yaml and "
+            "apps/rgbank-linux.yaml): rename one" in done.stderr
+        )
