@@ -101,6 +101,7 @@ class Taint:
     names: frozenset[str] = frozenset()  # the profile's sensitive parameters
     params: frozenset[str] = frozenset()  # all of the profile's parameters
     secrets: Secrets = field(default_factory=Secrets)
+    everything: bool = False  # inside a sensitive defined type instance: every resource
 
 
 _PARSER: Any = None
@@ -784,10 +785,17 @@ class Compiler:
             problems.append(Problem("must be true or false", at("noop")))
         if problems:
             return problems
-        sensitive = any(
-            self._names_sensitive(value, taint)
-            for key, value in declaration.items()
-            if key not in (kind, "when")
+        declared = declaration.get("sensitive", False)
+        if not isinstance(declared, bool):
+            return [Problem("must be true or false", at("sensitive"))]
+        sensitive = (
+            declared
+            or taint.everything
+            or any(
+                self._names_sensitive(value, taint)
+                for key, value in declaration.items()
+                if key not in (kind, "when")
+            )
         )
         inner: dict[ResourceId, Entry] = {}
         found = self.add_resources(
@@ -796,7 +804,7 @@ class Compiler:
             defined.file,
             f"{origin}/{label}",
             {**scope, "params": given},
-            Taint(secrets=taint.secrets),
+            Taint(secrets=taint.secrets, everything=sensitive),
             build,
             None,
             (*using, kind),
@@ -806,7 +814,6 @@ class Compiler:
             for relation, targets in relations.items():
                 entry.relations[relation] = [*entry.relations.get(relation, ()), *targets]
             entry.noop = entry.noop or noop
-            entry.resource.sensitive = entry.resource.sensitive or sensitive
             other = entries.get(rid)
             if other is not None:
                 problems.append(
@@ -892,7 +899,11 @@ class Compiler:
         for key, value in (("noop", noop), ("sensitive", declared)):
             if not isinstance(value, bool):
                 problems.append(Problem("must be true or false", at(key)))
-        sensitive = declared is True or self._tainted(declaration, kind, template, attrs, taint)
+        sensitive = (
+            declared is True
+            or taint.everything
+            or self._tainted(declaration, kind, template, attrs, taint)
+        )
         if sensitive and kind == "line" and not attrs.get("text"):
             problems.append(
                 Problem("a sensitive line needs its line in 'text' (the title is shown)", where)

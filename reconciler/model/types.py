@@ -21,7 +21,9 @@ from reconciler.source import Snapshot
 TYPE_KEYS = frozenset({"params", "resources", "description"})
 SPEC_KEYS = frozenset({"type", "default"})
 # The keys of a use of a type that are not its parameters.
-INSTANCE_KEYS = frozenset({"require", "before", "notify", "subscribe", "when", "noop", "for_each"})
+INSTANCE_KEYS = frozenset(
+    {"require", "before", "notify", "subscribe", "when", "noop", "sensitive", "for_each"}
+)
 PARAM_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
 KINDS: dict[str, tuple[type, ...]] = {
     "string": (str,),

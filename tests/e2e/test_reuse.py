@@ -454,3 +454,44 @@ class TestInstanceOptions:
         facts = make_repo({"f.yaml": "kernel: {name: Plan9}\n"}, name="facts")
         cli.run("apply", repo, "--node", "w1", "--facts", str(facts / "f.yaml"), check=2)
         assert (cli.root / "etc/kernel").read_text() == "Linux Plan9"
+
+
+class TestSensitiveInstances:
+    def test_an_instance_given_a_sensitive_value_hides_it_everywhere(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                "nodes.yaml": "default: web\n",
+                "roles/web.yaml": "profiles: [web]\n",
+                "types/secret_file.yaml": """
+                    params:
+                      text: {type: string}
+                    resources:
+                      - file: "/etc/{{ title }}"
+                        content: "{{ params.text }}\\n"
+                """,
+                "profiles/web.yaml": """
+                    params:
+                      password: hunter2-very-secret
+                      token: tok-123456-secret
+                    sensitive_params: [password]
+                    resources:
+                      - secret_file: db-password
+                        text: "{{ params.password }}"
+                      - secret_file: api-token
+                        text: "{{ params.token }}"
+                        sensitive: true
+                      - secret_file: public
+                        text: plain-visible-text
+                """,
+            }
+        )
+        cli.run("apply", repo, "--node", "w1", check=2)
+        assert (cli.root / "etc/db-password").read_text() == "hunter2-very-secret\n"
+        assert (cli.root / "etc/api-token").read_text() == "tok-123456-secret\n"
+        for name in ("db-password", "api-token", "public"):
+            (cli.root / "etc" / name).write_text("drifted\n")
+        done = cli.run("plan", repo, "--node", "w1", "--format", "json", check=2)
+        assert "plain-visible-text" in done.stdout  # what is not sensitive shows in the diff
+        assert "hunter2" not in done.stdout and "tok-123456" not in done.stdout
