@@ -53,6 +53,9 @@ from reconciler.resources.base import (
 from reconciler.source import Snapshot, clean_relpath
 
 RELATIONS = ("require", "before", "notify", "subscribe")
+# Types whose title only names the resource (what it manages is in its attributes): in two
+# instances, one title is two resources.
+NAMED_ONLY = frozenset({"exec", "line"})
 MAX_INCLUDE_DEPTH = 64
 
 
@@ -84,8 +87,16 @@ class Catalog:
     deployments: list[Deployment] = field(default_factory=list)
     # The values of sensitive parameters: shown only as digests, wherever they turn up.
     secrets: Secrets = field(default_factory=Secrets)
-    # Each defined type instance ("vhost:shop") and the ids of its resources.
+    # Each defined type instance ("vhost:shop", within another "a[x]/vhost:shop") and the ids
+    # of its resources.
     groups: dict[str, list[ResourceId]] = field(default_factory=dict)
+    # The relationships of each instance: (its resources, relation -> targets, the scope the
+    # targets are seen from, where the instance is used). link() adds them to its resources.
+    instance_relations: list[
+        tuple[list[ResourceId], dict[str, list[ResourceId]], str, Location]
+    ] = field(default_factory=list)
+    # The scope of each instance ("a[x]/b[y]") -> the scope it is used in ("a[x]").
+    scopes: dict[str, str] = field(default_factory=dict)
 
     def order(self) -> list[ResourceId]:
         """A topological order of the ids, stable for equal inputs."""
@@ -209,6 +220,11 @@ class Build:
     groups: dict[str, list[ResourceId]] = field(default_factory=dict)
     used_at: dict[str, Location] = field(default_factory=dict)
     declared: int = 0
+    relations: list[tuple[list[ResourceId], dict[str, list[ResourceId]], str, Location]] = field(
+        default_factory=list
+    )
+    scopes: dict[str, str] = field(default_factory=dict)
+    scope_used_at: dict[str, Location] = field(default_factory=dict)
 
 
 class Compiler:
@@ -422,6 +438,9 @@ class Compiler:
             )
         problems += self.add_deployments(catalog, base_context, Taint(secrets=secrets), build, data)
         catalog.groups = build.groups
+        catalog.instance_relations = build.relations
+        catalog.scopes = build.scopes
+        problems += identity_conflicts(entries, build.scope_used_at)
         spread_sensitivity(entries)
         catalog.secrets = Secrets(
             [*secrets.values, *(v for e in entries.values() for v in e.resource.secret_values())]
@@ -637,6 +656,7 @@ class Compiler:
         build: Build | None = None,
         defaults: Mapping[str, LocMap] | None = None,
         using: tuple[str, ...] = (),
+        scope: str = "",
     ) -> list[Problem]:
         """Compile declarations into ``entries``: each once, or once per item of its
         ``for_each``; a use of a defined type adds the resources of the instance.
@@ -674,13 +694,15 @@ class Compiler:
                     if kind in types:
                         problems += self.instance(
                             entries, declaration, types[kind], where, origin, item_context,
-                            taint, build, using,
+                            taint, build, using, scope,
                         )  # fmt: skip
                         continue
                     try:
                         entry = self.resource(
                             declaration, where, origin, item_context, taint, kind=kind
                         )
+                        if entry is not None and scope:
+                            entry.resource.scope = scope
                     except ModelError as exc:
                         problems += exc.problems
                         continue
@@ -710,6 +732,7 @@ class Compiler:
         taint: Taint,
         build: Build,
         using: tuple[str, ...],
+        scope: str = "",
     ) -> list[Problem]:
         """Add the resources of one use of a defined type to ``entries``.
 
@@ -724,6 +747,8 @@ class Compiler:
             return []
         title = self._title(declaration, kind, context, at, taint)
         label, ref = f"{kind}[{title}]", f"{kind}:{title}"
+        if scope:
+            ref = f"{scope}/{ref}"
         if kind in using or len(using) >= MAX_NESTING:
             chain = " -> ".join([*using, kind])
             why = "use each other" if kind in using else f"nest more than {MAX_NESTING} deep"
@@ -756,8 +781,8 @@ class Compiler:
                     )
                 )
             given[key] = value
-        scope = {k: context[k] for k in ("facts", "node", "role", "app") if k in context}
-        scope["title"] = title
+        names = {k: context[k] for k in ("facts", "node", "role", "app") if k in context}
+        names["title"] = title
         for name, param in defined.params.items():
             if name in given:
                 continue
@@ -768,7 +793,7 @@ class Compiler:
                 continue
             try:
                 given[name] = self.render(
-                    param.default, {**scope, "params": dict(given)}, param.where
+                    param.default, {**names, "params": dict(given)}, param.where
                 )
             except ModelError as exc:
                 problems += [in_instance(p, label, where) for p in exc.problems]
@@ -798,21 +823,25 @@ class Compiler:
             )
         )
         inner: dict[ResourceId, Entry] = {}
+        inner_scope = f"{scope}/{label}" if scope else label
+        build.scopes[inner_scope] = scope
+        build.scope_used_at[inner_scope] = where
         found = self.add_resources(
             inner,
             defined.resources,
             defined.file,
             f"{origin}/{label}",
-            {**scope, "params": given},
+            {**names, "params": given},
             Taint(secrets=taint.secrets, everything=sensitive),
             build,
             None,
             (*using, kind),
+            inner_scope,
         )
         problems += [in_instance(p, label, where) for p in found]
+        if relations:
+            build.relations.append((list(inner), relations, scope, where))
         for rid, entry in inner.items():
-            for relation, targets in relations.items():
-                entry.relations[relation] = [*entry.relations.get(relation, ()), *targets]
             entry.noop = entry.noop or noop
             other = entries.get(rid)
             if other is not None:
@@ -1134,7 +1163,11 @@ def _ids(value: Any, where: Location, types: Mapping[str, Any] | None = None) ->
     items = value if isinstance(value, list) else [value]
     ids: list[ResourceId] = []
     for item in items:
-        kind = item.split(":", 1)[0] if isinstance(item, str) and ":" in item else None
+        kind = (
+            item.split(":", 1)[0].rsplit("/", 1)[-1]  # after an instance's scope
+            if isinstance(item, str) and ":" in item
+            else None
+        )
         if kind is None or (kind not in REGISTRY and (types is None or kind not in types)):
             raise ModelError.one(
                 f"{item!r} is not a resource id like 'package:nginx' or 'file:/etc/motd'", where
@@ -1185,23 +1218,41 @@ def check_value(spec: Attr, value: Any, sensitive: bool = False) -> str | None:
 
 
 def link(catalog: Catalog) -> None:
-    """Resolve relationships into ordering and refresh edges; check targets and cycles."""
+    """Resolve relationships into ordering and refresh edges; check targets and cycles.
+
+    Each entry's relationships are rewritten to the ids they reached (an instance, written
+    ``vhost:shop``, becomes its resources), so that a catalog read back links the same way."""
     entries = catalog.entries
     after: dict[ResourceId, set[ResourceId]] = {rid: set() for rid in entries}
     refreshes: dict[ResourceId, set[ResourceId]] = {}
     problems: list[Problem] = []
+    index = _Targets(entries, catalog.groups, catalog.scopes)
     for rid, entry in entries.items():
+        resolved: dict[str, list[ResourceId]] = {}
         for relation, named in entry.relations.items():
-            for target in _members(named, catalog.groups):
-                if target not in entries:
+            resolved[relation] = []
+            for target in named:
+                found, why = index.resolve(target, entry.resource.scope)
+                if why is not None:
                     problems.append(
                         Problem(
-                            f"{rid}: {relation} {target}, which is not in this node's catalog"
-                            f"{_close_id(target, entries, rid)}",
+                            f"{rid}: {relation} {target}, {why}",
                             Location(entry.where.file, entry.where.line, relation),
                         )
                     )
-                    continue
+                resolved[relation] += found
+        entry.relations = resolved
+    for members, relations, scope, where in catalog.instance_relations:
+        for relation, named in relations.items():
+            for target in named:
+                found, why = index.resolve(target, scope)
+                if why is not None:
+                    problems.append(Problem(f"{relation} {target}, {why}", where))
+                for member in members:
+                    entries[member].relations.setdefault(relation, []).extend(found)
+    for rid, entry in entries.items():
+        for relation, targets in entry.relations.items():
+            for target in targets:
                 if relation in ("require", "subscribe"):
                     after[rid].add(target)
                 else:
@@ -1210,9 +1261,10 @@ def link(catalog: Catalog) -> None:
                     refreshes.setdefault(rid, set()).add(target)
                 elif relation == "subscribe":
                     refreshes.setdefault(target, set()).add(rid)
-        for target in entry.resource.autorequire():
-            if target in entries and target != rid and rid not in after[target]:
-                after[rid].add(target)
+        for implied in entry.resource.autorequire():
+            for target in index.resolve(implied, entry.resource.scope)[0]:
+                if target != rid and rid not in after[target]:
+                    after[rid].add(target)
     last_of: dict[str, ResourceId] = {}
     for rid, entry in entries.items():
         key = entry.resource.serial_key()
@@ -1245,12 +1297,71 @@ def _duplicate(
     return Problem(f"duplicate resource {rid} (also declared at {other.where})", where)
 
 
-def _members(named: list[ResourceId], groups: Mapping[str, list[ResourceId]]) -> list[str]:
-    """Relationship targets with each defined type instance (``vhost:shop``) replaced by its
-    resources."""
-    if not groups:
-        return named
-    return [member for target in named for member in groups.get(target, [target])]
+class _Targets:
+    """Finds what a relationship target names, seen from a scope: a resource or an instance
+    of the same instance first (then of each enclosing one), then one of the catalog, then
+    the one resource anywhere with that type and title."""
+
+    def __init__(
+        self,
+        entries: Mapping[ResourceId, Entry],
+        groups: Mapping[str, list[ResourceId]],
+        parents: Mapping[str, str],
+    ) -> None:
+        self.entries = entries
+        self.groups = groups
+        self.parents = parents  # an instance's scope -> the scope around it
+        self.identities: dict[str, list[ResourceId]] = {}
+        for rid, entry in entries.items():
+            if entry.resource.scope:
+                self.identities.setdefault(entry.resource.identity, []).append(rid)
+
+    def resolve(self, target: str, scope: str) -> tuple[list[ResourceId], str | None]:
+        """The ids a target reaches, or why it reaches none."""
+        while True:
+            candidate = f"{scope}/{target}" if scope else target
+            if candidate in self.entries:
+                return [candidate], None
+            if candidate in self.groups:
+                return list(self.groups[candidate]), None
+            if not scope:
+                break
+            scope = self.parents.get(scope, "")
+        found = self.identities.get(target, [])
+        if len(found) == 1:
+            return found, None
+        if found:
+            return [], f"which several instances declare: name one of {', '.join(found)}"
+        return [], (f"which is not in this node's catalog{_close_id(target, self.entries, target)}")
+
+
+def identity_conflicts(
+    entries: Mapping[ResourceId, Entry], used_at: Mapping[str, Location]
+) -> list[Problem]:
+    """Resources of different instances that manage one thing (a file, a package): an error.
+    Execs and lines are told apart by their instances, since their titles only name them."""
+    first: dict[str, Entry] = {}
+    problems: list[Problem] = []
+    for rid, entry in entries.items():
+        resource = entry.resource
+        if resource.type in NAMED_ONLY:
+            continue
+        other = first.setdefault(resource.identity, entry)
+        if other is not entry:
+            uses = [
+                f"{e.resource.scope} used at {used_at[e.resource.scope]}"
+                if e.resource.scope in used_at
+                else f"declared at {e.where}"
+                for e in (entry, other)
+            ]
+            problems.append(
+                Problem(
+                    f"{rid} and {other.resource.id} both manage {resource.identity} "
+                    f"({'; '.join(uses)})",
+                    entry.where,
+                )
+            )
+    return problems
 
 
 def _close_id(target: ResourceId, ids: Iterable[ResourceId], own: ResourceId) -> str:

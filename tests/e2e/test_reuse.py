@@ -59,9 +59,11 @@ class TestDefinedTypes:
             }
         )
         done = cli.run("apply", repo, "--node", "w1", "--format", "json", check=2)
-        assert {"file:/etc/nginx/sites/shop.conf", "file:/etc/nginx/sites/blog.conf"} <= set(
-            ids(done)
-        )
+        assert {
+            "vhost[shop]/file:/etc/nginx/sites/shop.conf",
+            "vhost[blog]/file:/etc/nginx/sites/blog.conf",
+            "vhost[blog]/directory:/srv/www/blog",
+        } <= set(ids(done))
         assert (cli.root / "etc/nginx/sites/shop.conf").read_text() == (
             "server shop www.shop.test\nlisten 8080\nroot /srv/www/shop\n"
         )
@@ -97,7 +99,10 @@ class TestDefinedTypes:
         )
         done = cli.run("apply", repo, "--node", "w1", "--format", "json", check=2)
         order = [r["id"] for r in json.loads(done.stdout)["resources"]]
-        for member in ("directory:/srv/www/shop", "file:/etc/nginx/sites/shop.conf"):
+        for member in (
+            "vhost[shop]/directory:/srv/www/shop",
+            "vhost[shop]/file:/etc/nginx/sites/shop.conf",
+        ):
             assert order.index(member) < order.index("exec:check-sites")
             assert order.index(member) < order.index("file:/etc/motd")
         assert (cli.root / "var/log/sites").read_text() == "shop.conf\n"
@@ -170,8 +175,9 @@ class TestDefinedTypes:
         )
         done = cli.run("apply", repo, "--node", "w1", check=1)
         assert (
-            "profiles/web.yaml:3: duplicate resource file:/etc/motd (declared in motd[two] at "
-            "types/motd.yaml:2; also declared at types/motd.yaml:2)" in done.stderr
+            "types/motd.yaml:2: motd[two]/file:/etc/motd and motd[one]/file:/etc/motd both manage "
+            "file:/etc/motd (motd[two] used at profiles/web.yaml:3; motd[one] used at "
+            "profiles/web.yaml:2)" in done.stderr
         )
         assert "profiles/web.yaml:4: duplicate motd:one (also declared at profiles/web.yaml:2)" in (
             done.stderr
@@ -495,3 +501,86 @@ class TestSensitiveInstances:
         done = cli.run("plan", repo, "--node", "w1", "--format", "json", check=2)
         assert "plain-visible-text" in done.stdout  # what is not sensitive shows in the diff
         assert "hunter2" not in done.stdout and "tok-123456" not in done.stdout
+
+
+class TestScopedIds:
+    SVC = {
+        "nodes.yaml": "default: web\n",
+        "roles/web.yaml": "profiles: [web]\n",
+        "types/svc.yaml": """
+            resources:
+              - file: "/srv/{{ title }}/conf"
+                content: "{{ title }}\\n"
+                notify: exec:reload
+              - directory: "/srv/{{ title }}"
+              - exec: reload
+                command: "echo {{ title }} >> $RECONCILER_ROOT/var/log/reloads"
+                refreshonly: true
+        """,
+    }
+
+    def test_each_instance_has_its_own_exec_and_reaches_its_siblings(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                **self.SVC,
+                "profiles/web.yaml": """
+                    resources:
+                      - svc: a
+                      - svc: b
+                      - file: /etc/after-a
+                        content: "x\\n"
+                        require: [file:/srv/a/conf, "svc[b]/exec:reload"]
+                """,
+            }
+        )
+        done = cli.run("apply", repo, "--node", "w1", "--format", "json", check=2)
+        order = [r["id"] for r in json.loads(done.stdout)["resources"]]
+        assert {"svc[a]/exec:reload", "svc[b]/exec:reload"} <= set(order)
+        # a file's directory comes first though declared after it, inside the instance
+        assert order.index("svc[a]/directory:/srv/a") < order.index("svc[a]/file:/srv/a/conf")
+        assert order.index("svc[a]/file:/srv/a/conf") < order.index("file:/etc/after-a")
+        assert order.index("svc[b]/exec:reload") < order.index("file:/etc/after-a")
+        reloads = (cli.root / "var/log/reloads").read_text().split()
+        assert sorted(reloads) == ["a", "b"]  # each notify reached its own instance's exec
+
+    def test_a_name_two_instances_declare_is_ambiguous(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(
+            {
+                **self.SVC,
+                "profiles/web.yaml": """
+                    resources:
+                      - svc: a
+                      - svc: b
+                      - file: /etc/x
+                        require: exec:reload
+                """,
+            }
+        )
+        done = cli.run("apply", repo, "--node", "w1", check=1)
+        assert (
+            "profiles/web.yaml:4, key 'require': file:/etc/x: require exec:reload, which several "
+            "instances declare: name one of svc[a]/exec:reload, svc[b]/exec:reload" in done.stderr
+        )
+
+    def test_moving_a_resource_into_an_instance_prunes_nothing(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        files = {
+            "nodes.yaml": "default: web\n",
+            "roles/web.yaml": "profiles: [web]\n",
+            "reconciler.yaml": "prune: true\nallow_mass_prune: true\n",
+            "types/conf.yaml": "resources:\n  - file: '/etc/{{ title }}'\n    content: kept\n",
+        }
+        before = make_repo(
+            {**files, "profiles/web.yaml": "resources:\n  - file: /etc/kept\n    content: kept\n"}
+        )
+        cli.run("apply", before, "--node", "w1", check=2)
+        after = make_repo({**files, "profiles/web.yaml": "resources:\n  - conf: kept\n"}, "after")
+        done = cli.run("apply", after, "--node", "w1", "--format", "json")
+        assert done.returncode in (0, 2), done.stderr
+        assert (cli.root / "etc/kept").read_text() == "kept"
+        assert set(ids(done)) == {"conf[kept]/file:/etc/kept"}  # file:/etc/kept: not pruned

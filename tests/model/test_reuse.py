@@ -28,8 +28,10 @@ def test_instance_resources_record_their_instance_and_the_instance_is_a_group(
         }
     )
     catalog = Compiler(DirectorySnapshot(repo)).compile("w1", FACTS)
-    assert catalog.entries["file:/etc/shop"].origin == "profile:web/site[shop]"
-    assert catalog.groups == {"site:shop": ["file:/etc/shop", "file:/etc/shop.d"]}
+    assert catalog.entries["site[shop]/file:/etc/shop"].origin == "profile:web/site[shop]"
+    assert catalog.groups == {
+        "site:shop": ["site[shop]/file:/etc/shop", "site[shop]/file:/etc/shop.d"]
+    }
 
 
 def test_a_catalog_is_bounded_whatever_for_each_gives(
@@ -73,3 +75,25 @@ def test_risky_or_long_patterns_are_refused(pattern: str) -> None:
 @pytest.mark.parametrize("pattern", ["/(ab)+/", "/[(+]+x/", r"/\(a+\)+/", "/(a|b)/"])
 def test_plain_repeats_are_allowed(pattern: str) -> None:
     assert pattern_problem(pattern) is None
+
+
+def test_an_app_component_kept_for_rollback_keeps_its_scoped_ids_and_relationships(
+    make_repo: Callable[..., Path],
+) -> None:
+    from reconciler.apps.rollout import dump_entries, load_entries
+
+    repo = make_repo(
+        {
+            **BASE,
+            "types/site.yaml": "resources:\n  - exec: reload\n    command: 'true'\n"
+            "  - file: '/etc/{{ title }}'\n    notify: exec:reload\n",
+            "profiles/web.yaml": "resources:\n  - site: shop\n  - file: /etc/x\n    require: site:shop\n",
+        }
+    )
+    catalog = Compiler(DirectorySnapshot(repo)).compile("w1", FACTS)
+    back = load_entries(dump_entries(list(catalog.entries.values())))
+    assert list(back) == list(catalog.entries)
+    assert back["site[shop]/file:/etc/shop"].relations == {"notify": ["site[shop]/exec:reload"]}
+    assert back["file:/etc/x"].relations == {
+        "require": ["site[shop]/exec:reload", "site[shop]/file:/etc/shop"]
+    }
