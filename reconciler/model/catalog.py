@@ -1437,9 +1437,7 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
             except ModelError as exc:
                 problems += exc.problems
     for defined, found in compiler.read_types().values():
-        problems += found
-        if not found:
-            problems += declaration_problems(defined.resources, defined.file, compiler.types())
+        problems += found + declaration_problems(defined.resources, defined.file, compiler.types())
     profiles: dict[str, Profile] = {}
     for name in repomod.names_of(snapshot, "profile"):
         try:
