@@ -227,6 +227,26 @@ class TestForEach:
         assert (cli.root / "etc/sites/blog").read_text() == "8081"
         cli.run("apply", repo, "--node", "w1", check=0)
 
+    def test_resources_from_facts(self, cli: CLI, make_repo: Callable[..., Path]) -> None:
+        repo = make_repo(
+            {
+                **self.REPO,
+                "profiles/users.yaml": """
+                    resources:
+                      - directory: "/srv/{{ item.name }}"
+                        for_each: facts.volumes
+                        mode: "{{ item.mode }}"
+                """,
+            }
+        )
+        facts = make_repo(
+            {"f.yaml": "volumes: [{name: data, mode: '0700'}, {name: logs, mode: '0755'}]\n"},
+            name="facts",
+        )
+        cli.run("apply", repo, "--node", "w1", "--facts", str(facts / "f.yaml"), check=2)
+        assert (cli.root / "srv/data").stat().st_mode & 0o777 == 0o700
+        assert (cli.root / "srv/logs").stat().st_mode & 0o777 == 0o755
+
     def test_titles_must_stay_unique_and_the_value_must_be_a_list_or_mapping(
         self, cli: CLI, make_repo: Callable[..., Path]
     ) -> None:
