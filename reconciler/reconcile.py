@@ -558,7 +558,14 @@ def _prune(
 
     Returns what is still to prune (refused, or failed), so that a later run can finish it.
     """
-    gone = {rid: item for rid, item in previous.resources.items() if rid not in catalog.entries}
+    # A resource that moved into or out of a defined type instance changed its id, not what
+    # it manages: nothing of it is removed.
+    managed = {e.resource.identity for e in catalog.entries.values()}
+    gone = {
+        rid: item
+        for rid, item in previous.resources.items()
+        if rid not in catalog.entries and f"{item.type}:{item.title}" not in managed
+    }
     if not gone or not catalog.settings.prune:
         return {}
     total = len(previous.resources)

@@ -106,6 +106,7 @@ def dump_entries(entries: list[Entry]) -> list[dict[str, Any]]:
             "title": e.resource.title,
             "attrs": _encode(e.resource.attrs),
             "sensitive": e.resource.sensitive,
+            "scope": e.resource.scope,
             "noop": e.noop,
             "relations": e.relations,
             "file": e.where.file,
@@ -121,6 +122,7 @@ def load_entries(raw: list[dict[str, Any]]) -> dict[ResourceId, Entry]:
     for item in raw:
         cls = REGISTRY[item["type"]]
         resource = cls(item["title"], _decode(item["attrs"]), sensitive=bool(item["sensitive"]))
+        resource.scope = str(item.get("scope") or "")
         where = Location(item.get("file"), item.get("line"))
         entries[resource.id] = Entry(
             resource, where, str(item["origin"]), bool(item["noop"]), dict(item["relations"])

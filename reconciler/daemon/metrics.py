@@ -139,7 +139,7 @@ class Metrics:
         drift_by_type: dict[str, int] = {}
         corrected: set[str] = set()
         for result in report.resources:
-            kind = result.id.split(":", 1)[0]
+            kind = result.id.split(":", 1)[0].rsplit("/", 1)[-1]  # after an instance's scope
             if result.status == "would_change":
                 counts["drifted"] += 1
                 drift_by_type[kind] = drift_by_type.get(kind, 0) + 1

@@ -25,6 +25,9 @@ from reconciler import process
 from reconciler.errors import Location, ModelError
 
 MAX_FACT_BYTES = 1024 * 1024
+# The facts the agent computes itself, kept apart as ``facts.trusted``: a facts directory or
+# file (which a local user may be able to write) can change the others, never these.
+TRUSTED = ("node", "hostname", "fqdn", "domain", "os", "kernel", "architecture")
 _FAMILIES = {
     "debian": "Debian",
     "ubuntu": "Debian",
@@ -374,6 +377,7 @@ def gather(
     """Every fact of this node: built-in, then facts directories, then ``facts_file``."""
     found = builtin(node, proc, etc)
     name = found.facts["node"]
+    trusted = {key: _plain(found.facts.get(key)) for key in TRUSTED}
     for directory in facts_dirs:
         try:
             entries = sorted(Path(directory).iterdir())
@@ -390,6 +394,7 @@ def gather(
     # The node name comes from --node or the host, never from a fact source (a fact must not
     # be able to move a node into another role).
     found.facts["node"] = name
+    found.facts["trusted"] = trusted
     return found
 
 

@@ -8,20 +8,41 @@ app as a whole: unknown keys, unknown or cyclic requirements, bad health checks,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 from reconciler.errors import Location, ModelError, Problem
-from reconciler.model.repo import NAME, did_you_mean, read_yaml, type_name, unknown_keys
+from reconciler.model.match import is_regex, name_matches, pattern_problem
+from reconciler.model.repo import (
+    NAME,
+    did_you_mean,
+    fact_holds,
+    read_yaml,
+    same_kind,
+    type_name,
+    unknown_keys,
+)
 from reconciler.model.yamlload import LocList, LocMap
 from reconciler.source import Snapshot
 
-APP_KEYS = frozenset({"version", "components", "description"})
+APP_KEYS = frozenset({"version", "components", "description", "params", "instances"})
+INSTANCE_KEYS = frozenset({"version", "params", "nodes"})
+APP_SECTION = "app:"  # data sections of apps: ``app:<app>`` and ``app:<app>-<instance>``
+
+
+def is_app_section(key: object) -> bool:
+    """``app:shop`` is an app's data section; ``app::x`` is a free key in the ``app``
+    namespace, as Hiera writes them."""
+    return isinstance(key, str) and key.startswith(APP_SECTION) and not key.startswith("app::")
+
+
 COMPONENT_KEYS = frozenset(
     {"name", "nodes", "requires", "max_parallel", "resources", "health", "on_failure"}
 )
+NODES_KEYS = ("role", "match", "facts", "trusted")
 HEALTH_KEYS = frozenset({"command", "http", "timeout", "retries", "interval"})
 
 
@@ -52,11 +73,20 @@ class Component:
     health: Health | None
     on_failure: str  # "halt" or "rollback"
     requires_at: Location = field(default_factory=Location)
+    facts: dict[str, Any] = field(default_factory=dict)  # dotted fact path -> value
+    trusted: dict[str, Any] = field(default_factory=dict)  # the same, of facts.trusted
 
-    def runs_on(self, node: str, role: str) -> bool:
-        if self.role is not None:
-            return self.role == role
-        return self.match is not None and fnmatchcase(node, self.match)
+    def runs_on(self, node: str, role: str, facts: Mapping[str, Any] | None = None) -> bool:
+        """Whether a node runs this component: every condition of its ``nodes:`` holds."""
+        if self.role is not None and self.role != role:
+            return False
+        if self.match is not None and not name_matches(node, self.match):
+            return False
+        facts = facts or {}
+        trusted = facts.get("trusted") or {}
+        return all(fact_holds(facts, k, v) for k, v in self.facts.items()) and all(
+            fact_holds(trusted, k, v) for k, v in self.trusted.items()
+        )
 
 
 @dataclass
@@ -66,6 +96,13 @@ class App:
     version: str
     components: list[Component] = field(default_factory=list)
     digest: str = ""  # of the app's file: tells one definition of a version from another
+    params: LocMap = field(default_factory=LocMap.empty)  # parameter -> default
+    # An instance of the app's definition (apps/<definition>.yaml) is named
+    # <definition>-<instance>; an app without instances is its definition's only one.
+    definition: str = ""
+    instance: str = ""
+    instance_params: LocMap = field(default_factory=LocMap.empty)
+    instances: list[App] = field(default_factory=list)  # of a definition with instances
 
     def component(self, name: str) -> Component | None:
         return next((c for c in self.components if c.name == name), None)
@@ -103,12 +140,30 @@ def load_apps(snapshot: Snapshot) -> list[App]:
     problems: list[Problem] = []
     for name in app_names(snapshot):
         try:
-            apps.append(load_app(snapshot, name))
+            app = load_app(snapshot, name)
         except ModelError as exc:
             problems += exc.problems
+            continue
+        apps += app.instances or [app]
+    names: dict[str, App] = {}
+    for app in apps:
+        other = names.setdefault(app.name, app)
+        if other is not app:
+            problems.append(
+                Problem(
+                    f"two apps are named {app.name!r} ({_describe(other)} and "
+                    f"{_describe(app)}): rename one",
+                    Location(app.file),
+                    "validate",
+                )
+            )
     if problems:
         raise ModelError(problems, "validate")
     return apps
+
+
+def _describe(app: App) -> str:
+    return f"instance {app.instance!r} of {app.file}" if app.instance else app.file
 
 
 def load_app(snapshot: Snapshot, name: str) -> App:
@@ -141,6 +196,12 @@ def read_app(snapshot: Snapshot, name: str) -> tuple[App, list[Problem]]:
         problems.append(Problem('needs a version, a string like "1.4.2"', at(raw, "version")))
         version = ""
     app = App(name, path, version, digest=hashlib.sha256(snapshot.read(path)).hexdigest())
+    app.definition = name
+    params = raw.get("params")
+    if params is not None and not isinstance(params, LocMap):
+        problems.append(Problem("must be a mapping of parameters", at(raw, "params")))
+    elif params is not None:
+        app.params = params
     components = raw.get("components")
     if not isinstance(components, LocList) or not components:
         problems.append(Problem("needs a list of components", at(raw, "components")))
@@ -159,8 +220,136 @@ def read_app(snapshot: Snapshot, name: str) -> tuple[App, list[Problem]]:
             continue
         app.components.append(component)
     problems += _check_requires(app)
+    if "instances" in raw:
+        problems += _instances(app, raw["instances"], at(raw, "instances"))
     ordered = sorted(problems, key=lambda p: p.where.line or 0)
     return app, [Problem(p.message, p.where, "validate") for p in ordered]
+
+
+def _instances(app: App, raw: Any, where: Location) -> list[Problem]:
+    """Fill ``app.instances`` from ``instances: {name: {version, params, nodes}}``."""
+    path = app.file
+    if not isinstance(raw, LocMap) or not raw:
+        return [Problem("must be a mapping of instance names to their settings", where)]
+    problems: list[Problem] = []
+    for name, settings in raw.items():
+        at = Location(path, raw.line_of(name), f"instances.{name}")
+        if not isinstance(name, str) or not NAME.match(name):
+            problems.append(Problem(f"{name!r} is not an instance name ([a-z0-9][a-z0-9_-]*)", at))
+            continue
+        if settings is None:
+            settings = LocMap.empty(raw.line_of(name))
+        if not isinstance(settings, LocMap):
+            problems.append(Problem("must be a mapping with version, params or nodes", at))
+            continue
+        problems += unknown_keys(settings, INSTANCE_KEYS, path, "an app instance")
+        version = settings.get("version", app.version)
+        if isinstance(version, int | float) and not isinstance(version, bool):
+            version = str(version)
+        if not isinstance(version, str) or not version.strip():
+            problems.append(Problem('must be a string like "1.4.2"', at))
+            version = app.version
+        given = settings.get("params") or LocMap.empty(settings.line)
+        if not isinstance(given, LocMap):
+            problems.append(Problem("must be a mapping of parameters", at))
+            given = LocMap.empty(settings.line)
+        for key, value in given.items():
+            key_at = Location(path, given.line_of(key), f"instances.{name}.params.{key}")
+            if key not in app.params:
+                problems.append(
+                    Problem(
+                        f"app {app.name!r} has no parameter {key!r}{did_you_mean(key, app.params)}",
+                        key_at,
+                    )
+                )
+            elif not same_kind(app.params[key], value):
+                problems.append(
+                    Problem(
+                        f"expected {type_name(app.params[key])} like the default, "
+                        f"got {type_name(value)}",
+                        key_at,
+                    )
+                )
+        nodes = settings.get("nodes") or LocMap.empty(settings.line)
+        extra: dict[str, dict[str, Any]] = {"facts": {}, "trusted": {}}
+        if not isinstance(nodes, LocMap) or not set(nodes) <= set(extra):
+            problems.append(
+                Problem("nodes of an instance: {facts: {PATH: VALUE}, trusted: {...}}", at)
+            )
+        else:
+            for key, value in nodes.items():
+                if not isinstance(value, LocMap):
+                    problems.append(Problem("must be a mapping of fact paths to values", at))
+                else:
+                    extra[key] = dict(value)
+        instance = dataclasses.replace(
+            app,
+            name=f"{app.name}-{name}",
+            version=version,
+            instance=name,
+            instance_params=given,
+            instances=[],
+            components=[
+                dataclasses.replace(
+                    c,
+                    facts={**c.facts, **extra["facts"]},
+                    trusted={**c.trusted, **extra["trusted"]},
+                )
+                for c in app.components
+            ],
+        )
+        app.instances.append(instance)
+    return problems
+
+
+def app_data_problems(path: str, content: LocMap, apps: list[App]) -> list[Problem]:
+    """The ``app:`` sections of a data file: each names an app (or an instance) and sets its
+    parameters, of the default's type."""
+    known = {a.definition: a for a in apps} | {a.name: a for a in apps}
+    problems: list[Problem] = []
+    for section, values in content.items():
+        if not is_app_section(section):
+            continue
+        name = section.removeprefix(APP_SECTION)
+        where = Location(path, content.line_of(section), section)
+        app = known.get(name)
+        if app is None:
+            problems.append(Problem(f"no app named {name!r}{did_you_mean(name, known)}", where))
+            continue
+        if not isinstance(values, LocMap):
+            problems.append(Problem("must be a mapping of parameters", where))
+            continue
+        for key, value in values.items():
+            key_at = Location(path, values.line_of(key), f"{section}.{key}")
+            if key not in app.params:
+                problems.append(
+                    Problem(
+                        f"app {app.definition!r} has no parameter {key!r} ({app.file})"
+                        f"{did_you_mean(key, app.params)}",
+                        key_at,
+                    )
+                )
+            elif not same_kind(app.params[key], value):
+                problems.append(
+                    Problem(
+                        f"expected {type_name(app.params[key])} like the default at "
+                        f"{app.file}:{app.params.line_of(key)}, got {type_name(value)}",
+                        key_at,
+                    )
+                )
+    return problems
+
+
+def without_app_sections(content: LocMap) -> LocMap:
+    """A data file's content without its ``app:`` sections (the profiles' part)."""
+    if not any(is_app_section(k) for k in content):
+        return content
+    kept = LocMap.empty(content.line)
+    for key, value in content.items():
+        if not is_app_section(key):
+            kept[key] = value
+            kept.lines[key] = content.line_of(key)
+    return kept
 
 
 def _component(raw: LocMap, where: Location, path: str) -> tuple[Component | None, list[Problem]]:
@@ -174,26 +363,33 @@ def _component(raw: LocMap, where: Location, path: str) -> tuple[Component | Non
         problems.append(Problem("needs a name like 'api' ([a-z0-9][a-z0-9_-]*)", at("name")))
         return None, problems
     role = match = None
+    conditions: dict[str, dict[str, Any]] = {"facts": {}, "trusted": {}}
     nodes = raw.get("nodes")
-    if (
-        not isinstance(nodes, LocMap)
-        or len(nodes) != 1
-        or next(iter(nodes))
-        not in (
-            "role",
-            "match",
+    if not isinstance(nodes, LocMap) or not nodes or not set(nodes) <= set(NODES_KEYS):
+        problems.append(
+            Problem(
+                "needs nodes: {role: NAME}, {match: GLOB or /REGEX/}, {facts: {PATH: VALUE}} "
+                "or {trusted: {PATH: VALUE}} (several conditions must all hold)",
+                at("nodes"),
+            )
         )
-    ):
-        problems.append(Problem("needs nodes: {role: NAME} or nodes: {match: GLOB}", at("nodes")))
     else:
-        key = next(iter(nodes))
-        value = nodes[key]
-        if not isinstance(value, str) or not value:
-            problems.append(Problem("must be a string", at(key, nodes)))
-        elif key == "role":
-            role = value
-        else:
-            match = value
+        for key, value in nodes.items():
+            if key in conditions:
+                if not isinstance(value, LocMap) or not value:
+                    problems.append(
+                        Problem("must be a mapping of fact paths to values", at(key, nodes))
+                    )
+                else:
+                    conditions[key] = dict(value)
+            elif not isinstance(value, str) or not value:
+                problems.append(Problem("must be a string", at(key, nodes)))
+            elif key == "role":
+                role = value
+            elif why := pattern_problem(value):
+                problems.append(Problem(why, at(key, nodes)))
+            else:
+                match = value
     requires = raw.get("requires", [])
     if isinstance(requires, str):
         requires = [requires]
@@ -227,6 +423,8 @@ def _component(raw: LocMap, where: Location, path: str) -> tuple[Component | Non
         health,
         on_failure,
         at("requires") if "requires" in raw else where,
+        conditions["facts"],
+        conditions["trusted"],
     )
     return component, problems
 
@@ -347,5 +545,7 @@ def unmatched_components(app: App, snapshot: Snapshot) -> list[str]:
 
 def _may_overlap(glob: str, pattern: str) -> bool:
     """Whether some name could match both globs (checked on their literal prefixes)."""
+    if is_regex(glob) or is_regex(pattern):
+        return True  # not worth guessing: no warning
     a, b = (g.split("*")[0].split("?")[0].split("[")[0] for g in (glob, pattern))
     return a.startswith(b) or b.startswith(a)

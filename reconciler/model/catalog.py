@@ -18,16 +18,29 @@ from reconciler.errors import Location, ModelError, Problem
 from reconciler.model import data as datamod
 from reconciler.model import repo as repomod
 from reconciler.model.apps import (
+    APP_SECTION,
     App,
     Deployment,
+    app_data_problems,
     app_names,
     load_apps,
     read_app,
     unmatched_components,
+    without_app_sections,
 )
+from reconciler.model.expand import MAX_RESOURCES, for_each_items, with_defaults
 from reconciler.model.repo import DataValue, Profile, Settings, closest, did_you_mean
 from reconciler.model.secrets import Keyring, Reader, load_recipients, reveal_params
+from reconciler.model.substitute import MISS, Substitutions
 from reconciler.model.templates import Renderer
+from reconciler.model.types import (
+    INSTANCE_KEYS,
+    MAX_NESTING,
+    DefinedType,
+    in_instance,
+    read_type,
+    type_names,
+)
 from reconciler.model.yamlload import LocList, LocMap
 from reconciler.resources.base import (
     COMMON_ATTRIBUTES,
@@ -42,6 +55,10 @@ from reconciler.resources.base import (
 from reconciler.source import Snapshot, clean_relpath
 
 RELATIONS = ("require", "before", "notify", "subscribe")
+# Types whose title only names the resource (what it manages is in its attributes): in two
+# instances, one title is two resources.
+NAMED_ONLY = frozenset({"exec", "line"})
+MAX_INCLUDE_DEPTH = 64
 
 
 @dataclass
@@ -72,6 +89,16 @@ class Catalog:
     deployments: list[Deployment] = field(default_factory=list)
     # The values of sensitive parameters: shown only as digests, wherever they turn up.
     secrets: Secrets = field(default_factory=Secrets)
+    # Each defined type instance ("vhost:shop", within another "a[x]/vhost:shop") and the ids
+    # of its resources.
+    groups: dict[str, list[ResourceId]] = field(default_factory=dict)
+    # The relationships of each instance: (its resources, relation -> targets, the scope the
+    # targets are seen from, where the instance is used). link() adds them to its resources.
+    instance_relations: list[
+        tuple[list[ResourceId], dict[str, list[ResourceId]], str, Location]
+    ] = field(default_factory=list)
+    # The scope of each instance ("a[x]/b[y]") -> the scope it is used in ("a[x]").
+    scopes: dict[str, str] = field(default_factory=dict)
 
     def order(self) -> list[ResourceId]:
         """A topological order of the ids, stable for equal inputs."""
@@ -87,6 +114,7 @@ class Taint:
     names: frozenset[str] = frozenset()  # the profile's sensitive parameters
     params: frozenset[str] = frozenset()  # all of the profile's parameters
     secrets: Secrets = field(default_factory=Secrets)
+    everything: bool = False  # inside a sensitive defined type instance: every resource
 
 
 _PARSER: Any = None
@@ -185,6 +213,22 @@ def find_cycle(members: set[ResourceId], after: Mapping[ResourceId, set[Resource
 # -- compiling ----------------------------------------------------------------------------------
 
 
+@dataclass
+class Build:
+    """What one catalog's compile keeps across its profiles and apps: the defined type
+    instances (their ids, resources and where each is used), and how many resources and
+    instances were declared (bounded by MAX_RESOURCES)."""
+
+    groups: dict[str, list[ResourceId]] = field(default_factory=dict)
+    used_at: dict[str, Location] = field(default_factory=dict)
+    declared: int = 0
+    relations: list[tuple[list[ResourceId], dict[str, list[ResourceId]], str, Location]] = field(
+        default_factory=list
+    )
+    scopes: dict[str, str] = field(default_factory=dict)
+    scope_used_at: dict[str, Location] = field(default_factory=dict)
+
+
 class Compiler:
     """Compiles catalogs from one snapshot; caches what does not depend on the node."""
 
@@ -196,10 +240,27 @@ class Compiler:
         self.keyring = Keyring(None) if keyring is None else keyring
         self.settings = repomod.load_settings(snapshot) if settings is None else settings
         self.renderer = Renderer(self._read_template)
+        self.substitutions = Substitutions()
         self._profiles: dict[str, tuple[Profile, list[Problem]]] = {}
         self._apps: list[App] | None = None
         self._profile_names: frozenset[str] | None = None
         self._params_named: dict[str, frozenset[str] | None] = {}
+        self._types: dict[str, tuple[DefinedType, list[Problem]]] | None = None
+        self._type_map: dict[str, DefinedType] | None = None
+
+    def read_types(self) -> dict[str, tuple[DefinedType, list[Problem]]]:
+        """Every defined type of the repo, and what is wrong with each file."""
+        if self._types is None:
+            self._types = {
+                name: read_type(self.snapshot, name) for name in type_names(self.snapshot)
+            }
+        return self._types
+
+    def types(self) -> dict[str, DefinedType]:
+        """Every defined type of the repo by name (a broken one marked ``broken``)."""
+        if self._type_map is None:
+            self._type_map = {name: found[0] for name, found in self.read_types().items()}
+        return self._type_map
 
     def _read_template(self, name: str) -> str:
         path = "templates/" + clean_relpath(name, Location(key="template"))
@@ -222,6 +283,103 @@ class Compiler:
             self._profiles[name] = repomod.read_profile(self.snapshot, name, where)
         return self._profiles[name]
 
+    def included(self, named: list[tuple[str, Location]]) -> tuple[list[Profile], list[Problem]]:
+        """The profiles a role names and those they include, each once, a profile after those
+        it includes; profiles that include each other are an error naming them in order."""
+        profiles: list[Profile] = []
+        problems: list[Problem] = []
+        done: set[str] = set()
+
+        def visit(name: str, where: Location, chain: tuple[str, ...]) -> None:
+            if name in chain:
+                cycle = " -> ".join([*chain[chain.index(name) :], name])
+                problems.append(Problem(f"profiles include each other: {cycle}", where))
+                return
+            if name in done:
+                return
+            if len(chain) >= MAX_INCLUDE_DEPTH:
+                problems.append(
+                    Problem(f"includes nest more than {MAX_INCLUDE_DEPTH} profiles deep", where)
+                )
+                return
+            done.add(name)
+            try:
+                profile, found = self.read_profile(name, where)
+            except ModelError as exc:
+                problems.extend(exc.problems)
+                return
+            if found:
+                # Not compiled, but what is wrong whatever the values is still reported.
+                problems.extend(found)
+                problems.extend(declaration_problems(profile.resources, profile.file, self.types()))
+                return
+            for other, at in profile.includes:
+                visit(other, at, (*chain, name))
+            profiles.append(profile)
+
+        for name, where in named:
+            visit(name, where, ())
+        return profiles, problems
+
+    def check_assertions(
+        self, assertions: LocList, file: str, context: Mapping[str, Any]
+    ) -> list[Problem]:
+        """A problem with its message for each ``assert:`` of a role or profile that fails."""
+        problems: list[Problem] = []
+        for index, item in enumerate(assertions):
+            if not isinstance(item, LocMap) or "that" not in item or "message" not in item:
+                continue  # reported when the file is read
+            where = Location(file, assertions.line_of(index), "assert")
+            try:
+                that = item["that"]
+                holds = (
+                    that
+                    if isinstance(that, bool)
+                    else self.renderer.evaluate(
+                        str(that), context, Location(file, item.line_of("that"), "that")
+                    )
+                )
+                if not holds:
+                    at = Location(file, item.line_of("message"), "message")
+                    problems.append(
+                        Problem(
+                            f"assertion failed: {self.render(item['message'], context, at)}", where
+                        )
+                    )
+            except ModelError as exc:
+                problems += exc.problems
+        return problems
+
+    def defaults_problems(self, profile: Profile) -> list[Problem]:
+        """What is wrong with a profile's ``defaults:``: a type that does not exist, an
+        attribute (or parameter) that type lacks."""
+        problems: list[Problem] = []
+        types = self.types()
+        for kind, attrs in profile.defaults.items():
+            at = Location(profile.file, attrs.line, f"defaults.{kind}")
+            if kind not in REGISTRY and kind not in types:
+                close = did_you_mean(kind, [*REGISTRY, *types])
+                problems.append(Problem(f"no type named {kind!r}{close}", at))
+                continue
+            for key in ("for_each", kind):
+                if key in attrs:
+                    problems.append(
+                        Problem(
+                            f"{key!r} cannot have a default",
+                            Location(profile.file, attrs.line_of(key), f"defaults.{kind}.{key}"),
+                        )
+                    )
+            probe = LocMap.empty(attrs.line)
+            probe[kind] = "defaults"
+            probe.first = kind
+            probe.update((k, v) for k, v in attrs.items() if k not in ("for_each", kind))
+            probe.lines = dict(attrs.lines)
+            try:
+                declared_type(probe, at, types)
+            except ModelError as exc:
+                problems += exc.problems
+        return problems
+
     def compile(self, node: str, facts: Mapping[str, Any]) -> Catalog:
         classification = repomod.classify(self.snapshot, node, facts)
         return self.compile_role(node, classification.role, classification.where, facts)
@@ -230,18 +388,8 @@ class Compiler:
         self, node: str, role: str, where: Location, facts: Mapping[str, Any]
     ) -> Catalog:
         named, problems = repomod.read_role(self.snapshot, role, where)
-        profiles: list[Profile] = []
-        for name, line in named:
-            try:
-                profile, found = self.read_profile(name, line)
-            except ModelError as exc:
-                problems += exc.problems
-                continue
-            if found:
-                # Not compiled, but what is wrong whatever the values is still reported.
-                problems += found + declaration_problems(profile.resources, profile.file)
-                continue
-            profiles.append(profile)
+        profiles, found = self.included(named)
+        problems += found
         try:
             data = repomod.load_data(self.snapshot, self.settings, node, role, facts)
         except ModelError as exc:  # a data file that does not parse hides no other problem
@@ -249,7 +397,10 @@ class Compiler:
             data = repomod.Data()
         known = {p.name: p for p in profiles}
         for _, file, content in data.levels:
-            problems += repomod.check_data_file(file, content, known, self.profile_names())
+            problems += repomod.check_data_file(
+                file, without_app_sections(content), known, self.profile_names()
+            )
+            problems += self.app_data_problems(file, content)
         entries: dict[ResourceId, Entry] = {}
         catalog = Catalog(
             node, role, self.snapshot.revision, self.snapshot.branch, self.settings, entries, {}, {}
@@ -261,6 +412,14 @@ class Compiler:
             "role": role,
             "lookup": datamod.function(lookups),
         }
+        try:
+            problems += self.check_assertions(
+                repomod.role_assertions(self.snapshot, role, where),
+                f"roles/{role}.yaml",
+                base_context,
+            )
+        except ModelError as exc:
+            problems += exc.problems
         resolved: list[Profile] = []
         for profile in profiles:
             try:
@@ -275,19 +434,34 @@ class Compiler:
                 problems += exc.problems
                 continue
             resolved.append(profile)
+            context = {**base_context, "params": catalog.params[profile.name]}
+            problems += self.check_assertions(profile.assertions, profile.file, context)
+            problems += self.defaults_problems(profile)
         secrets = Secrets(
             [
                 *(leaf for p in resolved for leaf in sensitive_values(p, catalog.params[p.name])),
                 *self.keyring.revealed,  # a token's plaintext inside a longer value too
             ]
         )
+        build = Build()
         for profile in resolved:
             context = {**base_context, "params": catalog.params[profile.name]}
             taint = Taint(profile.sensitive, frozenset(profile.params), secrets)
             problems += self.add_resources(
-                entries, profile.resources, profile.file, f"profile:{profile.name}", context, taint
+                entries,
+                profile.resources,
+                profile.file,
+                f"profile:{profile.name}",
+                context,
+                taint,
+                build,
+                profile.defaults,
             )
-        problems += self.add_deployments(catalog, base_context, Taint(secrets=secrets))
+        problems += self.add_deployments(catalog, base_context, Taint(secrets=secrets), build, data)
+        catalog.groups = build.groups
+        catalog.instance_relations = build.relations
+        catalog.scopes = build.scopes
+        problems += identity_conflicts(entries, build.scope_used_at)
         spread_sensitivity(entries)
         catalog.secrets = Secrets(
             [*secrets.values, *(v for e in entries.values() for v in e.resource.secret_values())]
@@ -323,8 +497,19 @@ class Compiler:
                 problems += self._compile_component(Deployment(app, component, []), context)[1]
         return problems
 
+    def app_data_problems(self, file: str, content: LocMap) -> list[Problem]:
+        try:
+            return app_data_problems(file, content, self.apps())
+        except ModelError:
+            return []  # what is wrong with the apps is reported with them
+
     def add_deployments(
-        self, catalog: Catalog, base_context: Mapping[str, Any], taint: Taint
+        self,
+        catalog: Catalog,
+        base_context: Mapping[str, Any],
+        taint: Taint,
+        build: Build,
+        data: repomod.Data,
     ) -> list[Problem]:
         """The resources of every app component this node runs, at the app's version."""
         try:
@@ -334,10 +519,12 @@ class Compiler:
         problems: list[Problem] = []
         for app in apps:
             for component in app.components:
-                if not component.runs_on(catalog.node, catalog.role):
+                if not component.runs_on(catalog.node, catalog.role, base_context["facts"]):
                     continue
                 deployment = Deployment(app, component, [])
-                entries, found = self._compile_component(deployment, base_context, taint)
+                entries, found = self._compile_component(
+                    deployment, base_context, taint, build, data
+                )
                 problems += found
                 for rid, entry in entries.items():
                     other = catalog.entries.get(rid)
@@ -355,21 +542,32 @@ class Compiler:
         return problems
 
     def _compile_component(
-        self, deployment: Deployment, base_context: Mapping[str, Any], taint: Taint = Taint()
+        self,
+        deployment: Deployment,
+        base_context: Mapping[str, Any],
+        taint: Taint = Taint(),
+        build: Build | None = None,
+        data: repomod.Data | None = None,
     ) -> tuple[dict[ResourceId, Entry], list[Problem]]:
         """A component's resources, and its health check rendered into ``deployment``.
 
-        Templates see the node's names plus ``app.name`` and ``app.version``; ``params`` is
-        empty (an app has no parameters)."""
+        Templates see the node's names plus ``app`` (``name``, ``version``, ``definition``,
+        ``instance``) and ``params``, the app's parameters."""
         app, component = deployment.app, deployment.component
-        context = {
-            **base_context,
-            "params": {},
-            "app": {"name": app.name, "version": app.version},
+        meta = {
+            "name": app.name,
+            "version": app.version,
+            "definition": app.definition or app.name,
+            "instance": app.instance,
         }
+        try:
+            params = self.app_params(app, data or repomod.Data(), {**base_context, "app": meta})
+        except ModelError as exc:
+            return {}, exc.problems
+        context = {**base_context, "params": params, "app": meta}
         entries: dict[ResourceId, Entry] = {}
         problems = self.add_resources(
-            entries, component.resources, app.file, deployment.origin, context, taint
+            entries, component.resources, app.file, deployment.origin, context, taint, build
         )
         if component.health is not None:
             at = Location(component.where.file, component.where.line, "health")
@@ -382,6 +580,32 @@ class Compiler:
             except ModelError as exc:
                 problems += exc.problems
         return entries, problems
+
+    def app_params(
+        self, app: App, data: repomod.Data, context: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """An app's parameters, the most specific first: data for the instance
+        (``app:<app>-<instance>``), the instance's ``params`` in the app file, data for the
+        app (``app:<app>``), the default. Values from data are never rendered."""
+        params: dict[str, Any] = {}
+        problems: list[Problem] = []
+        lookups = self.lookups(data, context.get("facts", {}))
+        for key in app.params:
+            found = lookups.find(f"{APP_SECTION}{app.name}.{key}") if app.instance else None
+            if found is None and key not in app.instance_params:
+                found = lookups.find(f"{APP_SECTION}{app.definition}.{key}")
+            if found is not None:
+                params[key] = found.value
+                continue
+            written = app.instance_params if key in app.instance_params else app.params
+            at = Location(app.file, written.line_of(key), f"params.{key}")
+            try:
+                params[key] = self.render(written[key], context, at)
+            except ModelError as exc:
+                problems += exc.problems
+        if problems:
+            raise ModelError(problems)
+        return params
 
     def profile_names(self) -> frozenset[str]:
         """The name of every profile of the repo, whether or not it loads."""
@@ -471,7 +695,12 @@ class Compiler:
     def render(self, value: Any, context: Mapping[str, Any], where: Location) -> Any:
         """Render every string containing ``{{`` inside a value written in the repo."""
         if isinstance(value, str):
-            return self.renderer.render_string(value, context, where) if "{{" in value else value
+            if "{{" not in value:
+                return value
+            found = self.substitutions.render(value, context)
+            if found is not MISS:
+                return found
+            return self.renderer.render_string(value, context, where)
         if isinstance(value, list):
             return [self.render(v, context, where) for v in value]
         if isinstance(value, dict):
@@ -486,53 +715,224 @@ class Compiler:
         origin: str,
         context: Mapping[str, Any],
         taint: Taint = Taint(),
+        build: Build | None = None,
+        defaults: Mapping[str, LocMap] | None = None,
+        using: tuple[str, ...] = (),
+        scope: str = "",
     ) -> list[Problem]:
+        """Compile declarations into ``entries``: each once, or once per item of its
+        ``for_each``; a use of a defined type adds the resources of the instance.
+
+        ``defaults`` are the profile's, by type; ``using`` the defined types being expanded
+        (to name a type that uses itself)."""
+        build = Build() if build is None else build
+        types = self.types()
         problems: list[Problem] = []
         for index, declaration in enumerate(declarations):
             where = Location(file, declarations.line_of(index))
             try:
-                entry = self.resource(declaration, where, origin, context, taint)
+                kind = declared_type(declaration, where, types)
+                if defaults:
+                    declaration = with_defaults(declaration, defaults.get(kind))
+                contexts: Iterable[Mapping[str, Any]] = (
+                    for_each_items(
+                        declaration,
+                        file,
+                        context,
+                        self.renderer.evaluate,
+                        self.substitutions.lookup,
+                    )
+                    if "for_each" in declaration
+                    else (context,)
+                )
+                first_item: dict[ResourceId, int] = {}
+                for item, item_context in enumerate(contexts):
+                    build.declared += 1
+                    if build.declared > MAX_RESOURCES:
+                        problems.append(
+                            Problem(f"more than {MAX_RESOURCES} resources in one catalog", where)
+                        )
+                        return problems
+                    if kind in types:
+                        problems += self.instance(
+                            entries, declaration, types[kind], where, origin, item_context,
+                            taint, build, using, scope,
+                        )  # fmt: skip
+                        continue
+                    try:
+                        entry = self.resource(
+                            declaration, where, origin, item_context, taint, kind=kind
+                        )
+                        if entry is not None and scope:
+                            entry.resource.scope = scope
+                    except ModelError as exc:
+                        problems += exc.problems
+                        continue
+                    if entry is None:
+                        continue
+                    rid = entry.resource.id
+                    other = entries.get(rid)
+                    if other is not None:
+                        problems.append(
+                            _duplicate(rid, where, other, first_item.get(rid), item, declaration)
+                        )
+                        continue
+                    first_item[rid] = item
+                    entries[rid] = entry
             except ModelError as exc:
                 problems += exc.problems
-                continue
-            if entry is None:
-                continue
-            rid = entry.resource.id
-            other = entries.get(rid)
-            if other is not None:
-                problems.append(
-                    Problem(f"duplicate resource {rid} (also declared at {other.where})", where)
-                )
-                continue
-            entries[rid] = entry
         return problems
 
-    def resource(
+    def instance(
         self,
-        declaration: Any,
+        entries: dict[ResourceId, Entry],
+        declaration: LocMap,
+        defined: DefinedType,
         where: Location,
         origin: str,
         context: Mapping[str, Any],
-        taint: Taint = Taint(),
-    ) -> Entry | None:
-        """One declaration to a catalog entry; None when its ``when:`` is false."""
-        kind = declared_type(declaration, where)
-        cls = REGISTRY[kind]
-        problems: list[Problem] = []
+        taint: Taint,
+        build: Build,
+        using: tuple[str, ...],
+        scope: str = "",
+    ) -> list[Problem]:
+        """Add the resources of one use of a defined type to ``entries``.
+
+        Each gets the instance's relationships and ``noop``; ``<type>:<title>`` names them all
+        as a relationship target. Problems inside the type name the use as well."""
+        kind = defined.name
 
         def at(key: str) -> Location:
             return Location(where.file, declaration.line_of(key), key)
 
-        if "when" in declaration:
-            condition = declaration["when"]
-            if isinstance(condition, bool):
-                holds = condition
-            elif isinstance(condition, str):
-                holds = bool(self.renderer.evaluate(condition, context, at("when")))
-            else:
-                raise ModelError.one("must be an expression or a boolean", at("when"))
-            if not holds:
-                return None
+        if not self._holds(declaration, context, at):
+            return []
+        title = self._title(declaration, kind, context, at, taint)
+        label, ref = f"{kind}[{title}]", f"{kind}:{title}"
+        if scope:
+            ref = f"{scope}/{ref}"
+        if kind in using or len(using) >= MAX_NESTING:
+            chain = " -> ".join([*using, kind])
+            why = "use each other" if kind in using else f"nest more than {MAX_NESTING} deep"
+            return [Problem(f"defined types {why}: {chain}", where)]
+        if ref in build.used_at:
+            return [Problem(f"duplicate {ref} (also declared at {build.used_at[ref]})", where)]
+        build.used_at[ref] = where
+        if defined.broken:
+            found = self.read_types()[kind][1]
+            return [Problem(f"{label}: the defined type {kind} has problems", where), *found]
+        problems: list[Problem] = []
+        given: dict[str, Any] = {}
+        for key, raw in declaration.items():
+            if key == kind or key in INSTANCE_KEYS:
+                continue
+            param = defined.params.get(key)
+            if param is None:
+                continue  # a default of the profile for a parameter the type lacks: reported
+            try:
+                value = self.render(raw, context, at(key))
+            except ModelError as exc:
+                problems += exc.problems
+                continue
+            message = param.check(value)
+            if message:
+                problems.append(
+                    Problem(
+                        f"{label}: parameter {key!r} {message} (declared at {param.where})",
+                        at(key),
+                    )
+                )
+            given[key] = value
+        names = {k: context[k] for k in ("facts", "node", "role", "app") if k in context}
+        names["title"] = title
+        for name, param in defined.params.items():
+            if name in given:
+                continue
+            if param.required:
+                problems.append(
+                    Problem(f"{label} needs the parameter {name!r} ({param.where})", where)
+                )
+                continue
+            try:
+                given[name] = self.render(
+                    param.default, {**names, "params": dict(given)}, param.where
+                )
+            except ModelError as exc:
+                problems += [in_instance(p, label, where) for p in exc.problems]
+        relations: dict[str, list[ResourceId]] = {}
+        for relation in RELATIONS:
+            if relation in declaration:
+                try:
+                    value = self.render(declaration[relation], context, at(relation))
+                    relations[relation] = _ids(value, at(relation), self.types())
+                except ModelError as exc:
+                    problems += exc.problems
+        noop = declaration.get("noop", False)
+        if not isinstance(noop, bool):
+            problems.append(Problem("must be true or false", at("noop")))
+        if problems:
+            return problems
+        declared = declaration.get("sensitive", False)
+        if not isinstance(declared, bool):
+            return [Problem("must be true or false", at("sensitive"))]
+        sensitive = (
+            declared
+            or taint.everything
+            or any(
+                self._names_sensitive(value, taint)
+                for key, value in declaration.items()
+                if key not in (kind, "when")
+            )
+        )
+        inner: dict[ResourceId, Entry] = {}
+        inner_scope = f"{scope}/{label}" if scope else label
+        build.scopes[inner_scope] = scope
+        build.scope_used_at[inner_scope] = where
+        found = self.add_resources(
+            inner,
+            defined.resources,
+            defined.file,
+            f"{origin}/{label}",
+            {**names, "params": given},
+            Taint(secrets=taint.secrets, everything=sensitive),
+            build,
+            None,
+            (*using, kind),
+            inner_scope,
+        )
+        problems += [in_instance(p, label, where) for p in found]
+        if relations:
+            build.relations.append((list(inner), relations, scope, where))
+        for rid, entry in inner.items():
+            entry.noop = entry.noop or noop
+            other = entries.get(rid)
+            if other is not None:
+                problems.append(
+                    Problem(
+                        f"duplicate resource {rid} (declared in {label} at {entry.where}; "
+                        f"also declared at {other.where})",
+                        where,
+                    )
+                )
+                continue
+            entries[rid] = entry
+        build.groups[ref] = list(inner)
+        return problems
+
+    def _holds(self, declaration: LocMap, context: Mapping[str, Any], at: Any) -> bool:
+        """Whether a declaration's ``when:`` holds (or it has none)."""
+        if "when" not in declaration:
+            return True
+        condition = declaration["when"]
+        if isinstance(condition, bool):
+            return condition
+        if isinstance(condition, str):
+            return bool(self.renderer.evaluate(condition, context, at("when")))
+        raise ModelError.one("must be an expression or a boolean", at("when"))
+
+    def _title(
+        self, declaration: LocMap, kind: str, context: Mapping[str, Any], at: Any, taint: Taint
+    ) -> str:
         title = self.render(declaration[kind], context, at(kind))
         if not isinstance(title, str | int) or isinstance(title, bool) or str(title) == "":
             raise ModelError.one("the title must be a non-empty string", at(kind))
@@ -544,9 +944,33 @@ class Compiler:
                 "put the value in an attribute",
                 at(kind),
             )
+        return title
+
+    def resource(
+        self,
+        declaration: Any,
+        where: Location,
+        origin: str,
+        context: Mapping[str, Any],
+        taint: Taint = Taint(),
+        kind: str | None = None,
+    ) -> Entry | None:
+        """One declaration of a built-in type to a catalog entry; None when its ``when:`` is
+        false. ``kind``: its type, when the declaration was already checked."""
+        if kind is None:
+            kind = declared_type(declaration, where)
+        cls = REGISTRY[kind]
+        problems: list[Problem] = []
+
+        def at(key: str) -> Location:
+            return Location(where.file, declaration.line_of(key), key)
+
+        if not self._holds(declaration, context, at):
+            return None
+        title = self._title(declaration, kind, context, at, taint)
         attrs: dict[str, Any] = {}
         for key, raw in declaration.items():
-            if key in (kind, "when"):
+            if key in (kind, "when", "for_each"):
                 continue
             try:
                 attrs[key] = self.render(raw, context, at(key))
@@ -560,13 +984,17 @@ class Compiler:
         relations: dict[str, list[ResourceId]] = {}
         for relation in RELATIONS:
             if relation in attrs:
-                relations[relation] = _ids(attrs.pop(relation), at(relation))
+                relations[relation] = _ids(attrs.pop(relation), at(relation), self.types())
         noop = attrs.pop("noop", False)
         declared = attrs.pop("sensitive", False)
         for key, value in (("noop", noop), ("sensitive", declared)):
             if not isinstance(value, bool):
                 problems.append(Problem("must be true or false", at(key)))
-        sensitive = declared is True or self._tainted(declaration, kind, template, attrs, taint)
+        sensitive = (
+            declared is True
+            or taint.everything
+            or self._tainted(declaration, kind, template, attrs, taint)
+        )
         if sensitive and kind == "line" and not attrs.get("text"):
             problems.append(
                 Problem("a sensitive line needs its line in 'text' (the title is shown)", where)
@@ -676,19 +1104,24 @@ class Compiler:
             attrs["content"] = self.renderer.render_file(name, context, at("template"))
 
 
-def declared_type(declaration: Any, where: Location) -> str:
+def declared_type(
+    declaration: Any, where: Location, types: Mapping[str, DefinedType] | None = None
+) -> str:
     """The type of one resource declaration, once what needs no values is checked: that it is a
-    mapping that names a type, with no attribute that type lacks. A ModelError otherwise.
+    mapping that names a type (built-in or defined in ``types``), with no attribute (or
+    parameter) that type lacks. A ModelError otherwise.
 
     Compiling checks this before ``when:``, and validate checks it for every declaration of the
     repo, so a misspelling is reported whichever nodes the resource is for."""
     if not isinstance(declaration, LocMap):
         raise ModelError.one("a resource must be a mapping like '- file: /etc/motd'", where)
-    kind = resource_type(declaration, where)
+    kind = resource_type(declaration, where, types)
+    if types is not None and kind in types:
+        return _instance_keys(declaration, types[kind], where)
     known = attribute_names(kind)
     problems = []
     for key in declaration:
-        if key in (kind, "when") or key in COMMON_ATTRIBUTES or key in known:
+        if key in (kind, "when", "for_each") or key in COMMON_ATTRIBUTES or key in known:
             continue
         close = closest(key, [*known, *COMMON_ATTRIBUTES])
         hint = (
@@ -708,22 +1141,46 @@ def declared_type(declaration: Any, where: Location) -> str:
     return kind
 
 
-def declaration_problems(declarations: LocList, file: str) -> list[Problem]:
+def _instance_keys(declaration: LocMap, defined: DefinedType, where: Location) -> str:
+    """The type of a use of a defined type, once its keys are checked against its parameters."""
+    if defined.broken:
+        return defined.name
+    known = [*defined.params, *sorted(INSTANCE_KEYS)]
+    problems = [
+        Problem(
+            f"unknown parameter {key!r} for {defined.name} ({defined.file})"
+            f"{did_you_mean(key, known)}",
+            Location(where.file, declaration.line_of(key), str(key)),
+        )
+        for key in declaration
+        if key != defined.name and key not in INSTANCE_KEYS and key not in defined.params
+    ]
+    if problems:
+        raise ModelError(problems)
+    return defined.name
+
+
+def declaration_problems(
+    declarations: LocList, file: str, types: Mapping[str, DefinedType] | None = None
+) -> list[Problem]:
     """What is wrong with a list of resource declarations whatever the node and its values."""
     problems: list[Problem] = []
     for index, declaration in enumerate(declarations):
         try:
-            declared_type(declaration, Location(file, declarations.line_of(index)))
+            declared_type(declaration, Location(file, declarations.line_of(index)), types)
         except ModelError as exc:
             problems += exc.problems
     return problems
 
 
-def resource_type(declaration: LocMap, where: Location) -> str:
-    """The type a resource mapping names: its first key. A mapping whose first key is not a
-    type but which has exactly one type key elsewhere is read the old way, by that key."""
+def resource_type(
+    declaration: LocMap, where: Location, defined: Mapping[str, DefinedType] | None = None
+) -> str:
+    """The type a resource mapping names: its first key (a built-in type or one of the
+    ``defined`` types). A mapping whose first key is not a type but which has exactly one
+    built-in type key elsewhere is read the old way, by that key."""
     first = declaration.first
-    if first in REGISTRY:
+    if first in REGISTRY or (defined is not None and first in defined):
         return str(first)
     types = [str(key) for key in declaration if key in REGISTRY]
     if len(types) == 1:
@@ -737,8 +1194,9 @@ def resource_type(declaration: LocMap, where: Location) -> str:
             where,
         )
     unknown = [k for k in declaration if k not in COMMON_ATTRIBUTES]
-    close = next((c for k in unknown if (c := closest(k, REGISTRY)) is not None), None)
-    hint = f"did you mean {close!r}?" if close else f"types: {', '.join(sorted(REGISTRY))}"
+    kinds = [*REGISTRY, *(defined or ())]
+    close = next((c for k in unknown if (c := closest(k, kinds)) is not None), None)
+    hint = f"did you mean {close!r}?" if close else f"types: {', '.join(sorted(kinds))}"
     raise ModelError.one(
         f"no resource type among the keys {sorted(map(str, declaration))} ({hint})"
         if unknown
@@ -763,11 +1221,16 @@ def attribute_names(kind: str) -> list[str]:
     return sorted(names)
 
 
-def _ids(value: Any, where: Location) -> list[ResourceId]:
+def _ids(value: Any, where: Location, types: Mapping[str, Any] | None = None) -> list[ResourceId]:
     items = value if isinstance(value, list) else [value]
     ids: list[ResourceId] = []
     for item in items:
-        if not isinstance(item, str) or ":" not in item or item.split(":", 1)[0] not in REGISTRY:
+        kind = (
+            item.split(":", 1)[0].rsplit("/", 1)[-1]  # after an instance's scope
+            if isinstance(item, str) and ":" in item
+            else None
+        )
+        if kind is None or (kind not in REGISTRY and (types is None or kind not in types)):
             raise ModelError.one(
                 f"{item!r} is not a resource id like 'package:nginx' or 'file:/etc/motd'", where
             )
@@ -817,23 +1280,41 @@ def check_value(spec: Attr, value: Any, sensitive: bool = False) -> str | None:
 
 
 def link(catalog: Catalog) -> None:
-    """Resolve relationships into ordering and refresh edges; check targets and cycles."""
+    """Resolve relationships into ordering and refresh edges; check targets and cycles.
+
+    Each entry's relationships are rewritten to the ids they reached (an instance, written
+    ``vhost:shop``, becomes its resources), so that a catalog read back links the same way."""
     entries = catalog.entries
     after: dict[ResourceId, set[ResourceId]] = {rid: set() for rid in entries}
     refreshes: dict[ResourceId, set[ResourceId]] = {}
     problems: list[Problem] = []
+    index = _Targets(entries, catalog.groups, catalog.scopes)
     for rid, entry in entries.items():
-        for relation, targets in entry.relations.items():
-            for target in targets:
-                if target not in entries:
+        resolved: dict[str, list[ResourceId]] = {}
+        for relation, named in entry.relations.items():
+            resolved[relation] = []
+            for target in named:
+                found, why = index.resolve(target, entry.resource.scope)
+                if why is not None:
                     problems.append(
                         Problem(
-                            f"{rid}: {relation} {target}, which is not in this node's catalog"
-                            f"{_close_id(target, entries, rid)}",
+                            f"{rid}: {relation} {target}, {why}",
                             Location(entry.where.file, entry.where.line, relation),
                         )
                     )
-                    continue
+                resolved[relation] += found
+        entry.relations = resolved
+    for members, relations, scope, where in catalog.instance_relations:
+        for relation, named in relations.items():
+            for target in named:
+                found, why = index.resolve(target, scope)
+                if why is not None:
+                    problems.append(Problem(f"{relation} {target}, {why}", where))
+                for member in members:
+                    entries[member].relations.setdefault(relation, []).extend(found)
+    for rid, entry in entries.items():
+        for relation, targets in entry.relations.items():
+            for target in targets:
                 if relation in ("require", "subscribe"):
                     after[rid].add(target)
                 else:
@@ -842,9 +1323,10 @@ def link(catalog: Catalog) -> None:
                     refreshes.setdefault(rid, set()).add(target)
                 elif relation == "subscribe":
                     refreshes.setdefault(target, set()).add(rid)
-        for target in entry.resource.autorequire():
-            if target in entries and target != rid and rid not in after[target]:
-                after[rid].add(target)
+        for implied in entry.resource.autorequire():
+            for target in index.resolve(implied, entry.resource.scope)[0]:
+                if target != rid and rid not in after[target]:
+                    after[rid].add(target)
     last_of: dict[str, ResourceId] = {}
     for rid, entry in entries.items():
         key = entry.resource.serial_key()
@@ -859,6 +1341,89 @@ def link(catalog: Catalog) -> None:
     catalog.after = after
     catalog.refreshes = refreshes
     catalog.order()  # raises on a cycle
+
+
+def _duplicate(
+    rid: ResourceId,
+    where: Location,
+    other: Entry,
+    first: int | None,
+    item: int,
+    declaration: LocMap,
+) -> Problem:
+    if first is not None:
+        return Problem(
+            f"for_each gives {rid} twice (items {first} and {item}): titles must be unique",
+            Location(where.file, declaration.line_of("for_each"), "for_each"),
+        )
+    return Problem(f"duplicate resource {rid} (also declared at {other.where})", where)
+
+
+class _Targets:
+    """Finds what a relationship target names, seen from a scope: a resource or an instance
+    of the same instance first (then of each enclosing one), then one of the catalog, then
+    the one resource anywhere with that type and title."""
+
+    def __init__(
+        self,
+        entries: Mapping[ResourceId, Entry],
+        groups: Mapping[str, list[ResourceId]],
+        parents: Mapping[str, str],
+    ) -> None:
+        self.entries = entries
+        self.groups = groups
+        self.parents = parents  # an instance's scope -> the scope around it
+        self.identities: dict[str, list[ResourceId]] = {}
+        for rid, entry in entries.items():
+            if entry.resource.scope:
+                self.identities.setdefault(entry.resource.identity, []).append(rid)
+
+    def resolve(self, target: str, scope: str) -> tuple[list[ResourceId], str | None]:
+        """The ids a target reaches, or why it reaches none."""
+        while True:
+            candidate = f"{scope}/{target}" if scope else target
+            if candidate in self.entries:
+                return [candidate], None
+            if candidate in self.groups:
+                return list(self.groups[candidate]), None
+            if not scope:
+                break
+            scope = self.parents.get(scope, "")
+        found = self.identities.get(target, [])
+        if len(found) == 1:
+            return found, None
+        if found:
+            return [], f"which several instances declare: name one of {', '.join(found)}"
+        return [], (f"which is not in this node's catalog{_close_id(target, self.entries, target)}")
+
+
+def identity_conflicts(
+    entries: Mapping[ResourceId, Entry], used_at: Mapping[str, Location]
+) -> list[Problem]:
+    """Resources of different instances that manage one thing (a file, a package): an error.
+    Execs and lines are told apart by their instances, since their titles only name them."""
+    first: dict[str, Entry] = {}
+    problems: list[Problem] = []
+    for rid, entry in entries.items():
+        resource = entry.resource
+        if resource.type in NAMED_ONLY:
+            continue
+        other = first.setdefault(resource.identity, entry)
+        if other is not entry:
+            uses = [
+                f"{e.resource.scope} used at {used_at[e.resource.scope]}"
+                if e.resource.scope in used_at
+                else f"declared at {e.where}"
+                for e in (entry, other)
+            ]
+            problems.append(
+                Problem(
+                    f"{rid} and {other.resource.id} both manage {resource.identity} "
+                    f"({'; '.join(uses)})",
+                    entry.where,
+                )
+            )
+    return problems
 
 
 def _close_id(target: ResourceId, ids: Iterable[ResourceId], own: ResourceId) -> str:
@@ -937,6 +1502,8 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
                 compiler.read_profile(name, where)
             except ModelError as exc:
                 problems += exc.problems
+    for defined, found in compiler.read_types().values():
+        problems += found + declaration_problems(defined.resources, defined.file, compiler.types())
     profiles: dict[str, Profile] = {}
     for name in repomod.names_of(snapshot, "profile"):
         try:
@@ -944,7 +1511,9 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
         except ModelError as exc:
             problems += exc.problems
             continue
-        problems += found + declaration_problems(profile.resources, profile.file)
+        problems += found + declaration_problems(profile.resources, profile.file, compiler.types())
+        problems += compiler.included([(name, Location(profile.file))])[1]
+        problems += compiler.defaults_problems(profile)
         if not found:
             profiles[name] = profile
     for path in snapshot.files("data"):
@@ -957,7 +1526,10 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
         except ModelError as exc:
             problems += exc.problems
             continue
-        problems += repomod.check_data_file(path, content, profiles, compiler.profile_names())
+        problems += repomod.check_data_file(
+            path, without_app_sections(content), profiles, compiler.profile_names()
+        )
+        problems += compiler.app_data_problems(path, content)
     for role in roles:
         try:
             compiler.compile_role(node, role, Location(f"roles/{role}.yaml"), facts)
@@ -969,7 +1541,7 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
         except ModelError:
             continue
         for component in app.components:
-            problems += declaration_problems(component.resources, app.file)
+            problems += declaration_problems(component.resources, app.file, compiler.types())
     problems += compiler.check_apps(node, facts)
     return tidy(problems)
 

@@ -10,10 +10,10 @@ import difflib
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import Location, ModelError, Problem
+from reconciler.model.match import name_matches, pattern_problem
 from reconciler.model.yamlload import LocList, LocMap, load
 from reconciler.source import Snapshot
 
@@ -172,7 +172,9 @@ def read_nodes(snapshot: Snapshot) -> tuple[LocMap, list[Problem]]:
         if not isinstance(entry, LocMap):
             problems.append(Problem("each entry must be a mapping", Location(path, line)))
             continue
-        problems += unknown_keys(entry, {"match", "facts", "role"}, path, "a nodes entry")
+        problems += unknown_keys(
+            entry, {"match", "facts", "trusted", "role"}, path, "a nodes entry"
+        )
         role = entry.get("role")
         if not isinstance(role, str) or not NAME.match(role):
             problems.append(
@@ -182,10 +184,15 @@ def read_nodes(snapshot: Snapshot) -> tuple[LocMap, list[Problem]]:
             )
         if "match" in entry and not isinstance(entry["match"], str):
             problems.append(Problem("must be a string", Location(path, line, "match")))
-        if "facts" in entry and not isinstance(entry["facts"], LocMap):
-            problems.append(Problem("must be a mapping", Location(path, line, "facts")))
-        if "match" not in entry and "facts" not in entry:
-            problems.append(Problem("an entry needs 'match' or 'facts'", Location(path, line)))
+        elif "match" in entry and (why := pattern_problem(entry["match"])):
+            problems.append(Problem(why, Location(path, entry.line_of("match"), "match")))
+        for key in ("facts", "trusted"):
+            if key in entry and not isinstance(entry[key], LocMap):
+                problems.append(Problem("must be a mapping", Location(path, line, key)))
+        if not {"match", "facts", "trusted"} & set(entry):
+            problems.append(
+                Problem("an entry needs 'match', 'facts' or 'trusted'", Location(path, line))
+            )
     default = raw.get("default")
     if default is not None and (not isinstance(default, str) or not NAME.match(default)):
         problems.append(
@@ -222,10 +229,13 @@ def classify(snapshot: Snapshot, node: str, facts: Mapping[str, Any]) -> Classif
     raw = load_nodes(snapshot)
     entries: LocList = raw.get("nodes") or LocList.empty()
     for index, entry in enumerate(entries):
-        if "match" in entry and not fnmatchcase(node, entry["match"]):
+        if "match" in entry and not name_matches(node, entry["match"]):
             continue
         conditions = entry.get("facts") or {}
-        if all(_fact_holds(facts, k, v) for k, v in conditions.items()):
+        trusted = entry.get("trusted") or {}
+        if all(fact_holds(facts, k, v) for k, v in conditions.items()) and all(
+            fact_holds(facts.get("trusted") or {}, k, v) for k, v in trusted.items()
+        ):
             return Classification(entry["role"], Location("nodes.yaml", entries.line_of(index)))
     if raw.get("default"):
         return Classification(raw["default"], Location("nodes.yaml", raw.line_of("default")))
@@ -234,7 +244,7 @@ def classify(snapshot: Snapshot, node: str, facts: Mapping[str, Any]) -> Classif
     )
 
 
-def _fact_holds(facts: Mapping[str, Any], dotted: Any, expected: Any) -> bool:
+def fact_holds(facts: Mapping[str, Any], dotted: Any, expected: Any) -> bool:
     actual = lookup_fact(facts, str(dotted))
     if actual is _MISSING:
         return False
@@ -282,7 +292,8 @@ def read_role(
     the role's file, which does not keep its profiles from being read. A role without
     ``profiles`` has none. A ModelError only when the role cannot be read at all."""
     path, raw = _read_named(snapshot, "role", role, where)
-    problems = unknown_keys(raw, {"profiles", "description"}, path, "a role")
+    problems = unknown_keys(raw, {"profiles", "description", "assert"}, path, "a role")
+    problems += assertion_problems(raw, path)
     profiles = raw.get("profiles")
     if profiles is None:
         profiles = LocList.empty()
@@ -298,6 +309,11 @@ def read_role(
     return named, [Problem(p.message, p.where, "validate") for p in problems]
 
 
+def role_assertions(snapshot: Snapshot, role: str, where: Location) -> LocList:
+    """The ``assert:`` list of a role."""
+    return assertions(_read_named(snapshot, "role", role, where)[1])
+
+
 @dataclass
 class Profile:
     name: str
@@ -305,6 +321,37 @@ class Profile:
     params: LocMap
     resources: LocList
     sensitive: frozenset[str] = frozenset()
+    includes: list[tuple[str, Location]] = field(default_factory=list)
+    defaults: dict[str, LocMap] = field(default_factory=dict)  # type -> attribute -> value
+    assertions: LocList = field(default_factory=LocList.empty)
+
+
+def assertions(raw: LocMap) -> LocList:
+    """The ``assert:`` list of a role or profile (empty when it is missing or malformed)."""
+    found = raw.get("assert")
+    return found if isinstance(found, LocList) else LocList.empty(raw.line)
+
+
+def assertion_problems(raw: LocMap, path: str) -> list[Problem]:
+    """``assert: [{that: EXPR, message: TEXT}, ...]``, checked whatever the values."""
+    if "assert" not in raw:
+        return []
+    found = raw["assert"]
+    at = Location(path, raw.line_of("assert"), "assert")
+    if not isinstance(found, LocList):
+        return [Problem("must be a list of {that: EXPRESSION, message: TEXT}", at)]
+    problems: list[Problem] = []
+    for index, item in enumerate(found):
+        where = Location(path, found.line_of(index), f"assert[{index}]")
+        if not isinstance(item, LocMap):
+            problems.append(Problem("must be a mapping {that: EXPRESSION, message: TEXT}", where))
+            continue
+        problems += unknown_keys(item, {"that", "message"}, path, "an assertion")
+        if not isinstance(item.get("that"), str | bool):
+            problems.append(Problem("'that' must be an expression", where))
+        if not isinstance(item.get("message"), str) or not item["message"]:
+            problems.append(Problem("'message' must be a text", where))
+    return problems
 
 
 def load_profile(snapshot: Snapshot, name: str, where: Location) -> Profile:
@@ -318,8 +365,44 @@ def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profil
     """A profile and what is wrong with its file; a ModelError only when it cannot be read."""
     path, raw = _read_named(snapshot, "profile", name, where)
     problems = unknown_keys(
-        raw, {"params", "resources", "description", "sensitive_params"}, path, "a profile"
+        raw,
+        {"params", "resources", "description", "sensitive_params", "include", "defaults", "assert"},
+        path,
+        "a profile",
     )
+    problems += assertion_problems(raw, path)
+    includes = raw.get("include", LocList.empty(raw.line))
+    if isinstance(includes, str):
+        includes = LocList([includes])
+        includes.line, includes.lines = raw.line_of("include"), [raw.line_of("include")]
+    if not isinstance(includes, LocList) or not all(isinstance(i, str) for i in includes):
+        problems.append(
+            Problem(
+                "must be a list of profile names",
+                Location(path, raw.line_of("include"), "include"),
+            )
+        )
+        includes = LocList.empty(raw.line)
+    defaults: dict[str, LocMap] = {}
+    given = raw.get("defaults")
+    if given is not None and not isinstance(given, LocMap):
+        problems.append(
+            Problem(
+                "must be a mapping of types to attributes, like {file: {owner: root}}",
+                Location(path, raw.line_of("defaults"), "defaults"),
+            )
+        )
+    elif given is not None:
+        for kind, attrs in given.items():
+            if not isinstance(attrs, LocMap):
+                problems.append(
+                    Problem(
+                        "must be a mapping of attributes",
+                        Location(path, given.line_of(kind), f"defaults.{kind}"),
+                    )
+                )
+                continue
+            defaults[str(kind)] = attrs
     params = raw.get("params")
     try:
         params = expect_map(params, Location(path, raw.line_of("params"), "params"), "params")
@@ -351,7 +434,16 @@ def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profil
                     Location(path, raw.line_of("sensitive_params"), "sensitive_params"),
                 )
             )
-    profile = Profile(name, path, params, resources, frozenset(sensitive))
+    profile = Profile(
+        name,
+        path,
+        params,
+        resources,
+        frozenset(sensitive),
+        [(n, Location(path, includes.line_of(i), "include")) for i, n in enumerate(includes)],
+        defaults,
+        assertions(raw),
+    )
     return profile, [Problem(p.message, p.where, "validate") for p in problems]
 
 

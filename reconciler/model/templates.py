@@ -21,7 +21,7 @@ from jinja2.nodes import Concat
 from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
 
 from reconciler.errors import Location, ModelError
-from reconciler.model.yamlload import INT_LIMIT, MAX_DEPTH, MAX_INT_DIGITS
+from reconciler.model.yamlload import INT_LIMIT, MAX_DEPTH, MAX_INT_DIGITS, LocList, LocMap
 
 MAX_OUTPUT = 4 * 1024 * 1024  # bytes a single render may produce
 # What a template or expression may raise for what it was given: each becomes a ModelError.
@@ -354,6 +354,9 @@ def _finalize(value: Any) -> Any:
     return value
 
 
+_LOADER_ATTRIBUTES = frozenset({"line", "lines", "first", "line_of", "empty"})
+
+
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
     """The sandbox, which also refuses operations that would build a huge value at once:
     ``"x" * 10**9``, ``2 ** 10**9``, ``"%1000000000s" % x``, ``"x".center(10**9)``."""
@@ -367,6 +370,15 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     @staticmethod
     def concat_values(values: Iterable[Any]) -> str:
         return _join_bounded(values)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Mappings and lists read from the repo keep their lines in attributes (line, lines,
+        # first): ``item.line`` is the data's key ``line``, as for any mapping, never those.
+        if attribute in _LOADER_ATTRIBUTES and isinstance(obj, LocMap | LocList):
+            if isinstance(obj, LocMap) and attribute in obj:
+                return obj[attribute]
+            return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
 
     @staticmethod
     def buffer() -> list[str]:

@@ -78,6 +78,17 @@ _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 
 
+def _decimal(text: str) -> bool:
+    """A plain decimal integer (no sign but -, no leading 0, no _), within MAX_INT_DIGITS."""
+    digits = text[1:] if text.startswith("-") else text
+    return (
+        0 < len(digits) < MAX_INT_DIGITS
+        and digits.isascii()
+        and digits.isdigit()
+        and (digits[0] != "0" or digits == "0")
+    )
+
+
 def _construct(loader: _Loader, node: yaml.Node) -> Any:
     """PyYAML's safe constructor, with its plain Python errors (a 2001-02-30 timestamp) turned
     into YAML errors at the node's line, and integers bounded to MAX_INT_DIGITS digits."""
@@ -116,7 +127,11 @@ def _convert(
     if known is not None:
         return known
     if isinstance(node, yaml.ScalarNode):
-        return node.value if node.tag == _STR else _construct(loader, node)
+        if node.tag == _STR:
+            return node.value
+        if node.tag == _INT and _decimal(node.value):
+            return int(node.value)  # what the constructor gives, at a tenth of its cost
+        return _construct(loader, node)
     if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
         data = LocMap()
         data.line = node.start_mark.line + 1

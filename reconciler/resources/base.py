@@ -284,6 +284,9 @@ class Resource(ABC):
     # content, a command's environment): searched for in every output of the run.
     secret_attributes: ClassVar[tuple[str, ...]] = ()
 
+    # The defined type instance that declared it ("vhost[shop]"; nested "a[x]/b[y]"), or "".
+    scope: str = ""
+
     def __init__(self, title: str, attrs: Mapping[str, Any], sensitive: bool = False) -> None:
         self.title = title
         self.attrs = dict(attrs)
@@ -291,6 +294,12 @@ class Resource(ABC):
 
     @property
     def id(self) -> ResourceId:
+        """``<type>:<title>``, after its instance's scope and a slash when it has one."""
+        return f"{self.scope}/{self.type}:{self.title}" if self.scope else self.identity
+
+    @property
+    def identity(self) -> str:
+        """``<type>:<title>`` whatever the scope: what the resource manages."""
         return f"{self.type}:{self.title}"
 
     @classmethod

@@ -46,6 +46,15 @@ class TestExampleRepo:
             "%sysadmins ALL=(ALL:ALL) ALL"
         )
         assert oct((cli.root / "etc/sudoers.d/50-admins").stat().st_mode & 0o7777) == "0o440"
+        # a defined type used once per item of data, and the nginx profile's defaults
+        assert (cli.root / "etc/motd.d/20-backups").read_text() == (
+            "Backups run nightly at 02:00 UTC.\n"
+        )
+        assert sorted(p.name for p in (cli.root / "etc/motd.d").iterdir()) == [
+            "10-support",
+            "20-backups",
+        ]
+        assert oct((cli.root / "etc/nginx").stat().st_mode & 0o7777) == "0o755"
         # the notify reached the refreshonly exec exactly once
         assert (cli.root / "var/log/nginx-reload.log").read_text() == "nginx reloaded\n"
         before = tree_hash(cli.root)
@@ -147,7 +156,7 @@ class TestPlan:
         report = json.loads(plan.stdout)
         assert report["noop"] is True
         # everything, the two refreshonly execs included: their notifiers would change
-        assert report["summary"]["would_change"] == report["summary"]["total"] == 14
+        assert report["summary"]["would_change"] == report["summary"]["total"] == 17
         refreshed = [r for r in report["resources"] if r["id"].startswith("exec:")]
         assert {c["property"] for r in refreshed for c in r["changes"]} == {"refreshed"}
         assert tree_hash(cli.root) == before

@@ -75,7 +75,8 @@ def test_every_problem_of_an_app_is_named_with_its_line(make_repo: Callable[...,
         "apps/shop.yaml:6, key 'requires': component 'db' requires 'cache', which is not a component "
         "of app 'shop'",
         "apps/shop.yaml:7, key 'max_parallel': must be a whole number of at least 1",
-        "apps/shop.yaml:9, key 'nodes': needs nodes: {role: NAME} or nodes: {match: GLOB}",
+        "apps/shop.yaml:9, key 'nodes': needs nodes: {role: NAME}, {match: GLOB or /REGEX/}, "
+        "{facts: {PATH: VALUE}} or {trusted: {PATH: VALUE}} (several conditions must all hold)",
         "apps/shop.yaml:10, key 'health': give exactly one of command and http",
         "apps/shop.yaml:11, key 'on_failure': must be halt or rollback, not 'retry'",
     ]
