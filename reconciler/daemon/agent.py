@@ -550,10 +550,13 @@ class Agent:
         from reconciler.daemon.watch import Watcher
 
         managed: dict[str, str] = {}
+        listed: set[str] = set()  # directories that purge: what they hold is their state
         root = self.config.root
         for entry in catalog.entries.values():
             for path in entry.resource.managed_paths():
                 managed[str(root / path.lstrip("/"))] = entry.resource.type
+                if entry.resource.type == "directory" and entry.resource.attrs.get("purge"):
+                    listed.add(str(root / path.lstrip("/")))
         changed_paths = {
             str(root / p.lstrip("/"))
             for r in report.resources
@@ -562,7 +565,7 @@ class Agent:
         }
         if self.watcher is None:
             self.watcher = Watcher(self)
-        self.watcher.update(managed, written=changed_paths)
+        self.watcher.update(managed, written=changed_paths, listed=frozenset(listed))
 
     def _run_ended(self) -> None:
         self._running.clear()

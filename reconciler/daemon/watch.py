@@ -26,12 +26,13 @@ DEBOUNCE_SECONDS = 0.2
 Fingerprint = tuple[int, ...]
 
 
-def fingerprint(path: str) -> Fingerprint | None:
+def fingerprint(path: str, entries: bool = False) -> Fingerprint | None:
     """What a path is now, as far as drift goes; None when it does not exist.
 
-    A directory is its inode, type, mode and owner: the entries it holds are not its state
-    (a file written or removed inside it changes its times, and that file has events of its
-    own). Anything else is also its size and its change times, so any write shows.
+    A directory is its inode, type, mode and owner: the entries it holds are not its state (a
+    file written or removed inside it changes its times, and that file has events of its own),
+    unless ``entries`` (a directory that purges what nothing manages): then their names too.
+    Anything else is also its size and its change times, so any write shows.
     """
     try:
         st = os.lstat(path)
@@ -39,9 +40,15 @@ def fingerprint(path: str) -> Fingerprint | None:
         return None
     kind = stat.S_IFMT(st.st_mode)
     attributes = (st.st_ino, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-    if kind == stat.S_IFDIR:
-        return attributes
-    return (*attributes, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if kind != stat.S_IFDIR:
+        return (*attributes, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if entries:
+        try:
+            names = sorted(os.listdir(path))
+        except OSError:
+            return attributes
+        return (*attributes, hash(tuple(names)))
+    return attributes
 
 
 class Watcher(FileSystemEventHandler):
@@ -49,6 +56,7 @@ class Watcher(FileSystemEventHandler):
         self.agent = agent
         self._lock = threading.Lock()
         self._managed: dict[str, str] = {}
+        self._listed: frozenset[str] = frozenset()  # directories whose entries are their state
         self._watched: dict[str, Any] = {}
         self._holding = False  # a run is under way: events wait for its end
         self._held: set[str] = set()
@@ -60,8 +68,11 @@ class Watcher(FileSystemEventHandler):
         self.observer.daemon = True
         self.observer.start()
 
-    def update(self, managed: dict[str, str], written: set[str]) -> None:
-        """Watch these paths from now on; ``written``: the paths the last run changed.
+    def update(
+        self, managed: dict[str, str], written: set[str], listed: frozenset[str] = frozenset()
+    ) -> None:
+        """Watch these paths from now on; ``written``: the paths the last run changed;
+        ``listed``: the directories that purge what nothing manages (their entries count).
 
         inotify events of the agent's own writes may arrive during the run or after it. Each
         path is remembered as the run left it, and an event is drift only when its path differs
@@ -76,8 +87,9 @@ class Watcher(FileSystemEventHandler):
                 if path in held and path not in written and path in self._known:
                     known[path] = self._known[path]
                 else:
-                    known[path] = fingerprint(path)
-            self._managed, self._known, self._counted = managed, known, set()
+                    known[path] = fingerprint(path, path in listed)
+            self._managed, self._listed = managed, listed
+            self._known, self._counted = known, set()
         for path in sorted(held):
             self._seen(path)
         dirs = {os.path.dirname(p) for p in managed} | {
@@ -118,6 +130,7 @@ class Watcher(FileSystemEventHandler):
         with self._lock:
             self._holding = False
             held, self._held = self._held, set()
+            self._counted = set()
         for path in sorted(held):
             self._seen(path)
 
@@ -131,7 +144,8 @@ class Watcher(FileSystemEventHandler):
             kind = self._managed.get(path)
             if kind is None or path in self._counted:
                 return
-            if path in self._known and self._known[path] == fingerprint(path):
+            now = fingerprint(path, path in self._listed)
+            if path in self._known and self._known[path] == now:
                 return  # as the agent left it: its own write, or a directory's entries
             self._counted.add(path)
             if self._timer is None:

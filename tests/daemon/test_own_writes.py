@@ -161,3 +161,29 @@ class TestFixture:
         finally:
             d.stop()
             d.notify.close()
+
+    def test_a_purging_directory_ignores_its_own_rewrite_and_sees_a_stray_file(
+        self, tmp_path: Path, server: GitServer
+    ) -> None:
+        profile = (server.work / "profiles/app.yaml").read_text()
+        purging = profile.replace("- directory: /srv/app", "- directory: /srv/app\n    purge: true")
+        assert purging != profile
+        server.push({"profiles/app.yaml": purging})
+        d = Daemon(tmp_path, server.url, poll_interval="1s", interval="1h")
+        try:
+            d.start()
+            wait_for(d.ready, what="/readyz")
+            before = settled(d.port)
+            server.push({"profiles/app.yaml": purging.replace("threads=4", "threads=8")})
+            config = d.root / "srv/app/config"
+            wait_for(lambda: config.read_text() == "threads=8\n", what="the push applied")
+            after = settled(d.port)
+            assert moved(before, after) == {"runs:success": 1}
+            # What nothing manages inside it is the directory's drift: one event, purged.
+            stray = d.root / "srv/app/stray"
+            subprocess.run(["sh", "-c", f"echo left behind > {stray}"], check=True)
+            wait_for(lambda: not stray.exists(), what="the stray file purged")
+            assert moved(after, settled(d.port)) == {"drift:directory": 1, "runs:success": 1}
+        finally:
+            d.stop()
+            d.notify.close()
