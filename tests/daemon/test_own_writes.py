@@ -187,3 +187,27 @@ class TestFixture:
         finally:
             d.stop()
             d.notify.close()
+
+    def test_a_managed_directory_changed_by_hand_is_one_event(
+        self, tmp_path: Path, server: GitServer
+    ) -> None:
+        profile = (server.work / "profiles/app.yaml").read_text()
+        server.push(
+            {
+                "profiles/app.yaml": profile.replace(
+                    "- directory: /srv/app", '- directory: /srv/app\n    mode: "0755"'
+                )
+            }
+        )
+        d = Daemon(tmp_path, server.url, poll_interval="1h", interval="1h")
+        try:
+            d.start()
+            wait_for(d.ready, what="/readyz")
+            before = settled(d.port)
+            app = d.root / "srv/app"
+            app.chmod(0o700)  # seen both by the watch on /srv and by the one on /srv/app
+            wait_for(lambda: app.stat().st_mode & 0o777 == 0o755, what="the mode repaired")
+            assert moved(before, settled(d.port)) == {"drift:directory": 1, "runs:success": 1}
+        finally:
+            d.stop()
+            d.notify.close()
