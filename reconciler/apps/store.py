@@ -174,6 +174,8 @@ class LocalStore:
         self.path = Path(path)
         self.poll_interval = poll_interval
         self._seen: bytes | None = None  # the generation at the last read
+        # This process's own changes, generation before -> after: not news to its own wait.
+        self._own: dict[bytes, bytes] = {}
         self._closed = threading.Event()
         # The directory is made by the first write: reading (a plan) leaves no trace.
 
@@ -254,6 +256,8 @@ class LocalStore:
             expiry = self._next_expiry(time.time())
             while not self._closed.is_set():
                 current = self._generation()
+                while base != current and base in self._own:
+                    base = self._own[base]  # a change of our own: seen
                 if current != base:
                     self._seen = current
                     return True
@@ -294,12 +298,25 @@ class LocalStore:
             return b""
 
     def _bump(self) -> None:
-        """Count one change; the caller holds the lock."""
+        """Count one change; the caller holds the lock.
+
+        The change is remembered as this process's own (before it shows, so that a ``wait``
+        in another thread never takes it for someone else's).
+        """
+        before = self._generation()
         try:
-            count = int(self._generation() or b"0")
+            count = int(before or b"0")
         except ValueError:
             count = 0
-        atomic_write(self.path / ".generation", f"{count + 1}\n".encode())
+        after = f"{count + 1}\n".encode()
+        if len(self._own) >= 1024:
+            self._own.clear()
+        self._own[before] = after
+        try:
+            atomic_write(self.path / ".generation", after)
+        except BaseException:
+            self._own.pop(before, None)
+            raise
 
     @staticmethod
     def _entries(directory: Path) -> list[Path]:
@@ -421,6 +438,10 @@ class EtcdStore:
         self.timeout = timeout
         self._good = 0  # the endpoint that answered last
         self._seen: int | None = None  # the store revision at the last read
+        # Revisions this process's own changes made: not news to its own watch. A watch
+        # message is judged once the change that made it has been answered (the lock).
+        self._own: set[int] = set()
+        self._writing = threading.Lock()
         self._closed = threading.Event()
         self._watching: http.client.HTTPConnection | None = None
 
@@ -429,7 +450,8 @@ class EtcdStore:
     def publish(self, app: str, component: str, state: ComponentState) -> None:
         _check_state(state)
         key = self._state_prefix(app, component) + _part(state.node, "node")
-        self._call("kv/put", {"key": _b64(key), "value": _b64(_encode_state(state).decode())})
+        value = _b64(_encode_state(state).decode())
+        self._change("kv/put", {"key": _b64(key), "value": value})
 
     def states(self, app: str, component: str) -> dict[str, ComponentState]:
         kvs = self._range(self._state_prefix(app, component))
@@ -472,7 +494,7 @@ class EtcdStore:
                     granted = self._call("lease/grant", {"TTL": max(1, math.ceil(ttl))})
                     lease = str(granted["ID"])
                 key = f"{prefix}{free[0]}"
-                answer = self._call(
+                answer = self._change(
                     "kv/txn",
                     {
                         "compare": [
@@ -510,9 +532,9 @@ class EtcdStore:
             if _unb64(kv.get("value", "")) != node:
                 continue
             if kv.get("lease"):
-                self._revoke(kv["lease"])  # deletes the key with it
+                self._revoke(kv["lease"], deletes=True)  # deletes the key with it
             else:
-                self._call(
+                self._change(
                     "kv/txn",
                     {
                         "compare": [
@@ -600,9 +622,13 @@ class EtcdStore:
         result = answer.get("result", answer)
         return int(result.get("TTL", 0)) > 0
 
-    def _revoke(self, lease: str) -> None:
+    def _revoke(self, lease: str, deletes: bool = False) -> None:
+        """Revoke a lease; ``deletes``: a key is attached, so the revoke is a change."""
         try:
-            self._call("lease/revoke", {"ID": lease})
+            if deletes:
+                self._change("lease/revoke", {"ID": lease})
+            else:
+                self._call("lease/revoke", {"ID": lease})
         except _Refused as exc:
             if exc.code != _GRPC_NOT_FOUND:
                 raise
@@ -654,6 +680,17 @@ class EtcdStore:
             self._good = index
             return answer
         raise StoreError(f"etcd unreachable ({path}): {'; '.join(errors)}")
+
+    def _change(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A call that changes the store; the revision it made is remembered as our own."""
+        with self._writing:
+            answer = self._call(path, body)
+            if path != "kv/txn" or answer.get("succeeded"):  # a failed txn changes nothing
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    if len(self._own) >= 1024:
+                        self._own.clear()
+                    self._own.add(int(answer["header"]["revision"]))
+        return answer
 
     def _watch(self, index: int, body: bytes, deadline: float) -> bool:
         """Hold one watch open until an event (True) or the deadline (False)."""
@@ -715,8 +752,10 @@ class EtcdStore:
         events = result.get("events") or []
         if not events:
             return False
-        self._seen = max(int(e.get("kv", {}).get("mod_revision", 0)) for e in events) or None
-        return True
+        revisions = {int(e.get("kv", {}).get("mod_revision", 0)) for e in events}
+        self._seen = max(revisions) or None
+        with self._writing:  # a change of our own under way is answered first
+            return not revisions <= self._own
 
 
 class _StreamEnded(Exception):

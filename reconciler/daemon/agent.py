@@ -245,7 +245,7 @@ class Agent:
         try:
             return bool(step())
         except Exception as exc:
-            self._running.clear()
+            self._run_ended()
             self._run_failed("Unexpected", f"Unexpected: {type(exc).__name__}: {exc}")
             return False
 
@@ -492,20 +492,22 @@ class Agent:
         metrics, the log and the status here, a fetch failure or a rejection in the caller."""
         enforcing, suspended = self._enforcing()
         log = self.log.bind(revision=pinned.commit)
-        self._running.set()  # the watcher holds events until _update_watch settles them
+        self._running.set()
+        if self.watcher is not None:
+            self.watcher.hold()  # events wait until _update_watch judges them
         outcome = reconcile(self._options(noop=not enforcing), warn=self._warn, pinned=pinned)
         report, catalog = outcome.report, outcome.catalog
         if outcome.revision is not None:
             log = self.log.bind(revision=outcome.revision)
         if outcome.kind is OutcomeKind.SKIPPED:
-            self._running.clear()
+            self._run_ended()
             log.warning("run skipped", reason=outcome.reason, error=outcome.message)
             return outcome
         if outcome.kind in (OutcomeKind.REJECTED, OutcomeKind.FETCH_FAILED):
-            self._running.clear()
+            self._run_ended()
             return outcome
         if not outcome.ran or report is None or catalog is None:
-            self._running.clear()
+            self._run_ended()
             self._run_failed(outcome.reason, outcome.message)
             return outcome
         ended = time.time()
@@ -538,7 +540,7 @@ class Agent:
         try:
             self._update_watch(catalog, report)
         finally:
-            self._running.clear()
+            self._run_ended()
         self.notifier.status(self._status_line())
         return outcome
 
@@ -548,10 +550,13 @@ class Agent:
         from reconciler.daemon.watch import Watcher
 
         managed: dict[str, str] = {}
+        listed: set[str] = set()  # directories that purge: what they hold is their state
         root = self.config.root
         for entry in catalog.entries.values():
             for path in entry.resource.managed_paths():
                 managed[str(root / path.lstrip("/"))] = entry.resource.type
+                if entry.resource.type == "directory" and entry.resource.attrs.get("purge"):
+                    listed.add(str(root / path.lstrip("/")))
         changed_paths = {
             str(root / p.lstrip("/"))
             for r in report.resources
@@ -560,7 +565,12 @@ class Agent:
         }
         if self.watcher is None:
             self.watcher = Watcher(self)
-        self.watcher.update(managed, written=changed_paths)
+        self.watcher.update(managed, written=changed_paths, listed=frozenset(listed))
+
+    def _run_ended(self) -> None:
+        self._running.clear()
+        if self.watcher is not None:
+            self.watcher.release()  # nothing, after _update_watch
 
     @property
     def running(self) -> bool:

@@ -1,15 +1,17 @@
 """React at once to changes of managed paths made behind the agent's back.
 
 watchdog observes the directories that hold managed paths (not recursively). An event on a
-managed path is counted and, after a short debounce, asks the agent for a drift check. The
-agent's own writes are not drift: events that arrive while a run is under way are held, and
-those for paths the run itself changed are dropped when it ends. Where the watcher cannot
-observe (no inotify, too many watches), the interval check still catches everything.
+managed path is drift only when the path is no longer what the agent last left or found there
+(see ``fingerprint``); then it is counted once, and after a short debounce the agent is asked
+for a drift check. The agent's own writes are not drift: events that arrive while a run is
+under way are held and judged when it ends, against what the run left. Where the watcher
+cannot observe (no inotify, too many watches), the interval check still catches everything.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -21,14 +23,32 @@ if TYPE_CHECKING:
 
 DEBOUNCE_SECONDS = 0.2
 
+Fingerprint = tuple[int, ...]
 
-def signature(path: str) -> tuple[int, int, int, int] | None:
-    """What a path is now (size, mtime, ctime, inode); None when it does not exist."""
+
+def fingerprint(path: str, entries: bool = False) -> Fingerprint | None:
+    """What a path is now, as far as drift goes; None when it does not exist.
+
+    A directory is its inode, type, mode and owner: the entries it holds are not its state (a
+    file written or removed inside it changes its times, and that file has events of its own),
+    unless ``entries`` (a directory that purges what nothing manages): then their names too.
+    Anything else is also its size and its change times, so any write shows.
+    """
     try:
         st = os.lstat(path)
     except OSError:
         return None
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    kind = stat.S_IFMT(st.st_mode)
+    attributes = (st.st_ino, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    if kind != stat.S_IFDIR:
+        return (*attributes, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if entries:
+        try:
+            names = sorted(os.listdir(path))
+        except OSError:
+            return attributes
+        return (*attributes, hash(tuple(names)))
+    return attributes
 
 
 class Watcher(FileSystemEventHandler):
@@ -36,27 +56,41 @@ class Watcher(FileSystemEventHandler):
         self.agent = agent
         self._lock = threading.Lock()
         self._managed: dict[str, str] = {}
+        self._listed: frozenset[str] = frozenset()  # directories whose entries are their state
         self._watched: dict[str, Any] = {}
-        self._held: list[str] = []
-        self._own: dict[str, tuple[int, int, int, int] | None] = {}
+        self._holding = False  # a run is under way: events wait for its end
+        self._held: set[str] = set()
+        # What each managed path was when the agent last wrote or checked it.
+        self._known: dict[str, Fingerprint | None] = {}
+        self._counted: set[str] = set()  # drifted paths counted since the last run ended
         self._timer: threading.Timer | None = None
         self.observer: Any = Observer()
         self.observer.daemon = True
         self.observer.start()
 
-    def update(self, managed: dict[str, str], written: set[str]) -> None:
-        """Watch these paths from now on; ``written``: the paths the last run changed.
+    def update(
+        self, managed: dict[str, str], written: set[str], listed: frozenset[str] = frozenset()
+    ) -> None:
+        """Watch these paths from now on; ``written``: the paths the last run changed;
+        ``listed``: the directories that purge what nothing manages (their entries count).
 
-        inotify events of the agent's own writes may arrive during the run or after it. An
-        event on a path the run wrote is the agent's own as long as the path is still exactly
-        as the run left it (same size, times and inode); any later change is drift.
+        inotify events of the agent's own writes may arrive during the run or after it. Each
+        path is remembered as the run left it, and an event is drift only when its path differs
+        from that. A path the run did not write but that had events during the run is judged
+        against what it was before the run: a change made meanwhile is still drift.
         """
-        own = {path: signature(path) for path in written}
         with self._lock:
-            self._managed = managed
-            held, self._held = self._held, []
-            self._own = own
-        for path in held:
+            self._holding = False
+            held, self._held = self._held, set()
+            known: dict[str, Fingerprint | None] = {}
+            for path in managed:
+                if path in held and path not in written and path in self._known:
+                    known[path] = self._known[path]
+                else:
+                    known[path] = fingerprint(path, path in listed)
+            self._managed, self._listed = managed, listed
+            self._known, self._counted = known, set()
+        for path in sorted(held):
             self._seen(path)
         dirs = {os.path.dirname(p) for p in managed} | {
             p for p, _ in managed.items() if os.path.isdir(p)
@@ -80,24 +114,45 @@ class Watcher(FileSystemEventHandler):
         for raw in (event.src_path, getattr(event, "dest_path", "")):
             path = os.fsdecode(raw) if raw else ""
             if path and path in self._managed:
-                if self.agent.running:
-                    with self._lock:
-                        self._held.append(path)
-                else:
-                    self._seen(path)
+                with self._lock:
+                    if self._holding:
+                        self._held.add(path)
+                        continue
+                self._seen(path)
+
+    def hold(self) -> None:
+        """A run starts: hold events until ``update`` (or ``release``) judges them."""
+        with self._lock:
+            self._holding = True
+
+    def release(self) -> None:
+        """A run ended without a report (skipped, rejected, failed): judge what was held."""
+        with self._lock:
+            self._holding = False
+            held, self._held = self._held, set()
+            self._counted = set()
+        for path in sorted(held):
+            self._seen(path)
 
     def _seen(self, path: str) -> None:
-        kind = self._managed.get(path)
-        if kind is None:
-            return
-        if path in self._own and self._own[path] == signature(path):
-            return  # the agent's own write, still as it left it
-        self.agent.metrics.drift_events.labels(kind).inc()
+        """One event on a managed path: count it and ask for a check if it is drift.
+
+        Writing a file is several events (a truncation, writes, the close); they make one
+        drift event: a path is counted once until the next run ends.
+        """
         with self._lock:
+            kind = self._managed.get(path)
+            if kind is None or path in self._counted:
+                return
+            now = fingerprint(path, path in self._listed)
+            if path in self._known and self._known[path] == now:
+                return  # as the agent left it: its own write, or a directory's entries
+            self._counted.add(path)
             if self._timer is None:
                 self._timer = threading.Timer(DEBOUNCE_SECONDS, self._fire)
                 self._timer.daemon = True
                 self._timer.start()
+        self.agent.metrics.drift_events.labels(kind).inc()
 
     def _fire(self) -> None:
         with self._lock:

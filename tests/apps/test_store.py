@@ -190,6 +190,25 @@ def test_wait_sees_a_change_made_since_the_last_read(make_store: StoreFactory) -
     assert not watcher.wait(0.3)  # that change is reported once
 
 
+def test_wait_is_not_woken_by_the_stores_own_changes(make_store: StoreFactory) -> None:
+    """A node that publishes its own state, or takes and frees a slot, has nothing to wait
+    for in that: its daemon would otherwise run again after each of its own runs."""
+    node, other = make_store(), make_store()
+    node.states("shop", "api")
+    node.publish("shop", "api", state("app-1", "deploying"))
+    assert node.acquire_slot("shop", "api", "1", "app-1", 1, 60)
+    node.release_slot("shop", "api", "1", "app-1")
+    thread = later(0.3, lambda: node.publish("shop", "api", state("app-1")))
+    assert not node.wait(1.5)
+    thread.join()
+    # Another node's change after ours is still news.
+    thread = later(0.3, lambda: other.publish("shop", "db", state("db-2")))
+    started = time.monotonic()
+    assert node.wait(20)
+    assert time.monotonic() - started < 10
+    thread.join()
+
+
 def test_wait_returns_when_a_slot_is_taken_released_or_expires(make_store: StoreFactory) -> None:
     watcher, node = make_store(), make_store()
     watcher.holders("shop", "api", "1")
