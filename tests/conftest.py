@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,3 +200,53 @@ def server(tmp_path: Path) -> Iterator[GitServer]:
     s.start()
     yield s
     s.stop()
+
+
+@dataclasses.dataclass
+class Demo:
+    """A running `reconciler demo`: the folder it works in and its status page's port."""
+
+    proc: subprocess.Popen[str]
+    base: Path
+    port: int
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def repo(self) -> Path:
+        return self.base / "control-repo"
+
+
+@contextlib.contextmanager
+def running_demo(argv: list[str], **popen: Any) -> Iterator[Demo]:
+    """Start the demo with ``argv``, wait until its daemon applied the example (``/readyz``),
+    and stop it at the end (SIGTERM, which it must answer with exit 0), removing its folder."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **popen
+    )
+    base: Path | None = None
+    try:
+        assert proc.stdout is not None
+        head = "".join(proc.stdout.readline() for _ in range(4))
+        found = re.search(r"in (/\S+)", head)
+        port = re.search(r"127\.0\.0\.1:(\d+)/", head)
+        assert found is not None and port is not None, head
+        base = Path(found.group(1))
+        demo = Demo(proc, base, int(port.group(1)))
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{demo.port}/readyz", timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for(ready, 30, "the demo daemon to apply the example")
+        yield demo
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import re
-import shutil
-import signal
 import subprocess
 import sys
 import urllib.request
-from pathlib import Path
 
-from tests.daemon.conftest import wait_for
+from tests.conftest import running_demo, wait_for
 
 
 def test_demo_runs_the_daemon_on_the_example() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "demo", "--exit-after", "60"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    base: Path | None = None
-    try:
-        assert proc.stdout is not None
-        head = "".join(proc.stdout.readline() for _ in range(4))
-        base = Path(re.search(r"in (/\S+)", head).group(1))  # type: ignore[union-attr]
-        port = int(re.search(r"127\.0\.0\.1:(\d+)/", head).group(1))  # type: ignore[union-attr]
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_for(ready, 30, "the demo daemon to apply the example")
+    argv = [sys.executable, "-m", "reconciler.cli", "demo", "--exit-after", "60"]
+    with running_demo(argv) as demo:
+        base, port = demo.base, demo.port
         site = base / "root/etc/nginx/sites-available/site.conf"
         assert "listen 8081;" in site.read_text()
         motd = base / "root/etc/motd"
@@ -54,8 +32,3 @@ def test_demo_runs_the_daemon_on_the_example() -> None:
         api = base / "root/srv/shop/api/VERSION"
         wait_for(api.exists, 30, "web-1 to deploy the api once the database is healthy")
         assert api.read_text() == "1.4.2\n"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-        if base is not None:
-            shutil.rmtree(base, ignore_errors=True)

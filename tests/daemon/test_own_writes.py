@@ -7,21 +7,17 @@ too). A commit must cost one run and no drift event; one tampering one event and
 
 from __future__ import annotations
 
-import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import git
+from tests.conftest import Demo, git, running_demo
 from tests.daemon.conftest import Daemon, GitServer, wait_for
 
 COUNTERS = ("reconciler_runs_total", "reconciler_drift_events_total")
@@ -59,49 +55,10 @@ def moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
     return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
 
 
-@dataclass
-class Demo:
-    base: Path
-    port: int
-
-    @property
-    def root(self) -> Path:
-        return self.base / "root"
-
-    @property
-    def repo(self) -> Path:
-        return self.base / "control-repo"
-
-
 @pytest.fixture
 def demo() -> Iterator[Demo]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "demo", "--exit-after", "120"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    base: Path | None = None
-    try:
-        assert proc.stdout is not None
-        head = "".join(proc.stdout.readline() for _ in range(4))
-        base = Path(re.search(r"in (/\S+)", head).group(1))  # type: ignore[union-attr]
-        port = int(re.search(r"127\.0\.0\.1:(\d+)/", head).group(1))  # type: ignore[union-attr]
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_for(ready, 30, "the demo daemon to apply the example")
-        yield Demo(base, port)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-        if base is not None:
-            shutil.rmtree(base, ignore_errors=True)
+    with running_demo([sys.executable, "-m", "reconciler.cli", "demo", "--exit-after", "120"]) as d:
+        yield d
 
 
 class TestDemo:

@@ -4,17 +4,14 @@ far from any checkout."""
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import subprocess
 import sys
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE, wait_for
+from tests.conftest import EXAMPLE, running_demo
 
 pytestmark = pytest.mark.slow
 
@@ -53,31 +50,7 @@ def test_demo_runs_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None
     )  # fmt: skip
     assert where.stdout.strip() == str(target / "reconciler/examples/control-repo"), where
 
-    proc = subprocess.Popen(
-        [str(target / "bin/reconciler"), "demo", "--exit-after", "60"],
-        cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    base: Path | None = None
-    try:
-        assert proc.stdout is not None
-        head = "".join(proc.stdout.readline() for _ in range(4))
-        found = re.search(r"in (/\S+)", head)
-        assert found is not None, head
-        base = Path(found.group(1))
-        port = re.search(r"127\.0\.0\.1:(\d+)/", head).group(1)  # type: ignore[union-attr]
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_for(ready, 30, "the demo daemon to apply the example")
-        site = base / "root/etc/nginx/sites-available/site.conf"
+    argv = [str(target / "bin/reconciler"), "demo", "--exit-after", "60"]
+    with running_demo(argv, cwd=home, env=env) as demo:
+        site = demo.root / "etc/nginx/sites-available/site.conf"
         assert "listen 8081;" in site.read_text()
-    finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
-        if base is not None:
-            shutil.rmtree(base, ignore_errors=True)
