@@ -432,7 +432,7 @@ def cmd_facts(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from reconciler.engine.state import last_report
+    from reconciler.engine.state import last_report, stopped_early
     from reconciler.engine.suspension import current
 
     values = _settings(args)
@@ -452,6 +452,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if report is None:
         _err(f"no run report in {state_dir} yet")
         return EXIT_ERROR
+    if stopped_early(report):
+        # The newest run stopped before its resources (an unreachable remote, a refused
+        # revision): say why, then show the last run that checked them.
+        _say(f"last run:  {report.get('started')}: stopped before its resources")
+        for error in report.get("errors", []):
+            _say("  error" + _indented(": ", error, 4))
+        report = last_report(state_dir, _warn, converged=True)
+        if report is None:
+            return 0
+        _say("the last run that checked resources:")
     summary = report.get("summary", {})
     _say(f"node:      {report.get('node')} (role {report.get('role')})")
     revision = report.get("revision") or "working tree"

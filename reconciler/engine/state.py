@@ -257,10 +257,19 @@ def save_report(state_dir: Path, report: dict[str, Any]) -> Path:
     return path
 
 
-def last_report(state_dir: Path, warn: Any = None) -> dict[str, Any] | None:
-    """The newest readable report, or None."""
+def last_report(
+    state_dir: Path, warn: Any = None, converged: bool = False
+) -> dict[str, Any] | None:
+    """The newest readable report, or None. ``converged``: the newest of a run that got as far
+    as checking resources (not one that stopped at the fetch, the signature or the compile)."""
     for path in sorted((state_dir / "reports").glob("*.json"), reverse=True):
         data = read_json(path, warn)
-        if isinstance(data, dict):
+        if isinstance(data, dict) and (not converged or stopped_early(data) is False):
             return data
     return None
+
+
+def stopped_early(report: dict[str, Any]) -> bool:
+    """A report of a run that did not get to its resources: a fetch, a signature, a rewind or a
+    compile refused it, and its only content is why."""
+    return not report.get("resources") and not report.get("role") and bool(report.get("errors"))

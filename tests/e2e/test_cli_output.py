@@ -154,3 +154,20 @@ class TestDefaultsSaid:
         assert done.stdout.startswith(f"app.port = 80   (node {this_host})")
         done = cli("explain", "app.port", "--repo", str(repo), "--node", "n1", check=0)
         assert done.stderr == ""
+
+
+class TestStatusAfterARunThatStoppedEarly:
+    def test_status_says_why_and_shows_the_last_run_that_checked_resources(
+        self, cli: CLI, make_repo: Callable[..., Path]
+    ) -> None:
+        repo = make_repo(MOTD)
+        cli.run("apply", repo, "--node", "n1", check=2)
+        (repo / "profiles/app.yaml").write_text("resources: [\n")  # a broken revision
+        cli.run("apply", repo, "--node", "n1", check=1)
+        status = cli("status", "--state-dir", str(cli.state), check=0).stdout
+        lines = status.splitlines()
+        assert lines[0].endswith(": stopped before its resources"), status
+        assert "profiles/app.yaml" in lines[1], status
+        assert "the last run that checked resources:" in status
+        assert "node:      n1 (role app)" in status
+        assert "resources: total 1, in_sync 0, changed 1" in status
