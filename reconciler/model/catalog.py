@@ -1205,9 +1205,12 @@ def resource_type(
     )
 
 
-def old_order(declaration: Any) -> str | None:
-    """The type of a resource mapping that names it the old way (not by its first key)."""
+def old_order(declaration: Any, defined: Iterable[str] = ()) -> str | None:
+    """The type of a resource mapping that names it the old way (not by its first key). A use
+    of a defined type (``defined``) names its type first, whatever its parameters are called."""
     if not isinstance(declaration, LocMap) or declaration.first in REGISTRY:
+        return None
+    if declaration.first in defined:
         return None
     types = [str(key) for key in declaration if key in REGISTRY]
     return types[0] if len(types) == 1 else None
@@ -1562,12 +1565,13 @@ def repo_warnings(snapshot: Snapshot) -> list[str]:
     except ModelError:
         apps = []
     lists += [(app.file, component.resources) for app in apps for component in app.components]
+    defined = set(repomod.names_of(snapshot, "type"))
     warnings = [
         f"{Location(file, declarations.line_of(index))}: write the type first, "
         f"'- {kind}: ...' (a key named like a type, such as group or user, is an attribute "
         f"only after the type)"
         for file, declarations in lists
         for index, declaration in enumerate(declarations)
-        if (kind := old_order(declaration)) is not None
+        if (kind := old_order(declaration, defined)) is not None
     ]
     return warnings + [w for app in apps for w in unmatched_components(app, snapshot)]

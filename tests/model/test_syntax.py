@@ -132,6 +132,18 @@ class TestOldOrder:
             "like '- file: /etc/motd' followed by 'group: adm'"
         ]
 
+    def test_a_defined_type_parameter_named_like_a_type_draws_no_warning(
+        self, make_repo: Callable[..., Path]
+    ) -> None:
+        # As Puppet's mysql::db has a `user` parameter: the use names its type first.
+        repo = make_repo(
+            {
+                "types/db.yaml": "params:\n  user: {type: string}\nresources: []\n",
+                **profile("resources:\n  - db: app\n    user: app\n"),
+            }
+        )
+        assert repo_warnings(DirectorySnapshot(repo)) == []
+
     def test_the_example_repo_is_valid_and_writes_types_first(self) -> None:
         snapshot = DirectorySnapshot(EXAMPLE)
         assert validate_repo(snapshot, FACTS, "web-1") == []
