@@ -101,6 +101,7 @@ def environment_lines(value: Any) -> list[str]:
 class Cron(Resource):
     type = "cron"
     inline = True
+    secret_attributes = ("command", "environment")
     attributes: ClassVar[Mapping[str, Attr]] = {
         "ensure": Attr("str", default="present", choices=("present", "absent")),
         "command": Attr("str", doc="the command line, run by cron with /bin/sh"),

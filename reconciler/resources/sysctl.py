@@ -33,6 +33,7 @@ def normal(value: str) -> str:
 @register
 class Sysctl(Resource):
     type = "sysctl"
+    secret_attributes = ("value",)
     attributes: ClassVar[Mapping[str, Attr]] = {
         "value": Attr("str", doc="the value; several fields separated by spaces"),
         "ensure": Attr("str", default="present", choices=("present", "absent")),

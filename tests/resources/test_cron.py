@@ -118,6 +118,19 @@ def test_a_crontab_without_crons_spool_fails_naming_the_directory(cli: CLI, tmp_
     assert not (cli.root / "var/spool").exists()
 
 
+def test_a_sensitive_job_shows_only_digests(cli: CLI, tmp_path: Path) -> None:
+    seed_cron(cli.root)
+    job = """
+  - cron: sync
+    command: /usr/bin/sync-to --token hunter2-in-cron
+    environment: {API_KEY: hunter3-in-cron}
+    sensitive: true
+"""
+    done = cli.run("apply", repo(tmp_path / "repo", job), "--node", "n1", check=2)
+    assert "hunter" not in done.stdout + done.stderr and "content:" in done.stdout
+    assert "hunter2-in-cron" in (cli.root / "etc/cron.d/sync").read_text()
+
+
 def compile_job(base: Path, attrs: str) -> None:
     snapshot = DirectorySnapshot(repo(base, "  - cron: job\n" + attrs))
     Compiler(snapshot).compile("n1", {})
