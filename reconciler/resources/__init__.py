@@ -2,13 +2,16 @@
 
 from reconciler.resources import (  # noqa: F401
     artifact,
+    cron,
     directory,
     exec,
     file,
     group,
+    host,
     line,
     package,
     service,
     symlink,
+    sysctl,
     user,
 )

@@ -543,3 +543,79 @@ def test_packages(apt: tuple[Context, AptRepo, Path], cli: CLI, tmp_path: Path) 
     cli.run("apply", repo, "--node", "n1", check=2)
     assert dpkg_version(cli.root, "rtest-tool") == "2.0"  # ensure: latest
     assert dpkg_version(cli.root, "rtest-app") is None  # ensure: absent
+
+
+# -- cron, host, sysctl: files under the root (sysctl's live value: tests/resources/test_sysctl.py)
+
+CRON_HOST_SYSCTL = """
+resources:
+  - cron: nightly
+    command: /usr/local/bin/backup
+    minute: 30
+    hour: 2
+    monthday: 1-15
+    month: "*/2"
+    weekday: [1, 3]
+    environment: [MAILTO=ops]
+  - cron: mine
+    command: /usr/bin/report
+    user: rtestu
+    target: crontab
+    special: hourly
+  - cron: old
+    ensure: absent
+  - host: db
+    ip: 10.0.0.2
+    host_aliases: [database]
+  - host: gone
+    ensure: absent
+  - host: other
+    ip: "fd00::1"
+    target: /etc/hosts.other
+  - sysctl: net.ipv4.ip_forward
+    value: 1
+  - sysctl: net.core.somaxconn
+    value: 1024
+    target: /etc/sysctl.d/60-net.conf
+  - sysctl: vm.swappiness
+    ensure: absent
+    target: /etc/sysctl.d/60-net.conf
+"""
+TABLE["test_cron_host_sysctl"] = (CRON_HOST_SYSCTL,)
+
+
+def test_cron_host_sysctl(cli: CLI, tmp_path: Path) -> None:
+    root = cli.root
+    write_tree(
+        root,
+        {
+            "etc/passwd": "root:x:0:0::/root:/bin/sh\nrtestu:x:4321:4322::/:/bin/sh\n",
+            "etc/group": "root:x:0:\nrtestg:x:4322:\ncrontab:x:107:\n",
+            "etc/cron.d/old": "* * * * * root /bin/true\n",
+            "etc/hosts": "127.0.0.1\tlocalhost\n10.0.0.1 db\n10.9.9.9 gone\n",
+            "etc/hosts.other": "",
+            "etc/sysctl.d/60-net.conf": "vm.swappiness = 10\n",
+        },
+    )
+    (root / "var/spool/cron/crontabs").mkdir(parents=True)
+    done = cli.run("apply", control_repo(tmp_path / "repo", CRON_HOST_SYSCTL), "--node", "n1")
+    assert done.returncode == 2, done.stdout + done.stderr
+
+    # cron: command, minute, hour, monthday, month, weekday, environment; target cron.d, user root
+    nightly = (root / "etc/cron.d/nightly").read_text().splitlines()
+    assert nightly[1:] == ["MAILTO=ops", "30 2 1-15 */2 1,3 root /usr/local/bin/backup"]
+    mine = root / "var/spool/cron/crontabs/rtestu"  # target: crontab, user, special
+    assert mine.read_text() == "# reconciler: mine\n@hourly /usr/bin/report\n"
+    assert (mine.stat().st_uid, mine.stat().st_gid) == (4321, 107)
+    assert not (root / "etc/cron.d/old").exists()  # ensure: absent
+
+    # host: ip, host_aliases, ensure, target
+    assert (root / "etc/hosts").read_text() == "127.0.0.1\tlocalhost\n10.0.0.2\tdb database\n"
+    assert (root / "etc/hosts.other").read_text() == "fd00::1\tother\n"
+
+    # sysctl: value, target, ensure (the file only, under --root)
+    assert (root / "etc/sysctl.d/net.ipv4.ip_forward.conf").read_text() == (
+        "net.ipv4.ip_forward = 1\n"
+    )
+    assert (root / "etc/sysctl.d/60-net.conf").read_text() == "net.core.somaxconn = 1024\n"
+    assert "only the file under --root" in done.stdout
