@@ -10,5 +10,6 @@ from reconciler.resources import (  # noqa: F401
     package,
     service,
     symlink,
+    systemd_unit,
     user,
 )
