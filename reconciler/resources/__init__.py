@@ -7,6 +7,7 @@ from reconciler.resources import (  # noqa: F401
     file,
     group,
     line,
+    nftables,
     package,
     service,
     symlink,

@@ -589,3 +589,42 @@ def test_systemd_units(cli: CLI, tmp_path: Path) -> None:
     assert limits.read_text() == "[Service]\nLimitNOFILE=4096\n"
     assert not (units / "old.service").exists()  # ensure: absent
     cli.run("apply", repo, "--node", "n1", check=0)
+
+
+# -- nftables -------------------------------------------------------------------------------------
+
+NFTABLES = """
+resources:
+  - nftables: web
+    content: "table inet rweb {\\n  chain input {\\n    tcp dport 80 accept\\n  }\\n}\\n"
+  - nftables: copied
+    source: copied.nft
+    path: /etc/firewall/copied.nft
+  - nftables: rendered
+    template: rendered.nft.j2
+  - nftables: old
+    ensure: absent
+"""
+
+TABLE["test_nftables"] = (NFTABLES,)
+
+
+def test_nftables(cli: CLI, tmp_path: Path) -> None:
+    """Applied by the real CLI under --root: checked by nft -c, only the files are written (the
+    live ruleset is tested in a network namespace in test_nftables.py)."""
+    need("nft")
+    write_tree(cli.root, {"etc/nftables.d/old.nft": "table ip old {\n}\n", "etc/firewall/.k": ""})
+    copied = "table ip rcopied {\n  chain c {\n    counter\n  }\n}\n"
+    repo = control_repo(
+        tmp_path / "repo",
+        NFTABLES,
+        {"files/copied.nft": copied, "templates/rendered.nft.j2": "table ip r{{ node }} {\n}\n"},
+    )
+    cli.run("apply", repo, "--node", "n1", check=2)
+    rulesets = cli.root / "etc/nftables.d"
+    assert "tcp dport 80 accept" in (rulesets / "web.nft").read_text()  # content
+    assert (cli.root / "etc/firewall/copied.nft").read_text() == copied  # source, path
+    assert (rulesets / "rendered.nft").read_text() == "table ip rn1 {\n}\n"  # template
+    assert not (rulesets / "old.nft").exists()  # ensure: absent
+    assert not (cli.state / "nftables").exists()  # under --root nothing is loaded
+    cli.run("apply", repo, "--node", "n1", check=0)
