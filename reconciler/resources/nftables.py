@@ -125,8 +125,9 @@ class Nftables(Resource):
         under_root = ctx.root.prefix != Path("/")
         changes = self._file.check_apply(ctx, False)
         loaded = None if under_root else self._live_change(ctx)
-        if under_root and not apply:
-            ctx.log("nftables", name=self.title, note="under --root only the file is managed")
+        if under_root and changes:
+            # Said where the user looks: in the plan and the report.
+            loaded = Change("loaded", None, "not under --root: only the file is managed")
         if not apply or (not changes and loaded is None):
             return changes + ([loaded] if loaded else [])
         absent = self.attrs.get("ensure") == "absent"
@@ -136,7 +137,7 @@ class Nftables(Resource):
                 self._make_default_dir(ctx)
         if changes:
             changes = self._file.check_apply(ctx, True)
-        if loaded is not None:
+        if loaded is not None and not under_root:
             if absent:
                 self._delete_tables(ctx)
             else:

@@ -144,11 +144,14 @@ class SystemdUnit(Resource):
         if not changes or not apply:
             return changes
         content = self._file._data
+        unverified = []
         if self.attrs.get("ensure") != "absent" and content is not None:
-            self._verify(ctx, content)
+            if not self._verify(ctx, content):
+                # Said in the report: a drop-in of a unit the root has no file of.
+                unverified = [Change("verified", None, f"no: {self.unit} has no unit file")]
             if self.attrs.get("dropin") is not None:
                 self._make_dropin_dir(ctx)
-        return self._file.check_apply(ctx, True)
+        return self._file.check_apply(ctx, True) + unverified
 
     def _make_dropin_dir(self, ctx: Context) -> None:
         """``<unit>.d/`` is made (0755) for the unit's first drop-in."""
@@ -162,7 +165,7 @@ class SystemdUnit(Resource):
                 ) from None
             ctx.sync_dir(place.host.parent)
 
-    def _verify(self, ctx: Context, content: bytes) -> None:
+    def _verify(self, ctx: Context, content: bytes) -> bool:
         """``systemd-analyze verify`` on the new content, in a temporary directory under the
         unit's name (a drop-in beside its unit's file, when the root has one). Under ``--root``,
         a command it names as missing on the host is accepted when it is executable inside the
@@ -176,8 +179,7 @@ class SystemdUnit(Resource):
             else:
                 base = self._unit_file(ctx)
                 if base is None:
-                    ctx.log("unverified", unit=self.unit, why="no unit file to verify with")
-                    return
+                    return False
                 unit_file.write_bytes(base)
                 (Path(tmp_name) / f"{self.unit}.d").mkdir()
                 (Path(tmp_name) / f"{self.unit}.d" / f"{dropin}.conf").write_bytes(content)
@@ -187,7 +189,7 @@ class SystemdUnit(Resource):
         if result.timed_out:
             raise ResourceError(f"{self.title}: systemd-analyze verify timed out; not written")
         if result.returncode == 0 or self._only_missing_in_host(ctx, result.output):
-            return
+            return True
         tail = "" if self.sensitive else ":\n" + result.tail().replace(tmp, "")
         raise ResourceError(
             f"{self.title}: systemd-analyze verify exited {result.returncode}; not written{tail}"

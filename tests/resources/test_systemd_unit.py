@@ -94,6 +94,10 @@ def test_a_dropin_is_verified_with_its_unit(ctx: Context, units: Path) -> None:
     with pytest.raises(ResourceError, match="/nonexistent is not executable"):
         bad.check_apply(ctx, True)
     assert not (units / "app.service.d/pre.conf").exists()
+    lone = make(SystemdUnit, "nofile.service", dropin="x", content="[Service]\nNice=5\n")
+    said = {c.property: c.after for c in lone.check_apply(ctx, True)}
+    assert said["verified"] == "no: nofile.service has no unit file"  # written, and said so
+    assert (units / "nofile.service.d/x.conf").exists()
 
 
 def test_absent_removes_the_file_with_a_backup(ctx: Context, units: Path) -> None:
