@@ -979,7 +979,7 @@ class Compiler:
         if problems:
             raise ModelError(problems)
         template = attrs.get("template")
-        if kind == "file":
+        if cls.content_from_repo:
             self._file_content(attrs, context, at)
         relations: dict[str, list[ResourceId]] = {}
         for relation in RELATIONS:
@@ -1219,7 +1219,7 @@ def old_order(declaration: Any, defined: Iterable[str] = ()) -> str | None:
 def attribute_names(kind: str) -> list[str]:
     """The attributes a resource of this type may be given, besides those of every type."""
     names = set(REGISTRY[kind].attributes)
-    if kind == "file":
+    if REGISTRY[kind].content_from_repo:
         names |= {"source", "template"}  # they become its content
     return sorted(names)
 
@@ -1330,6 +1330,11 @@ def link(catalog: Catalog) -> None:
             for target in index.resolve(implied, entry.resource.scope)[0]:
                 if target != rid and rid not in after[target]:
                     after[rid].add(target)
+        for implied in entry.resource.autonotify():
+            for target in index.resolve(implied, entry.resource.scope)[0]:
+                if target != rid and target not in after[rid]:
+                    after[target].add(rid)
+                    refreshes.setdefault(rid, set()).add(target)
     last_of: dict[str, ResourceId] = {}
     for rid, entry in entries.items():
         key = entry.resource.serial_key()

@@ -9,9 +9,11 @@ from reconciler.resources import (  # noqa: F401
     group,
     host,
     line,
+    nftables,
     package,
     service,
     symlink,
     sysctl,
+    systemd_unit,
     user,
 )

@@ -279,6 +279,9 @@ class Resource(ABC):
     # Types whose ready resources the engine converges together, through converge_batch (all
     # the packages of a run in one apt transaction). Such a converge_batch re-checks itself.
     batched: ClassVar[bool] = False
+    # Types whose ``source:`` (a file of the repo) or ``template:`` (rendered) becomes their
+    # ``content`` when the repo is compiled, as for a file.
+    content_from_repo: ClassVar[bool] = False
 
     # What a sensitive resource of this type holds that output must never show (a file's
     # content, a command's environment): searched for in every output of the run.
@@ -331,6 +334,11 @@ class Resource(ABC):
 
     def autorequire(self) -> list[ResourceId]:
         """Ids this resource depends on when they are in the catalog (a file's parent dir)."""
+        return []
+
+    def autonotify(self) -> list[ResourceId]:
+        """Ids applied after this one and refreshed when it changes, when they are in the
+        catalog (the service of a changed unit file): an implicit ``notify``."""
         return []
 
     def committed(self, ctx: Context, target: Path) -> None:  # noqa: B027 - optional hook

@@ -33,6 +33,7 @@ def _key(st: os.stat_result) -> tuple[int, int, int, int]:
 @register
 class File(PathResource):
     type = "file"
+    content_from_repo = True
     secret_attributes = ("content",)
     attributes: ClassVar[Mapping[str, Attr]] = {
         "ensure": Attr("str", default="present", choices=("present", "absent")),

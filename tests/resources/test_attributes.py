@@ -31,7 +31,7 @@ from reconciler.model.catalog import Compiler, attribute_names, resource_type
 from reconciler.model.yamlload import LocMap, load
 from reconciler.resources.base import COMMON_ATTRIBUTES, REGISTRY, Context
 from reconciler.source import DirectorySnapshot
-from tests.conftest import CLI, write_tree
+from tests.conftest import CLI, need, write_tree
 from tests.resources import test_package, test_service
 from tests.resources.test_artifact import sha, tar_gz
 from tests.resources.test_package import AptRepo, dpkg_version, make_apt_root
@@ -619,3 +619,88 @@ def test_cron_host_sysctl(cli: CLI, tmp_path: Path) -> None:
     )
     assert (root / "etc/sysctl.d/60-net.conf").read_text() == "net.core.somaxconn = 1024\n"
     assert "only the file under --root" in done.stdout
+
+
+# -- systemd_unit ---------------------------------------------------------------------------------
+
+SYSTEMD_UNITS = """
+resources:
+  - systemd_unit: app.service
+    source: app.service
+    enable: true
+  - systemd_unit: app.timer
+    template: app.timer.j2
+  - systemd_unit: app limits
+    unit: app.service
+    dropin: limits
+    content: "[Service]\\nLimitNOFILE=4096\\n"
+  - systemd_unit: old.service
+    ensure: absent
+"""
+
+TABLE["test_systemd_units"] = (SYSTEMD_UNITS,)
+
+APP_UNIT = "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"
+
+
+def test_systemd_units(cli: CLI, tmp_path: Path) -> None:
+    """Applied by the real CLI under --root: systemd-analyze verify, systemctl --root enable."""
+    need("systemd-analyze")
+    need("systemctl")
+    units = cli.root / "etc/systemd/system"
+    write_tree(units, {"old.service": APP_UNIT})
+    repo = control_repo(
+        tmp_path / "repo",
+        SYSTEMD_UNITS,
+        {
+            "files/app.service": APP_UNIT,
+            "templates/app.timer.j2": "[Timer]\nOnCalendar=daily\n# {{ node }}\n",
+        },
+    )
+    cli.run("apply", repo, "--node", "n1", check=2)
+    assert (units / "app.service").read_text() == APP_UNIT  # source
+    assert (units / "multi-user.target.wants/app.service").is_symlink()  # enable
+    assert (units / "app.timer").read_text() == "[Timer]\nOnCalendar=daily\n# n1\n"  # template
+    limits = units / "app.service.d/limits.conf"  # unit, dropin, content
+    assert limits.read_text() == "[Service]\nLimitNOFILE=4096\n"
+    assert not (units / "old.service").exists()  # ensure: absent
+    cli.run("apply", repo, "--node", "n1", check=0)
+
+
+# -- nftables -------------------------------------------------------------------------------------
+
+NFTABLES = """
+resources:
+  - nftables: web
+    content: "table inet rweb {\\n  chain input {\\n    tcp dport 80 accept\\n  }\\n}\\n"
+  - nftables: copied
+    source: copied.nft
+    path: /etc/firewall/copied.nft
+  - nftables: rendered
+    template: rendered.nft.j2
+  - nftables: old
+    ensure: absent
+"""
+
+TABLE["test_nftables"] = (NFTABLES,)
+
+
+def test_nftables(cli: CLI, tmp_path: Path) -> None:
+    """Applied by the real CLI under --root: checked by nft -c, only the files are written (the
+    live ruleset is tested in a network namespace in test_nftables.py)."""
+    need("nft")
+    write_tree(cli.root, {"etc/nftables.d/old.nft": "table ip old {\n}\n", "etc/firewall/.k": ""})
+    copied = "table ip rcopied {\n  chain c {\n    counter\n  }\n}\n"
+    repo = control_repo(
+        tmp_path / "repo",
+        NFTABLES,
+        {"files/copied.nft": copied, "templates/rendered.nft.j2": "table ip r{{ node }} {\n}\n"},
+    )
+    cli.run("apply", repo, "--node", "n1", check=2)
+    rulesets = cli.root / "etc/nftables.d"
+    assert "tcp dport 80 accept" in (rulesets / "web.nft").read_text()  # content
+    assert (cli.root / "etc/firewall/copied.nft").read_text() == copied  # source, path
+    assert (rulesets / "rendered.nft").read_text() == "table ip rn1 {\n}\n"  # template
+    assert not (rulesets / "old.nft").exists()  # ensure: absent
+    assert not (cli.state / "nftables").exists()  # under --root nothing is loaded
+    cli.run("apply", repo, "--node", "n1", check=0)
