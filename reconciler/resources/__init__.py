@@ -7,6 +7,7 @@ from reconciler.resources import (  # noqa: F401
     file,
     group,
     line,
+    mount,
     package,
     service,
     symlink,

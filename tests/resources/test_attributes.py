@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -244,6 +245,32 @@ TABLE: dict[str, tuple[str, ...]] = {
     "test_services": (SERVICES,),
     "test_packages": (PACKAGES, PACKAGES_THEN),
 }
+
+# -- mount: live tmpfs mounts under @BASE@, a temporary directory, with a table of their own --
+MOUNTS = """
+resources:
+  - mount: "@BASE@/mounted"
+    device: tmpfs
+    fstype: tmpfs
+    options: "size=1m,ro"
+    dump: 1
+    pass: 2
+    target: "@BASE@/fstab"
+  - mount: "@BASE@/present"
+    ensure: present
+    device: tmpfs
+    fstype: tmpfs
+    target: "@BASE@/fstab"
+  - mount: "@BASE@/unmounted"
+    ensure: unmounted
+    device: tmpfs
+    fstype: tmpfs
+    target: "@BASE@/fstab"
+  - mount: "@BASE@/gone"
+    ensure: absent
+    target: "@BASE@/fstab"
+"""
+TABLE["test_mounts"] = (MOUNTS,)
 
 
 def documented() -> set[tuple[str, str]]:
@@ -543,3 +570,41 @@ def test_packages(apt: tuple[Context, AptRepo, Path], cli: CLI, tmp_path: Path) 
     cli.run("apply", repo, "--node", "n1", check=2)
     assert dpkg_version(cli.root, "rtest-tool") == "2.0"  # ensure: latest
     assert dpkg_version(cli.root, "rtest-app") is None  # ensure: absent
+
+
+def test_mounts(tmp_path: Path) -> None:
+    """Applied without --root (mounts are live state); the table is a file of the test's own."""
+    from reconciler.resources.mount import live_mount
+    from tests.conftest import need
+    from tests.resources.mounts import tmpfs
+
+    need("mount")
+    with tmpfs(tmp_path / "probe"):  # skips when the kernel refuses a mount here
+        pass
+    base = tmp_path / "m"
+    for name in ("mounted", "present", "unmounted", "gone"):
+        (base / name).mkdir(parents=True)
+        if name in ("unmounted", "gone"):
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(base / name)], check=True)
+    (base / "fstab").write_text(f"tmpfs {base}/gone tmpfs defaults 0 0\n")
+    repo = control_repo(tmp_path / "repo", MOUNTS.replace("@BASE@", str(base)))
+    try:
+        CLI(tmp_path)(
+            *("apply", f"--repo={repo}", "--state-dir", str(tmp_path / "state"), "--node", "n1"),
+            check=2,
+        )
+        mounted = live_mount(str(base / "mounted"))
+        assert mounted is not None and mounted.fstype == "tmpfs"  # ensure, device, fstype
+        assert "ro" in mounted.flags  # options
+        assert live_mount(str(base / "present")) is None  # ensure: present
+        assert live_mount(str(base / "unmounted")) is None  # ensure: unmounted
+        assert live_mount(str(base / "gone")) is None  # ensure: absent
+        assert sorted((base / "fstab").read_text().splitlines()) == [  # target
+            f"tmpfs\t{base}/mounted\ttmpfs\tsize=1m,ro\t1\t2",  # dump, pass
+            f"tmpfs\t{base}/present\ttmpfs\tdefaults\t0\t0",
+            f"tmpfs\t{base}/unmounted\ttmpfs\tdefaults\t0\t0",
+        ]
+    finally:
+        for name in ("mounted", "unmounted", "gone"):
+            while live_mount(str(base / name)) is not None:
+                subprocess.run(["umount", "-l", str(base / name)], check=True)
