@@ -10,6 +10,7 @@ from reconciler.resources import (  # noqa: F401
     mount,
     package,
     service,
+    ssh_authorized_key,
     symlink,
     user,
 )

@@ -272,6 +272,31 @@ resources:
 """
 TABLE["test_mounts"] = (MOUNTS,)
 
+# -- ssh_authorized_key: keys made by ssh-keygen (@ED@, @RSA@), applied under --root --------------
+SSH_KEYS = """
+resources:
+  - ssh_authorized_key: deploy@desk
+    user: deploy
+    type: ecdsa-sha2-nistp256
+    key: "@EC@"
+  - ssh_authorized_key: deploy@laptop
+    user: deploy
+    type: ssh-ed25519
+    key: "@ED@"
+    options: ['from="10.0.0.0/8"', no-pty]
+    exclusive: true
+  - ssh_authorized_key: deploy@ci
+    user: deploy
+    type: ssh-rsa
+    key: "@RSA@"
+    target: /etc/ssh/keys/deploy
+  - ssh_authorized_key: old@host
+    user: deploy
+    ensure: absent
+    target: /etc/ssh/keys/deploy
+"""
+TABLE["test_ssh_keys"] = (SSH_KEYS,)
+
 
 def documented() -> set[tuple[str, str]]:
     """(type, attribute) for every attribute in docs/resources.md's tables; type "*" for the
@@ -608,3 +633,35 @@ def test_mounts(tmp_path: Path) -> None:
         for name in ("mounted", "unmounted", "gone"):
             while live_mount(str(base / name)) is not None:
                 subprocess.run(["umount", "-l", str(base / name)], check=True)
+
+
+def test_ssh_keys(cli: CLI, tmp_path: Path) -> None:
+    from tests.resources.test_ssh_authorized_key import fingerprints, keygen
+
+    ed, rsa, ec, stray = (keygen(tmp_path, k, k) for k in ("ed25519", "rsa", "ecdsa", "ecdsa"))
+    root = cli.root
+    (root / "etc/passwd").write_text(
+        "root:x:0:0::/root:/bin/sh\ndeploy:x:4700:4700::/home/d:/bin/sh\n"
+    )
+    (root / "home/d").mkdir(parents=True)
+    write_tree(
+        root,
+        {
+            "home/d/.ssh/authorized_keys": f"{stray[0]} {stray[1]} stray@old\n",
+            "etc/ssh/keys/deploy": f"{stray[0]} {stray[1]} old@host\n",
+        },
+    )
+    profile = SSH_KEYS.replace("@ED@", ed[1]).replace("@RSA@", rsa[1]).replace("@EC@", ec[1])
+    cli.run("apply", control_repo(tmp_path / "repo", profile), "--node", "n1", check=2)
+    home_keys = root / "home/d/.ssh/authorized_keys"
+    # ensure, user, type, key, options; exclusive removed stray@old, kept the catalog's deploy@desk
+    assert sorted(home_keys.read_text().splitlines()) == [
+        f"ecdsa-sha2-nistp256 {ec[1]} deploy@desk",
+        f'from="10.0.0.0/8",no-pty ssh-ed25519 {ed[1]} deploy@laptop',
+    ]
+    assert sorted(line.split()[-1] for line in fingerprints(home_keys)) == ["(ECDSA)", "(ED25519)"]
+    st = home_keys.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4700, 4700, 0o600)
+    assert (root / "home/d/.ssh").stat().st_mode & 0o777 == 0o700
+    # target; ensure: absent removed old@host
+    assert (root / "etc/ssh/keys/deploy").read_text() == f"ssh-rsa {rsa[1]} deploy@ci\n"
