@@ -203,7 +203,8 @@ class Mount(Resource):
                     f"{target}: cannot write: {os.strerror(exc.errno or 0)}"
                 ) from None
             ctx.fingerprints.pop(target, None)
-        return [Change("fstab", old, want, diff)], old
+        shown = [None if line is None else " ".join(line.split()) for line in (old, want)]
+        return [Change("fstab", shown[0], shown[1], diff)], old
 
     def _command(self, ctx: Context, argv: list[str]) -> None:
         result = ctx.runner.run(argv, timeout=TIMEOUT)

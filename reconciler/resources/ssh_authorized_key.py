@@ -144,6 +144,10 @@ class SshAuthorizedKey(Resource):
     def autorequire(self) -> list[str]:
         return [f"user:{self.user}"]
 
+    def managed_paths(self) -> list[str]:
+        target = self.attrs.get("target")
+        return [str(target)] if target is not None else []
+
     def serial_key(self) -> str:
         target = self.attrs.get("target")
         return f"ssh_authorized_keys:{target or '~' + self.user}"

@@ -294,6 +294,8 @@ resources:
     user: deploy
     ensure: absent
     target: /etc/ssh/keys/deploy
+  - directory: /etc/ssh/keys
+    purge: true
 """
 TABLE["test_ssh_keys"] = (SSH_KEYS,)
 
@@ -649,6 +651,7 @@ def test_ssh_keys(cli: CLI, tmp_path: Path) -> None:
         {
             "home/d/.ssh/authorized_keys": f"{stray[0]} {stray[1]} stray@old\n",
             "etc/ssh/keys/deploy": f"{stray[0]} {stray[1]} old@host\n",
+            "etc/ssh/keys/stray": "x\n",
         },
     )
     profile = SSH_KEYS.replace("@ED@", ed[1]).replace("@RSA@", rsa[1]).replace("@EC@", ec[1])
@@ -665,3 +668,4 @@ def test_ssh_keys(cli: CLI, tmp_path: Path) -> None:
     assert (root / "home/d/.ssh").stat().st_mode & 0o777 == 0o700
     # target; ensure: absent removed old@host
     assert (root / "etc/ssh/keys/deploy").read_text() == f"ssh-rsa {rsa[1]} deploy@ci\n"
+    assert sorted(os.listdir(root / "etc/ssh/keys")) == ["deploy"]  # a purge keeps a target
