@@ -524,6 +524,7 @@ def _converge(
     ctx.catalog_paths = frozenset(
         path for entry in catalog.entries.values() for path in entry.resource.managed_paths()
     )
+    ctx.catalog_resources = tuple(entry.resource for entry in catalog.entries.values())
     corrective = {
         rid
         for rid, entry in catalog.entries.items()

@@ -225,6 +225,9 @@ class Context:
     fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
     # Every path (as written) that some resource of the catalog manages: for directory purge.
     catalog_paths: frozenset[str] = frozenset()
+    # Every resource of the catalog: for a type that keeps only what the catalog declares
+    # (ssh_authorized_key's exclusive).
+    catalog_resources: tuple[Resource, ...] = ()
     log: Callable[..., None] = lambda *a, **k: None
     # The run under way (the engine gives each run its own).
     run: RunState = field(default_factory=RunState)

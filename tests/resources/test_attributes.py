@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -244,6 +245,59 @@ TABLE: dict[str, tuple[str, ...]] = {
     "test_services": (SERVICES,),
     "test_packages": (PACKAGES, PACKAGES_THEN),
 }
+
+# -- mount: live tmpfs mounts under @BASE@, a temporary directory, with a table of their own --
+MOUNTS = """
+resources:
+  - mount: "@BASE@/mounted"
+    device: tmpfs
+    fstype: tmpfs
+    options: "size=1m,ro"
+    dump: 1
+    pass: 2
+    target: "@BASE@/fstab"
+  - mount: "@BASE@/present"
+    ensure: present
+    device: tmpfs
+    fstype: tmpfs
+    target: "@BASE@/fstab"
+  - mount: "@BASE@/unmounted"
+    ensure: unmounted
+    device: tmpfs
+    fstype: tmpfs
+    target: "@BASE@/fstab"
+  - mount: "@BASE@/gone"
+    ensure: absent
+    target: "@BASE@/fstab"
+"""
+TABLE["test_mounts"] = (MOUNTS,)
+
+# -- ssh_authorized_key: keys made by ssh-keygen (@ED@, @RSA@), applied under --root --------------
+SSH_KEYS = """
+resources:
+  - ssh_authorized_key: deploy@desk
+    user: deploy
+    type: ecdsa-sha2-nistp256
+    key: "@EC@"
+  - ssh_authorized_key: deploy@laptop
+    user: deploy
+    type: ssh-ed25519
+    key: "@ED@"
+    options: ['from="10.0.0.0/8"', no-pty]
+    exclusive: true
+  - ssh_authorized_key: deploy@ci
+    user: deploy
+    type: ssh-rsa
+    key: "@RSA@"
+    target: /etc/ssh/keys/deploy
+  - ssh_authorized_key: old@host
+    user: deploy
+    ensure: absent
+    target: /etc/ssh/keys/deploy
+  - directory: /etc/ssh/keys
+    purge: true
+"""
+TABLE["test_ssh_keys"] = (SSH_KEYS,)
 
 
 def documented() -> set[tuple[str, str]]:
@@ -704,3 +758,75 @@ def test_nftables(cli: CLI, tmp_path: Path) -> None:
     assert not (rulesets / "old.nft").exists()  # ensure: absent
     assert not (cli.state / "nftables").exists()  # under --root nothing is loaded
     cli.run("apply", repo, "--node", "n1", check=0)
+
+
+def test_mounts(tmp_path: Path) -> None:
+    """Applied without --root (mounts are live state); the table is a file of the test's own."""
+    from reconciler.resources.mount import live_mount
+    from tests.conftest import need
+    from tests.resources.mounts import tmpfs
+
+    need("mount")
+    with tmpfs(tmp_path / "probe"):  # skips when the kernel refuses a mount here
+        pass
+    base = tmp_path / "m"
+    for name in ("mounted", "present", "unmounted", "gone"):
+        (base / name).mkdir(parents=True)
+        if name in ("unmounted", "gone"):
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(base / name)], check=True)
+    (base / "fstab").write_text(f"tmpfs {base}/gone tmpfs defaults 0 0\n")
+    repo = control_repo(tmp_path / "repo", MOUNTS.replace("@BASE@", str(base)))
+    try:
+        CLI(tmp_path)(
+            *("apply", f"--repo={repo}", "--state-dir", str(tmp_path / "state"), "--node", "n1"),
+            check=2,
+        )
+        mounted = live_mount(str(base / "mounted"))
+        assert mounted is not None and mounted.fstype == "tmpfs"  # ensure, device, fstype
+        assert "ro" in mounted.flags  # options
+        assert live_mount(str(base / "present")) is None  # ensure: present
+        assert live_mount(str(base / "unmounted")) is None  # ensure: unmounted
+        assert live_mount(str(base / "gone")) is None  # ensure: absent
+        assert sorted((base / "fstab").read_text().splitlines()) == [  # target
+            f"tmpfs\t{base}/mounted\ttmpfs\tsize=1m,ro\t1\t2",  # dump, pass
+            f"tmpfs\t{base}/present\ttmpfs\tdefaults\t0\t0",
+            f"tmpfs\t{base}/unmounted\ttmpfs\tdefaults\t0\t0",
+        ]
+    finally:
+        for name in ("mounted", "unmounted", "gone"):
+            while live_mount(str(base / name)) is not None:
+                subprocess.run(["umount", "-l", str(base / name)], check=True)
+
+
+def test_ssh_keys(cli: CLI, tmp_path: Path) -> None:
+    from tests.resources.test_ssh_authorized_key import fingerprints, keygen
+
+    ed, rsa, ec, stray = (keygen(tmp_path, k, k) for k in ("ed25519", "rsa", "ecdsa", "ecdsa"))
+    root = cli.root
+    (root / "etc/passwd").write_text(
+        "root:x:0:0::/root:/bin/sh\ndeploy:x:4700:4700::/home/d:/bin/sh\n"
+    )
+    (root / "home/d").mkdir(parents=True)
+    write_tree(
+        root,
+        {
+            "home/d/.ssh/authorized_keys": f"{stray[0]} {stray[1]} stray@old\n",
+            "etc/ssh/keys/deploy": f"{stray[0]} {stray[1]} old@host\n",
+            "etc/ssh/keys/stray": "x\n",
+        },
+    )
+    profile = SSH_KEYS.replace("@ED@", ed[1]).replace("@RSA@", rsa[1]).replace("@EC@", ec[1])
+    cli.run("apply", control_repo(tmp_path / "repo", profile), "--node", "n1", check=2)
+    home_keys = root / "home/d/.ssh/authorized_keys"
+    # ensure, user, type, key, options; exclusive removed stray@old, kept the catalog's deploy@desk
+    assert sorted(home_keys.read_text().splitlines()) == [
+        f"ecdsa-sha2-nistp256 {ec[1]} deploy@desk",
+        f'from="10.0.0.0/8",no-pty ssh-ed25519 {ed[1]} deploy@laptop',
+    ]
+    assert sorted(line.split()[-1] for line in fingerprints(home_keys)) == ["(ECDSA)", "(ED25519)"]
+    st = home_keys.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4700, 4700, 0o600)
+    assert (root / "home/d/.ssh").stat().st_mode & 0o777 == 0o700
+    # target; ensure: absent removed old@host
+    assert (root / "etc/ssh/keys/deploy").read_text() == f"ssh-rsa {rsa[1]} deploy@ci\n"
+    assert sorted(os.listdir(root / "etc/ssh/keys")) == ["deploy"]  # a purge keeps a target
