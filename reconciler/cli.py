@@ -513,7 +513,7 @@ def _print_live_requirements(apps: list[dict[str, Any]], values: dict[str, Any])
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from reconciler.model.catalog import Compiler
-    from reconciler.model.secrets import Keyring, SecretsConfig
+    from reconciler.model.secrets import Keyring, SecretsConfig, encrypted
     from reconciler.reconcile import RunOptions, gather_facts
     from reconciler.resources.base import digest
 
@@ -546,14 +546,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 0
     value, found, default_at, data = compiler.explain(node, facts, args.key)
     merged = compiler.explain_data(node, facts, args.key) if found is not None else None
-    secret = merged is not None and merged.secret
+    secret = merged.secret if merged is not None else encrypted(value)  # a default's
     sensitive = secret or (
         args.key.split(".", 1)[1] in compiler.profile(profile, default_at).sensitive
     )
     shown = digest(json.dumps(value)) if sensitive else json.dumps(value)
     _say(f"{args.key} = {shown}   (node {node})")
-    if secret:
-        _say(_ENCRYPTED[keyring.decrypts])
+    if secret:  # a default is shown as written
+        _say(_ENCRYPTED[keyring.decrypts and merged is not None])
     contributed = {found.level} if found is not None else set()
     if found is not None and merged is not None:
         if merged.merge != "first":

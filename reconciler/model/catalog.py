@@ -426,17 +426,20 @@ class Compiler:
             problems += exc.problems
         resolved: list[Profile] = []
         for profile in profiles:
+            looked_up: set[str] = set()
             try:
                 catalog.params[profile.name], profile = reveal_params(
                     self.keyring,
                     profile,
-                    self.resolve_params(profile, lookups, base_context),
+                    self.resolve_params(profile, lookups, base_context, looked_up),
                     lookups,
                     Reader(node, role, self.snapshot),
                 )
             except ModelError as exc:
                 problems += exc.problems
                 continue
+            if looked_up:  # a default that looks up a value encrypted in data
+                profile = dataclasses.replace(profile, sensitive=profile.sensitive | looked_up)
             resolved.append(profile)
             context = {**base_context, "params": catalog.params[profile.name]}
             problems += self.check_assertions(profile.assertions, profile.file, context)
@@ -653,10 +656,15 @@ class Compiler:
         self.secret_reads += 1
 
     def resolve_params(
-        self, profile: Profile, lookups: datamod.Lookups, context: Mapping[str, Any]
+        self,
+        profile: Profile,
+        lookups: datamod.Lookups,
+        context: Mapping[str, Any],
+        looked_up: set[str] | None = None,
     ) -> dict[str, Any]:
         """A profile's parameters: data first (as written, never rendered, merged as the
-        key's lookup options say), else the default."""
+        key's lookup options say), else the default. ``looked_up`` gets the names of those
+        whose default looked up a value encrypted in data."""
         params: dict[str, Any] = {}
         problems: list[Problem] = []
         for key, default in profile.params.items():
@@ -673,7 +681,10 @@ class Compiler:
                         )
                     params[key] = found.value
                     continue
+                reads = self.secret_reads
                 params[key] = self.render(default, context, where)
+                if self.secret_reads > reads and looked_up is not None:
+                    looked_up.add(key)
             except ModelError as exc:
                 problems += exc.problems
         if problems:

@@ -553,3 +553,53 @@ def test_explain_shows_an_encrypted_value_as_its_digest(site: Site, cli: CLI) ->
     for done in (free, param, keyless):
         assert BACKUP_PASSWORD not in done.stdout + done.stderr
         assert DB_PASSWORD not in done.stdout + done.stderr
+
+
+def test_what_looks_up_an_encrypted_value_is_sensitive_though_it_is_short(
+    site: Site, cli: CLI
+) -> None:
+    # Too short to be searched for in text (6 characters): only its use makes them sensitive.
+    pin = "zqkx"
+    common = site.repo / "data/common.yaml"
+    common.write_text(common.read_text() + f"pin: {age_encrypt(pin, site.db_recipient)}\n")
+    files = {
+        "roles/db.yaml": "profiles: [db, keypad]\n",
+        "types/keypad.yaml": """
+            params:
+              code: {type: string}
+            resources:
+              - file: "/etc/keypad/{{ title }}"
+                content: "code {{ params.code }}\\n"
+            """,
+        "profiles/keypad.yaml": """
+            params:
+              code: "{{ lookup('pin') }}"
+            resources:
+              - directory: /etc/keypad
+              - file: /etc/keypad/pin
+                content: "{{ lookup('pin') }}\\n"
+              - file: /etc/keypad/param
+                content: "param {{ params.code }}\\n"
+              - keypad: door
+                code: "{{ lookup('pin') }}"
+              - file: /etc/keypad/plain
+                content: "no secret here\\n"
+            """,
+    }
+    write_tree(site.repo, files)
+
+    config = str(site.db_config())
+    cli.run("apply", site.repo, "--config", config, check=2)
+    assert (cli.root / "etc/keypad/pin").read_text() == f"{pin}\n"
+    assert (cli.root / "etc/keypad/door").read_text() == f"code {pin}\n"
+    # Drift: a file that is sensitive shows no diff, which would show its text.
+    paths = ("pin", "param", "door", "plain")
+    for name in paths:
+        (cli.root / "etc/keypad" / name).write_text("tampered\n")
+    plan = cli.run("plan", site.repo, "--config", config, "--format", "json", check=2)
+
+    shown = {r["id"].rsplit("/", 1)[-1]: r for r in json.loads(plan.stdout)["resources"]}
+    for name in paths:
+        (content,) = [c for c in shown[name]["changes"] if c["property"] == "content"]
+        assert ("diff" in content) == (name == "plain"), name
+        assert pin not in json.dumps(shown[name]), name
