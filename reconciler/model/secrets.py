@@ -1,9 +1,10 @@
 """Encrypted values in data: hiera-eyaml's ``ENC[PKCS7,...]`` and age's ``ENC[AGE,...]``.
 
-A value is decrypted on the node, with the node's own keys, only when the node uses it: when a
-parameter of a profile of its role resolves to it. What a node does not use is never decrypted,
-so a node that lacks the key for it is not troubled by it. A decrypted parameter is sensitive,
-as if it were listed in the profile's ``sensitive_params``.
+A value is decrypted on the node, with the node's own keys, only when the node uses it: when
+the data layer reads it (``Lookups.decrypt``, made by ``decrypter``), for a parameter, a
+``lookup()`` or a ``%{lookup()}``. What a node does not use is never decrypted, so a node that
+lacks the key for it is not troubled by it. A decrypted parameter is sensitive, as if it were
+listed in the profile's ``sensitive_params``.
 
 The cryptography is the libraries': ``cryptography`` (PKCS#7 enveloped data, as eyaml writes it)
 and ``pyrage`` (age). This module only finds the values, reads the keys and explains failures.
