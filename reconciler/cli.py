@@ -546,14 +546,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 0
     value, found, default_at, data = compiler.explain(node, facts, args.key)
     merged = compiler.explain_data(node, facts, args.key) if found is not None else None
-    secret = merged.secret if merged is not None else encrypted(value)  # a default's
+    # A default encrypted as written, or one that looked up an encrypted value.
+    looked_up = compiler.secret_reads > 0
+    secret = merged.secret if merged is not None else encrypted(value) or looked_up
     sensitive = secret or (
         args.key.split(".", 1)[1] in compiler.profile(profile, default_at).sensitive
     )
     shown = digest(json.dumps(value)) if sensitive else json.dumps(value)
     _say(f"{args.key} = {shown}   (node {node})")
-    if secret:  # a default is shown as written
-        _say(_ENCRYPTED[keyring.decrypts and merged is not None])
+    if secret:  # an encrypted default is shown as written: explain does not decrypt it
+        _say(_ENCRYPTED[keyring.decrypts and not encrypted(value)])
     contributed = {found.level} if found is not None else set()
     if found is not None and merged is not None:
         if merged.merge != "first":

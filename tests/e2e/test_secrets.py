@@ -427,6 +427,7 @@ def with_free_key(site: Site) -> int:
         "profiles/backup.yaml": """
             params:
               dsn: ""
+              copy: "{{ lookup('backup_password') }}"
             resources:
               - directory: /etc/backup
               - file: /etc/backup/password
@@ -541,8 +542,11 @@ def test_explain_shows_an_encrypted_value_as_its_digest(site: Site, cli: CLI) ->
     free = cli("explain", "backup_password", "--repo", str(site.repo), "--config", config)
     param = cli("explain", "db.password", "--repo", str(site.repo), "--config", config)
     keyless = cli("explain", "backup_password", "--repo", str(site.repo), "--node", "db-1")
+    default = cli("explain", "backup.copy", "--repo", str(site.repo), "--config", config)
 
     assert free.returncode == param.returncode == keyless.returncode == 0, free.stderr
+    assert default.returncode == 0, default.stderr
+    assert f"backup.copy = {digest(json.dumps(BACKUP_PASSWORD))}" in default.stdout
     assert f"backup_password = {digest(json.dumps(BACKUP_PASSWORD))}" in free.stdout
     assert f"db.password = {digest(json.dumps(DB_PASSWORD))}" in param.stdout
     for done in (free, param):
@@ -550,7 +554,7 @@ def test_explain_shows_an_encrypted_value_as_its_digest(site: Site, cli: CLI) ->
         assert "set by data level 'common.yaml'" in done.stdout
     assert "encrypted in data: shown as the digest of what is written" in keyless.stdout
     assert "ENC[AGE," not in keyless.stdout
-    for done in (free, param, keyless):
+    for done in (free, param, keyless, default):
         assert BACKUP_PASSWORD not in done.stdout + done.stderr
         assert DB_PASSWORD not in done.stdout + done.stderr
 
