@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -790,7 +790,10 @@ class Compiler:
                     else (context,)
                 )
                 first_item: dict[ResourceId, int] = {}
-                for item, item_context in enumerate(contexts):
+                item_taint = taint
+                for item, (item_context, looked_up) in enumerate(self._reading(contexts)):
+                    if looked_up:  # for_each looked up an encrypted value: every item is
+                        item_taint = dataclasses.replace(taint, everything=True)
                     build.declared += 1
                     if build.declared > MAX_RESOURCES:
                         problems.append(
@@ -800,12 +803,12 @@ class Compiler:
                     if kind in types:
                         problems += self.instance(
                             entries, declaration, types[kind], where, origin, item_context,
-                            taint, build, using, scope,
+                            item_taint, build, using, scope,
                         )  # fmt: skip
                         continue
                     try:
                         entry = self.resource(
-                            declaration, where, origin, item_context, taint, kind=kind
+                            declaration, where, origin, item_context, item_taint, kind=kind
                         )
                         if entry is not None and scope:
                             entry.resource.scope = scope
@@ -826,6 +829,20 @@ class Compiler:
             except ModelError as exc:
                 problems += exc.problems
         return problems
+
+    def _reading(
+        self, contexts: Iterable[Mapping[str, Any]]
+    ) -> Iterator[tuple[Mapping[str, Any], bool]]:
+        """Each context, and whether making it (evaluating ``for_each``) looked up a value
+        encrypted in data."""
+        items = iter(contexts)
+        while True:
+            reads = self.secret_reads
+            try:
+                context = next(items)
+            except StopIteration:
+                return
+            yield context, self.secret_reads > reads
 
     def instance(
         self,

@@ -586,6 +586,9 @@ def test_what_looks_up_an_encrypted_value_is_sensitive_though_it_is_short(
                 content: "param {{ params.code }}\\n"
               - keypad: door
                 code: "{{ lookup('pin') }}"
+              - file: /etc/keypad/each
+                for_each: "{{ [lookup('pin')] }}"
+                content: "each {{ item }}\\n"
               - file: /etc/keypad/plain
                 content: "no secret here\\n"
             """,
@@ -597,7 +600,7 @@ def test_what_looks_up_an_encrypted_value_is_sensitive_though_it_is_short(
     assert (cli.root / "etc/keypad/pin").read_text() == f"{pin}\n"
     assert (cli.root / "etc/keypad/door").read_text() == f"code {pin}\n"
     # Drift: a file that is sensitive shows no diff, which would show its text.
-    paths = ("pin", "param", "door", "plain")
+    paths = ("pin", "param", "door", "each", "plain")
     for name in paths:
         (cli.root / "etc/keypad" / name).write_text("tampered\n")
     plan = cli.run("plan", site.repo, "--config", config, "--format", "json", check=2)
