@@ -523,6 +523,7 @@ def _print_live_requirements(apps: list[dict[str, Any]], values: dict[str, Any])
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from reconciler.model.catalog import Compiler
+    from reconciler.model.secrets import Keyring, SecretsConfig, encrypted
     from reconciler.reconcile import RunOptions, gather_facts
     from reconciler.resources.base import digest
 
@@ -538,21 +539,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
     node, facts = gather_facts(options, _warn)
     if values["node"] is None:
         _say(f"reconciler: no --node given: explaining for this host, node {node}", file=sys.stderr)
-    compiler = Compiler(snapshot)
+    # With the node's keys, an encrypted value is decrypted (and shown as the digest of its
+    # plaintext, as plans show it); without them, as the digest of what is written.
+    keys: SecretsConfig = values["secrets"]
+    keyring = Keyring(keys if any(vars(keys).values()) else None)
+    compiler = Compiler(snapshot, keyring=keyring)
     revision = snapshot.revision or "working tree"
     profile = args.key.split(".", 1)[0]
     if profile not in compiler.profile_names():  # a free data key
-        merged = compiler.explain_data(node, facts, args.key)
-        _say(f"{args.key} = {json.dumps(merged.value, default=str)}   (node {node})")
-        _explain_merged(merged, revision, lambda text: text)
+        free = compiler.explain_data(node, facts, args.key)
+        shown = json.dumps(free.value, default=str)
+        _say(f"{args.key} = {digest(shown) if free.secret else shown}   (node {node})")
+        if free.secret:
+            _say(_ENCRYPTED[keyring.decrypts])
+        _explain_merged(free, revision, digest if free.secret else (lambda text: text))
         return 0
     value, found, default_at, data = compiler.explain(node, facts, args.key)
-    sensitive = args.key.split(".", 1)[1] in compiler.profile(profile, default_at).sensitive
+    merged = compiler.explain_data(node, facts, args.key) if found is not None else None
+    # A default encrypted as written, or one that looked up an encrypted value.
+    looked_up = compiler.secret_reads > 0
+    secret = merged.secret if merged is not None else encrypted(value) or looked_up
+    sensitive = secret or (
+        args.key.split(".", 1)[1] in compiler.profile(profile, default_at).sensitive
+    )
     shown = digest(json.dumps(value)) if sensitive else json.dumps(value)
     _say(f"{args.key} = {shown}   (node {node})")
+    if secret:  # an encrypted default is shown as written: explain does not decrypt it
+        _say(_ENCRYPTED[keyring.decrypts and not encrypted(value)])
     contributed = {found.level} if found is not None else set()
-    if found is not None:
-        merged = compiler.explain_data(node, facts, args.key)
+    if found is not None and merged is not None:
         if merged.merge != "first":
             _explain_merged(merged, revision, digest if sensitive else (lambda text: text))
             contributed = {piece.level for piece in merged.pieces}
@@ -576,6 +591,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         else:
             _say(f"    {level:<32} no file")
     return 0
+
+
+_ENCRYPTED = {
+    True: "  encrypted in data: decrypted with this node's keys, shown as its digest",
+    False: "  encrypted in data: shown as the digest of what is written (no keys configured)",
+}
 
 
 def _explain_merged(found: Found, revision: str, show: Callable[[str], str]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from reconciler.model.apps import (
 )
 from reconciler.model.expand import MAX_RESOURCES, for_each_items, with_defaults
 from reconciler.model.repo import DataValue, Profile, Settings, closest, did_you_mean
-from reconciler.model.secrets import Keyring, Reader, load_recipients, reveal_params
+from reconciler.model.secrets import Keyring, Reader, decrypter, load_recipients, reveal_params
 from reconciler.model.substitute import MISS, Substitutions
 from reconciler.model.templates import Renderer
 from reconciler.model.types import (
@@ -245,6 +245,10 @@ class Compiler:
         self._apps: list[App] | None = None
         self._profile_names: frozenset[str] | None = None
         self._params_named: dict[str, frozenset[str] | None] = {}
+        # How many times lookup() has returned a value encrypted in data, in every compile so
+        # far: a declaration rendered while it grows uses one, and is sensitive.
+        self.secret_reads = 0
+        self._revealed_secrets: tuple[int, Secrets] = (0, Secrets())
         self._types: dict[str, tuple[DefinedType, list[Problem]]] | None = None
         self._type_map: dict[str, DefinedType] | None = None
 
@@ -405,7 +409,7 @@ class Compiler:
         catalog = Catalog(
             node, role, self.snapshot.revision, self.snapshot.branch, self.settings, entries, {}, {}
         )
-        lookups = self.lookups(data, facts)
+        lookups = self.lookups(data, facts, Reader(node, role, self.snapshot))
         base_context = {
             "facts": facts,
             "node": node,
@@ -422,17 +426,20 @@ class Compiler:
             problems += exc.problems
         resolved: list[Profile] = []
         for profile in profiles:
+            looked_up: set[str] = set()
             try:
                 catalog.params[profile.name], profile = reveal_params(
                     self.keyring,
                     profile,
-                    self.resolve_params(profile, lookups, base_context),
+                    self.resolve_params(profile, lookups, base_context, looked_up),
                     lookups,
                     Reader(node, role, self.snapshot),
                 )
             except ModelError as exc:
                 problems += exc.problems
                 continue
+            if looked_up:  # a default that looks up a value encrypted in data
+                profile = dataclasses.replace(profile, sensitive=profile.sensitive | looked_up)
             resolved.append(profile)
             context = {**base_context, "params": catalog.params[profile.name]}
             problems += self.check_assertions(profile.assertions, profile.file, context)
@@ -464,7 +471,11 @@ class Compiler:
         problems += identity_conflicts(entries, build.scope_used_at)
         spread_sensitivity(entries)
         catalog.secrets = Secrets(
-            [*secrets.values, *(v for e in entries.values() for v in e.resource.secret_values())]
+            [
+                *secrets.values,
+                *self.keyring.revealed,  # decrypted while the resources were compiled too
+                *(v for e in entries.values() for v in e.resource.secret_values()),
+            ]
         )
         try:
             if problems:
@@ -561,10 +572,14 @@ class Compiler:
             "instance": app.instance,
         }
         try:
-            params = self.app_params(app, data or repomod.Data(), {**base_context, "app": meta})
+            params, secret = self.app_params(
+                app, data or repomod.Data(), {**base_context, "app": meta}
+            )
         except ModelError as exc:
             return {}, exc.problems
         context = {**base_context, "params": params, "app": meta}
+        if secret:  # its parameters encrypted in data are sensitive, as a profile's are
+            taint = dataclasses.replace(taint, names=secret, params=frozenset(app.params))
         entries: dict[ResourceId, Entry] = {}
         problems = self.add_resources(
             entries, component.resources, app.file, deployment.origin, context, taint, build
@@ -583,19 +598,28 @@ class Compiler:
 
     def app_params(
         self, app: App, data: repomod.Data, context: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], frozenset[str]]:
         """An app's parameters, the most specific first: data for the instance
         (``app:<app>-<instance>``), the instance's ``params`` in the app file, data for the
-        app (``app:<app>``), the default. Values from data are never rendered."""
+        app (``app:<app>``), the default; and the names of those encrypted in data (decrypted
+        as they are read). Values from data are never rendered."""
         params: dict[str, Any] = {}
+        secret: set[str] = set()
         problems: list[Problem] = []
-        lookups = self.lookups(data, context.get("facts", {}))
+        reader = Reader(str(context.get("node", "")), str(context.get("role", "")), self.snapshot)
+        lookups = self.lookups(data, context.get("facts", {}), reader)
         for key in app.params:
-            found = lookups.find(f"{APP_SECTION}{app.name}.{key}") if app.instance else None
-            if found is None and key not in app.instance_params:
-                found = lookups.find(f"{APP_SECTION}{app.definition}.{key}")
+            try:
+                found = lookups.find(f"{APP_SECTION}{app.name}.{key}") if app.instance else None
+                if found is None and key not in app.instance_params:
+                    found = lookups.find(f"{APP_SECTION}{app.definition}.{key}")
+            except ModelError as exc:
+                problems += exc.problems
+                continue
             if found is not None:
                 params[key] = found.value
+                if found.secret:
+                    secret.add(key)
                 continue
             written = app.instance_params if key in app.instance_params else app.params
             at = Location(app.file, written.line_of(key), f"params.{key}")
@@ -605,7 +629,7 @@ class Compiler:
                 problems += exc.problems
         if problems:
             raise ModelError(problems)
-        return params
+        return params, frozenset(secret)
 
     def profile_names(self) -> frozenset[str]:
         """The name of every profile of the repo, whether or not it loads."""
@@ -613,17 +637,34 @@ class Compiler:
             self._profile_names = frozenset(repomod.names_of(self.snapshot, "profile"))
         return self._profile_names
 
-    def lookups(self, data: repomod.Data, facts: Mapping[str, Any]) -> datamod.Lookups:
-        """The node's data read by key, for one compile."""
-        return datamod.Lookups(
-            data.levels, facts, self.settings.lookup_options, self.profile_names()
+    def lookups(
+        self, data: repomod.Data, facts: Mapping[str, Any], reader: Reader | None = None
+    ) -> datamod.Lookups:
+        """The node's data read by key, for one compile; with a reader (the node), encrypted
+        values are decrypted with the keyring as they are read."""
+        made = datamod.Lookups(
+            data.levels,
+            facts,
+            self.settings.lookup_options,
+            self.profile_names(),
+            decrypter(self.keyring, reader) if reader is not None else None,
+            self._read_secret,
         )
+        return made
+
+    def _read_secret(self) -> None:
+        self.secret_reads += 1
 
     def resolve_params(
-        self, profile: Profile, lookups: datamod.Lookups, context: Mapping[str, Any]
+        self,
+        profile: Profile,
+        lookups: datamod.Lookups,
+        context: Mapping[str, Any],
+        looked_up: set[str] | None = None,
     ) -> dict[str, Any]:
         """A profile's parameters: data first (as written, never rendered, merged as the
-        key's lookup options say), else the default."""
+        key's lookup options say), else the default. ``looked_up`` gets the names of those
+        whose default looked up a value encrypted in data."""
         params: dict[str, Any] = {}
         problems: list[Problem] = []
         for key, default in profile.params.items():
@@ -640,7 +681,10 @@ class Compiler:
                         )
                     params[key] = found.value
                     continue
+                reads = self.secret_reads
                 params[key] = self.render(default, context, where)
+                if self.secret_reads > reads and looked_up is not None:
+                    looked_up.add(key)
             except ModelError as exc:
                 problems += exc.problems
         if problems:
@@ -651,7 +695,7 @@ class Compiler:
         """A data key's value for a node and the levels it was merged from."""
         classification = repomod.classify(self.snapshot, node, facts)
         data = repomod.load_data(self.snapshot, self.settings, node, classification.role, facts)
-        lookups = self.lookups(data, facts)
+        lookups = self.lookups(data, facts, Reader(node, classification.role, self.snapshot))
         try:
             lookups.check_key(key)
         except ValueError as exc:
@@ -678,7 +722,7 @@ class Compiler:
                 Location(profile.file),
             )
         data = repomod.load_data(self.snapshot, self.settings, node, classification.role, facts)
-        lookups = self.lookups(data, facts)
+        lookups = self.lookups(data, facts, Reader(node, classification.role, self.snapshot))
         found = lookups.find(key)
         default_at = Location(profile.file, profile.params.line_of(param), key)
         if found is not None:
@@ -746,7 +790,10 @@ class Compiler:
                     else (context,)
                 )
                 first_item: dict[ResourceId, int] = {}
-                for item, item_context in enumerate(contexts):
+                item_taint = taint
+                for item, (item_context, looked_up) in enumerate(self._reading(contexts)):
+                    if looked_up:  # for_each looked up an encrypted value: every item is
+                        item_taint = dataclasses.replace(taint, everything=True)
                     build.declared += 1
                     if build.declared > MAX_RESOURCES:
                         problems.append(
@@ -756,12 +803,12 @@ class Compiler:
                     if kind in types:
                         problems += self.instance(
                             entries, declaration, types[kind], where, origin, item_context,
-                            taint, build, using, scope,
+                            item_taint, build, using, scope,
                         )  # fmt: skip
                         continue
                     try:
                         entry = self.resource(
-                            declaration, where, origin, item_context, taint, kind=kind
+                            declaration, where, origin, item_context, item_taint, kind=kind
                         )
                         if entry is not None and scope:
                             entry.resource.scope = scope
@@ -782,6 +829,20 @@ class Compiler:
             except ModelError as exc:
                 problems += exc.problems
         return problems
+
+    def _reading(
+        self, contexts: Iterable[Mapping[str, Any]]
+    ) -> Iterator[tuple[Mapping[str, Any], bool]]:
+        """Each context, and whether making it (evaluating ``for_each``) looked up a value
+        encrypted in data."""
+        items = iter(contexts)
+        while True:
+            reads = self.secret_reads
+            try:
+                context = next(items)
+            except StopIteration:
+                return
+            yield context, self.secret_reads > reads
 
     def instance(
         self,
@@ -823,6 +884,7 @@ class Compiler:
             return [Problem(f"{label}: the defined type {kind} has problems", where), *found]
         problems: list[Problem] = []
         given: dict[str, Any] = {}
+        reads = self.secret_reads
         for key, raw in declaration.items():
             if key == kind or key in INSTANCE_KEYS:
                 continue
@@ -878,6 +940,7 @@ class Compiler:
         sensitive = (
             declared
             or taint.everything
+            or self.secret_reads > reads  # a lookup() of a value encrypted in data
             or any(
                 self._names_sensitive(value, taint)
                 for key, value in declaration.items()
@@ -933,11 +996,17 @@ class Compiler:
     def _title(
         self, declaration: LocMap, kind: str, context: Mapping[str, Any], at: Any, taint: Taint
     ) -> str:
+        reads = self.secret_reads
         title = self.render(declaration[kind], context, at(kind))
         if not isinstance(title, str | int) or isinstance(title, bool) or str(title) == "":
             raise ModelError.one("the title must be a non-empty string", at(kind))
         title = str(title)
-        if self._names_sensitive(declaration[kind], taint) or taint.secrets.found_in(title):
+        if (
+            self._names_sensitive(declaration[kind], taint)
+            or taint.secrets.found_in(title)
+            or self.secret_reads > reads
+            or self._revealed().found_in(title)
+        ):
             raise ModelError.one(
                 "the title holds the value of a sensitive parameter; a title is the resource's "
                 "identity, shown in every report and kept in the state directory: "
@@ -968,6 +1037,7 @@ class Compiler:
         if not self._holds(declaration, context, at):
             return None
         title = self._title(declaration, kind, context, at, taint)
+        reads = self.secret_reads
         attrs: dict[str, Any] = {}
         for key, raw in declaration.items():
             if key in (kind, "when", "for_each"):
@@ -993,6 +1063,7 @@ class Compiler:
         sensitive = (
             declared is True
             or taint.everything
+            or self.secret_reads > reads  # a lookup() of a value encrypted in data
             or self._tainted(declaration, kind, template, attrs, taint)
         )
         if sensitive and kind == "line" and not attrs.get("text"):
@@ -1081,7 +1152,17 @@ class Compiler:
             and self._template_names_sensitive(template, taint, set())
         ):
             return True
-        return bool(taint.secrets) and any(taint.secrets.found_in(v) for v in leaves(attrs))
+        known = [secrets for secrets in (taint.secrets, self._revealed()) if secrets]
+        return any(secrets.found_in(v) for secrets in known for v in leaves(attrs))
+
+    def _revealed(self) -> Secrets:
+        """Every value the keyring has decrypted so far (some while resources were rendered)."""
+        if self._revealed_secrets[0] != len(self.keyring.revealed):
+            self._revealed_secrets = (
+                len(self.keyring.revealed),
+                Secrets(self.keyring.revealed),
+            )
+        return self._revealed_secrets[1]
 
     def _file_content(self, attrs: dict[str, Any], context: Mapping[str, Any], at: Any) -> None:
         given = [key for key in ("content", "source", "template") if attrs.get(key) is not None]

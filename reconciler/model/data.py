@@ -5,6 +5,12 @@ free key: any top-level key of a data file that is not a profile's section). ``L
 one node's data levels; every value read from a data file passes through ``data_value`` first,
 then its ``%{...}`` interpolations are substituted, then the levels that have the key are
 merged as the key's ``lookup_options`` say. Nothing is rendered or executed.
+
+Encrypted values (``ENC[...]``) are decrypted here, when a key is read, by the ``decrypt`` a
+compile gives its ``Lookups``: whichever way a value is read (a profile or app parameter,
+``lookup()``, ``%{lookup()}``, ``explain``), it is read through ``Lookups.find``, so a value the
+node does not read is never decrypted. A ``Found`` that holds a decrypted value, or one
+interpolated from it, is ``secret``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any, Literal, cast, get_args
 from reconciler.errors import Location, ModelError, Problem
 from reconciler.model.repo import _MISSING as NO_FACT
 from reconciler.model.repo import DataValue, did_you_mean, lookup_fact
+from reconciler.model.secrets import TOKEN, encrypted
 from reconciler.model.templates import MAX_OUTPUT, _size  # _size: bounded, stops past it
 from reconciler.model.yamlload import MAX_DEPTH, LocList, LocMap
 
@@ -26,6 +33,8 @@ OPTION_KEYS = frozenset({"merge", "knockout_prefix"})
 HIERA_KEYS = frozenset({"strategy", "knockout_prefix"})  # merge: written as a mapping
 RESERVED = "lookup_options"  # the top-level key of a data file that holds its lookup options
 _MISSING: Any = object()
+# Decrypts one ``ENC[method,body]`` read at a place: its plaintext, or a ModelError there.
+Decrypt = Callable[[str, str, Location], str]
 
 
 def data_value(value: Any, where: Location) -> Any:
@@ -297,6 +306,7 @@ class Found:
     pieces: list[DataValue]
     option: LookupOption | None = None
     typed: bool = False  # some level's value was one %{...}, which keeps the type it names
+    secret: bool = False  # it holds a value encrypted in data (decrypted, or as written)
 
     def origins(self) -> list[tuple[str, list[DataValue]]]:
         """Each piece of a merged value (a key of a mapping, an item of a list) and the levels
@@ -364,9 +374,12 @@ class Lookups:
     facts: Mapping[str, Any]
     settings_options: Sequence[LookupOption] = ()
     profiles: Collection[str] = ()  # names of the repo's profiles: not free keys
+    decrypt: Decrypt | None = None  # None: encrypted values stay as written (validate)
+    read_secret: Callable[[], None] | None = None  # called when lookup() returns a secret value
     options: list[LookupOption] = field(init=False)
     _cache: dict[tuple[str, str | None], Found | None] = field(init=False, default_factory=dict)
     _chain: list[tuple[str, Location | None]] = field(init=False, default_factory=list)
+    _secret: list[bool] = field(init=False, default_factory=list)  # per key of _chain
 
     def __post_init__(self) -> None:
         # Each level's options come before those of the levels after it and of reconciler.yaml.
@@ -402,6 +415,7 @@ class Lookups:
                 self._chain[-1][1] or Location(),
             )
         self._chain.append((key, None))
+        self._secret.append(False)
         try:
             found = self._find(key, merge)
         except RecursionError:  # values nested in values through %{lookup()}, past Python's stack
@@ -411,6 +425,9 @@ class Lookups:
             ) from None
         finally:
             self._chain.pop()
+            secret = self._secret.pop()
+        if found is not None and secret:
+            found.secret = True
         self._cache[cached] = found
         return found
 
@@ -427,6 +444,8 @@ class Lookups:
             raw, line = read
             where = Location(file, line, key)
             value = data_value(raw, where)
+            if encrypted(value):
+                self._secret[-1] = True
             typed = typed or (isinstance(value, str) and _whole(value) is not None)
             substituted = self.interpolate(value, where)
             if substituted is not value and _size(substituted) > MAX_OUTPUT:
@@ -463,6 +482,8 @@ class Lookups:
         self.check_key(key)
         found = self.find(key, merge)
         if found is not None:
+            if found.secret and self.read_secret is not None:
+                self.read_secret()
             return found.value
         if default is not _MISSING:
             return default
@@ -485,9 +506,11 @@ class Lookups:
     # -- interpolation --------------------------------------------------------------------------
 
     def interpolate(self, value: Any, where: Location) -> Any:
-        """A data value with each ``%{...}`` substituted (strings in lists and mappings too);
-        the value itself when there is none."""
+        """A data value with each ``%{...}`` substituted and each ``ENC[...]`` decrypted (strings
+        in lists and mappings too); the value itself when there is none."""
         if isinstance(value, str):
+            if self.decrypt is not None and "ENC[" in value:
+                return self._reveal(value, where)
             if "%{" not in value:
                 return value
             whole = _whole(value)
@@ -518,6 +541,31 @@ class Lookups:
             mapping.line, mapping.lines, mapping.first = value.line, value.lines, value.first
             return mapping
         return value
+
+    def _reveal(self, value: str, where: Location) -> str:
+        """A string with its ``ENC[...]`` tokens decrypted and the ``%{...}`` of the text around
+        them substituted: a plaintext is used as it is, never substituted into."""
+        assert self.decrypt is not None
+        if "ENC[" in TOKEN.sub("", value):  # a value cut short would be written as it is
+            raise ModelError.one(
+                "an ENC[ that is not a whole ENC[METHOD,base64] token (cut short?)", where
+            )
+        whole = TOKEN.fullmatch(value.strip())
+        if whole is not None:  # eyaml's block form ends in a newline that is not the secret's
+            return self.decrypt(whole.group(1), whole.group(2), where)
+        pieces: list[str] = []
+        start = 0
+        for token in TOKEN.finditer(value):
+            pieces.append(self._texts(value[start : token.start()], where))
+            pieces.append(self.decrypt(token.group(1), token.group(2), where))
+            start = token.end()
+        pieces.append(self._texts(value[start:], where))
+        return "".join(pieces)
+
+    def _texts(self, text: str, where: Location) -> str:
+        if "%{" not in text:
+            return text
+        return _INTERPOLATION.sub(lambda m: self._text(m.group(1), where), text)
 
     def _text(self, expression: str, where: Location) -> str:
         value = self._substitute(expression, where)
@@ -562,6 +610,8 @@ class Lookups:
         found = self.find(key)
         if found is None:
             raise ModelError.one(f"%{{{expression}}}: {self.not_found(key)}", where)
+        if found.secret and self._secret:
+            self._secret[-1] = True
         return found.value
 
 

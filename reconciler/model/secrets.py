@@ -1,9 +1,10 @@
 """Encrypted values in data: hiera-eyaml's ``ENC[PKCS7,...]`` and age's ``ENC[AGE,...]``.
 
-A value is decrypted on the node, with the node's own keys, only when the node uses it: when a
-parameter of a profile of its role resolves to it. What a node does not use is never decrypted,
-so a node that lacks the key for it is not troubled by it. A decrypted parameter is sensitive,
-as if it were listed in the profile's ``sensitive_params``.
+A value is decrypted on the node, with the node's own keys, only when the node uses it: when
+the data layer reads it (``Lookups.decrypt``, made by ``decrypter``), for a parameter, a
+``lookup()`` or a ``%{lookup()}``. What a node does not use is never decrypted, so a node that
+lacks the key for it is not troubled by it. A decrypted parameter is sensitive, as if it were
+listed in the profile's ``sensitive_params``.
 
 The cryptography is the libraries': ``cryptography`` (PKCS#7 enveloped data, as eyaml writes it)
 and ``pyrage`` (age). This module only finds the values, reads the keys and explains failures.
@@ -17,15 +18,17 @@ import dataclasses
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ConfigError, Location, ModelError, Problem
-from reconciler.model.data import Lookups
 from reconciler.model.repo import Profile, expect_map, read_yaml
 from reconciler.source import Snapshot
+
+if TYPE_CHECKING:  # the data layer decrypts through this module: no import cycle at run time
+    from reconciler.model.data import Lookups
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,18 @@ class Reader:
             return []  # validate reports it
 
 
+def decrypter(keyring: Keyring, reader: Reader) -> Callable[[str, str, Location], str] | None:
+    """How the data layer decrypts for ``reader`` (``Lookups.decrypt``); None for a keyring
+    that decrypts nothing."""
+    if not keyring.decrypts:
+        return None
+
+    def decrypt(method: str, body: str, where: Location) -> str:
+        return decrypt_token(keyring, method, body, where, reader)
+
+    return decrypt
+
+
 def reveal_params(
     keyring: Keyring,
     profile: Profile,
@@ -180,21 +195,22 @@ def reveal_params(
     lookups: Lookups,
     reader: Reader,
 ) -> tuple[dict[str, Any], Profile]:
-    """A profile's resolved parameters with their encrypted values decrypted, and the profile
-    with those parameters sensitive. Raises a ModelError naming each value it cannot decrypt."""
+    """A profile's resolved parameters with their encrypted defaults decrypted, and the profile
+    with every parameter that was encrypted sensitive. Values from data were decrypted when
+    ``lookups`` read them. Raises a ModelError naming each value it cannot decrypt."""
     revealed = dict(params)
     names: set[str] = set()
     problems: list[Problem] = []
     for key, value in params.items():
+        found = lookups.find(f"{profile.name}.{key}")
+        if found is not None:
+            if found.secret:
+                names.add(key)
+            continue
         if not encrypted(value):
             continue
         names.add(key)
-        found = lookups.find(f"{profile.name}.{key}")
-        where = (
-            found.pieces[0].where
-            if found is not None and found.pieces
-            else Location(profile.file, profile.params.line_of(key), f"params.{key}")
-        )
+        where = Location(profile.file, profile.params.line_of(key), f"params.{key}")
         if not keyring.decrypts:
             continue  # stays as written, and sensitive
         try:

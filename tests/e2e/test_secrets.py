@@ -404,3 +404,209 @@ def test_a_token_decrypted_inside_a_longer_value_is_shown_as_its_digest(
 
     assert digest(DSN_PASSWORD) in done.stdout
     assert DSN_PASSWORD not in done.stdout + done.stderr
+
+
+# -- values read through lookup(), %{lookup()}, app parameters and explain ----------------------
+
+BACKUP_PASSWORD = "backup-pass-Hq27Lx"  # a free key, for role db, with age
+VAULT_TOKEN = "vault-token-Pm48Rw"  # an app's parameter in data, for role db, with age
+
+
+def with_free_key(site: Site) -> int:
+    """A free key encrypted by age for role db, read by lookup() in a value and in a template
+    file, and by %{lookup()} in a profile parameter and in another free key; its line."""
+    common = site.repo / "data/common.yaml"
+    line = len(common.read_text().splitlines()) + 1
+    common.write_text(
+        common.read_text()
+        + f"backup_password: {age_encrypt(BACKUP_PASSWORD, site.db_recipient)}\n"
+        + "backup_url: \"s3://backup:%{lookup('backup_password')}@store\"\n"
+        + "backup:\n  dsn: \"user=backup password=%{lookup('backup_password')}\"\n"
+    )
+    files = {
+        "profiles/backup.yaml": """
+            params:
+              dsn: ""
+              copy: "{{ lookup('backup_password') }}"
+            resources:
+              - directory: /etc/backup
+              - file: /etc/backup/password
+                content: "{{ lookup('backup_password') }}\\n"
+              - file: /etc/backup/dsn
+                content: "{{ params.dsn }}\\n"
+              - file: /etc/backup/url
+                template: backup-url.j2
+            """,
+        "templates/backup-url.j2": "url = {{ lookup('backup_url') }}\n",
+    }
+    write_tree(site.repo, files)
+    return line
+
+
+def test_a_free_key_encrypted_with_age_is_decrypted_wherever_it_is_read(
+    site: Site, cli: CLI
+) -> None:
+    with_free_key(site)
+    (site.repo / "roles/db.yaml").write_text("profiles: [db, backup]\n")
+    config = site.db_config()
+
+    plan = cli.run("plan", site.repo, "--config", str(config), "--format", "json", check=2)
+    text = cli.run("plan", site.repo, "--config", str(config), check=2)
+    done = cli.run("apply", site.repo, "--config", str(config), "--format", "json", check=2)
+    status = cli("status", "--state-dir", str(cli.state), "--format", "json", check=0)
+
+    password = (cli.root / "etc/backup/password").read_text()
+    url = (cli.root / "etc/backup/url").read_text()
+    assert password == BACKUP_PASSWORD + "\n"
+    assert (cli.root / "etc/backup/dsn").read_text() == (
+        f"user=backup password={BACKUP_PASSWORD}\n"
+    )
+    assert url == f"url = s3://backup:{BACKUP_PASSWORD}@store\n"
+    # Each file that used it is sensitive: its content is shown as its digest.
+    shown = {r["id"]: json.dumps(r) for r in json.loads(plan.stdout)["resources"]}
+    assert digest(password) in shown["file:/etc/backup/password"]
+    assert digest(url) in shown["file:/etc/backup/url"]
+    assert digest(password)[:19] in text.stdout  # the text plan shortens digests
+    outputs = [plan.stdout, plan.stderr, text.stdout, done.stdout, done.stderr, status.stdout]
+    stored = files_under(cli.state)
+    assert stored
+    assert not any(BACKUP_PASSWORD in output for output in outputs)
+    assert not [p for p, data in stored.items() if BACKUP_PASSWORD.encode() in data]
+
+    # A node that does not read it is not troubled by it, though it cannot decrypt it.
+    web = cli.run("apply", site.repo, "--config", str(site.web_config()), check=2)
+    assert (cli.root / "etc/motd").read_text() == "hello\n"
+    assert "cannot decrypt" not in web.stderr
+
+
+def test_a_lookup_of_a_value_the_node_cannot_decrypt_names_its_file_line_and_key(
+    site: Site, cli: CLI
+) -> None:
+    line = with_free_key(site)
+    (site.repo / "profiles/web.yaml").write_text(
+        "resources:\n"
+        "  - file: /etc/backup-password\n"
+        "    content: \"{{ lookup('backup_password') }}\\n\"\n"
+    )
+
+    done = cli.run("apply", site.repo, "--config", str(site.web_config()), check=1)
+
+    assert f"data/common.yaml:{line}, key 'backup_password': cannot decrypt ENC[AGE,...]" in (
+        done.stderr
+    )
+    assert f"reconciler.yaml lists {site.web_recipient} for node 'web-1' or role 'web'" in (
+        done.stderr
+    )
+    assert not (cli.root / "etc/backup-password").exists()  # nothing of it written as ENC[...]
+
+
+def test_an_app_parameter_encrypted_in_data_is_decrypted_in_its_component(
+    site: Site, cli: CLI
+) -> None:
+    files = {
+        "apps/vault.yaml": """
+            version: "1.0"
+            params:
+              token: ""
+            components:
+              - name: agent
+                nodes: {role: db}
+                resources:
+                  - file: /etc/vault-agent.conf
+                    content: "token = {{ params.token }}\\n"
+            """,
+        "data/roles/db.yaml": f"app:vault:\n  token: {age_encrypt(VAULT_TOKEN, site.db_recipient)}\n",
+    }
+    write_tree(site.repo, files)
+
+    plan = cli.run("plan", site.repo, "--config", str(site.db_config()), "--format", "json")
+    done = cli.run("apply", site.repo, "--config", str(site.db_config()), check=2)
+
+    conf = (cli.root / "etc/vault-agent.conf").read_text()
+    assert conf == f"token = {VAULT_TOKEN}\n"
+    shown = {r["id"]: json.dumps(r) for r in json.loads(plan.stdout)["resources"]}
+    assert digest(conf) in shown["file:/etc/vault-agent.conf"]
+    assert VAULT_TOKEN not in plan.stdout + plan.stderr + done.stdout + done.stderr
+    # Not yet: what a node deployed of a component (to enforce it while a newer version waits,
+    # and to roll back) is kept with its attributes under state/apps/, a sensitive file's
+    # content too (as for any `sensitive: true` resource of an app).
+    record = cli.state / "apps/vault/agent.json"
+    stored = files_under(cli.state)
+    assert not [p for p, data in stored.items() if VAULT_TOKEN.encode() in data and p != record]
+
+
+def test_explain_shows_an_encrypted_value_as_its_digest(site: Site, cli: CLI) -> None:
+    with_free_key(site)
+    config = str(site.db_config())
+
+    free = cli("explain", "backup_password", "--repo", str(site.repo), "--config", config)
+    param = cli("explain", "db.password", "--repo", str(site.repo), "--config", config)
+    keyless = cli("explain", "backup_password", "--repo", str(site.repo), "--node", "db-1")
+    default = cli("explain", "backup.copy", "--repo", str(site.repo), "--config", config)
+
+    assert free.returncode == param.returncode == keyless.returncode == 0, free.stderr
+    assert default.returncode == 0, default.stderr
+    assert f"backup.copy = {digest(json.dumps(BACKUP_PASSWORD))}" in default.stdout
+    assert f"backup_password = {digest(json.dumps(BACKUP_PASSWORD))}" in free.stdout
+    assert f"db.password = {digest(json.dumps(DB_PASSWORD))}" in param.stdout
+    for done in (free, param):
+        assert "encrypted in data: decrypted with this node's keys" in done.stdout
+        assert "set by data level 'common.yaml'" in done.stdout
+    assert "encrypted in data: shown as the digest of what is written" in keyless.stdout
+    assert "ENC[AGE," not in keyless.stdout
+    for done in (free, param, keyless, default):
+        assert BACKUP_PASSWORD not in done.stdout + done.stderr
+        assert DB_PASSWORD not in done.stdout + done.stderr
+
+
+def test_what_looks_up_an_encrypted_value_is_sensitive_though_it_is_short(
+    site: Site, cli: CLI
+) -> None:
+    # Too short to be searched for in text (6 characters): only its use makes them sensitive.
+    pin = "zqkx"
+    common = site.repo / "data/common.yaml"
+    common.write_text(common.read_text() + f"pin: {age_encrypt(pin, site.db_recipient)}\n")
+    files = {
+        "roles/db.yaml": "profiles: [db, keypad]\n",
+        "types/keypad.yaml": """
+            params:
+              code: {type: string}
+            resources:
+              - file: "/etc/keypad/{{ title }}"
+                content: "code {{ params.code }}\\n"
+            """,
+        "profiles/keypad.yaml": """
+            params:
+              code: "{{ lookup('pin') }}"
+            resources:
+              - directory: /etc/keypad
+              - file: /etc/keypad/pin
+                content: "{{ lookup('pin') }}\\n"
+              - file: /etc/keypad/param
+                content: "param {{ params.code }}\\n"
+              - keypad: door
+                code: "{{ lookup('pin') }}"
+              - file: /etc/keypad/each
+                for_each: "{{ [lookup('pin')] }}"
+                content: "each {{ item }}\\n"
+              - file: /etc/keypad/plain
+                content: "no secret here\\n"
+            """,
+    }
+    write_tree(site.repo, files)
+
+    config = str(site.db_config())
+    cli.run("apply", site.repo, "--config", config, check=2)
+    assert (cli.root / "etc/keypad/pin").read_text() == f"{pin}\n"
+    assert (cli.root / "etc/keypad/door").read_text() == f"code {pin}\n"
+    # Drift: a file that is sensitive shows no diff, which would show its text.
+    paths = ("pin", "param", "door", "each", "plain")
+    for name in paths:
+        (cli.root / "etc/keypad" / name).write_text("tampered\n")
+    plan = cli.run("plan", site.repo, "--config", config, "--format", "json", check=2)
+
+    shown = {r["id"].rsplit("/", 1)[-1]: r for r in json.loads(plan.stdout)["resources"]}
+    for name in paths:
+        (content,) = [c for c in shown[name]["changes"] if c["property"] == "content"]
+        assert ("diff" in content) == (name == "plain"), name
+        assert pin not in json.dumps(shown[name]), name

@@ -399,3 +399,88 @@ class TestSensitive:
         resource = catalog.entries["file:/etc/app.conf"].resource
         assert resource.attrs["content"] == "node-secret-1,common-secret-2"
         assert resource.sensitive
+
+
+class TestEncrypted:
+    """Values encrypted by the real age tool, decrypted by the data layer as they are read."""
+
+    @staticmethod
+    def compiler(
+        make_repo: Callable[..., Path], tmp_path: Path, files: Callable[[str], dict[str, str]]
+    ) -> Compiler:
+        import base64
+        import shutil
+        import subprocess
+
+        from reconciler.model.secrets import Keyring, SecretsConfig
+
+        age, keygen = shutil.which("age"), shutil.which("age-keygen")
+        if age is None or keygen is None:
+            pytest.fail("age is not installed: apt-get install age")
+        identity = tmp_path / "node.agekey"
+        subprocess.run([keygen, "-o", str(identity)], check=True, capture_output=True)
+        recipient = identity.read_text().split("# public key: ", 1)[1].split()[0]
+
+        def encrypt(value: str) -> str:
+            blob = subprocess.run(
+                [age, "-r", recipient], input=value.encode(), check=True, capture_output=True
+            ).stdout
+            return "ENC[AGE," + base64.b64encode(blob).decode() + "]"
+
+        repo = make_repo({**BASE, **files(encrypt)})
+        return Compiler(
+            DirectorySnapshot(repo), keyring=Keyring(SecretsConfig(age_identity=identity))
+        )
+
+    def test_a_plaintext_is_never_substituted_into(
+        self, make_repo: Callable[..., Path], tmp_path: Path
+    ) -> None:
+        literal = "p%{facts.datacenter}w"
+
+        def files(encrypt: Callable[[str], str]) -> dict[str, str]:
+            return {
+                "data/common.yaml": f"secret: '{encrypt(literal)}'\n"
+                f'mixed: "at-%{{facts.datacenter}}-{encrypt("tok-1")}-end"\n'
+                "app:\n  name: \"%{lookup('secret')}\"\n",
+                "profiles/app.yaml": """
+                    params:
+                      name: ""
+                    resources:
+                      - file: /etc/secret
+                        content: "{{ lookup('secret') }}|{{ lookup('mixed') }}|{{ params.name }}"
+                    """,
+            }
+
+        compiler = self.compiler(make_repo, tmp_path, files)
+        catalog = compiler.compile("n1", FACTS)
+
+        entry = catalog.entries["file:/etc/secret"]
+        assert entry.resource.attrs["content"] == "p%{facts.datacenter}w|at-ams1-tok-1-end|" + (
+            "p%{facts.datacenter}w"
+        )
+        assert entry.resource.sensitive
+        assert catalog.secrets.found_in("p%{facts.datacenter}w")
+
+    def test_only_what_is_read_is_decrypted(
+        self, make_repo: Callable[..., Path], tmp_path: Path
+    ) -> None:
+        def files(encrypt: Callable[[str], str]) -> dict[str, str]:
+            return {
+                "data/nodes/n1.yaml": f"used:\n  - {encrypt('first-level')}\n",
+                "data/common.yaml": f"used:\n  - {encrypt('second-level')}\n"
+                f"unused: {encrypt('never-read')}\n"
+                "lookup_options:\n  used: {merge: unique}\n",
+                "profiles/app.yaml": """
+                    resources:
+                      - file: /etc/used
+                        content: "{{ lookup('used') | join(',') }}"
+                    """,
+            }
+
+        compiler = self.compiler(make_repo, tmp_path, files)
+        catalog = compiler.compile("n1", FACTS)
+
+        assert catalog.entries["file:/etc/used"].resource.attrs["content"] == (
+            "first-level,second-level"
+        )
+        assert sorted(compiler.keyring.revealed) == ["first-level", "second-level"]
