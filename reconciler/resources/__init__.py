@@ -6,6 +6,7 @@ from reconciler.resources import (  # noqa: F401
     directory,
     exec,
     file,
+    git,
     group,
     line,
     package,

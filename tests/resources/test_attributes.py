@@ -31,10 +31,12 @@ from reconciler.model.catalog import Compiler, attribute_names, resource_type
 from reconciler.model.yamlload import LocMap, load
 from reconciler.resources.base import COMMON_ATTRIBUTES, REGISTRY, Context
 from reconciler.source import DirectorySnapshot
-from tests.conftest import CLI, write_tree
-from tests.resources import test_apt_repository, test_package, test_service
+from tests.conftest import CLI, git, write_tree
+from tests.daemon.conftest import GitServer
+from tests.resources import test_apt_repository, test_git, test_package, test_service
 from tests.resources.test_apt_repository import ARCH, SignedRepo
 from tests.resources.test_artifact import sha, tar_gz
+from tests.resources.test_git import Served, add_submodule
 from tests.resources.test_package import AptRepo, dpkg_version, make_apt_root
 from tests.resources.test_service import calls
 
@@ -42,6 +44,7 @@ from tests.resources.test_service import calls
 apt = test_package.apt
 systemd = test_service.systemd
 signed = test_apt_repository.signed
+served = test_git.served
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "resources.md"
 EVERY_TYPE = "*"  # the section of the attributes every type takes
@@ -261,12 +264,32 @@ resources:
   - package: rtest-dists
 """
 
+# -- git: checkouts of a repository served by git daemon on 127.0.0.1 ----------------------------
+
+GIT = """
+resources:
+  - git: /srv/tagged
+    source: "@URL@"
+    revision: v1
+    user: rtgit
+  - git: /srv/latest
+    source: "@URL@"
+    revision: main
+    ensure: latest
+  - git: /srv/with-lib
+    source: "@URL@"
+    submodules: true
+  - git: /srv/old
+    ensure: absent
+"""
+
 # The case (a test of this module) that applies each profile and checks its effects.
 TABLE: dict[str, tuple[str, ...]] = {
     "test_machine": (MACHINE,),
     "test_services": (SERVICES,),
     "test_packages": (PACKAGES, PACKAGES_THEN),
     "test_apt_repositories": (APT_REPOSITORIES,),
+    "test_git_checkouts": (GIT,),
 }
 
 
@@ -595,3 +618,22 @@ def test_apt_repositories(signed: SignedRepo, cli: CLI, tmp_path: Path) -> None:
     # Both sources were fetched (signatures checked with their keys) and served the packages.
     assert dpkg_version(cli.root, "rtest-signed") == "1.0"
     assert dpkg_version(cli.root, "rtest-dists") == "1.0"
+
+
+def test_git_checkouts(served: Served, server: GitServer, cli: CLI, tmp_path: Path) -> None:
+    add_submodule(served, server)
+    main = git(served.bare, "rev-parse", "main")
+    write_tree(cli.root, {"etc/passwd": "rtgit:x:4601:4601::/srv:/bin/sh\n"})
+    git(tmp_path, "init", "-q", str(cli.root / "srv/old"))
+    repo = control_repo(tmp_path / "repo", GIT.replace("@URL@", served.url))
+    plan = cli.run("plan", repo, "--node", "n1", check=2)
+    assert served.first in plan.stdout and not (cli.root / "srv/tagged").exists()
+    cli.run("apply", repo, "--node", "n1", check=2)
+    tagged = cli.root / "srv/tagged"
+    assert (tagged / "README").read_text() == "one\n"  # source, revision: a tag
+    assert {p.lstat().st_uid for p in [tagged, *tagged.rglob("*")]} == {4601}  # user
+    assert git(cli.root / "srv/latest", "rev-parse", "HEAD") == main  # ensure: latest
+    assert (cli.root / "srv/with-lib/lib/lib.txt").read_text() == "lib\n"  # submodules
+    assert not (cli.root / "srv/old").exists()  # ensure: absent
+    assert not served.marker.exists()
+    cli.run("apply", repo, "--node", "n1", check=0)
