@@ -183,7 +183,7 @@ class Git(PathResource):
             if url != self.source:
                 changes.append(Change("source", shown_url(url or "none"), shown_url(self.source)))
             modified = self._modified(host)
-            if modified and current == target.commit:
+            if modified:
                 shown = ", ".join(modified[:MAX_LISTED])
                 more = (
                     f" and {len(modified) - MAX_LISTED} more" if len(modified) > MAX_LISTED else ""
@@ -191,6 +191,10 @@ class Git(PathResource):
                 changes.append(
                     Change("local changes", f"{len(modified)} modified: {shown}{more}", "reset")
                 )
+            if self.attrs.get("submodules") and current == target.commit:
+                stale = self._stale_submodules(host)
+                if stale:
+                    changes.append(Change("submodules", ", ".join(stale), "checked out"))
         uid = _fs.resolve_uid(ctx.root, str(self.attrs["user"])) if self.attrs.get("user") else None
         if uid is not None and st is not None and st.st_uid != uid:
             changes.append(Change("owner", str(st.st_uid), str(self.attrs["user"])))
@@ -252,6 +256,11 @@ class Git(PathResource):
             return self._git(["symbolic-ref", "--quiet", "--short", "HEAD"], host).strip()
         except ResourceError:
             return None  # detached
+
+    def _stale_submodules(self, host: Path) -> list[str]:
+        """Submodules not checked out, or not at the commit the checkout records."""
+        out = self._git(["submodule", "status", "--recursive"], host)
+        return [line[1:].split()[1] for line in out.splitlines() if line[:1] in ("-", "+", "U")]
 
     def _modified(self, host: Path) -> list[str]:
         out = self._git(["status", "--porcelain", "--untracked-files=no", "-z"], host)

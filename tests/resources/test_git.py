@@ -159,6 +159,14 @@ def test_local_changes_are_drift_and_are_put_back(ctx: Context, served: Served) 
     assert (app / "README").read_text() == "one\n"
     assert (app / "notes.txt").read_text() == "mine\n"
     assert resource.check_apply(ctx, apply=True) == []
+    # Moving on to another revision over a local change says what it threw away.
+    (app / "conf/app.ini").write_text("threads=64\n")
+    moved = checkout(source=served.url, revision="main").check_apply(ctx, apply=True)
+    assert summary(moved) == [
+        ("revision", served.first, served.second),
+        ("local changes", "1 modified: conf/app.ini", "reset"),
+    ]
+    assert (app / "conf/app.ini").read_text() == "threads=1\n"
 
 
 def test_source_changes_user_and_absent(ctx: Context, served: Served, tmp_path: Path) -> None:
@@ -210,6 +218,11 @@ def test_submodules_only_when_asked(ctx: Context, served: Served, server: GitSer
         ctx, apply=True
     )
     assert (ctx.root.prefix / "srv/with/lib/lib.txt").read_text() == "lib\n"
+    # Asked for later, on a checkout already at the commit: they are checked out then.
+    later = checkout("/srv/without", source=served.url, revision="main", submodules=True)
+    assert summary(later.check_apply(ctx, apply=True)) == [("submodules", "lib", "checked out")]
+    assert (without / "lib/lib.txt").read_text() == "lib\n"
+    assert later.check_apply(ctx, apply=True) == []
 
 
 def test_an_unknown_revision_and_a_foreign_directory_fail(ctx: Context, served: Served) -> None:
