@@ -64,9 +64,10 @@ def served(server: GitServer, tmp_path: Path) -> Served:
     git(work, "checkout", "-q", "main")
     bare = server.base / "app.git"
     git(tmp_path, "clone", "-q", "--bare", str(work), str(bare))
-    git(bare, "update-ref", "refs/loose", loose)  # keep it served, on no branch or tag
+    # Served on no branch or tag (a ref of its own reaches it, as a pull request's does): no
+    # uploadpack.allow*SHA1InWant needed, protocol v2 serves any commit a ref reaches.
+    git(bare, "update-ref", "refs/loose", loose)
     git(bare, "branch", "-D", "side")
-    git(bare, "config", "uploadpack.allowAnySHA1InWant", "true")
     marker = tmp_path / "hook-ran"
     add_hooks(bare / "hooks", marker)
     git(bare, "config", "core.fsmonitor", str(bare / "hooks" / "fsmonitor"))
