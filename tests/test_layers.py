@@ -16,7 +16,7 @@ ALLOWED: dict[str, set[str]] = {
     "process": set(),
     "fs": set(),
     "source": {"fs", "process"},
-    "resources": {"fs", "process"},
+    "resources": {"fs", "process", "source"},  # source: hardened git, for the git type
     "model": {"fs", "source", "resources"},
     "facts": {"process", "model"},
     "engine": {"fs", "model", "resources"},

@@ -1051,6 +1051,8 @@ class Compiler:
         template = attrs.get("template")
         if cls.content_from_repo:
             self._file_content(attrs, context, at)
+        for key, into in cls.file_attributes.items():
+            self._file_attribute(attrs, key, into, at)
         relations: dict[str, list[ResourceId]] = {}
         for relation in RELATIONS:
             if relation in attrs:
@@ -1184,6 +1186,21 @@ class Compiler:
             clean_relpath(name, at("template"))
             attrs["content"] = self.renderer.render_file(name, context, at("template"))
 
+    def _file_attribute(self, attrs: dict[str, Any], key: str, into: str, at: Any) -> None:
+        """A path under files/ in ``key``, read into ``into`` (one of the two may be given)."""
+        if key not in attrs:
+            return
+        if attrs.get(into) is not None:
+            raise ModelError.one(f"give only one of {into}, {key}", at(key))
+        source = attrs.pop(key)
+        if not isinstance(source, str):
+            raise ModelError.one("must be a path under files/", at(key))
+        path = "files/" + clean_relpath(source, at(key))
+        try:
+            attrs[into] = self.snapshot.read(path)
+        except FileNotFoundError:
+            raise ModelError.one(f"{path} not found", at(key)) from None
+
 
 def declared_type(
     declaration: Any, where: Location, types: Mapping[str, DefinedType] | None = None
@@ -1302,6 +1319,7 @@ def attribute_names(kind: str) -> list[str]:
     names = set(REGISTRY[kind].attributes)
     if REGISTRY[kind].content_from_repo:
         names |= {"source", "template"}  # they become its content
+    names |= set(REGISTRY[kind].file_attributes)  # they become another attribute
     return sorted(names)
 
 
@@ -1416,6 +1434,16 @@ def link(catalog: Catalog) -> None:
                 if target != rid and target not in after[rid]:
                     after[target].add(rid)
                     refreshes.setdefault(rid, set()).add(target)
+
+    # A type that precedes others (apt sources before packages): unless the follower is one
+    # of the leader's own requirements, which would make a cycle.
+    for rid, entry in entries.items():
+        followers = entry.resource.precedes
+        if not followers:
+            continue
+        for other, later in entries.items():
+            if later.resource.type in followers and other not in after[rid]:
+                after[other].add(rid)
     last_of: dict[str, ResourceId] = {}
     for rid, entry in entries.items():
         key = entry.resource.serial_key()

@@ -1,11 +1,13 @@
 """Resource types. Importing this package registers every built-in type."""
 
 from reconciler.resources import (  # noqa: F401
+    apt_repository,
     artifact,
     cron,
     directory,
     exec,
     file,
+    git,
     group,
     host,
     line,

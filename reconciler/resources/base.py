@@ -286,6 +286,13 @@ class Resource(ABC):
     # ``content`` when the repo is compiled, as for a file.
     content_from_repo: ClassVar[bool] = False
 
+    # Attributes the compiler reads from the control repo's files/ into another attribute
+    # (an apt_repository's key_source into its key): a resource never reads the repo.
+    file_attributes: ClassVar[Mapping[str, str]] = {}
+    # Types every resource of which in the catalog is applied after every resource of this
+    # type, unless one of them is among this resource's own requirements.
+    precedes: ClassVar[tuple[str, ...]] = ()
+
     # What a sensitive resource of this type holds that output must never show (a file's
     # content, a command's environment): searched for in every output of the run.
     secret_attributes: ClassVar[tuple[str, ...]] = ()

@@ -31,6 +31,25 @@ TIMEOUT = 1800.0  # one transaction, downloads included
 QUERY_TIMEOUT = 120.0
 LISTS_VALID = 3600.0  # package lists younger than this are not refreshed before an install
 TAIL_LINES = 20
+SIGNED_BY = re.compile(r"^(Signed-By:[ \t]*)(/\S*)[ \t]*$", re.MULTILINE | re.IGNORECASE)
+
+
+def lists_stamp(ctx: Context) -> Path:
+    """When reconciler last fetched the package lists (its mtime)."""
+    return ctx.state_dir / "cache" / "apt-lists.stamp"
+
+
+def stale_mark(ctx: Context) -> Path:
+    """Present when the sources changed since the lists were last fetched."""
+    return ctx.state_dir / "cache" / "apt-lists.stale"
+
+
+def mark_lists_stale(ctx: Context) -> None:
+    """The sources changed: the next package apply fetches the lists before it judges."""
+    mark = stale_mark(ctx)
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.touch()
+    lists_stamp(ctx).unlink(missing_ok=True)
 
 
 @dataclass
@@ -54,7 +73,33 @@ class Apt:
                 f"-oDir={self.root}",
                 f"-oDir::State::status={self.admindir / 'status'}",
                 f"-oDPkg::Options::=--root={self.root}",
+                *self._sources_view(),
             ]
+
+    def _sources_view(self) -> list[str]:
+        """Under --root, the root's deb822 sources as apt must read them from outside: apt takes
+        a ``Signed-By:`` path from the host's /, so each is given with the root before it, in a
+        copy of sources.list.d under the state directory (the root's files keep the node's
+        paths). Empty when the root has no .sources file."""
+        parts = self.root / "etc/apt/sources.list.d"
+        try:
+            names = sorted(
+                p.name for p in parts.iterdir() if p.name.endswith((".sources", ".list"))
+            )
+        except OSError:
+            return []
+        if not any(n.endswith(".sources") for n in names):
+            return []
+        view = self.ctx.state_dir / "cache" / "apt-sources.d"
+        view.mkdir(parents=True, exist_ok=True)
+        for old in view.iterdir():
+            old.unlink()
+        for name in names:
+            text = (parts / name).read_text(errors="replace")
+            if name.endswith(".sources"):
+                text = SIGNED_BY.sub(lambda m: m.group(1) + str(self.root) + m.group(2), text)
+            (view / name).write_text(text)
+        return [f"-oDir::Etc::SourceParts={view}"]
 
     def _run(self, argv: list[str], timeout: float) -> tuple[int, str]:
         env = {"DEBIAN_FRONTEND": "noninteractive", "APT_LISTCHANGES_FRONTEND": "none"}
@@ -112,6 +157,7 @@ class Apt:
             raise ResourceError(f"apt-get update failed: {_tail(output)}")
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.touch()
+        stale_mark(self.ctx).unlink(missing_ok=True)
         return True
 
     def transaction(self, items: Sequence[str]) -> None:
@@ -215,6 +261,13 @@ class Package(Resource):
         try:
             apt = Apt(ctx)
             names = [p.title for p in packages.values()]
+            if (
+                apply
+                and stale_mark(ctx).exists()
+                and any(p.ensure != "absent" for p in packages.values())
+            ):
+                # An apt_repository changed: judge latest (and versions) by its lists.
+                apt.refresh_lists(lists_stamp(ctx), force=True)
             installed = apt.installed(names)
             policy = apt.policy([p.title for p in packages.values() if p.ensure != "absent"])
         except ResourceError as exc:
@@ -240,7 +293,7 @@ class Package(Resource):
         try:
             installing = [packages[rid].title for rid, i in items.items() if not i.endswith("-")]
             if installing:
-                stamp = ctx.state_dir / "cache" / "apt-lists.stamp"
+                stamp = lists_stamp(ctx)
                 refreshed = apt.refresh_lists(stamp)
                 policy = apt.policy(installing)
                 if not refreshed and any(

@@ -32,15 +32,20 @@ from reconciler.model.catalog import Compiler, attribute_names, resource_type
 from reconciler.model.yamlload import LocMap, load
 from reconciler.resources.base import COMMON_ATTRIBUTES, REGISTRY, Context
 from reconciler.source import DirectorySnapshot
-from tests.conftest import CLI, need, write_tree
-from tests.resources import test_package, test_service
+from tests.conftest import CLI, git, need, write_tree
+from tests.daemon.conftest import GitServer
+from tests.resources import test_apt_repository, test_git, test_package, test_service
+from tests.resources.test_apt_repository import ARCH, SignedRepo
 from tests.resources.test_artifact import sha, tar_gz
+from tests.resources.test_git import Served, add_submodule
 from tests.resources.test_package import AptRepo, dpkg_version, make_apt_root
 from tests.resources.test_service import calls
 
 # The fixtures of the package and service tests: a local apt repository, the stand-in systemctl.
 apt = test_package.apt
 systemd = test_service.systemd
+signed = test_apt_repository.signed
+served = test_git.served
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "resources.md"
 EVERY_TYPE = "*"  # the section of the attributes every type takes
@@ -239,11 +244,53 @@ resources:
     ensure: absent
 """
 
+# -- apt_repository: a signed repository on 127.0.0.1, flat and with dists/ ----------------------
+
+APT_REPOSITORIES = """
+resources:
+  - apt_repository: rtest-flat
+    uris: "@URL@"
+    suites: ./
+    architectures: ["@ARCH@", all]
+    key_source: rtest.asc
+  - apt_repository: rtest-dists
+    ensure: present
+    uris: ["@URL@"]
+    suites: stable
+    components: main
+    key: "@KEY@"
+  - apt_repository: rtest-old
+    ensure: absent
+  - package: rtest-signed
+  - package: rtest-dists
+"""
+
+# -- git: checkouts of a repository served by git daemon on 127.0.0.1 ----------------------------
+
+GIT = """
+resources:
+  - git: /srv/tagged
+    source: "@URL@"
+    revision: v1
+    user: rtgit
+  - git: /srv/latest
+    source: "@URL@"
+    revision: main
+    ensure: latest
+  - git: /srv/with-lib
+    source: "@URL@"
+    submodules: true
+  - git: /srv/old
+    ensure: absent
+"""
+
 # The case (a test of this module) that applies each profile and checks its effects.
 TABLE: dict[str, tuple[str, ...]] = {
     "test_machine": (MACHINE,),
     "test_services": (SERVICES,),
     "test_packages": (PACKAGES, PACKAGES_THEN),
+    "test_apt_repositories": (APT_REPOSITORIES,),
+    "test_git_checkouts": (GIT,),
 }
 
 # -- mount: live tmpfs mounts under @BASE@, a temporary directory, with a table of their own --
@@ -830,3 +877,50 @@ def test_ssh_keys(cli: CLI, tmp_path: Path) -> None:
     # target; ensure: absent removed old@host
     assert (root / "etc/ssh/keys/deploy").read_text() == f"ssh-rsa {rsa[1]} deploy@ci\n"
     assert sorted(os.listdir(root / "etc/ssh/keys")) == ["deploy"]  # a purge keeps a target
+
+
+def test_apt_repositories(signed: SignedRepo, cli: CLI, tmp_path: Path) -> None:
+    signed.add("rtest-dists", "1.0", suite="stable")
+    make_apt_root(cli.root, signed.apt)
+    (cli.root / "etc/apt/sources.list").write_text("")
+    old = {"sources.list.d/rtest-old.sources": "Types: deb\n", "keyrings/rtest-old.asc": "k\n"}
+    write_tree(cli.root / "etc/apt", old)
+    key = json.dumps(signed.armored.decode())[1:-1]
+    profile = APT_REPOSITORIES.replace("@URL@", signed.url).replace("@ARCH@", ARCH)
+    repo = control_repo(
+        tmp_path / "repo", profile.replace("@KEY@", key), {"files/rtest.asc": signed.armored}
+    )
+    cli.run("apply", repo, "--node", "n1", check=2)
+    etc = cli.root / "etc/apt"
+    flat = (etc / "sources.list.d/rtest-flat.sources").read_text()
+    assert f"URIs: {signed.url}\nSuites: ./\n" in flat  # uris, suites
+    assert f"Architectures: {ARCH} all\n" in flat  # architectures
+    assert "Signed-By: /etc/apt/keyrings/rtest-flat.asc\n" in flat
+    assert (etc / "keyrings/rtest-flat.asc").read_bytes() == signed.armored  # key_source
+    dists = (etc / "sources.list.d/rtest-dists.sources").read_text()
+    assert "Suites: stable\nComponents: main\n" in dists  # components; ensure: present
+    assert (etc / "keyrings/rtest-dists.asc").read_text().strip() == signed.armored.decode().strip()
+    assert not (etc / "sources.list.d/rtest-old.sources").exists()  # ensure: absent
+    assert not (etc / "keyrings/rtest-old.asc").exists()
+    # Both sources were fetched (signatures checked with their keys) and served the packages.
+    assert dpkg_version(cli.root, "rtest-signed") == "1.0"
+    assert dpkg_version(cli.root, "rtest-dists") == "1.0"
+
+
+def test_git_checkouts(served: Served, server: GitServer, cli: CLI, tmp_path: Path) -> None:
+    add_submodule(served, server)
+    main = git(served.bare, "rev-parse", "main")
+    write_tree(cli.root, {"etc/passwd": "rtgit:x:4601:4601::/srv:/bin/sh\n"})
+    git(tmp_path, "init", "-q", str(cli.root / "srv/old"))
+    repo = control_repo(tmp_path / "repo", GIT.replace("@URL@", served.url))
+    plan = cli.run("plan", repo, "--node", "n1", check=2)
+    assert served.first in plan.stdout and not (cli.root / "srv/tagged").exists()
+    cli.run("apply", repo, "--node", "n1", check=2)
+    tagged = cli.root / "srv/tagged"
+    assert (tagged / "README").read_text() == "one\n"  # source, revision: a tag
+    assert {p.lstat().st_uid for p in [tagged, *tagged.rglob("*")]} == {4601}  # user
+    assert git(cli.root / "srv/latest", "rev-parse", "HEAD") == main  # ensure: latest
+    assert (cli.root / "srv/with-lib/lib/lib.txt").read_text() == "lib\n"  # submodules
+    assert not (cli.root / "srv/old").exists()  # ensure: absent
+    assert not served.marker.exists()
+    cli.run("apply", repo, "--node", "n1", check=0)
