@@ -78,9 +78,20 @@ def owner_changes(
     return changes, uid, gid
 
 
+def kind_of(st: os.stat_result) -> str:
+    """What stands at a path, for messages: "a directory", "a symlink", "a regular file"..."""
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat.S_ISLNK(st.st_mode):
+        return "a symlink"
+    if stat.S_ISREG(st.st_mode):
+        return "a regular file"
+    return "not a regular file"
+
+
 def displace(ctx: Context, place: _fs.Place, written: str) -> None:
-    """Move what stands at ``place`` (a directory, a symlink...) into the backup area, for
-    ``force``: it is renamed there, never deleted.
+    """Move what stands at ``place`` (a directory, a symlink, a fifo...) into the backup area,
+    out of the way of a file or a symlink: it is renamed there, never deleted.
 
     When the backup area is on another filesystem it is copied there first (a directory with
     its symlinks as symlinks) and only then removed from the managed path.

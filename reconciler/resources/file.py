@@ -17,6 +17,7 @@ from reconciler.resources._path import (
     MAX_DIFF_BYTES,
     PathResource,
     displace,
+    kind_of,
     owner_changes,
     parse_mode,
     text_diff,
@@ -88,7 +89,7 @@ class File(PathResource):
         return None if sha is None else f"sha256:{sha}"
 
     def _move_aside(self, ctx: Context, place: Place, kind: str) -> None:
-        """With ``force``: what is in the file's way goes to the backup store, never rm -rf."""
+        """What is in the file's way goes to the backup store, never rm -rf."""
         try:
             displace(ctx, place, self.title)
         except OSError as exc:
@@ -99,8 +100,10 @@ class File(PathResource):
         if self.attrs.get("ensure") == "absent":
             return self._absent(ctx, place, st, apply)
         if st is not None and not stat.S_ISREG(st.st_mode):
-            kind = _kind(st)
-            if not self.attrs.get("force"):
+            # A symlink (left by a hand edit, or planted), a fifo: moved aside, never followed.
+            # Only a directory, whose whole tree would go, needs force.
+            kind = kind_of(st)
+            if stat.S_ISDIR(st.st_mode) and not self.attrs.get("force"):
                 raise ResourceError(f"{self.title} is {kind}; set force: true to replace it")
             if not apply:
                 return [Change("ensure", kind.removeprefix("a "), "file")]
@@ -271,8 +274,8 @@ class File(PathResource):
         if st is None:
             return []
         if not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
-            kind = _kind(st)
-            if not self.attrs.get("force"):
+            kind = kind_of(st)
+            if stat.S_ISDIR(st.st_mode) and not self.attrs.get("force"):
                 raise ResourceError(f"{self.title} is {kind}; set force: true to remove it")
             if apply:
                 self._move_aside(ctx, place, kind)
@@ -293,11 +296,3 @@ class File(PathResource):
             ctx.sync_dir(place.host.parent)
             ctx.fingerprints.pop(self.title, None)
         return [Change("ensure", "present", "absent")]
-
-
-def _kind(st: os.stat_result) -> str:
-    if stat.S_ISDIR(st.st_mode):
-        return "a directory"
-    if stat.S_ISLNK(st.st_mode):
-        return "a symlink"
-    return "not a regular file"

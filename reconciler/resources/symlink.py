@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Mapping
 from typing import ClassVar
 
+from reconciler import fs as _fs
 from reconciler.errors import ResourceError
-from reconciler.resources._path import PathResource
+from reconciler.resources._path import PathResource, displace, kind_of
 from reconciler.resources.base import Attr, Change, Context, Resource, register
 
 
@@ -49,21 +51,24 @@ class Symlink(PathResource):
                 return []
             change = Change("target", self.show(current), self.show(target))
         elif st is not None:
-            if not self.attrs.get("force") or stat.S_ISDIR(st.st_mode):
-                raise ResourceError(
-                    f"{self.title} exists and is not a symlink"
-                    + ("" if stat.S_ISDIR(st.st_mode) else "; set force: true to replace it")
-                )
-            change = Change("ensure", "file", "symlink")
+            # A regular file (`sed -i` leaves one in place of the link it edited) is backed up
+            # and replaced; anything else but a directory is moved aside. Only a directory,
+            # whose whole tree would go, needs force.
+            kind = kind_of(st)
+            if stat.S_ISDIR(st.st_mode) and not self.attrs.get("force"):
+                raise ResourceError(f"{self.title} is {kind}; set force: true to replace it")
+            change = Change("ensure", kind.removeprefix("a ").removeprefix("regular "), "symlink")
         else:
             change = Change("ensure", "absent", "present")
         if apply:
             if st is not None and stat.S_ISREG(st.st_mode):
+                self._back_up(ctx, place, st)
+            elif st is not None and not stat.S_ISLNK(st.st_mode):
                 try:
-                    ctx.backup(place, self.title)
+                    displace(ctx, place, self.title)
                 except OSError as exc:
                     raise ResourceError(
-                        f"{self.title}: backup failed, not replaced: {exc.strerror or exc}"
+                        f"{self.title}: cannot move {kind_of(st)} aside: {exc.strerror or exc}"
                     ) from None
             try:
                 place.symlink(target)
@@ -74,3 +79,18 @@ class Symlink(PathResource):
             ctx.root.forget()  # it may be on the way to other paths
             ctx.sync_dir(place.host.parent)
         return [change]
+
+    def _back_up(self, ctx: Context, place: _fs.Place, st: os.stat_result) -> None:
+        """Keep the regular file in the link's way in the backup store, or replace nothing."""
+        if st.st_size > ctx.max_file_size:
+            raise ResourceError(
+                f"{self.title}: the file in the way is {st.st_size} bytes, more than the limit "
+                f"of {ctx.max_file_size} bytes (reconcile.max_file_size); not backed up, "
+                "not replaced"
+            )
+        try:
+            ctx.backup(place, self.title)
+        except OSError as exc:
+            raise ResourceError(
+                f"{self.title}: backup failed, not replaced: {exc.strerror or exc}"
+            ) from None

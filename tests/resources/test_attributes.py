@@ -103,6 +103,8 @@ resources:
     ensure: absent
   - symlink: /etc/was-a-file
     target: owned
+  - symlink: /etc/link-was-a-dir
+    target: owned
     force: true
 
   - line: max
@@ -469,6 +471,7 @@ def seed_machine(root: Path) -> None:
         "etc/refused": "old\n",
         "etc/was-a-dir/inner": "inner\n",
         "etc/was-a-file": "plain\n",
+        "etc/link-was-a-dir/within": "within\n",
         "etc/pg.conf": "listen = 'localhost'\n#max_connections = 100\nobsolete = 1\n",
         "srv/gone/data": "d\n",
         "srv/purged/stray": "s\n",
@@ -553,8 +556,10 @@ def test_machine(open_cli: CLI, slow_server: int, tmp_path: Path) -> None:
     # symlink
     assert os.readlink(root / "etc/link") == "owned"  # target
     assert not (root / "etc/old-link").is_symlink()  # ensure
-    assert os.readlink(root / "etc/was-a-file") == "owned"  # force
+    assert os.readlink(root / "etc/was-a-file") == "owned"  # a file in the way, backed up
     assert backups.entries("/etc/was-a-file")
+    assert os.readlink(root / "etc/link-was-a-dir") == "owned"  # force
+    assert list((cli.state / "backups" / "displaced").rglob("within"))
 
     # line: path, text, match, ensure
     assert (root / "etc/pg.conf").read_text() == "listen = 'localhost'\nmax_connections = 200\n"

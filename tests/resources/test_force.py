@@ -1,7 +1,9 @@
-"""Something other than a file where a file is desired.
+"""Something other than a file where a file is desired, something other than a link where a
+symlink is.
 
-Without ``force`` the resource fails and nothing changes; with it, what stands there (a
-directory, a symlink, a fifo) is moved into ``<state>/backups/displaced/``, never deleted.
+What stands there (a symlink, a fifo; a directory only with ``force``) is moved into
+``<state>/backups/displaced/``, never deleted; a regular file in a symlink's way goes to the
+backup store. Without ``force`` a directory fails the resource and nothing changes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from reconciler.fs import BackupStore, Root
 from reconciler.resources.base import Context
 from reconciler.resources.file import File
 from reconciler.resources.runner import Runner
+from reconciler.resources.symlink import Symlink
 from tests.conftest import seed_root, tree_hash
 from tests.resources.conftest import make
 from tests.resources.mounts import tmpfs
@@ -28,24 +31,22 @@ def displaced(ctx: Context) -> list[Path]:
     return sorted(area.iterdir()) if area.exists() else []
 
 
-def test_a_symlink_in_the_way_needs_force_and_is_moved_aside_not_followed(ctx: Context) -> None:
+def test_a_symlink_in_the_way_is_moved_aside_not_followed_without_force(ctx: Context) -> None:
     etc = ctx.root.prefix / "etc"
     (etc / "real.conf").write_text("the link's target\n")
     (etc / "app.conf").symlink_to("real.conf")
     before = tree_hash(ctx.root.prefix)
-    with pytest.raises(ResourceError, match="is a symlink; set force: true"):
-        make(File, "/etc/app.conf", content="new\n").check_apply(ctx, True)
-    planned = make(File, "/etc/app.conf", content="new\n", force=True).check_apply(ctx, False)
+    planned = make(File, "/etc/app.conf", content="new\n").check_apply(ctx, False)
     assert [(c.property, c.before, c.after) for c in planned] == [("ensure", "symlink", "file")]
     assert tree_hash(ctx.root.prefix) == before and displaced(ctx) == []
 
-    make(File, "/etc/app.conf", content="new\n", force=True).check_apply(ctx, True)
+    make(File, "/etc/app.conf", content="new\n").check_apply(ctx, True)
     assert not (etc / "app.conf").is_symlink()
     assert (etc / "app.conf").read_text() == "new\n"
     assert (etc / "real.conf").read_text() == "the link's target\n"  # not written through
     [aside] = displaced(ctx)
     assert aside.is_symlink() and os.readlink(aside) == "real.conf"
-    assert make(File, "/etc/app.conf", content="new\n", force=True).check_apply(ctx, False) == []
+    assert make(File, "/etc/app.conf", content="new\n").check_apply(ctx, False) == []
 
 
 def test_a_directory_in_the_way_is_moved_aside_whole(ctx: Context) -> None:
@@ -62,18 +63,22 @@ def test_a_directory_in_the_way_is_moved_aside_whole(ctx: Context) -> None:
     assert os.readlink(aside / "link") == "/etc/passwd"
 
 
-def test_a_fifo_in_the_way_is_moved_aside(ctx: Context) -> None:
+def test_a_fifo_in_the_way_is_moved_aside_without_force(ctx: Context) -> None:
     fifo = ctx.root.prefix / "etc/pipe"
     os.mkfifo(fifo)
-    with pytest.raises(ResourceError, match="not a regular file; set force: true"):
-        make(File, "/etc/pipe", content="x").check_apply(ctx, True)
-    make(File, "/etc/pipe", content="x", force=True).check_apply(ctx, True)
+    make(File, "/etc/pipe", content="x").check_apply(ctx, True)
     assert fifo.read_text() == "x"
     [aside] = displaced(ctx)
     assert stat.S_ISFIFO(aside.lstat().st_mode)
 
 
-def test_absent_with_force_moves_a_directory_aside(ctx: Context) -> None:
+def test_absent_moves_a_fifo_aside_and_a_directory_only_with_force(ctx: Context) -> None:
+    os.mkfifo(ctx.root.prefix / "etc/pipe")
+    make(File, "/etc/pipe", ensure="absent").check_apply(ctx, True)
+    assert not os.path.lexists(ctx.root.prefix / "etc/pipe")
+    [fifo] = displaced(ctx)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    fifo.unlink()
     (ctx.root.prefix / "etc/gone").mkdir()
     (ctx.root.prefix / "etc/gone/f").write_text("f")
     with pytest.raises(ResourceError, match="set force: true to remove it"):
@@ -116,3 +121,40 @@ def test_what_was_moved_aside_goes_with_the_backup_retention(ctx: Context) -> No
     ctx.backups.prune(now=time.time() + 31 * 86400)
     assert displaced(ctx) == []
     assert os.path.exists("/etc/passwd")  # the symlink inside went, not what it pointed to
+
+
+class TestSymlinkInTheWay:
+    def test_a_directory_needs_force_then_is_moved_aside_whole(self, ctx: Context) -> None:
+        etc = ctx.root.prefix / "etc"
+        (etc / "current/deep").mkdir(parents=True)
+        (etc / "current/deep/data").write_text("keep me")
+        before = tree_hash(ctx.root.prefix)
+        with pytest.raises(ResourceError, match="/etc/current is a directory; set force: true"):
+            make(Symlink, "/etc/current", target="releases/2").check_apply(ctx, True)
+        planned = make(Symlink, "/etc/current", target="releases/2", force=True)
+        changes = planned.check_apply(ctx, False)
+        assert [(c.property, c.before, c.after) for c in changes] == [
+            ("ensure", "directory", "symlink")
+        ]
+        assert tree_hash(ctx.root.prefix) == before and displaced(ctx) == []
+        make(Symlink, "/etc/current", target="releases/2", force=True).check_apply(ctx, True)
+        assert os.readlink(etc / "current") == "releases/2"
+        [aside] = displaced(ctx)
+        assert (aside / "deep/data").read_text() == "keep me"
+
+    def test_a_fifo_is_moved_aside_without_force(self, ctx: Context) -> None:
+        os.mkfifo(ctx.root.prefix / "etc/pipe")
+        make(Symlink, "/etc/pipe", target="elsewhere").check_apply(ctx, True)
+        assert os.readlink(ctx.root.prefix / "etc/pipe") == "elsewhere"
+        [aside] = displaced(ctx)
+        assert stat.S_ISFIFO(aside.lstat().st_mode)
+
+    def test_a_file_past_the_size_limit_is_neither_backed_up_nor_replaced(
+        self, ctx: Context
+    ) -> None:
+        big = ctx.root.prefix / "etc/big"
+        big.write_bytes(b"x" * 2048)
+        ctx.max_file_size = 1024
+        with pytest.raises(ResourceError, match=r"/etc/big: the file in the way is 2048 bytes"):
+            make(Symlink, "/etc/big", target="x").check_apply(ctx, True)
+        assert big.read_bytes() == b"x" * 2048 and ctx.backups.entries() == []

@@ -46,15 +46,13 @@ class TestDirectory:
 
 
 class TestSymlink:
-    def test_create_retarget_and_refuse_a_file_without_force(self, ctx: Context) -> None:
+    def test_create_retarget_and_replace_a_file_backed_up(self, ctx: Context) -> None:
         make(Symlink, "/etc/current", target="releases/1").check_apply(ctx, True)
         assert os.readlink(root_of(ctx) / "etc/current") == "releases/1"
         change = make(Symlink, "/etc/current", target="releases/2").check_apply(ctx, True)
         assert (change[0].before, change[0].after) == ("releases/1", "releases/2")
         (root_of(ctx) / "etc/plain").write_text("file")
-        with pytest.raises(ResourceError, match="force"):
-            make(Symlink, "/etc/plain", target="x").check_apply(ctx, True)
-        make(Symlink, "/etc/plain", target="x", force=True).check_apply(ctx, True)
+        make(Symlink, "/etc/plain", target="x").check_apply(ctx, True)
         assert os.readlink(root_of(ctx) / "etc/plain") == "x"
         assert ctx.backups.entries("/etc/plain")
 
