@@ -1,4 +1,6 @@
-"""package: a Debian package installed, at the newest or at a given version, or absent.
+"""package: a Debian package (or, with ``provider: pip``, a Python package in a virtualenv)
+installed, at the newest or at a given version, or absent. The provider defaults by the node's
+``os.family`` (Debian: apt); the pip provider is in ``_pip``.
 
 The state is read with ``dpkg-query`` (and ``apt-cache policy`` for ``latest``); changes are made
 with ``apt-get``, non-interactively, waiting for the dpkg lock up to a bound. Every package that
@@ -17,10 +19,17 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 from reconciler.errors import ResourceError
+from reconciler.resources import _pip
 from reconciler.resources.base import Attr, Change, Context, Resource, register
+
+Provider = Literal["apt", "pip"]
+PROVIDERS: tuple[Provider, ...] = get_args(Provider)
+# The provider of a package that names none, by the node's os.family.
+BY_FAMILY: Mapping[str, Provider] = {"Debian": "apt"}
+PIP_ONLY = ("virtualenv", "index_url", "find_links")
 
 NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?\Z")
 VERSION = re.compile(r"[0-9][A-Za-z0-9.+~:-]*\Z")
@@ -142,13 +151,40 @@ class Package(Resource):
     type = "package"
     attributes: ClassVar[Mapping[str, Attr]] = {
         "ensure": Attr("str", default="present", doc="present, absent, latest or a version"),
-        "provider": Attr("str", default="apt", choices=("apt",)),
+        "provider": Attr("str", default="apt", choices=PROVIDERS),
+        "virtualenv": Attr("str", doc="pip: the virtualenv's directory, made when missing"),
+        "index_url": Attr("str", doc="pip: the package index (http or https)"),
+        "find_links": Attr("str", doc="pip: a directory or URL of distributions"),
     }
     batched: ClassVar[bool] = True
 
     @classmethod
+    def complete(
+        cls, attrs: dict[str, Any], facts: Mapping[str, Any]
+    ) -> list[tuple[str | None, str]]:
+        if attrs.get("provider") is not None:
+            return []
+        system = facts.get("os")
+        family = system.get("family") if isinstance(system, Mapping) else None
+        provider = BY_FAMILY.get(family) if isinstance(family, str) else None
+        if provider is None:
+            return [
+                (
+                    "provider",
+                    f"no package provider for os.family {family!r}: "
+                    f"set 'provider' ({' or '.join(PROVIDERS)})",
+                )
+            ]
+        attrs["provider"] = provider
+        return []
+
+    @classmethod
     def validate(cls, title: str, attrs: Mapping[str, Any]) -> list[tuple[str | None, str]]:
-        problems: list[tuple[str | None, str]] = []
+        if attrs.get("provider") == "pip":
+            return _pip.problems(title, attrs)
+        problems: list[tuple[str | None, str]] = [
+            (key, "only for provider pip") for key in PIP_ONLY if attrs.get(key) is not None
+        ]
         if not NAME.match(title):
             problems.append((None, f"{title!r} is not a Debian package name"))
         ensure = attrs.get("ensure", "present")
@@ -200,9 +236,26 @@ class Package(Resource):
             raise outcome
         return outcome
 
+    @property
+    def provider(self) -> Provider:
+        return "pip" if self.attrs.get("provider") == "pip" else "apt"
+
     @classmethod
     def converge_batch(
         cls, ctx: Context, resources: Sequence[Resource], apply: bool
+    ) -> dict[str, list[Change] | Exception]:
+        """Check and apply packages: the apt ones together, the pip ones by virtualenv."""
+        packages = [r for r in resources if isinstance(r, Package)]
+        apt = [p for p in packages if p.provider == "apt"]
+        pip = [(p, p.title, p.ensure) for p in packages if p.provider == "pip"]
+        outcome = _pip.converge(ctx, pip, apply) if pip else {}
+        if apt:
+            outcome.update(cls._converge_apt(ctx, apt, apply))
+        return outcome
+
+    @classmethod
+    def _converge_apt(
+        cls, ctx: Context, resources: Sequence[Package], apply: bool
     ) -> dict[str, list[Change] | Exception]:
         """Check a set of packages with one query each, and apply them in one transaction.
 
@@ -210,7 +263,7 @@ class Package(Resource):
         install (no such name or version, even after refreshing the lists) fails alone, before
         the transaction. After the transaction every package is queried again: one still
         differing is failed, with apt's output."""
-        packages = {r.id: r for r in resources if isinstance(r, Package)}
+        packages = {r.id: r for r in resources}
         outcome: dict[str, list[Change] | Exception] = {}
         try:
             apt = Apt(ctx)

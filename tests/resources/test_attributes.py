@@ -32,7 +32,7 @@ from reconciler.model.yamlload import LocMap, load
 from reconciler.resources.base import COMMON_ATTRIBUTES, REGISTRY, Context
 from reconciler.source import DirectorySnapshot
 from tests.conftest import CLI, write_tree
-from tests.resources import test_package, test_service
+from tests.resources import test_package, test_pip, test_service
 from tests.resources.test_artifact import sha, tar_gz
 from tests.resources.test_package import AptRepo, dpkg_version, make_apt_root
 from tests.resources.test_service import calls
@@ -243,6 +243,7 @@ TABLE: dict[str, tuple[str, ...]] = {
     "test_machine": (MACHINE,),
     "test_services": (SERVICES,),
     "test_packages": (PACKAGES, PACKAGES_THEN),
+    "test_pip_packages": (test_pip.ATTRIBUTES,),
 }
 
 
@@ -543,3 +544,8 @@ def test_packages(apt: tuple[Context, AptRepo, Path], cli: CLI, tmp_path: Path) 
     cli.run("apply", repo, "--node", "n1", check=2)
     assert dpkg_version(cli.root, "rtest-tool") == "2.0"  # ensure: latest
     assert dpkg_version(cli.root, "rtest-app") is None  # ensure: absent
+
+
+def test_pip_packages(cli: CLI, tmp_path: Path) -> None:
+    """package with provider pip: its case is test_pip.ATTRIBUTES, checked here."""
+    test_pip.check_attributes(cli, tmp_path, control_repo)
