@@ -60,11 +60,14 @@ def same_version(a: str, b: str) -> bool:
     return _version_key(a) == _version_key(b)
 
 
-def problems(name: str, attrs: Mapping[str, Any]) -> list[tuple[str | None, str]]:
-    """What is wrong with a pip package's name and attributes, naming the attribute."""
+def problems(
+    name: str, attrs: Mapping[str, Any], name_key: str | None = None
+) -> list[tuple[str | None, str]]:
+    """What is wrong with a pip package's name (the title, or ``name_key``'s value) and
+    attributes, naming the attribute."""
     found: list[tuple[str | None, str]] = []
     if not NAME.match(name):
-        found.append((None, f"{name!r} is not a Python package name (PEP 508)"))
+        found.append((name_key, f"{name!r} is not a Python package name (PEP 508)"))
     ensure = attrs.get("ensure", "present")
     if not isinstance(ensure, str) or not (ensure in KEYWORDS or VERSION.match(ensure)):
         found.append(
@@ -249,8 +252,14 @@ def _converge_group(
         error = exc if isinstance(exc, ResourceError) else ResourceError(str(exc))
         return {i.resource.id: error for i in items}
     specs: dict[str, str] = {}
+    first: dict[str, Item] = {}
     for item in items:
         rid = item.resource.id
+        other = first.setdefault(item.key, item)
+        if other is not item:
+            clash = f"{item.name} in {where.virtualenv} is also managed by {other.resource.id}"
+            outcome[rid] = ResourceError(clash)
+            continue
         before = installed.get(item.key)
         spec = item.spec(before, newest.get(item.key))
         if spec is None:
@@ -295,7 +304,7 @@ def _converge_group(
         return {**outcome, **dict.fromkeys(specs, error)}
     for rid in specs:
         item = by_rid[rid]
-        if isinstance(outcome[rid], Exception):
+        if isinstance(outcome.get(rid), Exception):
             continue
         if item.spec(now.get(item.key), newest.get(item.key)) is not None:
             outcome[rid] = failure.get(rid) or ResourceError(

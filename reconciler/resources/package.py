@@ -152,6 +152,7 @@ class Package(Resource):
     attributes: ClassVar[Mapping[str, Attr]] = {
         "ensure": Attr("str", default="present", doc="present, absent, latest or a version"),
         "provider": Attr("str", default="apt", choices=PROVIDERS),
+        "name": Attr("str", doc="the package's name, when the title is another"),
         "virtualenv": Attr("str", doc="pip: the virtualenv's directory, made when missing"),
         "index_url": Attr("str", doc="pip: the package index (http or https)"),
         "find_links": Attr("str", doc="pip: a directory or URL of distributions"),
@@ -180,13 +181,17 @@ class Package(Resource):
 
     @classmethod
     def validate(cls, title: str, attrs: Mapping[str, Any]) -> list[tuple[str | None, str]]:
+        named = attrs.get("name")
+        if named is not None and not isinstance(named, str):
+            return [("name", f"must be a string, not {named!r}")]
+        title, key = (named, "name") if named else (title, None)
         if attrs.get("provider") == "pip":
-            return _pip.problems(title, attrs)
+            return _pip.problems(title, attrs, key)
         problems: list[tuple[str | None, str]] = [
             (key, "only for provider pip") for key in PIP_ONLY if attrs.get(key) is not None
         ]
         if not NAME.match(title):
-            problems.append((None, f"{title!r} is not a Debian package name"))
+            problems.append((key, f"{title!r} is not a Debian package name"))
         ensure = attrs.get("ensure", "present")
         if not isinstance(ensure, str) or not (ensure in KEYWORDS or VERSION.match(ensure)):
             problems.append(
@@ -203,26 +208,26 @@ class Package(Resource):
         """The transaction item that converges this package, or None when it is in sync."""
         ensure = self.ensure
         if ensure == "absent":
-            return f"{self.title}-" if installed else None
+            return f"{self.package}-" if installed else None
         if ensure == "present":
-            return None if installed else self.title
+            return None if installed else self.package
         if ensure == "latest":
             if policy is None or policy.candidate is None:
-                return None if installed else self.title  # apt will say it knows none
-            return None if installed == policy.candidate else self.title
-        return None if installed == ensure else f"{self.title}={ensure}"
+                return None if installed else self.package  # apt will say it knows none
+            return None if installed == policy.candidate else self.package
+        return None if installed == ensure else f"{self.package}={ensure}"
 
     def _unavailable(self, item: str, policy: Policy | None) -> str | None:
         """Why apt cannot install ``item`` now, or None when it can."""
         if item.endswith("-"):
             return None
         if policy is None or (policy.candidate is None and not policy.versions):
-            return f"apt knows no package named {self.title}"
+            return f"apt knows no package named {self.package}"
         if "=" in item and self.ensure not in policy.versions:
             known = ", ".join(sorted(policy.versions)) or "none"
-            return f"apt knows no version {self.ensure} of {self.title} (known: {known})"
+            return f"apt knows no version {self.ensure} of {self.package} (known: {known})"
         if "=" not in item and policy.candidate is None:
-            return f"apt has no installable version of {self.title}"
+            return f"apt has no installable version of {self.package}"
         return None
 
     def _target(self, policy: Policy | None) -> str:
@@ -237,6 +242,11 @@ class Package(Resource):
         return outcome
 
     @property
+    def package(self) -> str:
+        """The package's name: ``name``, or the title."""
+        return str(self.attrs.get("name") or self.title)
+
+    @property
     def provider(self) -> Provider:
         return "pip" if self.attrs.get("provider") == "pip" else "apt"
 
@@ -247,7 +257,7 @@ class Package(Resource):
         """Check and apply packages: the apt ones together, the pip ones by virtualenv."""
         packages = [r for r in resources if isinstance(r, Package)]
         apt = [p for p in packages if p.provider == "apt"]
-        pip = [(p, p.title, p.ensure) for p in packages if p.provider == "pip"]
+        pip = [(p, p.package, p.ensure) for p in packages if p.provider == "pip"]
         outcome = _pip.converge(ctx, pip, apply) if pip else {}
         if apt:
             outcome.update(cls._converge_apt(ctx, apt, apply))
@@ -267,14 +277,14 @@ class Package(Resource):
         outcome: dict[str, list[Change] | Exception] = {}
         try:
             apt = Apt(ctx)
-            names = [p.title for p in packages.values()]
+            names = [p.package for p in packages.values()]
             installed = apt.installed(names)
-            policy = apt.policy([p.title for p in packages.values() if p.ensure != "absent"])
+            policy = apt.policy([p.package for p in packages.values() if p.ensure != "absent"])
         except ResourceError as exc:
             return {rid: exc for rid in packages}
         items: dict[str, str] = {}
         for rid, p in packages.items():
-            item = p._wanted(installed.get(p.title), policy.get(p.title))
+            item = p._wanted(installed.get(p.package), policy.get(p.package))
             if item is None:
                 outcome[rid] = []
                 continue
@@ -283,21 +293,21 @@ class Package(Resource):
             outcome[rid] = [
                 Change(
                     "ensure",
-                    installed.get(p.title, "absent"),
-                    "absent" if removing else p._target(policy.get(p.title)),
+                    installed.get(p.package, "absent"),
+                    "absent" if removing else p._target(policy.get(p.package)),
                 ),
                 Change("apt-get", None, f"{'remove' if removing else 'install'} {item.strip('-')}"),
             ]
         if not apply or not items:
             return outcome
         try:
-            installing = [packages[rid].title for rid, i in items.items() if not i.endswith("-")]
+            installing = [packages[rid].package for rid, i in items.items() if not i.endswith("-")]
             if installing:
                 stamp = ctx.state_dir / "cache" / "apt-lists.stamp"
                 refreshed = apt.refresh_lists(stamp)
                 policy = apt.policy(installing)
                 if not refreshed and any(
-                    packages[rid]._unavailable(item, policy.get(packages[rid].title))
+                    packages[rid]._unavailable(item, policy.get(packages[rid].package))
                     for rid, item in items.items()
                 ):
                     apt.refresh_lists(stamp, force=True)
@@ -305,7 +315,7 @@ class Package(Resource):
         except ResourceError as exc:
             return {**outcome, **{rid: exc for rid in items}}
         for rid, item in list(items.items()):
-            why = packages[rid]._unavailable(item, policy.get(packages[rid].title))
+            why = packages[rid]._unavailable(item, policy.get(packages[rid].package))
             if why:
                 outcome[rid] = ResourceError(why)
                 del items[rid]
@@ -321,15 +331,15 @@ class Package(Resource):
             return {**outcome, **{rid: exc for rid in items}}
         for rid in items:
             p = packages[rid]
-            if p._wanted(now.get(p.title), policy.get(p.title)) is not None:
+            if p._wanted(now.get(p.package), policy.get(p.package)) is not None:
                 outcome[rid] = failure or ResourceError(
-                    f"DidNotConverge: {p.title} is {now.get(p.title, 'absent')} after apt-get"
+                    f"DidNotConverge: {p.package} is {now.get(p.package, 'absent')} after apt-get"
                 )
                 continue
             planned = outcome[rid]
             commands = planned if isinstance(planned, list) else []
             outcome[rid] = [
-                Change("ensure", installed.get(p.title, "absent"), now.get(p.title, "absent")),
+                Change("ensure", installed.get(p.package, "absent"), now.get(p.package, "absent")),
                 *(c for c in commands if c.property == "apt-get"),
             ]
         return outcome

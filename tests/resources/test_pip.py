@@ -121,11 +121,11 @@ def installed(root: Path, name: str, venv: str = VENV) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def pip(name: str, ensure: str = "present", **attrs: Any) -> Package:
+def pip(title: str, ensure: str = "present", **attrs: Any) -> Package:
     values = {"provider": "pip", "virtualenv": VENV, "find_links": WHEELS, **attrs}
-    resource = make(Package, name, ensure=ensure, **values)
+    resource = make(Package, title, ensure=ensure, **values)
     assert isinstance(resource, Package)
-    assert Package.validate(name, resource.attrs) == []
+    assert Package.validate(title, resource.attrs) == []
     return resource
 
 
@@ -225,6 +225,28 @@ def test_an_unknown_version_or_package_fails_alone(pypi: tuple[Context, Recordin
     assert installed(root, "rtest-tool") is None
 
 
+def test_one_package_in_two_virtualenvs_by_name(pypi: tuple[Context, Recording, Path]) -> None:
+    ctx, runner, root = pypi
+    tools = pip("tools-tool", "1.0", name="rtest-tool")
+    app = pip("app-tool", "2.0", name="rtest-tool", virtualenv="/opt/app")
+    outcome = converge(ctx, True, tools, app)
+    assert summary(outcome["package:app-tool"])[-1] == (
+        "pip",
+        None,
+        "install rtest-tool==2.0 in /opt/app",
+    )
+    assert installed(root, "rtest-tool") == "1.0"
+    assert installed(root, "rtest-tool", "/opt/app") == "2.0"
+    assert len(runner.pip("install")) == 2  # one transaction per virtualenv
+    # Twice the same package in one virtualenv: the second one fails, naming the first.
+    clash = converge(ctx, True, tools, pip("again", "2.0", name="rtest-tool"))
+    assert clash["package:tools-tool"] == []
+    assert str(clash["package:again"]) == (
+        "rtest-tool in /opt/tools is also managed by package:tools-tool"
+    )
+    assert installed(root, "rtest-tool") == "1.0"
+
+
 def test_a_directory_that_is_not_a_virtualenv_fails(pypi: tuple[Context, Recording, Path]) -> None:
     ctx, _, root = pypi
     (root / "opt/tools").mkdir(parents=True)
@@ -271,6 +293,7 @@ def test_a_run_installs_in_the_root_and_plan_installs_nothing(
     ("title", "attrs", "key", "bad"),
     [
         ("-e", {}, None, "not a Python package name (PEP 508)"),
+        ("rtest", {"name": "-e"}, "name", "'-e' is not a Python package name"),
         ("git+https://example.com/x.git", {}, None, "not a Python package name"),
         ("x @ https://example.com/x.whl", {}, None, "not a Python package name"),
         ("rtest", {"ensure": ">=1.0"}, "ensure", "must be present, absent, latest or a version"),
@@ -295,6 +318,8 @@ def test_names_and_values_that_could_inject_are_refused(
 def test_pip_attributes_are_refused_for_apt() -> None:
     problems = Package.validate("nginx", {"provider": "apt", "virtualenv": VENV})
     assert problems == [("virtualenv", "only for provider pip")]
+    problems = Package.validate("web", {"provider": "apt", "name": "-oDir=/"})
+    assert problems == [("name", "'-oDir=/' is not a Debian package name")]
 
 
 def test_the_provider_defaults_by_os_family(make_repo: Callable[..., Path]) -> None:
@@ -381,6 +406,12 @@ resources:
     provider: pip
     virtualenv: /opt/indexed
     index_url: "@INDEX@"
+  - package: other-tool
+    name: rtest-tool
+    provider: pip
+    virtualenv: /opt/other
+    find_links: /srv/wheels
+    ensure: "2.0"
 """
 
 
@@ -405,3 +436,5 @@ def check_attributes(cli: CLI, tmp: Path, control_repo: Callable[[Path, str], Pa
     assert installed(cli.root, "rtest-lib", "/opt/indexed") == "1.0"
     assert "/simple/rtest-web/" in asked
     assert installed(cli.root, "rtest-tool", "/opt/indexed") is None
+    # name: the package of the title other-tool, in another virtualenv at another version
+    assert installed(cli.root, "rtest-tool", "/opt/other") == "2.0"
