@@ -128,9 +128,13 @@ class Venv:
             self.index += ["--find-links", links if URL.match(links) else str(ctx.root.path(links))]
 
     def exists(self) -> bool:
+        """Whether the virtualenv is there; False also for an empty directory (a ``directory``
+        resource may have made it) that ``python3 -m venv`` fills."""
         if self.python.exists():
             return True
-        if self.host.exists():
+        if self.host.is_dir() and not self.host.is_symlink() and not any(self.host.iterdir()):
+            return False
+        if self.host.exists() or self.host.is_symlink():
             raise ResourceError(
                 f"{self.where.virtualenv} exists and is not a virtualenv (no bin/python)"
             )
@@ -233,6 +237,16 @@ def converge(
     for where, items in groups.items():
         outcome.update(_converge_group(ctx, where, items, apply))
     return outcome
+
+
+def requires(attrs: Mapping[str, Any]) -> list[str]:
+    """What a pip package comes after when the catalog has it: the virtualenv's directory, and
+    the artifact or directory of its ``find_links``."""
+    found = [f"directory:{attrs['virtualenv']}"] if attrs.get("virtualenv") else []
+    links = attrs.get("find_links")
+    if links and not URL.match(str(links)):
+        found += [f"artifact:{links}", f"directory:{links}"]
+    return found
 
 
 def _opt(value: Any) -> str | None:

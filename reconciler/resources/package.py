@@ -241,6 +241,9 @@ class Package(Resource):
             raise outcome
         return outcome
 
+    def autorequire(self) -> list[str]:
+        return _pip.requires(self.attrs) if self.provider == "pip" else []
+
     @property
     def package(self) -> str:
         """The package's name: ``name``, or the title."""

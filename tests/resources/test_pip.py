@@ -10,6 +10,7 @@ import base64
 import contextlib
 import functools
 import hashlib
+import os
 import shutil
 import subprocess
 import textwrap
@@ -29,8 +30,9 @@ from reconciler.resources.base import Change, Context
 from reconciler.resources.package import Package
 from reconciler.resources.runner import Runner, RunResult
 from reconciler.source import DirectorySnapshot
-from tests.conftest import CLI, need, seed_root
+from tests.conftest import CLI, need, seed_root, write_tree
 from tests.resources.conftest import make
+from tests.resources.test_artifact import sha, tar_gz
 
 VENV = "/opt/tools"
 WHEELS = "/srv/wheels"
@@ -250,16 +252,24 @@ def test_one_package_in_two_virtualenvs_by_name(pypi: tuple[Context, Recording, 
 def test_a_directory_that_is_not_a_virtualenv_fails(pypi: tuple[Context, Recording, Path]) -> None:
     ctx, _, root = pypi
     (root / "opt/tools").mkdir(parents=True)
+    (root / "opt/tools/notes.txt").write_text("mine\n")
     with pytest.raises(ResourceError, match="/opt/tools exists and is not a virtualenv"):
         pip("rtest-tool").check_apply(ctx, apply=True)
-    assert list((root / "opt/tools").iterdir()) == []
+    assert os.listdir(root / "opt/tools") == ["notes.txt"]
+    # An empty directory (one a directory resource made) becomes the virtualenv.
+    (root / "opt/tools/notes.txt").unlink()
+    pip("rtest-tool", "1.0").check_apply(ctx, apply=True)
+    assert installed(root, "rtest-tool") == "1.0"
 
 
 def test_a_run_installs_in_the_root_and_plan_installs_nothing(
-    cli: CLI, make_repo: Callable[..., Path]
+    cli: CLI, make_repo: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """Through the CLI: pip packages of two profiles, one required by a file; apt untouched."""
-    add_wheels(cli.root / WHEELS.lstrip("/"))
+    """Through the CLI: pip packages of two profiles, one required by a file, their wheels
+    unpacked by an artifact declared after them; apt untouched (the root has no dpkg)."""
+    add_wheels(tmp_path / "built")
+    release = tar_gz({w.name: w.read_bytes() for w in (tmp_path / "built").iterdir()})
+    write_tree(cli.root / "srv/incoming", {"wheels.tar.gz": release})
     common = f"provider: pip\n    virtualenv: {VENV}\n    find_links: {WHEELS}\n"
     repo = make_repo(
         {
@@ -276,15 +286,23 @@ def test_a_run_installs_in_the_root_and_plan_installs_nothing(
                 """
             ).replace("COMMON\n", common),
             "profiles/tools.yaml": f"resources:\n  - package: rtest-tool\n    {common}"
-            "    ensure: '1.0'\n",
+            "    ensure: '1.0'\n"
+            f"  - artifact: {WHEELS}\n    url: file:///srv/incoming/wheels.tar.gz\n"
+            f"    sha256: {sha(release)}\n    extract: tar.gz\n"
+            f"  - directory: {VENV}\n    mode: '0750'\n",
         }
     )
+    order = Compiler(DirectorySnapshot(repo)).compile("n1", {"os": {"family": "Debian"}}).order()
+    for package in ("package:rtest-app", "package:rtest-tool"):  # required automatically
+        assert order.index(f"artifact:{WHEELS}") < order.index(package)
+        assert order.index(f"directory:{VENV}") < order.index(package)
     plan = cli.run("plan", repo, "--node", "n1", check=2)
     assert f"install rtest-tool==1.0 in {VENV}" in plan.stdout
     assert "virtualenv" in plan.stdout
     assert not (cli.root / "opt/tools").exists()
     cli.run("apply", repo, "--node", "n1", check=2)
     assert installed(cli.root, "rtest-app") == installed(cli.root, "rtest-tool") == "1.0"
+    assert (cli.root / "opt/tools").stat().st_mode & 0o777 == 0o750  # the venv, in it
     assert (cli.root / "etc/app.conf").read_text() == "x\n"
     cli.run("apply", repo, "--node", "n1", check=0)
 
