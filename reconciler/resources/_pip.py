@@ -28,6 +28,7 @@ VERSION = re.compile(
     re.IGNORECASE,
 )
 URL = re.compile(r"https?://[!-~]+\Z")  # printable, no spaces
+CREDENTIALS = re.compile(r"https?://[^/]*@")
 KEYWORDS = ("present", "installed", "absent", "latest")
 TIMEOUT = 1800.0  # one transaction, downloads and builds included
 QUERY_TIMEOUT = 120.0
@@ -86,6 +87,10 @@ def problems(
         found.append(
             ("find_links", f"must be an absolute path or an http(s):// URL, not {links!r}")
         )
+    for key in ("index_url", "find_links"):
+        if CREDENTIALS.match(str(attrs.get(key) or "")):
+            # not repeated in the message: it would show the password
+            found.append((key, "must not hold credentials (user:password@): use pip.conf"))
     return found
 
 

@@ -323,6 +323,7 @@ def test_a_run_installs_in_the_root_and_plan_installs_nothing(
         ("rtest", {"index_url": "file:///srv"}, "index_url", "must be an http:// or https://"),
         ("rtest", {"find_links": "/srv/a\nb"}, "find_links", "must be an absolute path or"),
         ("rtest", {"find_links": "-f"}, "find_links", "must be an absolute path or"),
+        ("rtest", {"index_url": "https://u:pw@x/"}, "index_url", "must not hold credentials"),
     ],
 )
 def test_names_and_values_that_could_inject_are_refused(
