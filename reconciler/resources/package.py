@@ -188,7 +188,7 @@ class Package(Resource):
         if attrs.get("provider") == "pip":
             return _pip.problems(title, attrs, key)
         problems: list[tuple[str | None, str]] = [
-            (key, "only for provider pip") for key in PIP_ONLY if attrs.get(key) is not None
+            (attr, "only for provider pip") for attr in PIP_ONLY if attrs.get(attr) is not None
         ]
         if not NAME.match(title):
             problems.append((key, f"{title!r} is not a Debian package name"))

@@ -249,6 +249,18 @@ def test_one_package_in_two_virtualenvs_by_name(pypi: tuple[Context, Recording, 
     assert installed(root, "rtest-tool") == "1.0"
 
 
+def test_a_virtualenv_leading_out_of_the_root_is_refused(
+    pypi: tuple[Context, Recording, Path], tmp_path: Path
+) -> None:
+    ctx, runner, root = pypi
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "opt/tools").symlink_to(outside)
+    with pytest.raises(ResourceError, match="virtualenv /opt/tools leaves the root"):
+        pip("rtest-tool").check_apply(ctx, apply=True)
+    assert list(outside.iterdir()) == [] and runner.ran == []
+
+
 def test_a_directory_that_is_not_a_virtualenv_fails(pypi: tuple[Context, Recording, Path]) -> None:
     ctx, _, root = pypi
     (root / "opt/tools").mkdir(parents=True)
