@@ -1072,6 +1072,10 @@ class Compiler:
             problems.append(
                 Problem("a sensitive line needs its line in 'text' (the title is shown)", where)
             )
+        problems += [
+            Problem(message, at(key) if key is not None and key in declaration else where)
+            for key, message in cls.complete(attrs, context.get("facts", {}))
+        ]
         for key, spec in cls.attributes.items():
             if key in attrs:
                 message = check_value(spec, attrs[key], sensitive)

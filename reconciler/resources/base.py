@@ -320,6 +320,14 @@ class Resource(ABC):
         """Type-specific checks beyond the schema: (key or None, message) for each problem."""
         return []
 
+    @classmethod
+    def complete(
+        cls, attrs: dict[str, Any], facts: Mapping[str, Any]
+    ) -> list[tuple[str | None, str]]:
+        """Fill in, before the schema's defaults, attributes whose default depends on the node's
+        facts (a package's provider by ``os.family``); problems as ``validate`` gives them."""
+        return []
+
     @abstractmethod
     def check_apply(self, ctx: Context, apply: bool) -> list[Change]:
         """Return the changes needed; with ``apply`` also make them. Raise ResourceError."""

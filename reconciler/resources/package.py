@@ -1,4 +1,6 @@
-"""package: a Debian package installed, at the newest or at a given version, or absent.
+"""package: a Debian package (or, with ``provider: pip``, a Python package in a virtualenv)
+installed, at the newest or at a given version, or absent. The provider defaults by the node's
+``os.family`` (Debian: apt); the pip provider is in ``_pip``.
 
 The state is read with ``dpkg-query`` (and ``apt-cache policy`` for ``latest``); changes are made
 with ``apt-get``, non-interactively, waiting for the dpkg lock up to a bound. Every package that
@@ -17,10 +19,17 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 from reconciler.errors import ResourceError
+from reconciler.resources import _pip
 from reconciler.resources.base import Attr, Change, Context, Resource, register
+
+Provider = Literal["apt", "pip"]
+PROVIDERS: tuple[Provider, ...] = get_args(Provider)
+# The provider of a package that names none, by the node's os.family.
+BY_FAMILY: Mapping[str, Provider] = {"Debian": "apt"}
+PIP_ONLY = ("virtualenv", "index_url", "find_links")
 
 NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?\Z")
 VERSION = re.compile(r"[0-9][A-Za-z0-9.+~:-]*\Z")
@@ -188,15 +197,47 @@ class Package(Resource):
     type = "package"
     attributes: ClassVar[Mapping[str, Attr]] = {
         "ensure": Attr("str", default="present", doc="present, absent, latest or a version"),
-        "provider": Attr("str", default="apt", choices=("apt",)),
+        "provider": Attr("str", default="apt", choices=PROVIDERS),
+        "name": Attr("str", doc="the package's name, when the title is another"),
+        "virtualenv": Attr("str", doc="pip: the virtualenv's directory, made when missing"),
+        "index_url": Attr("str", doc="pip: the package index (http or https)"),
+        "find_links": Attr("str", doc="pip: a directory or URL of distributions"),
     }
     batched: ClassVar[bool] = True
 
     @classmethod
+    def complete(
+        cls, attrs: dict[str, Any], facts: Mapping[str, Any]
+    ) -> list[tuple[str | None, str]]:
+        if attrs.get("provider") is not None:
+            return []
+        system = facts.get("os")
+        family = system.get("family") if isinstance(system, Mapping) else None
+        provider = BY_FAMILY.get(family) if isinstance(family, str) else None
+        if provider is None:
+            return [
+                (
+                    "provider",
+                    f"no package provider for os.family {family!r}: "
+                    f"set 'provider' ({' or '.join(PROVIDERS)})",
+                )
+            ]
+        attrs["provider"] = provider
+        return []
+
+    @classmethod
     def validate(cls, title: str, attrs: Mapping[str, Any]) -> list[tuple[str | None, str]]:
-        problems: list[tuple[str | None, str]] = []
+        named = attrs.get("name")
+        if named is not None and not isinstance(named, str):
+            return [("name", f"must be a string, not {named!r}")]
+        title, key = (named, "name") if named else (title, None)
+        if attrs.get("provider") == "pip":
+            return _pip.problems(title, attrs, key)
+        problems: list[tuple[str | None, str]] = [
+            (attr, "only for provider pip") for attr in PIP_ONLY if attrs.get(attr) is not None
+        ]
         if not NAME.match(title):
-            problems.append((None, f"{title!r} is not a Debian package name"))
+            problems.append((key, f"{title!r} is not a Debian package name"))
         ensure = attrs.get("ensure", "present")
         if not isinstance(ensure, str) or not (ensure in KEYWORDS or VERSION.match(ensure)):
             problems.append(
@@ -213,26 +254,26 @@ class Package(Resource):
         """The transaction item that converges this package, or None when it is in sync."""
         ensure = self.ensure
         if ensure == "absent":
-            return f"{self.title}-" if installed else None
+            return f"{self.package}-" if installed else None
         if ensure == "present":
-            return None if installed else self.title
+            return None if installed else self.package
         if ensure == "latest":
             if policy is None or policy.candidate is None:
-                return None if installed else self.title  # apt will say it knows none
-            return None if installed == policy.candidate else self.title
-        return None if installed == ensure else f"{self.title}={ensure}"
+                return None if installed else self.package  # apt will say it knows none
+            return None if installed == policy.candidate else self.package
+        return None if installed == ensure else f"{self.package}={ensure}"
 
     def _unavailable(self, item: str, policy: Policy | None) -> str | None:
         """Why apt cannot install ``item`` now, or None when it can."""
         if item.endswith("-"):
             return None
         if policy is None or (policy.candidate is None and not policy.versions):
-            return f"apt knows no package named {self.title}"
+            return f"apt knows no package named {self.package}"
         if "=" in item and self.ensure not in policy.versions:
             known = ", ".join(sorted(policy.versions)) or "none"
-            return f"apt knows no version {self.ensure} of {self.title} (known: {known})"
+            return f"apt knows no version {self.ensure} of {self.package} (known: {known})"
         if "=" not in item and policy.candidate is None:
-            return f"apt has no installable version of {self.title}"
+            return f"apt has no installable version of {self.package}"
         return None
 
     def _target(self, policy: Policy | None) -> str:
@@ -246,9 +287,34 @@ class Package(Resource):
             raise outcome
         return outcome
 
+    def autorequire(self) -> list[str]:
+        return _pip.requires(self.attrs) if self.provider == "pip" else []
+
+    @property
+    def package(self) -> str:
+        """The package's name: ``name``, or the title."""
+        return str(self.attrs.get("name") or self.title)
+
+    @property
+    def provider(self) -> Provider:
+        return "pip" if self.attrs.get("provider") == "pip" else "apt"
+
     @classmethod
     def converge_batch(
         cls, ctx: Context, resources: Sequence[Resource], apply: bool
+    ) -> dict[str, list[Change] | Exception]:
+        """Check and apply packages: the apt ones together, the pip ones by virtualenv."""
+        packages = [r for r in resources if isinstance(r, Package)]
+        apt = [p for p in packages if p.provider == "apt"]
+        pip = [(p, p.package, p.ensure) for p in packages if p.provider == "pip"]
+        outcome = _pip.converge(ctx, pip, apply) if pip else {}
+        if apt:
+            outcome.update(cls._converge_apt(ctx, apt, apply))
+        return outcome
+
+    @classmethod
+    def _converge_apt(
+        cls, ctx: Context, resources: Sequence[Package], apply: bool
     ) -> dict[str, list[Change] | Exception]:
         """Check a set of packages with one query each, and apply them in one transaction.
 
@@ -256,11 +322,11 @@ class Package(Resource):
         install (no such name or version, even after refreshing the lists) fails alone, before
         the transaction. After the transaction every package is queried again: one still
         differing is failed, with apt's output."""
-        packages = {r.id: r for r in resources if isinstance(r, Package)}
+        packages = {r.id: r for r in resources}
         outcome: dict[str, list[Change] | Exception] = {}
         try:
             apt = Apt(ctx)
-            names = [p.title for p in packages.values()]
+            names = [p.package for p in packages.values()]
             if (
                 apply
                 and stale_mark(ctx).exists()
@@ -269,12 +335,12 @@ class Package(Resource):
                 # An apt_repository changed: judge latest (and versions) by its lists.
                 apt.refresh_lists(lists_stamp(ctx), force=True)
             installed = apt.installed(names)
-            policy = apt.policy([p.title for p in packages.values() if p.ensure != "absent"])
+            policy = apt.policy([p.package for p in packages.values() if p.ensure != "absent"])
         except ResourceError as exc:
             return {rid: exc for rid in packages}
         items: dict[str, str] = {}
         for rid, p in packages.items():
-            item = p._wanted(installed.get(p.title), policy.get(p.title))
+            item = p._wanted(installed.get(p.package), policy.get(p.package))
             if item is None:
                 outcome[rid] = []
                 continue
@@ -283,21 +349,21 @@ class Package(Resource):
             outcome[rid] = [
                 Change(
                     "ensure",
-                    installed.get(p.title, "absent"),
-                    "absent" if removing else p._target(policy.get(p.title)),
+                    installed.get(p.package, "absent"),
+                    "absent" if removing else p._target(policy.get(p.package)),
                 ),
                 Change("apt-get", None, f"{'remove' if removing else 'install'} {item.strip('-')}"),
             ]
         if not apply or not items:
             return outcome
         try:
-            installing = [packages[rid].title for rid, i in items.items() if not i.endswith("-")]
+            installing = [packages[rid].package for rid, i in items.items() if not i.endswith("-")]
             if installing:
                 stamp = lists_stamp(ctx)
                 refreshed = apt.refresh_lists(stamp)
                 policy = apt.policy(installing)
                 if not refreshed and any(
-                    packages[rid]._unavailable(item, policy.get(packages[rid].title))
+                    packages[rid]._unavailable(item, policy.get(packages[rid].package))
                     for rid, item in items.items()
                 ):
                     apt.refresh_lists(stamp, force=True)
@@ -305,7 +371,7 @@ class Package(Resource):
         except ResourceError as exc:
             return {**outcome, **{rid: exc for rid in items}}
         for rid, item in list(items.items()):
-            why = packages[rid]._unavailable(item, policy.get(packages[rid].title))
+            why = packages[rid]._unavailable(item, policy.get(packages[rid].package))
             if why:
                 outcome[rid] = ResourceError(why)
                 del items[rid]
@@ -321,15 +387,15 @@ class Package(Resource):
             return {**outcome, **{rid: exc for rid in items}}
         for rid in items:
             p = packages[rid]
-            if p._wanted(now.get(p.title), policy.get(p.title)) is not None:
+            if p._wanted(now.get(p.package), policy.get(p.package)) is not None:
                 outcome[rid] = failure or ResourceError(
-                    f"DidNotConverge: {p.title} is {now.get(p.title, 'absent')} after apt-get"
+                    f"DidNotConverge: {p.package} is {now.get(p.package, 'absent')} after apt-get"
                 )
                 continue
             planned = outcome[rid]
             commands = planned if isinstance(planned, list) else []
             outcome[rid] = [
-                Change("ensure", installed.get(p.title, "absent"), now.get(p.title, "absent")),
+                Change("ensure", installed.get(p.package, "absent"), now.get(p.package, "absent")),
                 *(c for c in commands if c.property == "apt-get"),
             ]
         return outcome

@@ -281,6 +281,6 @@ def test_packages_come_after_repositories_except_those_a_repository_requires(
             "profiles/case.yaml": profile,
         },
     )
-    order = Compiler(DirectorySnapshot(repo)).compile("n1", {}).order()
+    order = Compiler(DirectorySnapshot(repo)).compile("n1", {"os": {"family": "Debian"}}).order()
     assert order.index("package:gnupg") < order.index("apt_repository:rtest")
     assert order.index("apt_repository:rtest") < order.index("package:rtest-from-repo")

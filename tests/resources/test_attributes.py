@@ -34,7 +34,7 @@ from reconciler.resources.base import COMMON_ATTRIBUTES, REGISTRY, Context
 from reconciler.source import DirectorySnapshot
 from tests.conftest import CLI, git, need, write_tree
 from tests.daemon.conftest import GitServer
-from tests.resources import test_apt_repository, test_git, test_package, test_service
+from tests.resources import test_apt_repository, test_git, test_package, test_pip, test_service
 from tests.resources.test_apt_repository import ARCH, SignedRepo
 from tests.resources.test_artifact import sha, tar_gz
 from tests.resources.test_git import Served, add_submodule
@@ -293,6 +293,7 @@ TABLE: dict[str, tuple[str, ...]] = {
     "test_packages": (PACKAGES, PACKAGES_THEN),
     "test_apt_repositories": (APT_REPOSITORIES,),
     "test_git_checkouts": (GIT,),
+    "test_pip_packages": (test_pip.ATTRIBUTES,),
 }
 
 # -- mount: live tmpfs mounts under @BASE@, a temporary directory, with a table of their own --
@@ -929,3 +930,8 @@ def test_git_checkouts(served: Served, server: GitServer, cli: CLI, tmp_path: Pa
     assert not (cli.root / "srv/old").exists()  # ensure: absent
     assert not served.marker.exists()
     cli.run("apply", repo, "--node", "n1", check=0)
+
+
+def test_pip_packages(cli: CLI, tmp_path: Path) -> None:
+    """package with provider pip: its case is test_pip.ATTRIBUTES, checked here."""
+    test_pip.check_attributes(cli, tmp_path, control_repo)
