@@ -125,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "--ref")
     _option(p, "--node", action="append", default=[], help="also compile this node (repeatable)")
     _option(p, "--facts", type=Path, dest="facts_file")
+    _option(p, "--state-dir", type=Path)  # the modules' mirrors are kept there
+
+    p = _command(sub, "modules", "the modules the control repo pins in modules.yaml")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _command(
+        actions, "update", "resolve each module's ref (branch or tag) and rewrite its commit pin"
+    )
+    p.add_argument("name", nargs="*", help="the modules to update (default: every one)")
+    _option(p, "--repo", default=".", help="the control repo's working tree (default: .)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds for reading the repo")
 
     p = _command(sub, "facts", "print this node's facts")
     _option(p, "--format", choices=("yaml", "json"), default="yaml")
@@ -390,11 +400,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from reconciler.model.catalog import Compiler, repo_warnings, tidy, validate_repo
+    from reconciler.model.modules import with_modules
     from reconciler.reconcile import RunOptions, gather_facts
 
     values = _settings(args)
     repo = _repo(values)
     snapshot = _snapshot(repo, values)
+    try:
+        # every pin must exist (and, with source.verify, be signed) for the references to resolve
+        snapshot = with_modules(
+            snapshot, Path(values["state_dir"]), values["timeout"], values["verify"]
+        )
+    except ModelError as exc:
+        _err(f"{snapshot.description}: {len(exc.problems)} problem(s):")
+        for problem in exc.problems:
+            _say(f"  {problem}", file=sys.stderr)
+        return EXIT_ERROR
     options = RunOptions(repo=repo, facts_file=args.facts_file, facts_dirs=values["facts_dirs"])
     this_node, facts = gather_facts(options, _warn)
     problems = validate_repo(snapshot, facts, this_node)
@@ -634,6 +655,17 @@ def cmd_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_modules(args: argparse.Namespace) -> int:
+    from reconciler.model.modules import update_pins
+
+    for done in update_pins(Path(args.repo), list(args.name), args.timeout):
+        if done.old == done.new:
+            _say(f"{done.name}: {done.new} ({done.ref}), unchanged")
+        else:
+            _say(f"{done.name}: {done.old or '(none)'} -> {done.new} ({done.ref})")
+    return 0
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     from reconciler.daemon.agent import main as daemon_main
 
@@ -672,6 +704,7 @@ _HANDLERS = {
     "status": cmd_status,
     "explain": cmd_explain,
     "secret": cmd_secret,
+    "modules": cmd_modules,
 }
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from reconciler.fs import (
 )
 from reconciler.model import yamlload
 from reconciler.model.catalog import Catalog, Compiler, Entry, link
+from reconciler.model.modules import with_modules
 from reconciler.model.secrets import Keyring, SecretsConfig
 from reconciler.resources.base import REGISTRY, Context, Resource
 from reconciler.resources.runner import Runner
@@ -407,6 +408,8 @@ def run(
     t = time.perf_counter()
     yamlload.use_cache(yamlload.ParseCache(options.state_dir / "cache" / "yaml", readonly=plan))
     node, facts = gather_facts(options, warn)
+    # modules.yaml's modules, fetched and verified before any file of theirs is read
+    snapshot = with_modules(snapshot, options.state_dir, options.timeout, options.verify)
     catalog = Compiler(snapshot, keyring=Keyring(options.secrets)).compile(node, facts)
     phases["compile"] = time.perf_counter() - t
 

@@ -254,11 +254,30 @@ def fact_holds(facts: Mapping[str, Any], dotted: Any, expected: Any) -> bool:
 # -- roles and profiles -------------------------------------------------------------------------
 
 
+def named_path(kind: str, name: str) -> str | None:
+    """The file of a role, profile or defined type; ``MODULE/NAME`` is a module's profile or
+    type (``modules/MODULE/<kind>s/NAME.yaml``). None for a name that is neither."""
+    module, _, own = name.rpartition("/")
+    if not NAME.match(own) or (module and (kind == "role" or not NAME.match(module))):
+        return None
+    return f"modules/{module}/{kind}s/{own}.yaml" if module else f"{kind}s/{own}.yaml"
+
+
+def qualified(name: str, module: str | None) -> str:
+    """A name written in a module's file, ``MODULE/NAME`` when it names one of its own."""
+    return f"{module}/{name}" if module and "/" not in name else name
+
+
 def _read_named(snapshot: Snapshot, kind: str, name: str, where: Location) -> tuple[str, LocMap]:
     """The file of a role or profile named at ``where``, read as a mapping."""
-    path = f"{kind}s/{name}.yaml"
-    if not NAME.match(name):
+    path = named_path(kind, name)
+    if path is None:
         raise ModelError.one(f"{name!r} is not a valid {kind} name", where)
+    module = name.rpartition("/")[0]
+    if module and not snapshot.files(f"modules/{module}"):
+        raise ModelError.one(
+            f"{kind} {name!r}: there is no module {module!r} in modules.yaml", where
+        )
     if not snapshot.exists(path):
         raise ModelError.one(
             f"{kind} {name!r} not found (no {path}){did_you_mean(name, names_of(snapshot, kind))}",
@@ -434,13 +453,17 @@ def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profil
                     Location(path, raw.line_of("sensitive_params"), "sensitive_params"),
                 )
             )
+    module = name.rpartition("/")[0] or None
     profile = Profile(
         name,
         path,
         params,
         resources,
         frozenset(sensitive),
-        [(n, Location(path, includes.line_of(i), "include")) for i, n in enumerate(includes)],
+        [
+            (qualified(n, module), Location(path, includes.line_of(i), "include"))
+            for i, n in enumerate(includes)
+        ],
         defaults,
         assertions(raw),
     )
