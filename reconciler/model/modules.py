@@ -112,7 +112,13 @@ def fetch_module(
         if not (gitsource.is_bare(mirror.git_dir) and mirror.has_commit(spec.commit)):
             mirror.fetch(spec.commit)
     except SourceError as exc:
-        raise SourceError(f"module {spec.name!r} ({spec.where}): {exc}") from None
+        why = str(exc)
+        if "not our ref" in why:  # upload-pack's word for a commit no ref of it reaches
+            why = (
+                f"the pinned commit {spec.commit} is not in {gitsource.shown_url(spec.url)}: "
+                "no branch or tag there leads to it"
+            )
+        raise SourceError(f"module {spec.name!r} ({spec.where}): {why}") from None
     if isinstance(verify, Verify):
         try:
             verify_commit(mirror.git_dir, spec.commit, verify, timeout)
@@ -252,7 +258,7 @@ def resolve_ref(url: str, ref: str | None, timeout: float) -> tuple[str, str]:
     wanted = ["HEAD"] if ref is None else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
     if ref is not None:
         wanted.append(f"refs/tags/{ref}^{{}}")
-    out = gitsource.run_git(["ls-remote", "--", url, *wanted[:2]], None, timeout)
+    out = gitsource.run_git(["ls-remote", "--", url, *wanted], None, timeout)
     found: dict[str, str] = {}
     for line in out.splitlines():
         sha, _, name = line.partition("\t")

@@ -274,7 +274,7 @@ def _read_named(snapshot: Snapshot, kind: str, name: str, where: Location) -> tu
     if path is None:
         raise ModelError.one(f"{name!r} is not a valid {kind} name", where)
     module = name.rpartition("/")[0]
-    if module and not snapshot.files(f"modules/{module}"):
+    if module and module not in module_names(snapshot):
         raise ModelError.one(
             f"{kind} {name!r}: there is no module {module!r} in modules.yaml", where
         )
@@ -289,11 +289,31 @@ def _read_named(snapshot: Snapshot, kind: str, name: str, where: Location) -> tu
 def names_of(snapshot: Snapshot, kind: str) -> list[str]:
     """The names of every role or profile (``kind``) of the repo, in file name order."""
     folder = f"{kind}s"
-    return sorted(
+    own = [
         path.removeprefix(f"{folder}/").removesuffix(".yaml")
         for path in snapshot.files(folder)
         if path.endswith(".yaml")
-    )
+    ]
+    if kind == "role":
+        return sorted(own)
+    return sorted(own + module_files(snapshot, folder))
+
+
+def module_names(snapshot: Snapshot) -> list[str]:
+    """The modules of the run's snapshot (a ``ModularSnapshot``'s); none for a plain one, so
+    that a ``modules/`` directory of the control repo itself is never taken for modules."""
+    modules = getattr(snapshot, "modules", None)
+    return sorted(modules) if isinstance(modules, dict) else []
+
+
+def module_files(snapshot: Snapshot, folder: str) -> list[str]:
+    """``MODULE/NAME`` for each ``<folder>/NAME.yaml`` of each module."""
+    return [
+        f"{module}/{path.rsplit('/', 1)[1].removesuffix('.yaml')}"
+        for module in module_names(snapshot)
+        for path in snapshot.files(f"modules/{module}/{folder}")
+        if path.endswith(".yaml") and path.count("/") == 3
+    ]
 
 
 def load_role(snapshot: Snapshot, role: str, where: Location) -> list[tuple[str, Location]]:

@@ -15,6 +15,7 @@ from typing import Any
 from reconciler.errors import Location, ModelError, Problem
 from reconciler.model.repo import (
     expect_map,
+    module_files,
     named_path,
     read_yaml,
     same_kind,
@@ -93,12 +94,7 @@ def type_names(snapshot: Snapshot) -> list[str]:
         for path in snapshot.files("types")
         if path.endswith(".yaml") and path.count("/") == 1
     ]
-    modules = [
-        f"{parts[1]}/{parts[3].removesuffix('.yaml')}"
-        for parts in (path.split("/") for path in snapshot.files("modules"))
-        if len(parts) == 4 and parts[2] == "types" and parts[3].endswith(".yaml")
-    ]
-    return sorted(own + modules)
+    return sorted(own + module_files(snapshot, "types"))
 
 
 def read_type(snapshot: Snapshot, name: str) -> tuple[DefinedType, list[Problem]]:

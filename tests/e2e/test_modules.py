@@ -85,3 +85,119 @@ def test_a_modules_profiles_types_templates_and_files_are_its_own(
     assert (cli.state / "modules/apache/mirror.git").is_dir()
     done = cli("validate", f"--repo={repo}", "--state-dir", str(cli.state), check=0)
     assert "valid" in done.stdout
+
+
+def test_a_pin_to_a_commit_on_no_branch_is_fetched_and_the_pin_alone_decides(
+    server: GitServer, cli: CLI, tmp_path: Path
+) -> None:
+    new_bare(server)
+    work = write_tree(tmp_path / "apache-work", APACHE)
+    pinned = commit_all(work, "release")
+    git(work, "tag", "v1")
+    git(work, "push", "-q", str(server.base / "apache.git"), "refs/tags/v1")
+    # the branch moves on without the pinned commit: it is on no branch of the remote
+    git(work, "checkout", "-q", "--orphan", "other")
+    write_tree(work, {"templates/vhost.conf.j2": "not pinned\n"})
+    git(
+        work,
+        "push",
+        "-q",
+        "-f",
+        str(server.base / "apache.git"),
+        f"{commit_all(work)}:refs/heads/main",
+    )
+    branches = git(server.base / "apache.git", "branch", "--contains", pinned)
+    assert branches == ""
+    repo = control(tmp_path, module_url(server), pinned)
+    cli.run("apply", repo, check=2)
+    assert "(module)" in (cli.root / "etc/apache2/sites/shop.conf").read_text()
+
+
+def test_a_module_cannot_read_outside_its_tree(server: GitServer, cli: CLI, tmp_path: Path) -> None:
+    new_bare(server)
+    work = write_tree(tmp_path / "apache-work", {**APACHE, "templates/vhost.conf.j2": ""})
+    (work / "templates/vhost.conf.j2").unlink()
+    (work / "templates/vhost.conf.j2").symlink_to("../../../control/nodes.yaml")
+    (work / "files/index.html").unlink()
+    (work / "files/index.html").symlink_to("/etc/passwd")
+    sha = commit_all(work, "escape")
+    git(work, "push", "-q", "-f", str(server.base / "apache.git"), "HEAD:main")
+    repo = control(tmp_path, module_url(server), sha)
+    done = cli.run("apply", repo, check=1)
+    assert "modules/apache/files/index.html" in done.stderr
+    assert "symlink that leaves" in done.stderr
+    assert not (cli.root / "srv/www/index.html").exists()
+    assert not (cli.root / "etc/apache2").exists()
+
+    # a profile reaching for the control repo's files by a path is refused as well
+    escape = {"profiles/server.yaml": "resources:\n  - file: /x\n    source: ../../nodes.yaml\n"}
+    write_tree(work, escape)
+    sha = commit_all(work, "escape again")
+    git(work, "push", "-q", "-f", str(server.base / "apache.git"), "HEAD:main")
+    repo = control(tmp_path, module_url(server), sha)
+    done = cli.run("apply", repo, check=1)
+    assert "modules/apache/profiles/server.yaml:3, key 'source'" in done.stderr
+    assert "must stay inside" in done.stderr
+
+
+def test_modules_update_rewrites_the_pins_and_keeps_the_comments(
+    server: GitServer, cli: CLI, tmp_path: Path
+) -> None:
+    new_bare(server)
+    first = serve_module(server, tmp_path, APACHE)
+    repo = control(tmp_path, module_url(server), first)
+    second = serve_module(
+        server, tmp_path, {"templates/vhost.conf.j2": "version 2 of {{ title }}\n"}
+    )
+    before = (repo / "modules.yaml").read_text()
+    done = cli("modules", "update", "--repo", str(repo), check=0)
+    assert f"apache: {first} -> {second} (refs/heads/main)" in done.stdout
+    assert (repo / "modules.yaml").read_text() == before.replace(first, second)
+    assert "# written by reconciler modules update" in (repo / "modules.yaml").read_text()
+    cli.run("apply", repo, check=2)
+    assert (cli.root / "etc/apache2/sites/shop.conf").read_text() == "version 2 of shop\n"
+
+    # a tag is resolved to the commit it names (an annotated tag: the commit, not the tag)
+    work = tmp_path / "apache-work"
+    git(work, "tag", "-a", "-m", "release 1", "v1", first)
+    git(work, "push", "-q", str(server.base / "apache.git"), "refs/tags/v1")
+    text = (repo / "modules.yaml").read_text().replace("ref: main", "ref: v1")
+    (repo / "modules.yaml").write_text(text)
+    done = cli("modules", "update", "apache", "--repo", str(repo), check=0)
+    assert f"apache: {second} -> {first} (refs/tags/v1)" in done.stdout
+    assert f"commit: {first}" in (repo / "modules.yaml").read_text()
+
+    done = cli("modules", "update", "nginx", "--repo", str(repo), check=1)
+    assert "no module 'nginx' in modules.yaml" in done.stderr
+
+
+def test_validate_checks_every_pin_and_every_reference(
+    server: GitServer, cli: CLI, tmp_path: Path
+) -> None:
+    new_bare(server)
+    sha = serve_module(server, tmp_path, APACHE)
+
+    def validate(repo: Path, check: int) -> str:
+        done = cli("validate", f"--repo={repo}", "--state-dir", str(cli.state), check=check)
+        return done.stderr
+
+    missing = "5eed" * 10
+    err = validate(control(tmp_path, module_url(server), missing), 1)
+    assert "module 'apache' (modules.yaml:3, key 'modules.apache')" in err
+    assert f"the pinned commit {missing} is not in" in err
+
+    repo = control(
+        tmp_path,
+        module_url(server),
+        sha,
+        **{"roles/web.yaml": "profiles: [apache/servr, nginx/site, site]\n"},
+    )
+    err = validate(repo, 1)
+    assert "roles/web.yaml:1" in err
+    assert "profile 'apache/servr' not found (no modules/apache/profiles/servr.yaml)" in err
+    assert "did you mean" in err or "apache/server" in err
+    assert "there is no module 'nginx' in modules.yaml" in err
+
+    write_tree(repo, {"modules.yaml": "modules:\n  apache: {url: x, commit: main}\n"})
+    err = validate(repo, 1)
+    assert "modules.yaml:2, key 'modules.apache.commit': must be a full commit id" in err
