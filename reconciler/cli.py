@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "explain", "which data level, file, line and commit set a value")
     p.add_argument("key", help="<profile>.<parameter> (nginx.port) or a data key (ntp_servers)")
     _add_source_options(p)
+    _option(p, "--state-dir", type=Path)  # the modules' mirrors are kept there
 
     p = _command(sub, "suspend", "pause enforcement: runs check and report, change nothing")
     p.add_argument(
@@ -544,12 +545,16 @@ def _print_live_requirements(apps: list[dict[str, Any]], values: dict[str, Any])
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from reconciler.model.catalog import Compiler
+    from reconciler.model.modules import with_modules
     from reconciler.reconcile import RunOptions, gather_facts
     from reconciler.resources.base import digest
 
     values = _settings(args)
     repo = _repo(values)
     snapshot = _snapshot(repo, values)
+    snapshot = with_modules(
+        snapshot, Path(values["state_dir"]), values["timeout"], values["verify"]
+    )
     options = RunOptions(
         repo=repo,
         node=values["node"],

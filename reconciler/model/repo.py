@@ -554,6 +554,31 @@ def load_data(
             problems += exc.problems
             continue
         data.levels.append((level, path, content))
+    for module in module_names(snapshot):
+        # a module's data: the lowest level, for its own profiles only
+        path = f"modules/{module}/data/common.yaml"
+        if not snapshot.exists(path):
+            continue
+        try:
+            content = expect_map(read_yaml(snapshot, path), Location(path), "a data file")
+        except ModelError as exc:
+            problems += exc.problems
+            continue
+        own = LocMap.empty(content.line)
+        for key, value in content.items():
+            where = Location(path, content.line_of(key), str(key))
+            if not isinstance(key, str) or not NAME.match(key):
+                problems.append(Problem("a module's data names its own profiles only", where))
+            elif not snapshot.exists(f"modules/{module}/profiles/{key}.yaml"):
+                problems.append(
+                    Problem(
+                        f"module {module!r} has no profile {key!r} (no profiles/{key}.yaml)", where
+                    )
+                )
+            else:
+                own[f"{module}/{key}"] = value
+                own.lines[f"{module}/{key}"] = content.line_of(key)
+        data.levels.append((f"module {module}", path, own))
     if problems:
         raise ModelError(problems, "parse")
     return data

@@ -201,3 +201,82 @@ def test_validate_checks_every_pin_and_every_reference(
     write_tree(repo, {"modules.yaml": "modules:\n  apache: {url: x, commit: main}\n"})
     err = validate(repo, 1)
     assert "modules.yaml:2, key 'modules.apache.commit': must be a full commit id" in err
+
+
+def test_with_source_verify_an_unsigned_module_is_refused_before_it_is_read(
+    server: GitServer, cli: CLI, tmp_path: Path
+) -> None:
+    from tests.source.test_verify import ssh_signer
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    trusted = ssh_signer(keys, "trusted")
+    assert trusted.public is not None
+    allowed = keys / "allowed"
+    allowed.write_text(f'ops@example.com namespaces="git" {trusted.public.read_text()}')
+    signing = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={trusted.key}"]
+
+    new_bare(server)
+    work = write_tree(tmp_path / "apache-work", APACHE)
+    unsigned = commit_all(work, "unsigned")
+    git(work, "push", "-q", "-f", str(server.base / "apache.git"), "HEAD:main")
+    repo = control(tmp_path, module_url(server), unsigned)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, *signing, "commit", "-q", "-S", "-m", "signed control repo")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"node: web-1\nroot: {cli.root}\nstate_dir: {cli.state}\nfacts_dirs: []\n"
+        f"source:\n  url: {repo}\n  branch: main\n"
+        f"  verify:\n    format: ssh\n    allowed_signers: {allowed}\n"
+    )
+    done = cli("apply", "--config", str(config), check=1)
+    assert f"commit {unsigned}: module 'apache' (modules.yaml:3" in done.stderr
+    assert "not signed" in done.stderr
+    assert not (cli.root / "etc/apache2").exists()
+    done = cli("validate", "--config", str(config), check=1)
+    assert "module 'apache'" in done.stderr and "not signed" in done.stderr
+
+    # the same tree, signed by the trusted key and pinned by a signed commit: applied
+    git(work, *signing, "commit", "-q", "-S", "--allow-empty", "-m", "signed")
+    signed = git(work, "rev-parse", "HEAD")
+    git(work, "push", "-q", "-f", str(server.base / "apache.git"), "HEAD:main")
+    (repo / "modules.yaml").write_text(
+        (repo / "modules.yaml").read_text().replace(unsigned, signed)
+    )
+    git(repo, "add", "-A")
+    git(repo, *signing, "commit", "-q", "-S", "-m", "pin the signed module")
+    cli("apply", "--config", str(config), check=2)
+    assert "(module)" in (cli.root / "etc/apache2/sites/shop.conf").read_text()
+
+
+def test_a_modules_data_is_the_lowest_level_for_its_own_profiles(
+    server: GitServer, cli: CLI, tmp_path: Path
+) -> None:
+    new_bare(server)
+    data = {"data/common.yaml": "server:\n  docroot: /srv/module\n"}
+    sha = serve_module(server, tmp_path, {**APACHE, **data})
+    repo = control(tmp_path, module_url(server), sha)
+    cli.run("apply", repo, check=2)
+    assert (cli.root / "srv/module/index.html").read_text() == "module page\n"
+    explain = ["explain", "apache/server.docroot", f"--repo={repo}", "--node", "web-1"]
+    done = cli(*explain, "--state-dir", str(cli.state), check=0)
+    assert "set by data level 'module apache': modules/apache/data/common.yaml:2" in done.stdout
+
+    # the control repo's data overrides the module's, as Hiera's overrides module data
+    write_tree(repo, {"data/common.yaml": "apache/server:\n  docroot: /srv/site\n"})
+    cli.run("apply", repo, check=2)
+    assert (cli.root / "srv/site/index.html").read_text() == "module page\n"
+    explain = ["explain", "apache/server.docroot", f"--repo={repo}", "--node", "web-1"]
+    done = cli(*explain, "--state-dir", str(cli.state), check=0)
+    assert '= "/srv/site"' in done.stdout
+    assert "data/common.yaml:2" in done.stdout
+
+    # a module's data sets only its own profiles' parameters
+    bad = {"data/common.yaml": "motd:\n  contact: me\n"}
+    sha = serve_module(server, tmp_path, {**APACHE, **bad})
+    repo = control(tmp_path, module_url(server), sha)
+    done = cli.run("apply", repo, check=1)
+    assert "modules/apache/data/common.yaml:1, key 'motd': module 'apache' has no profile" in (
+        done.stderr
+    )
