@@ -14,8 +14,11 @@ is ``modules/NAME/types/TYPE.yaml``; a module's profiles and types read its own 
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +134,30 @@ def fetch_module(
     return GitSnapshot(
         mirror.git_dir, spec.commit, None, f"module {spec.name} {shown}@{spec.commit}", timeout
     )
+
+
+@contextlib.contextmanager
+def modules_for_run(
+    snapshot: Snapshot,
+    state_dir: Path,
+    timeout: float,
+    verify: object | None = None,
+    scratch: bool = False,
+) -> Iterator[Snapshot]:
+    """``with_modules`` for one compile, the modules' repositories closed after it. ``scratch``
+    (a plan on a node without a state directory): the mirrors go to a temporary directory,
+    removed after, so that a plan writes nothing."""
+    temp = Path(tempfile.mkdtemp(prefix="reconciler-modules-")) if scratch else None
+    try:
+        modular = with_modules(snapshot, temp or state_dir, timeout, verify)
+        try:
+            yield modular
+        finally:
+            if modular is not snapshot and isinstance(modular, ModularSnapshot):
+                modular.close()
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def with_modules(

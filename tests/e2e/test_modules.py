@@ -280,3 +280,21 @@ def test_a_modules_data_is_the_lowest_level_for_its_own_profiles(
     assert "modules/apache/data/common.yaml:1, key 'motd': module 'apache' has no profile" in (
         done.stderr
     )
+
+
+def test_the_example_load_balancer_uses_the_bundled_apache_module(cli: CLI, tmp_path: Path) -> None:
+    from reconciler.demo import copy_example
+
+    repo = copy_example(tmp_path / "control-repo")
+    assert (tmp_path / "modules/apache/.git").is_dir()
+    facts = tmp_path / "facts.json"
+    facts.write_text('{"os": {"family": "Debian", "name": "Debian"}}')
+    cli.run("apply", repo, "--node", "lb-1", "--facts", str(facts), check=2)
+    sites = cli.root / "etc/apache2/sites-enabled"
+    assert "<VirtualHost *:80>\n    ServerName shop.example.com\n" in (
+        (sites / "shop.conf").read_text()
+    )
+    # data/roles/lb.yaml (8080) over the module's data (8000) over the profile's default (80)
+    assert "Listen 8080\n" in (cli.root / "etc/apache2/ports.conf").read_text()
+    assert "<VirtualHost *:8080>" in (sites / "default.conf").read_text()
+    assert "apache module" in (cli.root / "srv/default/index.html").read_text()
