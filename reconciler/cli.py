@@ -195,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "demo", "run the agent on the bundled example control repo")
     p.add_argument("--exit-after", type=float, help=argparse.SUPPRESS)  # for tests
+    p.add_argument(
+        "--prepare",
+        type=Path,
+        metavar="DIR",
+        help="only copy the example to DIR (a git repository, its module beside it) and exit",
+    )
 
     p = _command(sub, "init", "write the daemon's configuration, once the control repo can be read")
     _option(p, "--repo", required=True, help="the control repo's git URL")
@@ -680,6 +686,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from reconciler import demo
 
+    if args.prepare is not None:
+        repo = demo.copy_example(args.prepare / "control-repo")
+        demo.commit_example(repo)
+        _say(f"{repo}: the example control repo (branch production), its modules beside it")
+        return 0
     return demo.main(args.exit_after)
 
 

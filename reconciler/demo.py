@@ -65,15 +65,20 @@ def copy_example(repo: Path) -> Path:
     return repo
 
 
+def commit_example(repo: Path) -> None:
+    """Make the copied example a git repository, branch production."""
+    _git(repo, "init", "-q", "-b", "production")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "The example control repo")
+
+
 def prepare(base: Path, port: int) -> Path:
     """Lay out the demo folder; return the configuration file."""
     repo, root, state = copy_example(base / "control-repo"), base / "root", base / "state"
     for node_root in (root, base / "db-1" / "root"):
         for name in ("etc", "srv", "var/log", "var/lib", "opt", "usr/local/bin", "tmp"):
             (node_root / name).mkdir(parents=True)
-    _git(repo, "init", "-q", "-b", "production")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "The example control repo")
+    commit_example(repo)
     # The example app reads its releases through this fact: the example's files/releases/,
     # copied into each node's root (a file:// URL names a file inside the root).
     for node_root in (root, base / "db-1" / "root"):
@@ -146,7 +151,8 @@ Try, in another terminal:
       git -C {repo} commit -qam 'Move web-1 to port 9000'
       sleep 6; grep listen {root}/etc/nginx/sites-available/site.conf
   - read the metrics:  curl -s http://127.0.0.1:{port}/metrics | grep ^reconciler_
-  - where a value comes from:  {sys.argv[0]} explain nginx.port --node web-1 --repo {repo}
+  - where a value comes from:  {sys.argv[0]} explain nginx.port --node web-1 --repo {repo} \\
+        --state-dir {base}/state
   - roll out the example app (apps/shop.yaml): its api, on web-1, waits for its database;
     deploy the database on a second node, db-1, and watch web-1 deploy the api at once:
       {sys.argv[0]} apply --config {base}/db-1.yaml

@@ -31,7 +31,7 @@ from reconciler.source import GitSnapshot, Snapshot, clean_relpath
 MODULES_FILE = "modules.yaml"
 MOUNT = "modules"  # where a module's tree is seen in the run's snapshot
 SHA = re.compile(r"[0-9a-f]{40}\Z")
-MODULE_KEYS = frozenset({"url", "commit", "ref", "description"})
+MODULE_KEYS = frozenset({"url", "commit", "ref"})
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,13 @@ def fetch_module(
 
     try:
         mirror = gitsource.Mirror(spec.url, state_dir / MOUNT / spec.name, timeout)
-        mirror.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            mirror.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SourceError(
+                f"cannot make the module's mirror {mirror.directory}: {exc.strerror} "
+                "(give --state-dir)"
+            ) from None
         if not (gitsource.is_bare(mirror.git_dir) and mirror.has_commit(spec.commit)):
             mirror.fetch(spec.commit)
     except SourceError as exc:

@@ -298,3 +298,16 @@ def test_the_example_load_balancer_uses_the_bundled_apache_module(cli: CLI, tmp_
     assert "Listen 8080\n" in (cli.root / "etc/apache2/ports.conf").read_text()
     assert "<VirtualHost *:8080>" in (sites / "default.conf").read_text()
     assert "apache module" in (cli.root / "srv/default/index.html").read_text()
+
+
+def test_demo_prepare_lays_out_the_example_to_try_by_hand(cli: CLI, tmp_path: Path) -> None:
+    done = cli("demo", "--prepare", str(tmp_path / "ex"), check=0)
+    repo = tmp_path / "ex/control-repo"
+    assert str(repo) in done.stdout
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "production"
+    assert git(repo, "status", "--porcelain") == ""
+    pinned = git(tmp_path / "ex/modules/apache", "rev-parse", "HEAD")
+    assert f"commit: {pinned}" in (repo / "modules.yaml").read_text()
+    nodes = ["--node", "lb-1", "--node", "web-1"]
+    done = cli("validate", f"--repo={repo}", "--state-dir", str(cli.state), *nodes, check=0)
+    assert "lb-1: role lb" in done.stdout
