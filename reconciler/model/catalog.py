@@ -985,6 +985,9 @@ class Compiler:
         if problems:
             raise ModelError(problems)
         template = attrs.get("template")
+        module = module_of(where.file)
+        if module is not None and isinstance(template, str):
+            template = f"@{module}/{template}"  # the module's own, as _file_content reads it
         if cls.content_from_repo:
             self._file_content(attrs, context, at)
         relations: dict[str, list[ResourceId]] = {}

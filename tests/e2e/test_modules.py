@@ -311,3 +311,35 @@ def test_demo_prepare_lays_out_the_example_to_try_by_hand(cli: CLI, tmp_path: Pa
     nodes = ["--node", "lb-1", "--node", "web-1"]
     done = cli("validate", f"--repo={repo}", "--state-dir", str(cli.state), *nodes, check=0)
     assert "lb-1: role lb" in done.stdout
+
+
+def test_a_module_template_is_judged_sensitive_by_its_own_text(
+    server: GitServer, cli: CLI, tmp_path: Path
+) -> None:
+    new_bare(server)
+    files = {
+        "profiles/login.yaml": """
+            params: {password: changeme, greeting: hello}
+            sensitive_params: [password]
+            resources:
+              - file: /etc/greeting
+                template: greeting.j2
+              - file: /etc/secret
+                template: secret.j2
+        """,
+        "templates/greeting.j2": "{{ params.greeting }}\n",
+        "templates/secret.j2": "{{ params.password }}\n",
+    }
+    sha = serve_module(server, tmp_path, files)
+    repo = control(
+        tmp_path, module_url(server), sha, **{"roles/web.yaml": "profiles: [apache/login]\n"}
+    )
+    cli.run("apply", repo, check=2)
+    (cli.root / "etc/greeting").write_text("tampered\n")
+    (cli.root / "etc/secret").write_text("tampered\n")
+    done = cli.run("plan", repo, check=2)
+    # the module's greeting.j2 names no sensitive parameter: its diff is shown; secret.j2 does
+    assert "+hello" in done.stdout
+    assert "--- /etc/greeting" in done.stdout
+    assert "--- /etc/secret" not in done.stdout
+    assert "changeme" not in done.stdout
