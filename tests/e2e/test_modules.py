@@ -167,6 +167,13 @@ def test_modules_update_rewrites_the_pins_and_keeps_the_comments(
     assert f"apache: {second} -> {first} (refs/tags/v1)" in done.stdout
     assert f"commit: {first}" in (repo / "modules.yaml").read_text()
 
+    # a module without a commit yet gets one, after its url
+    lines = (repo / "modules.yaml").read_text().splitlines(keepends=True)
+    (repo / "modules.yaml").write_text("".join(line for line in lines if "commit:" not in line))
+    cli("modules", "update", "--repo", str(repo), check=0)
+    text = (repo / "modules.yaml").read_text()
+    assert f"    url: {module_url(server)}\n    commit: {first}\n    ref: v1" in text
+
     done = cli("modules", "update", "nginx", "--repo", str(repo), check=1)
     assert "no module 'nginx' in modules.yaml" in done.stderr
 
