@@ -125,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "--ref")
     _option(p, "--node", action="append", default=[], help="also compile this node (repeatable)")
     _option(p, "--facts", type=Path, dest="facts_file")
+    _option(p, "--state-dir", type=Path)  # the modules' mirrors are kept there
+
+    p = _command(sub, "modules", "the modules the control repo pins in modules.yaml")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _command(
+        actions, "update", "resolve each module's ref (branch or tag) and rewrite its commit pin"
+    )
+    p.add_argument("name", nargs="*", help="the modules to update (default: every one)")
+    _option(p, "--repo", default=".", help="the control repo's working tree (default: .)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds for reading the repo")
 
     p = _command(sub, "facts", "print this node's facts")
     _option(p, "--format", choices=("yaml", "json"), default="yaml")
@@ -140,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "explain", "which data level, file, line and commit set a value")
     p.add_argument("key", help="<profile>.<parameter> (nginx.port) or a data key (ntp_servers)")
     _add_source_options(p)
+    _option(p, "--state-dir", type=Path)  # the modules' mirrors are kept there
 
     p = _command(sub, "suspend", "pause enforcement: runs check and report, change nothing")
     p.add_argument(
@@ -184,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "demo", "run the agent on the bundled example control repo")
     p.add_argument("--exit-after", type=float, help=argparse.SUPPRESS)  # for tests
+    p.add_argument(
+        "--prepare",
+        type=Path,
+        metavar="DIR",
+        help="only copy the example to DIR (a git repository, its module beside it) and exit",
+    )
 
     p = _command(sub, "init", "write the daemon's configuration, once the control repo can be read")
     _option(p, "--repo", required=True, help="the control repo's git URL")
@@ -390,11 +407,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from reconciler.model.catalog import Compiler, repo_warnings, tidy, validate_repo
+    from reconciler.model.modules import with_modules
     from reconciler.reconcile import RunOptions, gather_facts
 
     values = _settings(args)
     repo = _repo(values)
     snapshot = _snapshot(repo, values)
+    try:
+        # every pin must exist (and, with source.verify, be signed) for the references to resolve
+        snapshot = with_modules(
+            snapshot, Path(values["state_dir"]), values["timeout"], values["verify"]
+        )
+    except ModelError as exc:
+        _err(f"{snapshot.description}: {len(exc.problems)} problem(s):")
+        for problem in exc.problems:
+            _say(f"  {problem}", file=sys.stderr)
+        return EXIT_ERROR
     options = RunOptions(repo=repo, facts_file=args.facts_file, facts_dirs=values["facts_dirs"])
     this_node, facts = gather_facts(options, _warn)
     problems = validate_repo(snapshot, facts, this_node)
@@ -523,6 +551,7 @@ def _print_live_requirements(apps: list[dict[str, Any]], values: dict[str, Any])
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from reconciler.model.catalog import Compiler
+    from reconciler.model.modules import with_modules
     from reconciler.model.secrets import Keyring, SecretsConfig, encrypted
     from reconciler.reconcile import RunOptions, gather_facts
     from reconciler.resources.base import digest
@@ -530,6 +559,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     values = _settings(args)
     repo = _repo(values)
     snapshot = _snapshot(repo, values)
+    snapshot = with_modules(
+        snapshot, Path(values["state_dir"]), values["timeout"], values["verify"]
+    )
     options = RunOptions(
         repo=repo,
         node=values["node"],
@@ -655,6 +687,17 @@ def cmd_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_modules(args: argparse.Namespace) -> int:
+    from reconciler.model.modules import update_pins
+
+    for done in update_pins(Path(args.repo), list(args.name), args.timeout):
+        if done.old == done.new:
+            _say(f"{done.name}: {done.new} ({done.ref}), unchanged")
+        else:
+            _say(f"{done.name}: {done.old or '(none)'} -> {done.new} ({done.ref})")
+    return 0
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     from reconciler.daemon.agent import main as daemon_main
 
@@ -664,6 +707,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from reconciler import demo
 
+    if args.prepare is not None:
+        repo = demo.copy_example(args.prepare / "control-repo")
+        demo.commit_example(repo)
+        _say(f"{repo}: the example control repo (branch production), its modules beside it")
+        return 0
     return demo.main(args.exit_after)
 
 
@@ -693,6 +741,7 @@ _HANDLERS = {
     "status": cmd_status,
     "explain": cmd_explain,
     "secret": cmd_secret,
+    "modules": cmd_modules,
 }
 
 if __name__ == "__main__":

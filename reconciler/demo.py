@@ -9,6 +9,7 @@ folder is touched.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import sys
@@ -20,6 +21,10 @@ from reconciler import process
 from reconciler.errors import ReconcilerError
 
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "control-repo"
+# The modules the example's modules.yaml pins, bundled beside it, each a folder of its files.
+MODULES = EXAMPLE.parent / "modules"
+# The URL the example's modules.yaml gives a module, for a repository the demo makes.
+MODULE_URL = "https://git.example.com/modules/{name}.git"
 # Where the example app's releases are put in each node's root.
 RELEASES = "/var/cache/shop-releases"
 
@@ -38,16 +43,42 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def prepare(base: Path, port: int) -> Path:
-    """Lay out the demo folder; return the configuration file."""
-    repo, root, state = base / "control-repo", base / "root", base / "state"
+def copy_example(repo: Path) -> Path:
+    """The example control repo copied to ``repo`` (a working tree, uncommitted), with each
+    bundled module made a git repository ``modules/<name>`` beside it (branch main) and pinned
+    in its modules.yaml: the URL set to that path, and its commit in place of the example's."""
     shutil.copytree(EXAMPLE, repo)
-    for node_root in (root, base / "db-1" / "root"):
-        for name in ("etc", "srv", "var/log", "var/lib", "opt", "usr/local/bin", "tmp"):
-            (node_root / name).mkdir(parents=True)
+    pins = (repo / "modules.yaml").read_text()
+    for module in sorted(MODULES.iterdir()):
+        served = repo.parent / "modules" / module.name
+        shutil.copytree(module, served)
+        _git(served, "init", "-q", "-b", "main")
+        _git(served, "add", "-A")
+        _git(served, "commit", "-q", "-m", f"The example module {module.name}")
+        head = process.run(["git", "-C", str(served), "rev-parse", "HEAD"], timeout=60)
+        url = MODULE_URL.format(name=module.name)
+        block = re.search(rf"url: {re.escape(url)}\n\s*commit: ([0-9a-f]{{40}})", pins)
+        if not head.ok or block is None:
+            raise ReconcilerError(f"cannot pin the example module {module.name}")
+        pins = pins.replace(url, str(served)).replace(block.group(1), head.text().strip())
+    (repo / "modules.yaml").write_text(pins)
+    return repo
+
+
+def commit_example(repo: Path) -> None:
+    """Make the copied example a git repository, branch production."""
     _git(repo, "init", "-q", "-b", "production")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "The example control repo")
+
+
+def prepare(base: Path, port: int) -> Path:
+    """Lay out the demo folder; return the configuration file."""
+    repo, root, state = copy_example(base / "control-repo"), base / "root", base / "state"
+    for node_root in (root, base / "db-1" / "root"):
+        for name in ("etc", "srv", "var/log", "var/lib", "opt", "usr/local/bin", "tmp"):
+            (node_root / name).mkdir(parents=True)
+    commit_example(repo)
     # The example app reads its releases through this fact: the example's files/releases/,
     # copied into each node's root (a file:// URL names a file inside the root).
     for node_root in (root, base / "db-1" / "root"):
@@ -120,7 +151,8 @@ Try, in another terminal:
       git -C {repo} commit -qam 'Move web-1 to port 9000'
       sleep 6; grep listen {root}/etc/nginx/sites-available/site.conf
   - read the metrics:  curl -s http://127.0.0.1:{port}/metrics | grep ^reconciler_
-  - where a value comes from:  {sys.argv[0]} explain nginx.port --node web-1 --repo {repo}
+  - where a value comes from:  {sys.argv[0]} explain nginx.port --node web-1 --repo {repo} \\
+        --state-dir {base}/state
   - roll out the example app (apps/shop.yaml): its api, on web-1, waits for its database;
     deploy the database on a second node, db-1, and watch web-1 deploy the api at once:
       {sys.argv[0]} apply --config {base}/db-1.yaml

@@ -48,6 +48,7 @@ from reconciler.fs import (
 )
 from reconciler.model import yamlload
 from reconciler.model.catalog import Catalog, Compiler, Entry, link
+from reconciler.model.modules import modules_for_run
 from reconciler.model.secrets import Keyring, SecretsConfig
 from reconciler.resources.base import REGISTRY, Context, Resource
 from reconciler.resources.runner import Runner
@@ -407,7 +408,12 @@ def run(
     t = time.perf_counter()
     yamlload.use_cache(yamlload.ParseCache(options.state_dir / "cache" / "yaml", readonly=plan))
     node, facts = gather_facts(options, warn)
-    catalog = Compiler(snapshot, keyring=Keyring(options.secrets)).compile(node, facts)
+    # modules.yaml's modules, fetched and verified before any file of theirs is read
+    scratch = plan and not options.state_dir.exists()
+    with modules_for_run(
+        snapshot, options.state_dir, options.timeout, options.verify, scratch
+    ) as modular:
+        catalog = Compiler(modular, keyring=Keyring(options.secrets)).compile(node, facts)
     phases["compile"] = time.perf_counter() - t
 
     noop = options.noop or plan

@@ -20,6 +20,7 @@ DIFFERENT_MEANING = {
     ("secret encrypt", "--node"),  # a node to encrypt for
     ("secret encrypt", "--repo"),  # defaults to the current directory
     ("init", "--repo"),  # a git URL only
+    ("modules update", "--repo"),  # a working tree, defaults to the current directory
     ("init", "--node"),  # required
     ("init", "--config"),  # the file to write
 }

@@ -29,6 +29,7 @@ from reconciler.model.apps import (
     without_app_sections,
 )
 from reconciler.model.expand import MAX_RESOURCES, for_each_items, with_defaults
+from reconciler.model.modules import MOUNT, localized, module_of
 from reconciler.model.repo import DataValue, Profile, Settings, closest, did_you_mean
 from reconciler.model.secrets import Keyring, Reader, decrypter, load_recipients, reveal_params
 from reconciler.model.substitute import MISS, Substitutions
@@ -267,7 +268,11 @@ class Compiler:
         return self._type_map
 
     def _read_template(self, name: str) -> str:
-        path = "templates/" + clean_relpath(name, Location(key="template"))
+        # "@MODULE/NAME": a template of a module (what its profiles and types name NAME)
+        module, _, own = name[1:].partition("/") if name.startswith("@") else ("", "", name)
+        path = "templates/" + clean_relpath(own, Location(key="template"))
+        if module:
+            path = f"{MOUNT}/{module}/{path}"
         try:
             return self.snapshot.read(path).decode("utf-8")
         except FileNotFoundError:
@@ -774,6 +779,7 @@ class Compiler:
         problems: list[Problem] = []
         for index, declaration in enumerate(declarations):
             where = Location(file, declarations.line_of(index))
+            declaration = localized(declaration, file, types)
             try:
                 kind = declared_type(declaration, where, types)
                 if defaults:
@@ -1049,6 +1055,9 @@ class Compiler:
         if problems:
             raise ModelError(problems)
         template = attrs.get("template")
+        module = module_of(where.file)
+        if module is not None and isinstance(template, str):
+            template = f"@{module}/{template}"  # the module's own, as _file_content reads it
         if cls.content_from_repo:
             self._file_content(attrs, context, at)
         for key, into in cls.file_attributes.items():
@@ -1179,6 +1188,9 @@ class Compiler:
             if not isinstance(source, str):
                 raise ModelError.one("must be a path under files/", at("source"))
             path = "files/" + clean_relpath(source, at("source"))
+            module = module_of(at("source").file)
+            if module is not None:
+                path = f"{MOUNT}/{module}/{path}"
             try:
                 attrs["content"] = self.snapshot.read(path)
             except FileNotFoundError:
@@ -1188,6 +1200,9 @@ class Compiler:
             if not isinstance(name, str):
                 raise ModelError.one("must be a path under templates/", at("template"))
             clean_relpath(name, at("template"))
+            module = module_of(at("template").file)
+            if module is not None:
+                name = f"@{module}/{name}"
             attrs["content"] = self.renderer.render_file(name, context, at("template"))
 
     def _file_attribute(self, attrs: dict[str, Any], key: str, into: str, at: Any) -> None:
@@ -1269,6 +1284,7 @@ def declaration_problems(
     problems: list[Problem] = []
     for index, declaration in enumerate(declarations):
         try:
+            declaration = localized(declaration, file, types or {})
             declared_type(declaration, Location(file, declarations.line_of(index)), types)
         except ModelError as exc:
             problems += exc.problems

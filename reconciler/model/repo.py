@@ -254,11 +254,30 @@ def fact_holds(facts: Mapping[str, Any], dotted: Any, expected: Any) -> bool:
 # -- roles and profiles -------------------------------------------------------------------------
 
 
+def named_path(kind: str, name: str) -> str | None:
+    """The file of a role, profile or defined type; ``MODULE/NAME`` is a module's profile or
+    type (``modules/MODULE/<kind>s/NAME.yaml``). None for a name that is neither."""
+    module, _, own = name.rpartition("/")
+    if not NAME.match(own) or (module and (kind == "role" or not NAME.match(module))):
+        return None
+    return f"modules/{module}/{kind}s/{own}.yaml" if module else f"{kind}s/{own}.yaml"
+
+
+def qualified(name: str, module: str | None) -> str:
+    """A name written in a module's file, ``MODULE/NAME`` when it names one of its own."""
+    return f"{module}/{name}" if module and "/" not in name else name
+
+
 def _read_named(snapshot: Snapshot, kind: str, name: str, where: Location) -> tuple[str, LocMap]:
     """The file of a role or profile named at ``where``, read as a mapping."""
-    path = f"{kind}s/{name}.yaml"
-    if not NAME.match(name):
+    path = named_path(kind, name)
+    if path is None:
         raise ModelError.one(f"{name!r} is not a valid {kind} name", where)
+    module = name.rpartition("/")[0]
+    if module and module not in module_names(snapshot):
+        raise ModelError.one(
+            f"{kind} {name!r}: there is no module {module!r} in modules.yaml", where
+        )
     if not snapshot.exists(path):
         raise ModelError.one(
             f"{kind} {name!r} not found (no {path}){did_you_mean(name, names_of(snapshot, kind))}",
@@ -270,11 +289,31 @@ def _read_named(snapshot: Snapshot, kind: str, name: str, where: Location) -> tu
 def names_of(snapshot: Snapshot, kind: str) -> list[str]:
     """The names of every role or profile (``kind``) of the repo, in file name order."""
     folder = f"{kind}s"
-    return sorted(
+    own = [
         path.removeprefix(f"{folder}/").removesuffix(".yaml")
         for path in snapshot.files(folder)
         if path.endswith(".yaml")
-    )
+    ]
+    if kind == "role":
+        return sorted(own)
+    return sorted(own + module_files(snapshot, folder))
+
+
+def module_names(snapshot: Snapshot) -> list[str]:
+    """The modules of the run's snapshot (a ``ModularSnapshot``'s); none for a plain one, so
+    that a ``modules/`` directory of the control repo itself is never taken for modules."""
+    modules = getattr(snapshot, "modules", None)
+    return sorted(modules) if isinstance(modules, dict) else []
+
+
+def module_files(snapshot: Snapshot, folder: str) -> list[str]:
+    """``MODULE/NAME`` for each ``<folder>/NAME.yaml`` of each module."""
+    return [
+        f"{module}/{path.rsplit('/', 1)[1].removesuffix('.yaml')}"
+        for module in module_names(snapshot)
+        for path in snapshot.files(f"modules/{module}/{folder}")
+        if path.endswith(".yaml") and path.count("/") == 3
+    ]
 
 
 def load_role(snapshot: Snapshot, role: str, where: Location) -> list[tuple[str, Location]]:
@@ -434,13 +473,17 @@ def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profil
                     Location(path, raw.line_of("sensitive_params"), "sensitive_params"),
                 )
             )
+    module = name.rpartition("/")[0] or None
     profile = Profile(
         name,
         path,
         params,
         resources,
         frozenset(sensitive),
-        [(n, Location(path, includes.line_of(i), "include")) for i, n in enumerate(includes)],
+        [
+            (qualified(n, module), Location(path, includes.line_of(i), "include"))
+            for i, n in enumerate(includes)
+        ],
         defaults,
         assertions(raw),
     )
@@ -511,6 +554,31 @@ def load_data(
             problems += exc.problems
             continue
         data.levels.append((level, path, content))
+    for module in module_names(snapshot):
+        # a module's data: the lowest level, for its own profiles only
+        path = f"modules/{module}/data/common.yaml"
+        if not snapshot.exists(path):
+            continue
+        try:
+            content = expect_map(read_yaml(snapshot, path), Location(path), "a data file")
+        except ModelError as exc:
+            problems += exc.problems
+            continue
+        own = LocMap.empty(content.line)
+        for key, value in content.items():
+            where = Location(path, content.line_of(key), str(key))
+            if not isinstance(key, str) or not NAME.match(key):
+                problems.append(Problem("a module's data names its own profiles only", where))
+            elif not snapshot.exists(f"modules/{module}/profiles/{key}.yaml"):
+                problems.append(
+                    Problem(
+                        f"module {module!r} has no profile {key!r} (no profiles/{key}.yaml)", where
+                    )
+                )
+            else:
+                own[f"{module}/{key}"] = value
+                own.lines[f"{module}/{key}"] = content.line_of(key)
+        data.levels.append((f"module {module}", path, own))
     if problems:
         raise ModelError(problems, "parse")
     return data

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import Location, ModelError, Problem
-from reconciler.model.repo import NAME, expect_map, read_yaml, same_kind, type_name, unknown_keys
+from reconciler.model.repo import (
+    expect_map,
+    module_files,
+    named_path,
+    read_yaml,
+    same_kind,
+    type_name,
+    unknown_keys,
+)
 from reconciler.model.yamlload import LocList, LocMap
 from reconciler.resources.base import COMMON_ATTRIBUTES, REGISTRY
 from reconciler.source import Snapshot
@@ -80,19 +88,21 @@ class DefinedType:
 
 
 def type_names(snapshot: Snapshot) -> list[str]:
-    return sorted(
+    """The repo's defined types, and each module's as ``MODULE/TYPE``."""
+    own = [
         path.removeprefix("types/").removesuffix(".yaml")
         for path in snapshot.files("types")
         if path.endswith(".yaml") and path.count("/") == 1
-    )
+    ]
+    return sorted(own + module_files(snapshot, "types"))
 
 
 def read_type(snapshot: Snapshot, name: str) -> tuple[DefinedType, list[Problem]]:
     """A defined type and what is wrong with its file (a broken type is marked ``broken``)."""
-    path = f"types/{name}.yaml"
+    path = named_path("type", name) or f"types/{name}.yaml"
     defined = DefinedType(name, path)
     problems: list[Problem] = []
-    if not NAME.match(name):
+    if named_path("type", name) is None:
         problems.append(
             Problem(f"{name!r} is not a type name ([a-z0-9][a-z0-9_-]*)", Location(path))
         )

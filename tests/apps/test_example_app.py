@@ -8,12 +8,12 @@ and read through the artifact resource from a file:// URL that a facts file give
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
+from reconciler.demo import copy_example
 from tests.apps.test_rollout_local import Fleet
-from tests.conftest import EXAMPLE, place_releases
+from tests.conftest import place_releases
 
 SHA_141 = "08947d9eb5518a143eed67d74fc79e9a1402ffd6a10caf7835492732e9e55103"
 SHA_142 = "a6bbeadfb2b1c2a7635db18d5d8e0cb04e7ca5c45a18288f9d98f83fa42596e6"
@@ -21,7 +21,7 @@ SHA_142 = "a6bbeadfb2b1c2a7635db18d5d8e0cb04e7ca5c45a18288f9d98f83fa42596e6"
 
 def test_the_example_shop_rolls_out_and_back(tmp_path: Path) -> None:
     fleet = Fleet(tmp_path)
-    shutil.copytree(EXAMPLE, fleet.repo)
+    copy_example(fleet.repo)  # its module a git repository beside it, pinned
     facts = tmp_path / "facts.d"
     facts.mkdir()
     for node in ("db-1", "web-1", "lb-1"):

@@ -6,19 +6,17 @@ import fcntl
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import CLI, EXAMPLE, commit_all, git, place_releases, tree_hash, write_tree
+from reconciler.demo import copy_example
+from tests.conftest import CLI, commit_all, git, place_releases, tree_hash, write_tree
 
 FACTS = "facts.yaml"
 
 
 def example_copy(tmp_path: Path) -> Path:
-    repo = tmp_path / "control-repo"
-    shutil.copytree(EXAMPLE, repo)
-    return repo
+    return copy_example(tmp_path / "control-repo")  # its module a git repository beside it, pinned
 
 
 def facts_file(tmp_path: Path, **extra: object) -> Path:
@@ -71,10 +69,13 @@ class TestExampleRepo:
         assert "#max_connections" not in conf
         cli.run("apply", repo, "--node", "db-1", "--facts", facts, check=0)
 
-    def test_validate_passes(self, cli: CLI) -> None:
-        done = cli("validate", "--repo", str(EXAMPLE), "--node", "web-1", "--node", "db-1", check=0)
+    def test_validate_passes(self, cli: CLI, tmp_path: Path) -> None:
+        repo = str(example_copy(tmp_path))
+        nodes = ["--node", "web-1", "--node", "db-1", "--node", "lb-1"]
+        done = cli("validate", "--repo", repo, "--state-dir", str(cli.state), *nodes, check=0)
         assert "web-1: role web" in done.stdout
         assert "db-1: role db" in done.stdout
+        assert "lb-1: role lb" in done.stdout
 
 
 class TestValidate:

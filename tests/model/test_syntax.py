@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.demo import copy_example
 from reconciler.errors import ModelError
 from reconciler.model.catalog import repo_warnings, validate_repo
+from reconciler.model.modules import with_modules
 from reconciler.source import DirectorySnapshot
-from tests.conftest import CLI, EXAMPLE
+from tests.conftest import CLI
 from tests.model.test_catalog import FACTS, compile_repo, problems
 
 
@@ -144,8 +146,9 @@ class TestOldOrder:
         )
         assert repo_warnings(DirectorySnapshot(repo)) == []
 
-    def test_the_example_repo_is_valid_and_writes_types_first(self) -> None:
-        snapshot = DirectorySnapshot(EXAMPLE)
+    def test_the_example_repo_is_valid_and_writes_types_first(self, tmp_path: Path) -> None:
+        repo = copy_example(tmp_path / "control-repo")  # its module pinned, fetched below
+        snapshot = with_modules(DirectorySnapshot(repo), tmp_path / "state", 60.0)
         assert validate_repo(snapshot, FACTS, "web-1") == []
         assert not [w for w in repo_warnings(snapshot) if "write the type first" in w]
 
