@@ -47,12 +47,15 @@ class CoordinationConfig:
     path: Path = Path("/var/lib/reconciler/coordination")
     endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
     lease: float = 300.0  # a deployment slot is freed this long after its holder last renewed it
+    # A node's exported values drop out this long after its last successful run published them.
+    exports_ttl: float = 3600.0
 
 
 STATES = ("deploying", "healthy", "failed", "waiting", "rolledback")
 POLL_INTERVAL = 0.1  # seconds between two looks of LocalStore.wait
 ETCD_TIMEOUT = 5.0  # seconds for each HTTP call to etcd
 ROOT = "/reconciler/"
+MAX_EXPORTS_RECORD = 64 * 1024  # bytes of one node's exports record, written and read
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,15 @@ class Store(Protocol):
     def holders(self, app: str, component: str, version: str) -> list[str]:
         """The nodes that hold a live slot, in slot order."""
 
+    def publish_exports(self, node: str, record: bytes, ttl: float) -> None:
+        """Replace what ``node`` exports (a JSON document) with ``record``, for ``ttl`` seconds."""
+
+    def withdraw_exports(self, node: str) -> None:
+        """Remove what ``node`` exports, if anything."""
+
+    def exports(self) -> dict[str, bytes]:
+        """Every node's live exports record: node -> the JSON document it published."""
+
     def wait(self, timeout: float) -> bool:
         """Block until anything in the store changes (True) or ``timeout`` seconds (False)."""
 
@@ -118,6 +130,13 @@ def _part(name: str, what: str) -> str:
 def _check_state(state: ComponentState) -> None:
     if state.state not in STATES:
         raise ValueError(f"state must be one of {', '.join(STATES)}, not {state.state!r}")
+
+
+def _check_record(record: bytes, ttl: float) -> None:
+    if len(record) > MAX_EXPORTS_RECORD:
+        raise ValueError(f"an exports record is at most {MAX_EXPORTS_RECORD} bytes")
+    if not ttl > 0:
+        raise ValueError(f"ttl must be more than zero, not {ttl!r}")
 
 
 def _check_slot(max_parallel: int, ttl: float) -> None:
@@ -162,6 +181,7 @@ class LocalStore:
         <path>/.generation                             a counter, bumped by every change
         <path>/apps/<app>/<component>/<node>.json      one state per node
         <path>/slots/<app>/<component>/<version>/<n>.json   {"holder": node, "expires": t}
+        <path>/exports/<node>.json                     {"record": JSON text, "expires": t}
 
     Names are percent-encoded into single path segments. A state file is replaced atomically,
     so readers need no lock; slot files change only under the lock, so the count of holders
@@ -248,6 +268,46 @@ class LocalStore:
             self._seen = self._generation()
             live, _ = self._slots(directory, time.time())
         return [live[n] for n in sorted(live)]
+
+    def publish_exports(self, node: str, record: bytes, ttl: float) -> None:
+        _check_record(record, ttl)
+        directory = self.path / "exports"
+        body = json.dumps({"expires": time.time() + ttl, "record": record.decode()}).encode()
+        with self._os_errors("publish exports"):
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(directory / f"{_part(node, 'node')}.json", body)
+            with self._locked():
+                self._bump()
+
+    def withdraw_exports(self, node: str) -> None:
+        path = self.path / "exports" / f"{_part(node, 'node')}.json"
+        with self._os_errors("withdraw exports"):
+            if path.exists():
+                path.unlink()
+                with self._locked():
+                    self._bump()
+
+    def exports(self) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        now = time.time()
+        with self._os_errors("read exports"):
+            self._seen = self._generation()
+            for entry in self._entries(self.path / "exports"):
+                try:
+                    if entry.stat().st_size > 2 * MAX_EXPORTS_RECORD:
+                        continue  # bounded: not written by a reconciler
+                    data = json.loads(entry.read_bytes())
+                    expires, record = data["expires"], data["record"]
+                    if not isinstance(expires, int | float) or not isinstance(record, str):
+                        continue
+                except FileNotFoundError:
+                    continue
+                except (ValueError, KeyError, TypeError):
+                    continue  # not an exports file
+                if expires > now:
+                    node = urllib.parse.unquote(entry.name[: -len(".json")])
+                    found[node] = record.encode()
+        return found
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -418,6 +478,7 @@ class EtcdStore:
 
         /reconciler/apps/<app>/<component>/<node>             a state (JSON)
         /reconciler/slots/<app>/<component>/<version>/<n>     a slot: the holder, on a lease
+        /reconciler/exports/<node>                            what a node exports, on a lease
 
     Names are percent-encoded into single key segments. Each call tries the endpoints in
     order, starting with the last one that answered; it raises StoreError when none does.
@@ -558,6 +619,38 @@ class EtcdStore:
                 slots[index] = _unb64(kv.get("value", ""))
         return [slots[n] for n in sorted(slots)]
 
+    def publish_exports(self, node: str, record: bytes, ttl: float) -> None:
+        _check_record(record, ttl)
+        key = self._exports_key(node)
+        old = [kv.get("lease") for kv in self._range(key, whole=True) if kv.get("lease")]
+        granted = self._call("lease/grant", {"TTL": max(1, math.ceil(ttl))})
+        lease = str(granted["ID"])
+        try:
+            self._change(
+                "kv/put", {"key": _b64(key), "value": _b64(record.decode()), "lease": lease}
+            )
+        except BaseException:
+            with contextlib.suppress(StoreError):
+                self._revoke(lease)
+            raise
+        for previous in old:
+            if str(previous) != lease:
+                self._revoke(str(previous))  # no key is attached to it any more
+
+    def withdraw_exports(self, node: str) -> None:
+        key = self._exports_key(node)
+        for kv in self._range(key, whole=True):
+            self._change("kv/deleterange", {"key": kv["key"]})
+
+    def exports(self) -> dict[str, bytes]:
+        prefix = f"{ROOT}exports/"
+        found: dict[str, bytes] = {}
+        for kv in self._range(prefix):
+            raw = base64.b64decode(kv.get("value", ""))
+            if len(raw) <= MAX_EXPORTS_RECORD:
+                found[urllib.parse.unquote(_unb64(kv["key"])[len(prefix) :])] = raw
+        return found
+
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         request: dict[str, Any] = {"key": _b64(ROOT), "range_end": _b64(_prefix_end(ROOT))}
@@ -595,6 +688,10 @@ class EtcdStore:
         return f"{ROOT}apps/{_part(app, 'app')}/{_part(component, 'component')}/"
 
     @staticmethod
+    def _exports_key(node: str) -> str:
+        return f"{ROOT}exports/{_part(node, 'node')}"
+
+    @staticmethod
     def _slot_prefix(app: str, component: str, version: str) -> str:
         return (
             f"{ROOT}slots/{_part(app, 'app')}/{_part(component, 'component')}/"
@@ -608,10 +705,12 @@ class EtcdStore:
 
     # -- etcd calls
 
-    def _range(self, prefix: str) -> list[dict[str, Any]]:
-        answer = self._call(
-            "kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
-        )
+    def _range(self, prefix: str, whole: bool = False) -> list[dict[str, Any]]:
+        """The keys under ``prefix``; ``whole``: the one key ``prefix`` itself."""
+        body = {"key": _b64(prefix)}
+        if not whole:
+            body["range_end"] = _b64(_prefix_end(prefix))
+        answer = self._call("kv/range", body)
         self._seen = int(answer["header"]["revision"])
         kvs: list[dict[str, Any]] = answer.get("kvs", [])
         return kvs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import reconciler.resources  # noqa: F401  (registers the resource types)
 from reconciler.errors import Location, ModelError, Problem
 from reconciler.model import data as datamod
+from reconciler.model import exports as exportsmod
 from reconciler.model import repo as repomod
 from reconciler.model.apps import (
     APP_SECTION,
@@ -99,6 +101,13 @@ class Catalog:
     ] = field(default_factory=list)
     # The scope of each instance ("a[x]/b[y]") -> the scope it is used in ("a[x]").
     scopes: dict[str, str] = field(default_factory=dict)
+    # What this node exports (NAME -> rendered mapping), published after a successful run.
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The names ``collect()`` read, and records of other nodes left out as malformed.
+    collected: frozenset[str] = frozenset()
+    collect_warnings: list[str] = field(default_factory=list)
+    # What the store held when collect() read it (node -> record), for the daemon to compare.
+    collected_records: Mapping[str, bytes] | None = None
 
     def order(self) -> list[ResourceId]:
         """A topological order of the ids, stable for equal inputs."""
@@ -233,9 +242,15 @@ class Compiler:
     """Compiles catalogs from one snapshot; caches what does not depend on the node."""
 
     def __init__(
-        self, snapshot: Snapshot, settings: Settings | None = None, keyring: Keyring | None = None
+        self,
+        snapshot: Snapshot,
+        settings: Settings | None = None,
+        keyring: Keyring | None = None,
+        collect: exportsmod.Read | None = None,
     ) -> None:
         self.snapshot = snapshot
+        # What other nodes exported, read when a template first calls collect() (none: []).
+        self.read_exports = collect
         # The node's keys for encrypted values; without them values stay encrypted (validate).
         self.keyring = Keyring(None) if keyring is None else keyring
         self.settings = repomod.load_settings(snapshot) if settings is None else settings
@@ -406,11 +421,13 @@ class Compiler:
             node, role, self.snapshot.revision, self.snapshot.branch, self.settings, entries, {}, {}
         )
         lookups = self.lookups(data, facts)
+        collector = exportsmod.Collector(self.read_exports)
         base_context = {
             "facts": facts,
             "node": node,
             "role": role,
             "lookup": datamod.function(lookups),
+            "collect": collector.collect,
         }
         try:
             problems += self.check_assertions(
@@ -458,6 +475,11 @@ class Compiler:
                 profile.defaults,
             )
         problems += self.add_deployments(catalog, base_context, Taint(secrets=secrets), build, data)
+        for profile in resolved:
+            context = {**base_context, "params": catalog.params[profile.name]}
+            problems += self.add_exports(catalog, profile, context, secrets)
+        catalog.collected = frozenset(collector.names)
+        catalog.collect_warnings = collector.warnings
         catalog.groups = build.groups
         catalog.instance_relations = build.relations
         catalog.scopes = build.scopes
@@ -473,6 +495,47 @@ class Compiler:
         except ModelError as exc:
             raise ModelError(scrub_problems(exc.problems, catalog.secrets)) from None
         return catalog
+
+    def add_exports(
+        self,
+        catalog: Catalog,
+        profile: Profile,
+        context: Mapping[str, Any],
+        secrets: Secrets,
+    ) -> list[Problem]:
+        """Render a profile's ``exports:`` into the catalog: data only, bounded, no secrets."""
+        if profile.exports is None:
+            return []
+        problems: list[Problem] = []
+        for name, declared in profile.exports.items():
+            where = Location(profile.file, profile.exports.line_of(name), f"exports.{name}")
+            if name in catalog.exports:
+                problems.append(Problem(f"{name!r} is exported by another profile too", where))
+                continue
+            try:
+                value = self.render(declared, context, where)
+            except ModelError as exc:
+                problems += exc.problems
+                continue
+            why = exportsmod.value_problem(value)
+            if why:
+                problems.append(Problem(f"cannot be exported: {why}", where))
+                continue
+            if any(secrets.found_in(leaf) for leaf in exportsmod.strings(value)):
+                problems.append(
+                    Problem("a sensitive value cannot be exported: every node can read it", where)
+                )
+                continue
+            catalog.exports[str(name)] = value
+        size = len(json.dumps(catalog.exports))
+        if size > exportsmod.MAX_EXPORTS:
+            at = Location(profile.file, profile.exports.line, "exports")
+            problems.append(
+                Problem(
+                    f"the node's exports are {size} bytes, more than {exportsmod.MAX_EXPORTS}", at
+                )
+            )
+        return problems
 
     def apps(self) -> list[App]:
         if self._apps is None:
@@ -491,7 +554,13 @@ class Compiler:
         except ModelError:
             data = repomod.Data()  # each data file is checked on its own
         lookup = datamod.function(self.lookups(data, facts))
-        context = {"facts": facts, "node": node, "role": "", "lookup": lookup}
+        context = {
+            "facts": facts,
+            "node": node,
+            "role": "",
+            "lookup": lookup,
+            "collect": exportsmod.Collector(self.read_exports).collect,
+        }
         for app in apps:
             for component in app.components:
                 problems += self._compile_component(Deployment(app, component, []), context)[1]
@@ -688,6 +757,7 @@ class Compiler:
             "node": node,
             "role": classification.role,
             "lookup": datamod.function(lookups),
+            "collect": exportsmod.Collector(self.read_exports).collect,
         }
         value = self.render(profile.params[param], context, default_at)
         return value, None, default_at, data

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import Location, ModelError, Problem
+from reconciler.model.exports import shape_problems as exports_shape
 from reconciler.model.match import name_matches, pattern_problem
 from reconciler.model.yamlload import LocList, LocMap, load
 from reconciler.source import Snapshot
@@ -324,6 +325,7 @@ class Profile:
     includes: list[tuple[str, Location]] = field(default_factory=list)
     defaults: dict[str, LocMap] = field(default_factory=dict)  # type -> attribute -> value
     assertions: LocList = field(default_factory=LocList.empty)
+    exports: LocMap | None = None  # NAME -> {key: value}, rendered when compiled
 
 
 def assertions(raw: LocMap) -> LocList:
@@ -366,7 +368,16 @@ def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profil
     path, raw = _read_named(snapshot, "profile", name, where)
     problems = unknown_keys(
         raw,
-        {"params", "resources", "description", "sensitive_params", "include", "defaults", "assert"},
+        {
+            "params",
+            "resources",
+            "description",
+            "sensitive_params",
+            "include",
+            "defaults",
+            "assert",
+            "exports",
+        },
         path,
         "a profile",
     )
@@ -434,6 +445,11 @@ def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profil
                     Location(path, raw.line_of("sensitive_params"), "sensitive_params"),
                 )
             )
+    exports = raw.get("exports")
+    if exports is not None:
+        found = exports_shape(exports, path, raw.line_of("exports"))
+        problems += found
+        exports = None if found else exports
     profile = Profile(
         name,
         path,
@@ -443,6 +459,7 @@ def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profil
         [(n, Location(path, includes.line_of(i), "include")) for i, n in enumerate(includes)],
         defaults,
         assertions(raw),
+        exports,
     )
     return profile, [Problem(p.message, p.where, "validate") for p in problems]
 
