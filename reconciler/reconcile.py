@@ -417,7 +417,10 @@ def run(
             warn(why)
         report = _run_compiled(catalog, options, plan, warn, phases, started_wall)
         if not (plan or report.noop or report.failed):
-            exports.publish(catalog, options.state_dir, warn)
+            healthy = {
+                f"{a['app']}/{a['component']}" for a in report.apps if a["state"] == "healthy"
+            }
+            exports.publish(catalog, healthy, options.state_dir, warn)
         catalog.collected_records = exports.records
 
     report.phases = phases

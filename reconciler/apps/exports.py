@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 
 from reconciler.apps.store import CoordinationConfig, Store, StoreError, open_store
@@ -45,13 +45,29 @@ class Exchange:
             raise ValueError(f"collect: coordination store: {exc}") from None
         return self.records
 
-    def publish(self, catalog: Catalog, state_dir: Path, warn: Warn) -> None:
-        """After a successful run: publish the catalog's exports, or withdraw the last ones."""
+    def publish(
+        self, catalog: Catalog, healthy: Collection[str], state_dir: Path, warn: Warn
+    ) -> None:
+        """After a successful run: publish the catalog's exports, with the exports and produced
+        values of its components ``healthy`` here ("app/component"); or withdraw the last ones."""
         last = state_dir / LAST
+        exports = dict(catalog.exports)
+        produces: dict[str, dict[str, dict[str, object]]] = {}
+        sensitive: dict[str, dict[str, list[str]]] = {}
+        for d in catalog.deployments:
+            if d.key not in healthy:
+                continue
+            exports.update(d.exports)
+            if d.produces:
+                produces.setdefault(d.app.name, {}).update(d.produces)
+            if d.sensitive:
+                sensitive.setdefault(d.app.name, {}).update(d.sensitive)
         try:
-            if catalog.exports:
-                components = [f"{d.app.name}/{d.component.name}" for d in catalog.deployments]
-                record = exportsmod.encode(catalog.node, catalog.role, components, catalog.exports)
+            if exports or produces:
+                components = [d.key for d in catalog.deployments]
+                record = exportsmod.encode(
+                    catalog.node, catalog.role, components, exports, produces, sensitive
+                )
                 self.store().publish_exports(catalog.node, record, self.config.exports_ttl)
                 atomic_write(last, record)
             elif last.exists():

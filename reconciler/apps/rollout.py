@@ -230,6 +230,8 @@ class Rollout:
         )
         last = record.last
         self.revisions[d.key] = self.revision or f"worktree:{d.app.digest[:12]}"
+        if d.unavailable:  # a value it consumes is not published: it cannot be compiled yet
+            return self._wait(outcome, d.unavailable)
         if record.deployed_version == version:
             # Deployed here already: enforced like a profile; a failure while enforcing it (a
             # resource that stopped converging) heals when it converges and checks healthy.

@@ -106,6 +106,8 @@ class Catalog:
     # The names ``collect()`` read, and records of other nodes left out as malformed.
     collected: frozenset[str] = frozenset()
     collect_warnings: list[str] = field(default_factory=list)
+    # Values consumed from other nodes that are sensitive there: shown only as digests here.
+    consumed_secrets: list[str] = field(default_factory=list)
     # What the store held when collect() read it (node -> record), for the daemon to compare.
     collected_records: Mapping[str, bytes] | None = None
 
@@ -251,6 +253,7 @@ class Compiler:
         self.snapshot = snapshot
         # What other nodes exported, read when a template first calls collect() (none: []).
         self.read_exports = collect
+        self._collector = exportsmod.Collector()
         # The node's keys for encrypted values; without them values stay encrypted (validate).
         self.keyring = Keyring(None) if keyring is None else keyring
         self.settings = repomod.load_settings(snapshot) if settings is None else settings
@@ -421,7 +424,7 @@ class Compiler:
             node, role, self.snapshot.revision, self.snapshot.branch, self.settings, entries, {}, {}
         )
         lookups = self.lookups(data, facts)
-        collector = exportsmod.Collector(self.read_exports)
+        collector = self._collector = exportsmod.Collector(self.read_exports)
         base_context = {
             "facts": facts,
             "node": node,
@@ -486,7 +489,11 @@ class Compiler:
         problems += identity_conflicts(entries, build.scope_used_at)
         spread_sensitivity(entries)
         catalog.secrets = Secrets(
-            [*secrets.values, *(v for e in entries.values() for v in e.resource.secret_values())]
+            [
+                *secrets.values,
+                *catalog.consumed_secrets,
+                *(v for e in entries.values() for v in e.resource.secret_values()),
+            ]
         )
         try:
             if problems:
@@ -554,12 +561,13 @@ class Compiler:
         except ModelError:
             data = repomod.Data()  # each data file is checked on its own
         lookup = datamod.function(self.lookups(data, facts))
+        self._collector = exportsmod.Collector(self.read_exports)
         context = {
             "facts": facts,
             "node": node,
             "role": "",
             "lookup": lookup,
-            "collect": exportsmod.Collector(self.read_exports).collect,
+            "collect": self._collector.collect,
         }
         for app in apps:
             for component in app.components:
@@ -608,6 +616,17 @@ class Compiler:
                     catalog.entries[rid] = entry
                     deployment.ids.append(rid)
                 catalog.deployments.append(deployment)
+                catalog.consumed_secrets += deployment.consumed_secrets
+                for name in deployment.exports:
+                    if name in catalog.exports or any(
+                        name in d.exports for d in catalog.deployments if d is not deployment
+                    ):
+                        problems.append(
+                            Problem(
+                                f"{name!r} is exported by a profile or another component too",
+                                Location(app.file, component.where.line, f"exports.{name}"),
+                            )
+                        )
         return problems
 
     def _compile_component(
@@ -623,7 +642,7 @@ class Compiler:
         Templates see the node's names plus ``app`` (``name``, ``version``, ``definition``,
         ``instance``) and ``params``, the app's parameters."""
         app, component = deployment.app, deployment.component
-        meta = {
+        meta: dict[str, Any] = {
             "name": app.name,
             "version": app.version,
             "definition": app.definition or app.name,
@@ -633,11 +652,20 @@ class Compiler:
             params = self.app_params(app, data or repomod.Data(), {**base_context, "app": meta})
         except ModelError as exc:
             return {}, exc.problems
+        consumed, consumed_secrets = self._consumed(deployment)
+        if deployment.unavailable:
+            return {}, []  # the rollout keeps it waiting, and what it last deployed enforced
+        meta["consumes"] = consumed
+        if consumed_secrets:
+            taint = dataclasses.replace(
+                taint, secrets=Secrets([*taint.secrets.values, *consumed_secrets])
+            )
         context = {**base_context, "params": params, "app": meta}
         entries: dict[ResourceId, Entry] = {}
         problems = self.add_resources(
             entries, component.resources, app.file, deployment.origin, context, taint, build
         )
+        problems += self._shared(deployment, context, taint)
         if component.health is not None:
             at = Location(component.where.file, component.where.line, "health")
             try:
@@ -649,6 +677,73 @@ class Compiler:
             except ModelError as exc:
                 problems += exc.problems
         return entries, problems
+
+    def _consumed(self, deployment: Deployment) -> tuple[dict[str, Any], list[str]]:
+        """``app.consumes``: each consumed name's values, as the first node running its
+        producing component published them, and the values among them that are sensitive.
+        Without a store to read (validate) each value is a placeholder."""
+        app, component = deployment.app, deployment.component
+        consumed: dict[str, Any] = {}
+        secrets: list[str] = []
+        for name, producer in component.consumes.items():
+            if self.read_exports is None:
+                consumed[name] = exportsmod.Placeholder(name)
+                continue
+            try:
+                record = self._collector.produced(app.name, producer, name)
+            except ValueError as exc:
+                deployment.unavailable = str(exc)
+                return {}, []
+            if record is None:
+                deployment.unavailable = f"waiting for {producer} to publish {name}"
+                return {}, []
+            values = dict(record.produces[app.name][name])
+            consumed[name] = {**values, "node": record.node}
+            for key in record.sensitive.get(app.name, {}).get(name, []):
+                secrets += [v for v in exportsmod.strings(values.get(key)) if v]
+        deployment.consumed_secrets = secrets
+        return consumed, secrets
+
+    def _shared(
+        self, deployment: Deployment, context: Mapping[str, Any], taint: Taint
+    ) -> list[Problem]:
+        """A component's ``exports`` and ``produces``, rendered into the deployment."""
+        component = deployment.component
+        problems: list[Problem] = []
+        for key, declared in (("exports", component.exports), ("produces", component.produces)):
+            if declared is None:
+                continue
+            for name, raw in declared.items():
+                where = Location(component.where.file, declared.line_of(name), f"{key}.{name}")
+                try:
+                    value = self.render(raw, context, where)
+                except ModelError as exc:
+                    problems += exc.problems
+                    continue
+                why = exportsmod.value_problem(value)
+                if why:
+                    problems.append(Problem(f"cannot be published: {why}", where))
+                    continue
+                secret = [
+                    k
+                    for k, v in value.items()
+                    if any(taint.secrets.found_in(leaf) for leaf in exportsmod.strings(v))
+                ]
+                if key == "exports":
+                    if secret:
+                        problems.append(
+                            Problem(
+                                "a sensitive value cannot be exported: every node can read it",
+                                where,
+                            )
+                        )
+                        continue
+                    deployment.exports[str(name)] = value
+                else:
+                    deployment.produces[str(name)] = value
+                    if secret:
+                        deployment.sensitive[str(name)] = sorted(secret)
+        return problems
 
     def app_params(
         self, app: App, data: repomod.Data, context: Mapping[str, Any]

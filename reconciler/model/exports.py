@@ -37,16 +37,20 @@ class Published:
     role: str
     components: tuple[str, ...]  # "app/component"
     exports: Mapping[str, Mapping[str, Any]]
+    # app -> NAME -> {key: value}: what its app components produce for their consumers
+    produces: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    sensitive: Mapping[str, Mapping[str, list[str]]] = field(default_factory=dict)
 
 
-def shape_problems(raw: Any, path: str, line: int | None) -> list[Problem]:
-    """``exports:`` must map names to mappings (before anything is rendered)."""
-    at = Location(path, line, "exports")
+def shape_problems(raw: Any, path: str, line: int | None, key: str = "exports") -> list[Problem]:
+    """``exports:`` (or ``produces:``) must map names to mappings (before anything is
+    rendered)."""
+    at = Location(path, line, key)
     if not isinstance(raw, LocMap):
         return [Problem("must be a mapping {NAME: {key: value, ...}}", at)]
     problems: list[Problem] = []
     for name, value in raw.items():
-        where = Location(path, raw.line_of(name), f"exports.{name}")
+        where = Location(path, raw.line_of(name), f"{key}.{name}")
         if not isinstance(name, str) or not NAME.match(name):
             problems.append(Problem(f"the name {name!r} must match [a-z0-9][a-z0-9_-]*", where))
         elif not isinstance(value, LocMap):
@@ -90,9 +94,21 @@ def strings(value: Any) -> list[str]:
 
 
 def encode(
-    node: str, role: str, components: list[str], exports: Mapping[str, Mapping[str, Any]]
+    node: str,
+    role: str,
+    components: list[str],
+    exports: Mapping[str, Mapping[str, Any]],
+    produces: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    sensitive: Mapping[str, Mapping[str, list[str]]] | None = None,
 ) -> bytes:
-    record = {"node": node, "role": role, "components": sorted(components), "exports": exports}
+    record = {
+        "node": node,
+        "role": role,
+        "components": sorted(components),
+        "exports": exports,
+        "produces": produces or {},
+        "sensitive": sensitive or {},
+    }
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -110,15 +126,31 @@ def decode(node: str, raw: bytes) -> Published:
         raise ValueError("role is not a string")
     if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
         raise ValueError("components is not a list of strings")
-    if not isinstance(exports, dict):
-        raise ValueError("exports is not a mapping")
-    for name, value in exports.items():
+    exports = _check_named(exports, "export")
+    produces, sensitive = data.get("produces", {}), data.get("sensitive", {})
+    if not isinstance(produces, dict) or not isinstance(sensitive, dict):
+        raise ValueError("produces and sensitive are not mappings")
+    for app, named in produces.items():
+        _check_named(named, f"{app!r} produces")
+    for app, named in sensitive.items():
+        if not isinstance(named, dict) or not all(
+            isinstance(keys, list) and all(isinstance(k, str) for k in keys)
+            for keys in named.values()
+        ):
+            raise ValueError(f"sensitive keys of {app!r} are not lists of names")
+    return Published(node, role, tuple(components), exports, produces, sensitive)
+
+
+def _check_named(found: Any, what: str) -> dict[str, Any]:
+    if not isinstance(found, dict):
+        raise ValueError(f"{what}: not a mapping")
+    for name, value in found.items():
         if not NAME.match(name) or not isinstance(value, dict):
-            raise ValueError(f"export {name!r} is not a named mapping")
+            raise ValueError(f"{what} {name!r}: not a named mapping")
         problem = value_problem(value)
         if problem:
-            raise ValueError(f"export {name!r}: {problem}")
-    return Published(node, role, tuple(components), exports)
+            raise ValueError(f"{what} {name!r}: {problem}")
+    return found
 
 
 @dataclass
@@ -142,6 +174,14 @@ class Collector:
                     self.warnings.append(f"exports of {node!r} left out: {exc}")
             self._published = found
         return self._published
+
+    def produced(self, app: str, component: str, name: str) -> Published | None:
+        """The first node (by name) running ``app/component`` that published ``name``."""
+        self.names.add(f"{app}/{name}")
+        for record in self.published():
+            if f"{app}/{component}" in record.components and name in record.produces.get(app, {}):
+                return record
+        return None
 
     def collect(
         self,
@@ -193,3 +233,14 @@ def _path(value: Mapping[str, Any], dotted: str) -> Any:
             return _ABSENT
         current = current[part]
     return current
+
+
+class Placeholder(dict[str, str]):
+    """A consumed value where nothing is published (validate): any key reads as a marker."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def __missing__(self, key: str) -> str:
+        return f"<{self.name}.{key}>"
