@@ -478,7 +478,7 @@ class EtcdStore:
 
         /reconciler/apps/<app>/<component>/<node>             a state (JSON)
         /reconciler/slots/<app>/<component>/<version>/<n>     a slot: the holder, on a lease
-        /reconciler/exports/<node>                            what a node exports, on a lease
+        /reconciler/exports/<node>/record                     what a node exports, on a lease
 
     Names are percent-encoded into single key segments. Each call tries the endpoints in
     order, starting with the last one that answered; it raises StoreError when none does.
@@ -647,8 +647,9 @@ class EtcdStore:
         found: dict[str, bytes] = {}
         for kv in self._range(prefix):
             raw = base64.b64decode(kv.get("value", ""))
-            if len(raw) <= MAX_EXPORTS_RECORD:
-                found[urllib.parse.unquote(_unb64(kv["key"])[len(prefix) :])] = raw
+            node, _, name = _unb64(kv["key"])[len(prefix) :].partition("/")
+            if name == "record" and len(raw) <= MAX_EXPORTS_RECORD:
+                found[urllib.parse.unquote(node)] = raw
         return found
 
     def wait(self, timeout: float) -> bool:
@@ -689,7 +690,9 @@ class EtcdStore:
 
     @staticmethod
     def _exports_key(node: str) -> str:
-        return f"{ROOT}exports/{_part(node, 'node')}"
+        # A key of its own below the node's prefix: etcd permissions on a prefix
+        # (/reconciler/exports/web-1/) then cannot reach another node's (web-10).
+        return f"{ROOT}exports/{_part(node, 'node')}/record"
 
     @staticmethod
     def _slot_prefix(app: str, component: str, version: str) -> str:

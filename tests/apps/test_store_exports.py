@@ -61,7 +61,7 @@ def test_etcd_records_are_keys_on_a_lease_of_their_own(etcd: EtcdServer) -> None
     store = EtcdStore([etcd.url])
     store.publish_exports("web-1", b"{}", ttl=600)
     store.publish_exports("web-1", b"{}", ttl=600)  # the first lease is revoked, not leaked
-    key = base64.b64encode(b"/reconciler/exports/web-1").decode()
+    key = base64.b64encode(b"/reconciler/exports/web-1/record").decode()
     body = json.dumps({"key": key}).encode()
     with urllib.request.urlopen(f"{etcd.url}/v3/kv/range", body, timeout=5) as resp:
         kvs = json.load(resp)["kvs"]
