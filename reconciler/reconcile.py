@@ -417,8 +417,11 @@ def run(
             warn(why)
         report = _run_compiled(catalog, options, plan, warn, phases, started_wall)
         if not (plan or report.noop or report.failed):
+            # Components that serve here: healthy, or waiting while what they deployed runs.
             healthy = {
-                f"{a['app']}/{a['component']}" for a in report.apps if a["state"] == "healthy"
+                f"{a['app']}/{a['component']}"
+                for a in report.apps
+                if a["state"] == "healthy" or (a["state"] == "waiting" and a["previous_version"])
             }
             exports.publish(catalog, healthy, options.state_dir, warn)
         catalog.collected_records = exports.records
