@@ -49,6 +49,9 @@ class CoordinationConfig:
     lease: float = 300.0  # a deployment slot is freed this long after its holder last renewed it
     # A node's exported values drop out this long after its last successful run published them.
     exports_ttl: float = 3600.0
+    # etcd with authentication: the node's etcd user and a file holding its password.
+    username: str | None = None
+    password_file: Path | None = None
 
 
 STATES = ("deploying", "healthy", "failed", "waiting", "rolledback")
@@ -115,7 +118,13 @@ def open_store(config: CoordinationConfig) -> Store:
     if config.backend == "local":
         return LocalStore(config.path)
     if config.backend == "etcd":
-        return EtcdStore(config.endpoints)
+        password = None
+        if config.password_file is not None:
+            try:
+                password = config.password_file.read_text().strip()
+            except OSError as exc:
+                raise StoreError(f"coordination.password_file: {exc}") from None
+        return EtcdStore(config.endpoints, username=config.username, password=password)
     raise StoreError(f"unknown coordination backend {config.backend!r}")
 
 
@@ -469,6 +478,7 @@ class _Refused(StoreError):
 
 
 _GRPC_NOT_FOUND = 5
+_GRPC_UNAUTHENTICATED = 16
 
 
 class EtcdStore:
@@ -485,7 +495,15 @@ class EtcdStore:
     Every HTTP call has ``timeout`` seconds; ``wait`` holds a watch open for its own timeout.
     """
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = ETCD_TIMEOUT) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        timeout: float = ETCD_TIMEOUT,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.username, self._password = username, password or ""
+        self._token: str | None = None  # etcd's auth token for username, when it has one
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         if not endpoints:
@@ -658,6 +676,8 @@ class EtcdStore:
         if self._seen is not None:
             request["start_revision"] = self._seen + 1
         body = json.dumps({"create_request": request}).encode()
+        if self.username is not None and self._token is None:
+            self._authenticate()
         errors: list[str] = []
         for index in self._order():
             if self._closed.is_set():
@@ -744,7 +764,38 @@ class EtcdStore:
         return cls(url.hostname or "", url.port, timeout=timeout)
 
     def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST to the first endpoint that answers; StoreError when none does."""
+        """POST to the first endpoint that answers, as ``username`` when there is one (a token
+        etcd no longer knows is renewed once); StoreError when none does."""
+        if self.username is None:
+            return self._post(path, body)
+        if self._token is None:
+            self._authenticate()
+        try:
+            return self._post(path, body)
+        except _Refused as exc:
+            if exc.code != _GRPC_UNAUTHENTICATED:
+                raise
+        self._token = None
+        self._authenticate()
+        return self._post(path, body)
+
+    def _authenticate(self) -> None:
+        answer = self._post(
+            "auth/authenticate", {"name": self.username, "password": self._password}, token=False
+        )
+        token = answer.get("token")
+        if not isinstance(token, str) or not token:
+            raise StoreError(f"etcd gave no token to {self.username!r}")
+        self._token = token
+
+    def _headers(self, token: bool = True) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if token and self._token is not None:
+            headers["Authorization"] = self._token
+        return headers
+
+    def _post(self, path: str, body: dict[str, Any], token: bool = True) -> dict[str, Any]:
+        """One POST, to the first endpoint that answers."""
         data = json.dumps(body).encode()
         errors: list[str] = []
         for index in self._order():
@@ -755,7 +806,7 @@ class EtcdStore:
                     "POST",
                     f"{url.path.rstrip('/')}/v3/{path}",
                     data,
-                    {"Content-Type": "application/json"},
+                    self._headers(token),
                 )
                 resp = conn.getresponse()
                 raw = resp.read()
@@ -804,7 +855,7 @@ class EtcdStore:
                 "POST",
                 f"{url.path.rstrip('/')}/v3/watch",
                 body,
-                {"Content-Type": "application/json"},
+                self._headers(),
             )
             resp = conn.getresponse()
             if resp.status != 200:
