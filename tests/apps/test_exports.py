@@ -55,6 +55,7 @@ FILES = {
         """\
         params:
           dc: ""
+          pool: "{{ collect('haproxy_member') | map(attribute='node') | list }}"
         resources:
           - file: /etc/haproxy.cfg
             template: haproxy.cfg.j2
@@ -250,3 +251,21 @@ def test_collect_with_the_store_away_fails_the_compile(tmp_path: Path) -> None:
     assert done.returncode not in (0, 2)
     assert "collect: coordination store: etcd unreachable" in done.stderr + done.stdout
     assert not (tmp_path / "lb-1" / "root" / "etc/haproxy.cfg").exists()
+
+
+def test_explain_shows_what_each_node_published(fleet: Fleet) -> None:
+    ok(fleet.apply("web-2"))
+    ok(fleet.apply("web-1"))
+    done = fleet.apply("lb-1", "explain", "collect:haproxy_member")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "collect('haproxy_member') = 2 mapping(s)   (read by node lb-1)",
+        '  published by web-1: {"dc": "east", "host": "web-1.example.net", "note": "{{ 7 * 7 }}",'
+        ' "port": 8080}',
+        '  published by web-2: {"dc": "east", "host": "web-2.example.net", "note": "{{ 7 * 7 }}",'
+        ' "port": 8080}',
+    ]
+    # A parameter whose value collects: its value names the nodes.
+    done = fleet.apply("lb-1", "explain", "lb.pool")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith('lb.pool = ["web-1", "web-2"]   (node lb-1)')
