@@ -269,3 +269,42 @@ def test_explain_shows_what_each_node_published(fleet: Fleet) -> None:
     done = fleet.apply("lb-1", "explain", "lb.pool")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith('lb.pool = ["web-1", "web-2"]   (node lb-1)')
+
+
+def test_a_name_exported_by_two_profiles_is_an_error(fleet: Fleet) -> None:
+    write_tree(
+        fleet.repo,
+        {
+            "roles/web.yaml": "profiles: [web, extra]\n",
+            "profiles/extra.yaml": "exports:\n  haproxy_member: {host: other}\n",
+        },
+    )
+    done = fleet.apply("web-1")
+    assert done.returncode not in (0, 2)
+    assert (
+        "profiles/extra.yaml:2, key 'exports.haproxy_member': 'haproxy_member' is exported by "
+        "another profile too" in done.stderr
+    )
+
+
+def test_a_failed_run_publishes_nothing_new(fleet: Fleet) -> None:
+    ok(fleet.apply("web-1"))
+    before = LocalStore(fleet.coordination).exports()
+    broken = (
+        FILES["profiles/web.yaml"]
+        .replace("  - directory: /srv/web", "  - directory: /srv/web\n  - file: /nowhere/at/all/x")
+        .replace("port: 8080", "port: 9090")
+    )
+    write_tree(fleet.repo, {"profiles/web.yaml": broken})
+    done = fleet.apply("web-1")
+    assert done.returncode & 4, done.stdout  # the file's parent is missing: a failed resource
+    assert LocalStore(fleet.coordination).exports() == before
+
+
+def test_exports_are_bounded_in_size(fleet: Fleet) -> None:
+    big = "exports:\n  blob: {data: \"{{ 'x' * 70000 }}\"}\n"
+    write_tree(fleet.repo, {"profiles/web.yaml": big})
+    done = fleet.apply("web-1")
+    assert done.returncode not in (0, 2)
+    assert "profiles/web.yaml:2, key 'exports': the node's exports are" in done.stderr
+    assert "more than 61440" in done.stderr
