@@ -148,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "--format", choices=("text", "json"), default="text")
 
     p = _command(sub, "explain", "which data level, file, line and commit set a value")
-    p.add_argument("key", help="<profile>.<parameter> (nginx.port) or a data key (ntp_servers)")
+    p.add_argument(
+        "key",
+        help="<profile>.<parameter> (nginx.port), a data key (ntp_servers), or collect:NAME "
+        "(what nodes published under NAME)",
+    )
     _add_source_options(p)
     _option(p, "--state-dir", type=Path)  # the modules' mirrors are kept there
 
@@ -550,11 +554,9 @@ def _print_live_requirements(apps: list[dict[str, Any]], values: dict[str, Any])
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from reconciler.model.catalog import Compiler
+    from reconciler.apps.exports import exchange
     from reconciler.model.modules import with_modules
-    from reconciler.model.secrets import Keyring, SecretsConfig, encrypted
     from reconciler.reconcile import RunOptions, gather_facts
-    from reconciler.resources.base import digest
 
     values = _settings(args)
     repo = _repo(values)
@@ -571,11 +573,55 @@ def cmd_explain(args: argparse.Namespace) -> int:
     node, facts = gather_facts(options, _warn)
     if values["node"] is None:
         _say(f"reconciler: no --node given: explaining for this host, node {node}", file=sys.stderr)
+    with exchange(None, _coordination(values)) as exports:
+        if args.key.startswith("collect:"):
+            return _explain_collect(args.key.removeprefix("collect:"), exports.read, node)
+        return _explain(args, values, snapshot, node, facts, exports.read)
+
+
+def _coordination(values: dict[str, Any]) -> Any:
+    from reconciler.apps.store import CoordinationConfig
+
+    return values["coordination"] or CoordinationConfig(
+        path=Path(values["state_dir"]) / "coordination"
+    )
+
+
+def _explain_collect(name: str, read: Callable[[], Any], node: str) -> int:
+    """What ``collect(NAME)`` gives, each mapping with the node that published it."""
+    from reconciler.model.exports import Collector
+
+    collector = Collector(read)
+    try:
+        found = collector.collect(name)
+    except ValueError as exc:
+        raise ReconcilerError(str(exc)) from None
+    for why in collector.warnings:
+        _warn(why)
+    _say(f"collect({name!r}) = {len(found)} mapping(s)   (read by node {node})")
+    for item in found:
+        given = {k: v for k, v in item.items() if k != "node"}
+        _say(f"  published by {item['node']}: {json.dumps(given, sort_keys=True)}")
+    return 0
+
+
+def _explain(
+    args: argparse.Namespace,
+    values: dict[str, Any],
+    snapshot: Any,
+    node: str,
+    facts: dict[str, Any],
+    read: Callable[[], Any],
+) -> int:
+    from reconciler.model.catalog import Compiler
+    from reconciler.model.secrets import Keyring, SecretsConfig, encrypted
+    from reconciler.resources.base import digest
+
     # With the node's keys, an encrypted value is decrypted (and shown as the digest of its
     # plaintext, as plans show it); without them, as the digest of what is written.
     keys: SecretsConfig = values["secrets"]
     keyring = Keyring(keys if any(vars(keys).values()) else None)
-    compiler = Compiler(snapshot, keyring=keyring)
+    compiler = Compiler(snapshot, keyring=keyring, collect=read)
     revision = snapshot.revision or "working tree"
     profile = args.key.split(".", 1)[0]
     if profile not in compiler.profile_names():  # a free data key

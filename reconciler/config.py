@@ -209,12 +209,21 @@ def parse_config(text: bytes | str, name: str) -> Config:
         max_connections=r.get(web, "max_connections", "count", 32, "http."),
     )
     hook = r.section(raw, "webhook", {"secret_file"})
-    coord = r.section(raw, "coordination", {"backend", "path", "endpoints", "lease"})
+    coord = r.section(
+        raw,
+        "coordination",
+        {"backend", "path", "endpoints", "lease", "exports_ttl", "username", "password_file"},
+    )
     coordination = CoordinationConfig(
         backend=r.get(coord, "backend", "str", "local", "coordination.", choices=("local", "etcd")),
         path=r.get(coord, "path", "path", d.coordination.path, "coordination."),
         endpoints=r.get(coord, "endpoints", "strs", d.coordination.endpoints, "coordination."),
         lease=r.get(coord, "lease", "duration", d.coordination.lease, "coordination."),
+        exports_ttl=r.get(
+            coord, "exports_ttl", "duration", d.coordination.exports_ttl, "coordination."
+        ),
+        username=r.get(coord, "username", "str", None, "coordination."),
+        password_file=r.get(coord, "password_file", "path", None, "coordination."),
     )
     lg = r.section(raw, "log", {"format", "level"})
     log = LogConfig(

@@ -75,23 +75,26 @@ def commit_example(repo: Path) -> None:
 def prepare(base: Path, port: int) -> Path:
     """Lay out the demo folder; return the configuration file."""
     repo, root, state = copy_example(base / "control-repo"), base / "root", base / "state"
-    for node_root in (root, base / "db-1" / "root"):
+    others = ("db-1", "web-2", "lb-1")  # applied by hand with the CLI
+    for node_root in (root, *(base / n / "root" for n in others)):
         for name in ("etc", "srv", "var/log", "var/lib", "opt", "usr/local/bin", "tmp"):
             (node_root / name).mkdir(parents=True)
     commit_example(repo)
     # The example app reads its releases through this fact: the example's files/releases/,
     # copied into each node's root (a file:// URL names a file inside the root).
-    for node_root in (root, base / "db-1" / "root"):
+    for node_root in (root, *(base / n / "root" for n in others)):
         shutil.copytree(repo / "files" / "releases", node_root / RELEASES.lstrip("/"))
     facts = base / "facts.d"
     facts.mkdir()
     (facts / "shop.yaml").write_text(f"shop_releases: file://{RELEASES}\n")
-    # A second node, db-1, applied by hand with the CLI, shares the coordination store.
-    (base / "db-1.yaml").write_text(
-        f"""# db-1: the database node of the example app, applied with `reconciler apply --config`.
-node: db-1
-root: {base / "db-1" / "root"}
-state_dir: {base / "db-1" / "state"}
+    # Other nodes, applied by hand with the CLI, share the coordination store: db-1 runs the
+    # app's database, web-2 a second api, lb-1 the load balancer that collects the api nodes.
+    for node in others:
+        (base / f"{node}.yaml").write_text(
+            f"""# {node}: a node of the example app, applied with `reconciler apply --config`.
+node: {node}
+root: {base / node / "root"}
+state_dir: {base / node / "state"}
 facts_dirs: [{facts}]
 source:
   url: {repo}
@@ -99,7 +102,7 @@ source:
 coordination:
   path: {state}/coordination
 """
-    )
+        )
     config = base / "config.yaml"
     config.write_text(
         f"""# The demo's daemon configuration; see config.example.yaml for every key.
@@ -157,6 +160,11 @@ Try, in another terminal:
     deploy the database on a second node, db-1, and watch web-1 deploy the api at once:
       {sys.argv[0]} apply --config {base}/db-1.yaml
       sleep 3; {sys.argv[0]} status --state-dir {base}/state
+    web-1's api reads the database's address (SHOP_DB in {root}/etc/shop-api.env); the load
+    balancer, lb-1, collects the api nodes; a second api node, web-2, joins its pool:
+      {sys.argv[0]} apply --config {base}/lb-1.yaml; cat {base}/lb-1/root/etc/shop-lb.conf
+      {sys.argv[0]} apply --config {base}/web-2.yaml
+      {sys.argv[0]} apply --config {base}/lb-1.yaml; cat {base}/lb-1/root/etc/shop-lb.conf
 Ctrl-C stops the daemon; remove {base} when done.
 """,
         flush=True,

@@ -23,6 +23,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
+from reconciler.apps.exports import exchange
 from reconciler.apps.rollout import Rollout
 from reconciler.apps.store import CoordinationConfig, Store, StoreError, open_store
 from reconciler.engine import state
@@ -408,17 +409,54 @@ def run(
     t = time.perf_counter()
     yamlload.use_cache(yamlload.ParseCache(options.state_dir / "cache" / "yaml", readonly=plan))
     node, facts = gather_facts(options, warn)
+    config = options.coordination or CoordinationConfig(path=options.state_dir / "coordination")
     # modules.yaml's modules, fetched and verified before any file of theirs is read
     scratch = plan and not options.state_dir.exists()
-    with modules_for_run(
-        snapshot, options.state_dir, options.timeout, options.verify, scratch
-    ) as modular:
-        catalog = Compiler(modular, keyring=Keyring(options.secrets)).compile(node, facts)
-    phases["compile"] = time.perf_counter() - t
+    with exchange(options.store, config) as exports:
+        with modules_for_run(
+            snapshot, options.state_dir, options.timeout, options.verify, scratch
+        ) as modular:
+            compiler = Compiler(modular, keyring=Keyring(options.secrets), collect=exports.read)
+            catalog = compiler.compile(node, facts)
+        phases["compile"] = time.perf_counter() - t
+        for why in catalog.collect_warnings:
+            warn(why)
+        report = _run_compiled(catalog, options, plan, warn, phases, started_wall)
+        if not (plan or report.noop or report.failed):
+            # Components that serve here: healthy, or waiting while what they deployed runs.
+            healthy = {
+                f"{a['app']}/{a['component']}"
+                for a in report.apps
+                if a["state"] == "healthy" or (a["state"] == "waiting" and a["previous_version"])
+            }
+            exports.publish(catalog, healthy, options.state_dir, warn)
+        catalog.collected_records = exports.records
 
+    report.phases = phases
+    report.duration_seconds = time.perf_counter() - t0
+    if not plan:
+        try:
+            state.save_report(options.state_dir, report.to_dict())
+        except OSError as exc:
+            # What was applied stays applied (and recorded); the run failed to record it.
+            why = f"ReportNotWritten: {options.state_dir / 'reports'}: {type(exc).__name__}: {exc}"
+            report.errors.append(why)
+            warn(why)
+    return report, catalog
+
+
+def _run_compiled(
+    catalog: Catalog,
+    options: RunOptions,
+    plan: bool,
+    warn: Warn,
+    phases: dict[str, float],
+    started_wall: str,
+) -> RunReport:
+    """Converge a compiled catalog (check only for ``plan`` or noop), with its app rollout."""
     noop = options.noop or plan
     report = RunReport(
-        node=node,
+        node=catalog.node,
         revision=catalog.revision,
         branch=catalog.branch,
         noop=noop,
@@ -446,17 +484,7 @@ def run(
                     _save_inventory(catalog, left, ctx, options.state_dir)
         if rollout is not None:
             report.apps = rollout.report()
-    report.phases = phases
-    report.duration_seconds = time.perf_counter() - t0
-    if not plan:
-        try:
-            state.save_report(options.state_dir, report.to_dict())
-        except OSError as exc:
-            # What was applied stays applied (and recorded); the run failed to record it.
-            why = f"ReportNotWritten: {options.state_dir / 'reports'}: {type(exc).__name__}: {exc}"
-            report.errors.append(why)
-            warn(why)
-    return report, catalog
+    return report
 
 
 @contextlib.contextmanager

@@ -230,6 +230,9 @@ class Rollout:
         )
         last = record.last
         self.revisions[d.key] = self.revision or f"worktree:{d.app.digest[:12]}"
+        if d.unavailable and record.deployed_version == version:
+            # A value it consumes is gone: what it deployed stays, as compiled then.
+            return self._wait(outcome, d.unavailable)
         if record.deployed_version == version:
             # Deployed here already: enforced like a profile; a failure while enforcing it (a
             # resource that stopped converging) heals when it converges and checks healthy.
@@ -258,6 +261,8 @@ class Rollout:
             if outcome.waits_for:
                 names = ", ".join(sorted(outcome.waits_for))
                 return self._wait(outcome, f"waiting for {names} to be healthy at {version}")
+            if d.unavailable:  # a value it consumes is not published: it cannot be compiled
+                return self._wait(outcome, d.unavailable)
             peers = self.store.states(d.app.name, d.component.name)
             failed = sorted(
                 n

@@ -47,12 +47,18 @@ class CoordinationConfig:
     path: Path = Path("/var/lib/reconciler/coordination")
     endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
     lease: float = 300.0  # a deployment slot is freed this long after its holder last renewed it
+    # A node's exported values drop out this long after its last successful run published them.
+    exports_ttl: float = 3600.0
+    # etcd with authentication: the node's etcd user and a file holding its password.
+    username: str | None = None
+    password_file: Path | None = None
 
 
 STATES = ("deploying", "healthy", "failed", "waiting", "rolledback")
 POLL_INTERVAL = 0.1  # seconds between two looks of LocalStore.wait
 ETCD_TIMEOUT = 5.0  # seconds for each HTTP call to etcd
 ROOT = "/reconciler/"
+MAX_EXPORTS_RECORD = 64 * 1024  # bytes of one node's exports record, written and read
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,15 @@ class Store(Protocol):
     def holders(self, app: str, component: str, version: str) -> list[str]:
         """The nodes that hold a live slot, in slot order."""
 
+    def publish_exports(self, node: str, record: bytes, ttl: float) -> None:
+        """Replace what ``node`` exports (a JSON document) with ``record``, for ``ttl`` seconds."""
+
+    def withdraw_exports(self, node: str) -> None:
+        """Remove what ``node`` exports, if anything."""
+
+    def exports(self) -> dict[str, bytes]:
+        """Every node's live exports record: node -> the JSON document it published."""
+
     def wait(self, timeout: float) -> bool:
         """Block until anything in the store changes (True) or ``timeout`` seconds (False)."""
 
@@ -103,7 +118,13 @@ def open_store(config: CoordinationConfig) -> Store:
     if config.backend == "local":
         return LocalStore(config.path)
     if config.backend == "etcd":
-        return EtcdStore(config.endpoints)
+        password = None
+        if config.password_file is not None:
+            try:
+                password = config.password_file.read_text().strip()
+            except OSError as exc:
+                raise StoreError(f"coordination.password_file: {exc}") from None
+        return EtcdStore(config.endpoints, username=config.username, password=password)
     raise StoreError(f"unknown coordination backend {config.backend!r}")
 
 
@@ -118,6 +139,13 @@ def _part(name: str, what: str) -> str:
 def _check_state(state: ComponentState) -> None:
     if state.state not in STATES:
         raise ValueError(f"state must be one of {', '.join(STATES)}, not {state.state!r}")
+
+
+def _check_record(record: bytes, ttl: float) -> None:
+    if len(record) > MAX_EXPORTS_RECORD:
+        raise ValueError(f"an exports record is at most {MAX_EXPORTS_RECORD} bytes")
+    if not ttl > 0:
+        raise ValueError(f"ttl must be more than zero, not {ttl!r}")
 
 
 def _check_slot(max_parallel: int, ttl: float) -> None:
@@ -162,6 +190,7 @@ class LocalStore:
         <path>/.generation                             a counter, bumped by every change
         <path>/apps/<app>/<component>/<node>.json      one state per node
         <path>/slots/<app>/<component>/<version>/<n>.json   {"holder": node, "expires": t}
+        <path>/exports/<node>.json                     {"record": JSON text, "expires": t}
 
     Names are percent-encoded into single path segments. A state file is replaced atomically,
     so readers need no lock; slot files change only under the lock, so the count of holders
@@ -248,6 +277,46 @@ class LocalStore:
             self._seen = self._generation()
             live, _ = self._slots(directory, time.time())
         return [live[n] for n in sorted(live)]
+
+    def publish_exports(self, node: str, record: bytes, ttl: float) -> None:
+        _check_record(record, ttl)
+        directory = self.path / "exports"
+        body = json.dumps({"expires": time.time() + ttl, "record": record.decode()}).encode()
+        with self._os_errors("publish exports"):
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(directory / f"{_part(node, 'node')}.json", body)
+            with self._locked():
+                self._bump()
+
+    def withdraw_exports(self, node: str) -> None:
+        path = self.path / "exports" / f"{_part(node, 'node')}.json"
+        with self._os_errors("withdraw exports"):
+            if path.exists():
+                path.unlink()
+                with self._locked():
+                    self._bump()
+
+    def exports(self) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        now = time.time()
+        with self._os_errors("read exports"):
+            self._seen = self._generation()
+            for entry in self._entries(self.path / "exports"):
+                try:
+                    if entry.stat().st_size > 2 * MAX_EXPORTS_RECORD:
+                        continue  # bounded: not written by a reconciler
+                    data = json.loads(entry.read_bytes())
+                    expires, record = data["expires"], data["record"]
+                    if not isinstance(expires, int | float) or not isinstance(record, str):
+                        continue
+                except FileNotFoundError:
+                    continue
+                except (ValueError, KeyError, TypeError):
+                    continue  # not an exports file
+                if expires > now:
+                    node = urllib.parse.unquote(entry.name[: -len(".json")])
+                    found[node] = record.encode()
+        return found
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -409,6 +478,7 @@ class _Refused(StoreError):
 
 
 _GRPC_NOT_FOUND = 5
+_GRPC_UNAUTHENTICATED = 16
 
 
 class EtcdStore:
@@ -418,13 +488,22 @@ class EtcdStore:
 
         /reconciler/apps/<app>/<component>/<node>             a state (JSON)
         /reconciler/slots/<app>/<component>/<version>/<n>     a slot: the holder, on a lease
+        /reconciler/exports/<node>/record                     what a node exports, on a lease
 
     Names are percent-encoded into single key segments. Each call tries the endpoints in
     order, starting with the last one that answered; it raises StoreError when none does.
     Every HTTP call has ``timeout`` seconds; ``wait`` holds a watch open for its own timeout.
     """
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = ETCD_TIMEOUT) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        timeout: float = ETCD_TIMEOUT,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.username, self._password = username, password or ""
+        self._token: str | None = None  # etcd's auth token for username, when it has one
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         if not endpoints:
@@ -558,12 +637,47 @@ class EtcdStore:
                 slots[index] = _unb64(kv.get("value", ""))
         return [slots[n] for n in sorted(slots)]
 
+    def publish_exports(self, node: str, record: bytes, ttl: float) -> None:
+        _check_record(record, ttl)
+        key = self._exports_key(node)
+        old = [kv.get("lease") for kv in self._range(key, whole=True) if kv.get("lease")]
+        granted = self._call("lease/grant", {"TTL": max(1, math.ceil(ttl))})
+        lease = str(granted["ID"])
+        try:
+            self._change(
+                "kv/put", {"key": _b64(key), "value": _b64(record.decode()), "lease": lease}
+            )
+        except BaseException:
+            with contextlib.suppress(StoreError):
+                self._revoke(lease)
+            raise
+        for previous in old:
+            if str(previous) != lease:
+                self._revoke(str(previous))  # no key is attached to it any more
+
+    def withdraw_exports(self, node: str) -> None:
+        key = self._exports_key(node)
+        for kv in self._range(key, whole=True):
+            self._change("kv/deleterange", {"key": kv["key"]})
+
+    def exports(self) -> dict[str, bytes]:
+        prefix = f"{ROOT}exports/"
+        found: dict[str, bytes] = {}
+        for kv in self._range(prefix):
+            raw = base64.b64decode(kv.get("value", ""))
+            node, _, name = _unb64(kv["key"])[len(prefix) :].partition("/")
+            if name == "record" and len(raw) <= MAX_EXPORTS_RECORD:
+                found[urllib.parse.unquote(node)] = raw
+        return found
+
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         request: dict[str, Any] = {"key": _b64(ROOT), "range_end": _b64(_prefix_end(ROOT))}
         if self._seen is not None:
             request["start_revision"] = self._seen + 1
         body = json.dumps({"create_request": request}).encode()
+        if self.username is not None and self._token is None:
+            self._authenticate()
         errors: list[str] = []
         for index in self._order():
             if self._closed.is_set():
@@ -595,6 +709,12 @@ class EtcdStore:
         return f"{ROOT}apps/{_part(app, 'app')}/{_part(component, 'component')}/"
 
     @staticmethod
+    def _exports_key(node: str) -> str:
+        # A key of its own below the node's prefix: etcd permissions on a prefix
+        # (/reconciler/exports/web-1/) then cannot reach another node's (web-10).
+        return f"{ROOT}exports/{_part(node, 'node')}/record"
+
+    @staticmethod
     def _slot_prefix(app: str, component: str, version: str) -> str:
         return (
             f"{ROOT}slots/{_part(app, 'app')}/{_part(component, 'component')}/"
@@ -608,10 +728,12 @@ class EtcdStore:
 
     # -- etcd calls
 
-    def _range(self, prefix: str) -> list[dict[str, Any]]:
-        answer = self._call(
-            "kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
-        )
+    def _range(self, prefix: str, whole: bool = False) -> list[dict[str, Any]]:
+        """The keys under ``prefix``; ``whole``: the one key ``prefix`` itself."""
+        body = {"key": _b64(prefix)}
+        if not whole:
+            body["range_end"] = _b64(_prefix_end(prefix))
+        answer = self._call("kv/range", body)
         self._seen = int(answer["header"]["revision"])
         kvs: list[dict[str, Any]] = answer.get("kvs", [])
         return kvs
@@ -642,7 +764,38 @@ class EtcdStore:
         return cls(url.hostname or "", url.port, timeout=timeout)
 
     def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST to the first endpoint that answers; StoreError when none does."""
+        """POST to the first endpoint that answers, as ``username`` when there is one (a token
+        etcd no longer knows is renewed once); StoreError when none does."""
+        if self.username is None:
+            return self._post(path, body)
+        if self._token is None:
+            self._authenticate()
+        try:
+            return self._post(path, body)
+        except _Refused as exc:
+            if exc.code != _GRPC_UNAUTHENTICATED:
+                raise
+        self._token = None
+        self._authenticate()
+        return self._post(path, body)
+
+    def _authenticate(self) -> None:
+        answer = self._post(
+            "auth/authenticate", {"name": self.username, "password": self._password}, token=False
+        )
+        token = answer.get("token")
+        if not isinstance(token, str) or not token:
+            raise StoreError(f"etcd gave no token to {self.username!r}")
+        self._token = token
+
+    def _headers(self, token: bool = True) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if token and self._token is not None:
+            headers["Authorization"] = self._token
+        return headers
+
+    def _post(self, path: str, body: dict[str, Any], token: bool = True) -> dict[str, Any]:
+        """One POST, to the first endpoint that answers."""
         data = json.dumps(body).encode()
         errors: list[str] = []
         for index in self._order():
@@ -653,7 +806,7 @@ class EtcdStore:
                     "POST",
                     f"{url.path.rstrip('/')}/v3/{path}",
                     data,
-                    {"Content-Type": "application/json"},
+                    self._headers(token),
                 )
                 resp = conn.getresponse()
                 raw = resp.read()
@@ -702,7 +855,7 @@ class EtcdStore:
                 "POST",
                 f"{url.path.rstrip('/')}/v3/watch",
                 body,
-                {"Content-Type": "application/json"},
+                self._headers(),
             )
             resp = conn.getresponse()
             if resp.status != 200:

@@ -120,6 +120,10 @@ class Agent:
         self._store: Any = None
         self._store_config: Any = None
         self._apps_waiting = threading.Event()
+        # Exported data: the names the last compile collected and what they gave then; a
+        # change in the store to what they give is a change of the catalog.
+        self._collected: tuple[frozenset[str], str] | None = None
+        self._watching_store = threading.Event()  # apps waiting, or something collected
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -440,13 +444,37 @@ class Agent:
             self.log.error("coordination store unavailable", error=str(exc))
         return self._store
 
+    def _note_collected(self, catalog: Any) -> None:
+        from reconciler.apps.exports import collected_view
+
+        records = catalog.collected_records
+        if catalog.collected and records is not None:
+            self._collected = (catalog.collected, collected_view(records, catalog.collected))
+        else:
+            self._collected = None
+        if self._apps_waiting.is_set() or self._collected is not None:
+            self._watching_store.set()
+        else:
+            self._watching_store.clear()
+
+    def _collected_changed(self, store: Any) -> bool:
+        """Whether what the last compile collected reads differently in the store now."""
+        from reconciler.apps.exports import collected_view
+
+        collected = self._collected
+        if collected is None:
+            return False
+        names, seen = collected
+        return collected_view(store.exports(), names) != seen
+
     def _watch_store(self) -> None:
         """While a component waits, run again as soon as the store changes (its requirement
-        turned healthy, a slot was freed), instead of at the next interval."""
+        turned healthy, a slot was freed), instead of at the next interval; and when what the
+        last compile collected changes (a node joined, left or changed its exports)."""
         from reconciler.apps.store import StoreError
 
         while not self._stop.is_set():
-            if not self._apps_waiting.wait(5.0):
+            if not self._watching_store.wait(5.0):
                 continue
             store = self._store
             if store is None:
@@ -454,14 +482,21 @@ class Agent:
                 continue
             try:
                 changed = store.wait(STORE_WAIT)
+                if not changed and self._collected is not None:
+                    changed = self._collected_changed(store)  # a record that ran out
+                elif changed and not self._apps_waiting.is_set():
+                    changed = self._collected_changed(store)
             except StoreError:
                 # Away: try again in a while; the run says why it waits, and deploys once the
                 # store is back.
-                if not self._stop.wait(STORE_RETRY):
+                if not self._stop.wait(STORE_RETRY) and self._apps_waiting.is_set():
                     self.request("check")
                 continue
-            if changed and self._apps_waiting.is_set() and not self._stop.is_set():
-                self.log.info("coordination store changed; checking waiting components")
+            if changed and self._watching_store.is_set() and not self._stop.is_set():
+                if self._apps_waiting.is_set():
+                    self.log.info("coordination store changed; checking waiting components")
+                else:
+                    self.log.info("collected exports changed; checking")
                 self.request("check")
 
     def _enforcing(self) -> tuple[bool, str | None]:
@@ -536,6 +571,7 @@ class Agent:
             self._apps_waiting.set()
         else:
             self._apps_waiting.clear()
+        self._note_collected(catalog)
         self.state.last_error = "; ".join(str(report.scrub(e)) for e in report.errors) or None
         try:
             self._update_watch(catalog, report)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import Location, ModelError, Problem
+from reconciler.model.exports import shape_problems as exports_shape
 from reconciler.model.match import is_regex, name_matches, pattern_problem
 from reconciler.model.repo import (
     NAME,
@@ -40,7 +41,18 @@ def is_app_section(key: object) -> bool:
 
 
 COMPONENT_KEYS = frozenset(
-    {"name", "nodes", "requires", "max_parallel", "resources", "health", "on_failure"}
+    {
+        "name",
+        "nodes",
+        "requires",
+        "max_parallel",
+        "resources",
+        "health",
+        "on_failure",
+        "exports",
+        "produces",
+        "consumes",
+    }
 )
 NODES_KEYS = ("role", "match", "facts", "trusted")
 HEALTH_KEYS = frozenset({"command", "http", "timeout", "retries", "interval"})
@@ -75,6 +87,10 @@ class Component:
     requires_at: Location = field(default_factory=Location)
     facts: dict[str, Any] = field(default_factory=dict)  # dotted fact path -> value
     trusted: dict[str, Any] = field(default_factory=dict)  # the same, of facts.trusted
+    exports: LocMap | None = None  # NAME -> {key: value}: published like a profile's exports
+    produces: LocMap | None = None  # NAME -> {key: value}: for the app's consuming components
+    consumes: dict[str, str] = field(default_factory=dict)  # NAME -> the component producing it
+    consumes_at: Location = field(default_factory=Location)
 
     def runs_on(self, node: str, role: str, facts: Mapping[str, Any] | None = None) -> bool:
         """Whether a node runs this component: every condition of its ``nodes:`` holds."""
@@ -116,6 +132,13 @@ class Deployment:
     component: Component
     ids: list[str]  # the ids of its resources in the catalog
     health: Health | None = None  # the component's check, rendered for this node
+    # Why it cannot be compiled at its version yet (a consumed value nobody published): the
+    # rollout keeps it waiting.
+    unavailable: str = ""
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)  # rendered
+    produces: dict[str, dict[str, Any]] = field(default_factory=dict)  # rendered
+    sensitive: dict[str, list[str]] = field(default_factory=dict)  # produced NAME -> keys
+    consumed_secrets: list[str] = field(default_factory=list)  # sensitive consumed values
 
     @property
     def key(self) -> str:
@@ -219,6 +242,7 @@ def read_app(snapshot: Snapshot, name: str) -> tuple[App, list[Problem]]:
             problems.append(Problem(f"duplicate component {component.name!r}", where))
             continue
         app.components.append(component)
+    problems += _check_capabilities(app)
     problems += _check_requires(app)
     if "instances" in raw:
         problems += _instances(app, raw["instances"], at(raw, "instances"))
@@ -412,6 +436,18 @@ def _component(raw: LocMap, where: Location, path: str) -> tuple[Component | Non
     if raw.get("health") is not None:
         health, found = _health(raw["health"], at("health"), path)
         problems += found
+    shared: dict[str, LocMap | None] = {"exports": None, "produces": None}
+    for key in shared:
+        if key in raw:
+            found = exports_shape(raw[key], path, raw.line_of(key), key)
+            problems += found
+            shared[key] = None if found else raw[key]
+    consumes = raw.get("consumes", [])
+    if not isinstance(consumes, list) or not all(
+        isinstance(c, str) and NAME.match(c) for c in consumes
+    ):
+        problems.append(Problem("must be a list of produced names", at("consumes")))
+        consumes = []
     component = Component(
         name,
         where,
@@ -425,8 +461,55 @@ def _component(raw: LocMap, where: Location, path: str) -> tuple[Component | Non
         at("requires") if "requires" in raw else where,
         conditions["facts"],
         conditions["trusted"],
+        shared["exports"],
+        shared["produces"],
+        {name: "" for name in consumes},
+        at("consumes") if "consumes" in raw else where,
     )
     return component, problems
+
+
+def _check_capabilities(app: App) -> list[Problem]:
+    """Each consumed name is produced by one other component of the app; a consumer requires
+    its producers (it deploys once they are healthy at the version)."""
+    problems: list[Problem] = []
+    producers: dict[str, str] = {}
+    for component in app.components:
+        for name in component.produces or {}:
+            if name in producers:
+                where = Location(
+                    component.where.file,
+                    component.produces.line_of(name) if component.produces else None,
+                    f"produces.{name}",
+                )
+                problems.append(
+                    Problem(f"{name!r} is produced by component {producers[name]!r} too", where)
+                )
+            else:
+                producers[name] = component.name
+    for component in app.components:
+        for name in component.consumes:
+            producer = producers.get(name)
+            if producer is None:
+                problems.append(
+                    Problem(
+                        f"no component of app {app.name!r} produces {name!r}"
+                        f"{did_you_mean(name, producers)}",
+                        component.consumes_at,
+                    )
+                )
+            elif producer == component.name:
+                problems.append(
+                    Problem(
+                        f"component {component.name!r} consumes what it produces",
+                        component.consumes_at,
+                    )
+                )
+            else:
+                component.consumes[name] = producer
+                if producer not in component.requires:
+                    component.requires.append(producer)
+    return problems
 
 
 def _health(raw: Any, where: Location, path: str) -> tuple[Health | None, list[Problem]]:

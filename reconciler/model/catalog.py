@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import reconciler.resources  # noqa: F401  (registers the resource types)
 from reconciler.errors import Location, ModelError, Problem
 from reconciler.model import data as datamod
+from reconciler.model import exports as exportsmod
 from reconciler.model import repo as repomod
 from reconciler.model.apps import (
     APP_SECTION,
@@ -100,6 +102,15 @@ class Catalog:
     ] = field(default_factory=list)
     # The scope of each instance ("a[x]/b[y]") -> the scope it is used in ("a[x]").
     scopes: dict[str, str] = field(default_factory=dict)
+    # What this node exports (NAME -> rendered mapping), published after a successful run.
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The names ``collect()`` read, and records of other nodes left out as malformed.
+    collected: frozenset[str] = frozenset()
+    collect_warnings: list[str] = field(default_factory=list)
+    # Values consumed from other nodes that are sensitive there: shown only as digests here.
+    consumed_secrets: list[str] = field(default_factory=list)
+    # What the store held when collect() read it (node -> record), for the daemon to compare.
+    collected_records: Mapping[str, bytes] | None = None
 
     def order(self) -> list[ResourceId]:
         """A topological order of the ids, stable for equal inputs."""
@@ -234,9 +245,16 @@ class Compiler:
     """Compiles catalogs from one snapshot; caches what does not depend on the node."""
 
     def __init__(
-        self, snapshot: Snapshot, settings: Settings | None = None, keyring: Keyring | None = None
+        self,
+        snapshot: Snapshot,
+        settings: Settings | None = None,
+        keyring: Keyring | None = None,
+        collect: exportsmod.Read | None = None,
     ) -> None:
         self.snapshot = snapshot
+        # What other nodes exported, read when a template first calls collect() (none: []).
+        self.read_exports = collect
+        self._collector = exportsmod.Collector()
         # The node's keys for encrypted values; without them values stay encrypted (validate).
         self.keyring = Keyring(None) if keyring is None else keyring
         self.settings = repomod.load_settings(snapshot) if settings is None else settings
@@ -415,11 +433,13 @@ class Compiler:
             node, role, self.snapshot.revision, self.snapshot.branch, self.settings, entries, {}, {}
         )
         lookups = self.lookups(data, facts, Reader(node, role, self.snapshot))
+        collector = self._collector = exportsmod.Collector(self.read_exports)
         base_context = {
             "facts": facts,
             "node": node,
             "role": role,
             "lookup": datamod.function(lookups),
+            "collect": collector.collect,
         }
         try:
             problems += self.check_assertions(
@@ -470,6 +490,11 @@ class Compiler:
                 profile.defaults,
             )
         problems += self.add_deployments(catalog, base_context, Taint(secrets=secrets), build, data)
+        for profile in resolved:
+            context = {**base_context, "params": catalog.params[profile.name]}
+            problems += self.add_exports(catalog, profile, context, secrets)
+        catalog.collected = frozenset(collector.names)
+        catalog.collect_warnings = collector.warnings
         catalog.groups = build.groups
         catalog.instance_relations = build.relations
         catalog.scopes = build.scopes
@@ -479,6 +504,7 @@ class Compiler:
             [
                 *secrets.values,
                 *self.keyring.revealed,  # decrypted while the resources were compiled too
+                *catalog.consumed_secrets,
                 *(v for e in entries.values() for v in e.resource.secret_values()),
             ]
         )
@@ -489,6 +515,47 @@ class Compiler:
         except ModelError as exc:
             raise ModelError(scrub_problems(exc.problems, catalog.secrets)) from None
         return catalog
+
+    def add_exports(
+        self,
+        catalog: Catalog,
+        profile: Profile,
+        context: Mapping[str, Any],
+        secrets: Secrets,
+    ) -> list[Problem]:
+        """Render a profile's ``exports:`` into the catalog: data only, bounded, no secrets."""
+        if profile.exports is None:
+            return []
+        problems: list[Problem] = []
+        for name, declared in profile.exports.items():
+            where = Location(profile.file, profile.exports.line_of(name), f"exports.{name}")
+            if name in catalog.exports:
+                problems.append(Problem(f"{name!r} is exported by another profile too", where))
+                continue
+            try:
+                value = self.render(declared, context, where)
+            except ModelError as exc:
+                problems += exc.problems
+                continue
+            why = exportsmod.value_problem(value)
+            if why:
+                problems.append(Problem(f"cannot be exported: {why}", where))
+                continue
+            if any(secrets.found_in(leaf) for leaf in exportsmod.strings(value)):
+                problems.append(
+                    Problem("a sensitive value cannot be exported: every node can read it", where)
+                )
+                continue
+            catalog.exports[str(name)] = value
+        size = len(json.dumps(catalog.exports))
+        if size > exportsmod.MAX_EXPORTS:
+            at = Location(profile.file, profile.exports.line, "exports")
+            problems.append(
+                Problem(
+                    f"the node's exports are {size} bytes, more than {exportsmod.MAX_EXPORTS}", at
+                )
+            )
+        return problems
 
     def apps(self) -> list[App]:
         if self._apps is None:
@@ -507,7 +574,14 @@ class Compiler:
         except ModelError:
             data = repomod.Data()  # each data file is checked on its own
         lookup = datamod.function(self.lookups(data, facts))
-        context = {"facts": facts, "node": node, "role": "", "lookup": lookup}
+        self._collector = exportsmod.Collector(self.read_exports)
+        context = {
+            "facts": facts,
+            "node": node,
+            "role": "",
+            "lookup": lookup,
+            "collect": self._collector.collect,
+        }
         for app in apps:
             for component in app.components:
                 problems += self._compile_component(Deployment(app, component, []), context)[1]
@@ -555,6 +629,17 @@ class Compiler:
                     catalog.entries[rid] = entry
                     deployment.ids.append(rid)
                 catalog.deployments.append(deployment)
+                catalog.consumed_secrets += deployment.consumed_secrets
+                for name in deployment.exports:
+                    if name in catalog.exports or any(
+                        name in d.exports for d in catalog.deployments if d is not deployment
+                    ):
+                        problems.append(
+                            Problem(
+                                f"{name!r} is exported by a profile or another component too",
+                                Location(app.file, component.where.line, f"exports.{name}"),
+                            )
+                        )
         return problems
 
     def _compile_component(
@@ -570,7 +655,7 @@ class Compiler:
         Templates see the node's names plus ``app`` (``name``, ``version``, ``definition``,
         ``instance``) and ``params``, the app's parameters."""
         app, component = deployment.app, deployment.component
-        meta = {
+        meta: dict[str, Any] = {
             "name": app.name,
             "version": app.version,
             "definition": app.definition or app.name,
@@ -582,6 +667,14 @@ class Compiler:
             )
         except ModelError as exc:
             return {}, exc.problems
+        consumed, consumed_secrets = self._consumed(deployment)
+        if deployment.unavailable:
+            return {}, []  # the rollout keeps it waiting, and what it last deployed enforced
+        meta["consumes"] = consumed
+        if consumed_secrets:
+            taint = dataclasses.replace(
+                taint, secrets=Secrets([*taint.secrets.values, *consumed_secrets])
+            )
         context = {**base_context, "params": params, "app": meta}
         if secret:  # its parameters encrypted in data are sensitive, as a profile's are
             taint = dataclasses.replace(taint, names=secret, params=frozenset(app.params))
@@ -589,6 +682,7 @@ class Compiler:
         problems = self.add_resources(
             entries, component.resources, app.file, deployment.origin, context, taint, build
         )
+        problems += self._shared(deployment, context, taint)
         if component.health is not None:
             at = Location(component.where.file, component.where.line, "health")
             try:
@@ -600,6 +694,73 @@ class Compiler:
             except ModelError as exc:
                 problems += exc.problems
         return entries, problems
+
+    def _consumed(self, deployment: Deployment) -> tuple[dict[str, Any], list[str]]:
+        """``app.consumes``: each consumed name's values, as the first node running its
+        producing component published them, and the values among them that are sensitive.
+        Without a store to read (validate) each value is a placeholder."""
+        app, component = deployment.app, deployment.component
+        consumed: dict[str, Any] = {}
+        secrets: list[str] = []
+        for name, producer in component.consumes.items():
+            if self.read_exports is None:
+                consumed[name] = exportsmod.Placeholder(name)
+                continue
+            try:
+                record = self._collector.produced(app.name, producer, name)
+            except ValueError as exc:
+                deployment.unavailable = str(exc)
+                return {}, []
+            if record is None:
+                deployment.unavailable = f"waiting for {producer} to publish {name}"
+                return {}, []
+            values = dict(record.produces[app.name][name])
+            consumed[name] = {**values, "node": record.node}
+            for key in record.sensitive.get(app.name, {}).get(name, []):
+                secrets += [v for v in exportsmod.strings(values.get(key)) if v]
+        deployment.consumed_secrets = secrets
+        return consumed, secrets
+
+    def _shared(
+        self, deployment: Deployment, context: Mapping[str, Any], taint: Taint
+    ) -> list[Problem]:
+        """A component's ``exports`` and ``produces``, rendered into the deployment."""
+        component = deployment.component
+        problems: list[Problem] = []
+        for key, declared in (("exports", component.exports), ("produces", component.produces)):
+            if declared is None:
+                continue
+            for name, raw in declared.items():
+                where = Location(component.where.file, declared.line_of(name), f"{key}.{name}")
+                try:
+                    value = self.render(raw, context, where)
+                except ModelError as exc:
+                    problems += exc.problems
+                    continue
+                why = exportsmod.value_problem(value)
+                if why:
+                    problems.append(Problem(f"cannot be published: {why}", where))
+                    continue
+                secret = [
+                    k
+                    for k, v in value.items()
+                    if any(taint.secrets.found_in(leaf) for leaf in exportsmod.strings(v))
+                ]
+                if key == "exports":
+                    if secret:
+                        problems.append(
+                            Problem(
+                                "a sensitive value cannot be exported: every node can read it",
+                                where,
+                            )
+                        )
+                        continue
+                    deployment.exports[str(name)] = value
+                else:
+                    deployment.produces[str(name)] = value
+                    if secret:
+                        deployment.sensitive[str(name)] = sorted(secret)
+        return problems
 
     def app_params(
         self, app: App, data: repomod.Data, context: Mapping[str, Any]
@@ -737,6 +898,7 @@ class Compiler:
             "node": node,
             "role": classification.role,
             "lookup": datamod.function(lookups),
+            "collect": exportsmod.Collector(self.read_exports).collect,
         }
         value = self.render(profile.params[param], context, default_at)
         return value, None, default_at, data

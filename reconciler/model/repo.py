@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import Location, ModelError, Problem
+from reconciler.model.exports import shape_problems as exports_shape
 from reconciler.model.match import name_matches, pattern_problem
 from reconciler.model.yamlload import LocList, LocMap, load
 from reconciler.source import Snapshot
@@ -363,6 +364,7 @@ class Profile:
     includes: list[tuple[str, Location]] = field(default_factory=list)
     defaults: dict[str, LocMap] = field(default_factory=dict)  # type -> attribute -> value
     assertions: LocList = field(default_factory=LocList.empty)
+    exports: LocMap | None = None  # NAME -> {key: value}, rendered when compiled
 
 
 def assertions(raw: LocMap) -> LocList:
@@ -405,7 +407,16 @@ def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profil
     path, raw = _read_named(snapshot, "profile", name, where)
     problems = unknown_keys(
         raw,
-        {"params", "resources", "description", "sensitive_params", "include", "defaults", "assert"},
+        {
+            "params",
+            "resources",
+            "description",
+            "sensitive_params",
+            "include",
+            "defaults",
+            "assert",
+            "exports",
+        },
         path,
         "a profile",
     )
@@ -474,6 +485,11 @@ def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profil
                 )
             )
     module = name.rpartition("/")[0] or None
+    exports = raw.get("exports")
+    if exports is not None:
+        found = exports_shape(exports, path, raw.line_of("exports"))
+        problems += found
+        exports = None if found else exports
     profile = Profile(
         name,
         path,
@@ -486,6 +502,7 @@ def read_profile(snapshot: Snapshot, name: str, where: Location) -> tuple[Profil
         ],
         defaults,
         assertions(raw),
+        exports,
     )
     return profile, [Problem(p.message, p.where, "validate") for p in problems]
 

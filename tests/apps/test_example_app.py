@@ -24,7 +24,7 @@ def test_the_example_shop_rolls_out_and_back(tmp_path: Path) -> None:
     copy_example(fleet.repo)  # its module a git repository beside it, pinned
     facts = tmp_path / "facts.d"
     facts.mkdir()
-    for node in ("db-1", "web-1", "lb-1"):
+    for node in ("db-1", "web-1", "web-2", "lb-1"):
         config = fleet.config(node)
         releases = place_releases(config.parent / "root")  # the same URL in every root
         config.write_text(config.read_text().replace("facts_dirs: []", f"facts_dirs: [{facts}]"))
@@ -38,9 +38,17 @@ def test_the_example_shop_rolls_out_and_back(tmp_path: Path) -> None:
     api = tmp_path / "web-1" / "root" / "srv/shop/api/bin/shop-api"
     version = subprocess.run([api], capture_output=True, text=True, check=True).stdout
     assert version == "1.4.2\n"
+    # The api reads the address the database produced.
+    env = (tmp_path / "web-1" / "root" / "etc/shop-api.env").read_text()
+    assert "SHOP_DB=db-1:5432\n" in env
     fleet.apply("lb-1")
-    lb = (tmp_path / "lb-1" / "root" / "etc/shop-lb.conf").read_text()
-    assert lb.startswith("# shop 1.4.2:")
+    conf = tmp_path / "lb-1" / "root" / "etc/shop-lb.conf"
+    assert conf.read_text().startswith("# shop 1.4.2:")
+    assert conf.read_text().count("server ") == 1 and "server web-1:8080;" in conf.read_text()
+    # A second api node joins the pool the load balancer collects.
+    assert "healthy" in fleet.apply("web-2").stdout
+    assert fleet.apply("lb-1").returncode == 2
+    assert "  server web-1:8080;\n  server web-2:8080;\n}" in conf.read_text()
 
     # Back to 1.4.1: version and checksum change together, and the rollout runs again.
     app = fleet.repo / "apps" / "shop.yaml"

@@ -32,3 +32,22 @@ def test_demo_runs_the_daemon_on_the_example() -> None:
         api = base / "root/srv/shop/api/VERSION"
         wait_for(api.exists, 30, "web-1 to deploy the api once the database is healthy")
         assert api.read_text() == "1.4.2\n"
+        assert "SHOP_DB=db-1:5432" in (base / "root/etc/shop-api.env").read_text()
+
+        def apply(node: str) -> subprocess.CompletedProcess[str]:
+            config = str(base / f"{node}.yaml")
+            return subprocess.run(
+                [sys.executable, "-m", "reconciler.cli", "apply", "--config", config],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        # The load balancer collects the api nodes; a second one joins its pool.
+        assert apply("lb-1").returncode == 2
+        conf = base / "lb-1/root/etc/shop-lb.conf"
+        assert "server web-1:8080;" in conf.read_text()
+        assert "server web-2" not in conf.read_text()
+        assert apply("web-2").returncode == 2
+        assert apply("lb-1").returncode == 2
+        assert "server web-1:8080;\n  server web-2:8080;" in conf.read_text()
