@@ -13,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,13 @@ class SignedRepo:
         )
         (top / "Release").write_text(release)
         self.gpg("--yes", "--clearsign", "-o", str(top / "InRelease"), str(top / "Release"))
+        # The HTTP server answers If-Modified-Since by whole seconds: a repository signed again
+        # within the second apt last fetched it would look unchanged (304). Each signing is
+        # dated ten seconds after the one before, as a real mirror's would be.
+        self.signed_at = getattr(self, "signed_at", time.time() - 3600) + 10
+        for path in top.rglob("*"):
+            if path.is_file():
+                os.utime(path, (self.signed_at, self.signed_at))
 
     def start(self) -> None:
         self.server = subprocess.Popen(
