@@ -41,6 +41,8 @@ def test_the_example_shop_rolls_out_and_back(tmp_path: Path) -> None:
     # The api reads the address the database produced.
     env = (tmp_path / "web-1" / "root" / "etc/shop-api.env").read_text()
     assert "SHOP_DB=db-1:5432\n" in env
+    # The app's parameter: data/roles/web.yaml overrides the default of 2.
+    assert "SHOP_WORKERS=4\n" in env
     fleet.apply("lb-1")
     conf = tmp_path / "lb-1" / "root" / "etc/shop-lb.conf"
     assert conf.read_text().startswith("# shop 1.4.2:")
