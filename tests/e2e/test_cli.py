@@ -91,10 +91,10 @@ class TestExampleRepo:
     ) -> None:
         repo = example_copy(tmp_path)
         facts = str(facts_file(tmp_path))
-        done = cli.run("apply", repo, "--node", "db-1", "--facts", facts)
-        assert done.returncode != 0
+        done = cli.run("apply", repo, "--node", "db-1", "--facts", facts, check=1)
         assert "data/roles/db.yaml:" in done.stdout + done.stderr
         assert "postgres.shop_password" in done.stdout + done.stderr
+        assert "no age identity (secrets.age_identity" in done.stdout + done.stderr
         assert not (cli.root / "etc/postgresql").exists()
 
     def test_validate_passes(self, cli: CLI, tmp_path: Path) -> None:
