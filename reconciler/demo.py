@@ -25,6 +25,9 @@ EXAMPLE = Path(__file__).resolve().parent / "examples" / "control-repo"
 MODULES = EXAMPLE.parent / "modules"
 # The URL the example's modules.yaml gives a module, for a repository the demo makes.
 MODULE_URL = "https://git.example.com/modules/{name}.git"
+# A DEMO age identity, readable by anyone who has reconciler: it decrypts the example's
+# encrypted value (data/roles/db.yaml) and must never be used for a real secret.
+DEMO_AGE_KEY = EXAMPLE.parent / "demo-keys" / "age.key"
 # Where the example app's releases are put in each node's root.
 RELEASES = "/var/cache/shop-releases"
 
@@ -87,6 +90,12 @@ def prepare(base: Path, port: int) -> Path:
     facts = base / "facts.d"
     facts.mkdir()
     (facts / "shop.yaml").write_text(f"shop_releases: file://{RELEASES}\n")
+    # The db role reads an encrypted value: db-1 gets the demo identity, in a file of mode 0600
+    # as a key file must be.
+    age_key = base / "demo-age.key"
+    age_key.touch(mode=0o600)
+    age_key.write_bytes(DEMO_AGE_KEY.read_bytes())
+    secrets = {"db-1": f"secrets:\n  age_identity: {age_key}\n"}
     # Other nodes, applied by hand with the CLI, share the coordination store: db-1 runs the
     # app's database, web-2 a second api, lb-1 the load balancer that collects the api nodes.
     for node in others:
@@ -101,7 +110,7 @@ source:
   branch: production
 coordination:
   path: {state}/coordination
-"""
+{secrets.get(node, "")}"""
         )
     config = base / "config.yaml"
     config.write_text(

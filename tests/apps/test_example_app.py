@@ -11,7 +11,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from reconciler.demo import copy_example
+from reconciler.demo import DEMO_AGE_KEY, copy_example
 from tests.apps.test_rollout_local import Fleet
 from tests.conftest import place_releases
 
@@ -28,6 +28,12 @@ def test_the_example_shop_rolls_out_and_back(tmp_path: Path) -> None:
         config = fleet.config(node)
         releases = place_releases(config.parent / "root")  # the same URL in every root
         config.write_text(config.read_text().replace("facts_dirs: []", f"facts_dirs: [{facts}]"))
+    # The db role reads an encrypted value (data/roles/db.yaml): db-1 gets the demo identity.
+    key = tmp_path / "demo-age.key"
+    key.touch(mode=0o600)
+    key.write_bytes(DEMO_AGE_KEY.read_bytes())
+    db = fleet.config("db-1")
+    db.write_text(db.read_text() + f"secrets:\n  age_identity: {key}\n")
     (facts / "shop.json").write_text(
         json.dumps({"shop_releases": releases, "os": {"family": "Debian", "name": "Debian"}})
     )
@@ -41,6 +47,8 @@ def test_the_example_shop_rolls_out_and_back(tmp_path: Path) -> None:
     # The api reads the address the database produced.
     env = (tmp_path / "web-1" / "root" / "etc/shop-api.env").read_text()
     assert "SHOP_DB=db-1:5432\n" in env
+    # The app's parameter: data/roles/web.yaml overrides the default of 2.
+    assert "SHOP_WORKERS=4\n" in env
     fleet.apply("lb-1")
     conf = tmp_path / "lb-1" / "root" / "etc/shop-lb.conf"
     assert conf.read_text().startswith("# shop 1.4.2:")

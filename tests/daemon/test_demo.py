@@ -29,6 +29,10 @@ def test_demo_runs_the_daemon_on_the_example() -> None:
             timeout=120,
         )
         assert db.returncode == 2, db.stdout + db.stderr
+        # db-1 decrypts the example's encrypted value with the demo identity its config names.
+        password = base / "db-1/root/etc/postgresql/shop.password"
+        assert password.read_text() == "shop-demo-password\n"
+        assert "shop-demo-password" not in db.stdout + db.stderr
         api = base / "root/srv/shop/api/VERSION"
         wait_for(api.exists, 30, "web-1 to deploy the api once the database is healthy")
         assert api.read_text() == "1.4.2\n"

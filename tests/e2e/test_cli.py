@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from reconciler.demo import copy_example
+from reconciler.demo import DEMO_AGE_KEY, copy_example
 from tests.conftest import CLI, commit_all, git, place_releases, tree_hash, write_tree
 
 FACTS = "facts.yaml"
@@ -25,6 +25,17 @@ def facts_file(tmp_path: Path, **extra: object) -> Path:
     os_facts = {"family": "Debian", "name": "Debian"}
     path.write_text(json.dumps({"os": os_facts, "shop_releases": releases, **extra}))
     return path
+
+
+def db_keys(tmp_path: Path) -> str:
+    """A configuration giving db-1 the example's demo age identity (a key file of mode 0600), as
+    `reconciler demo` does: the db role's data holds an encrypted value."""
+    key = tmp_path / "demo-age.key"
+    key.touch(mode=0o600)
+    key.write_bytes(DEMO_AGE_KEY.read_bytes())
+    config = tmp_path / "db-1.yaml"
+    config.write_text(f"node: db-1\nsecrets:\n  age_identity: {key}\n")
+    return f"--config={config}"
 
 
 class TestExampleRepo:
@@ -63,11 +74,28 @@ class TestExampleRepo:
     def test_db_role_edits_lines_without_fighting_the_file(self, cli: CLI, tmp_path: Path) -> None:
         repo = example_copy(tmp_path)
         facts = str(facts_file(tmp_path))
-        cli.run("apply", repo, "--node", "db-1", "--facts", facts, check=2)
+        keys = db_keys(tmp_path)
+        done = cli.run("apply", repo, keys, "--node", "db-1", "--facts", facts, check=2)
         conf = (cli.root / "etc/postgresql/postgresql.conf").read_text()
         assert "max_connections = 200\n" in conf
         assert "#max_connections" not in conf
-        cli.run("apply", repo, "--node", "db-1", "--facts", facts, check=0)
+        # The encrypted value of data/roles/db.yaml, decrypted with the demo key, never shown.
+        password = cli.root / "etc/postgresql/shop.password"
+        assert password.read_text() == "shop-demo-password\n"
+        assert oct(password.stat().st_mode & 0o7777) == "0o600"
+        assert "shop-demo-password" not in done.stdout + done.stderr
+        cli.run("apply", repo, keys, "--node", "db-1", "--facts", facts, check=0)
+
+    def test_db_node_without_the_age_identity_applies_nothing(
+        self, cli: CLI, tmp_path: Path
+    ) -> None:
+        repo = example_copy(tmp_path)
+        facts = str(facts_file(tmp_path))
+        done = cli.run("apply", repo, "--node", "db-1", "--facts", facts, check=1)
+        assert "data/roles/db.yaml:" in done.stdout + done.stderr
+        assert "postgres.shop_password" in done.stdout + done.stderr
+        assert "no age identity (secrets.age_identity" in done.stdout + done.stderr
+        assert not (cli.root / "etc/postgresql").exists()
 
     def test_validate_passes(self, cli: CLI, tmp_path: Path) -> None:
         repo = str(example_copy(tmp_path))
@@ -169,11 +197,12 @@ class TestPlan:
         """db-1's lines edit postgresql.conf, which a file resource of the same run creates."""
         repo = example_copy(tmp_path)
         facts = str(facts_file(tmp_path))
-        plan = cli.run("plan", repo, "--node", "db-1", "--facts", facts, check=2)
+        keys = db_keys(tmp_path)
+        plan = cli.run("plan", repo, keys, "--node", "db-1", "--facts", facts, check=2)
         assert "~ line:max_connections\n    known after apply: file:/etc/postgresql/" in plan.stdout
         assert "failed" not in plan.stdout
-        cli.run("apply", repo, "--node", "db-1", "--facts", facts, check=2)
-        cli.run("plan", repo, "--node", "db-1", "--facts", facts, check=0)
+        cli.run("apply", repo, keys, "--node", "db-1", "--facts", facts, check=2)
+        cli.run("plan", repo, keys, "--node", "db-1", "--facts", facts, check=0)
 
 
 class TestReports:
