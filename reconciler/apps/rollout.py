@@ -212,6 +212,8 @@ class Rollout:
         self._swap(catalog)
         if not self.noop:
             for key, outcome in self.outcomes.items():
+                if outcome.decision != "deploy":
+                    self._give_back(self.deployments[key])
                 if outcome.decision in ("deploy", "waiting"):
                     self._publish(self.deployments[key], outcome.state, outcome.message)
             if any(o.decision == "deploy" for o in self.outcomes.values()):
@@ -347,6 +349,15 @@ class Rollout:
                         d.component.max_parallel,
                         self.lease,
                     )
+
+    def _give_back(self, d: Deployment) -> None:
+        """A run that ended while deploying (the node died) left its slot taken: free it."""
+        if self.store is None or self._record(d).published.get("state") != "deploying":
+            return
+        try:
+            self.store.release_slot(d.app.name, d.component.name, SLOTS, self.node)
+        except StoreError as exc:
+            self.warn(f"{d.key}: could not release the slot (its lease will): {exc}")
 
     def _keep_failure(self, d: Deployment, message: str) -> None:
         """Put this node's failure at the app's version in the store, in a record of its own.
