@@ -17,6 +17,7 @@ import pytest
 from reconciler.apps.store import LocalStore
 from tests.apps.test_rollout_local import Fleet
 from tests.conftest import write_tree
+from tests.daemon.conftest import Daemon, GitServer, wait_for
 
 APP = """\
 version: "{version}"
@@ -170,3 +171,72 @@ def test_versions_that_are_not_semantic_go_in_the_order_the_store_saw_them(nodes
     nodes.at("web-1", "blue", max_parallel=2)
     assert nodes.apply("web-1").returncode == 2
     assert nodes.running("web-1") == "blue"
+
+
+class Polling(Daemon):
+    """A daemon of one node, polling a control repo of its own, on the shared local store."""
+
+    def __init__(self, tmp: Path, node: str, coordination: Path) -> None:
+        self.node, self.coordination = node, coordination
+        (tmp / node / "git").mkdir(parents=True)
+        self.git = GitServer(tmp / node / "git")
+        super().__init__(tmp / node, self.git.url, poll_interval="1s")
+
+    def write_config(self, extra: str = "") -> None:
+        super().write_config(
+            f"coordination:\n  backend: local\n  path: {self.coordination}\n  lease: 30s\n"
+        )
+        self.config.write_text(
+            self.config.read_text().replace("node: node-1", f"node: {self.node}")
+        )
+
+    def push(self, version: str, go: Path) -> None:
+        app = APP.format(version=version, max_parallel=1, go=go)
+        self.git.push({"nodes.yaml": "default: base\n", "roles/base.yaml": "profiles: []\n",
+                       "apps/shop.yaml": app}, f"shop {version}")  # fmt: skip
+
+    def running(self) -> str | None:
+        path = self.root / "srv/VERSION"
+        return path.read_text().strip() if path.exists() else None
+
+
+def test_daemons_that_see_a_new_commit_at_different_times(tmp_path: Path) -> None:
+    coordination, go = tmp_path / "coordination", tmp_path / "go"
+    web = {n: Polling(tmp_path, n, coordination) for n in ("web-1", "web-2")}
+    store = LocalStore(coordination)
+
+    def state(node: str) -> tuple[str, str]:
+        found = store.states("shop", "web").get(node)
+        return (found.state, found.version) if found else ("", "")
+
+    try:
+        for daemon in web.values():
+            daemon.git.start()
+            daemon.push("1.1.0", go)
+            daemon.start()
+        wait_for(lambda: {state(n) for n in web} == {("healthy", "1.1.0")}, 60, "both at 1.1.0")
+        # web-1 fails at 1.2.0, then its repo moves on to 1.3.0, which it deploys slowly.
+        web["web-1"].push("1.2.0", go)
+        wait_for(lambda: state("web-1") == ("failed", "1.2.0"), 60, "web-1 failed at 1.2.0")
+        web["web-1"].push("1.3.0", go)
+        wait_for(lambda: state("web-1") == ("deploying", "1.3.0"), 60, "web-1 deploying 1.3.0")
+        # Only now does web-2's repo get 1.2.0.
+        web["web-2"].push("1.2.0", go)
+        wait_for(lambda: state("web-2") == ("waiting", "1.2.0"), 60, "web-2 waiting at 1.2.0")
+        message = store.states("shop", "web")["web-2"].message
+        assert message == "halted: web-1 failed at 1.2.0", message
+        go.touch()
+        wait_for(lambda: state("web-1") == ("healthy", "1.3.0"), 60, "web-1 healthy at 1.3.0")
+        time.sleep(2)  # web-2 polls and runs meanwhile: it must not deploy 1.2.0
+        assert state("web-2") == ("waiting", "1.2.0")
+        assert web["web-2"].running() == "1.1.0"
+        web["web-2"].push("1.3.0", go)
+        wait_for(lambda: state("web-2") == ("healthy", "1.3.0"), 60, "web-2 healthy at 1.3.0")
+        assert web["web-2"].running() == "1.3.0"
+        assert store.failures("shop", "web") == []
+    finally:
+        go.touch()
+        for daemon in web.values():
+            daemon.stop()
+            daemon.notify.close()
+            daemon.git.stop()
