@@ -4,8 +4,9 @@ For each component the node runs, a run decides one of:
 
 ``deploy``
     the node is not yet at the app's version, everything the component requires is healthy at
-    that version on all of its nodes, no node of the component failed at it, and a slot (one of
-    ``max_parallel``) is taken: the component's resources at the new version are applied, then
+    that version on all of its nodes, no node of the component failed at it (a failure is kept
+    until every node has moved past its version), no other node deploys a later version, and a
+    slot (one of the component's ``max_parallel``, whatever the version) is taken: the component's resources at the new version are applied, then
     its health check runs, and the result is published.
 ``enforce``
     the node already deployed this version: its resources are enforced like a profile's; the

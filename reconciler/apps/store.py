@@ -180,6 +180,8 @@ class LocalStore:
         <path>/.generation                             a counter, bumped by every change
         <path>/apps/<app>/<component>/<node>.json      one state per node
         <path>/slots/<app>/<component>/<version>/<n>.json   {"holder": node, "expires": t}
+        <path>/failures/<app>/<component>/<version>/<node>.json   a kept failure (a state)
+        <path>/versions/<app>/<component>/<version>.json    {"version": v, "place": n}
 
     Names are percent-encoded into single path segments. A state file is replaced atomically,
     so readers need no lock; slot files change only under the lock, so the count of holders
@@ -517,6 +519,8 @@ class EtcdStore:
 
         /reconciler/apps/<app>/<component>/<node>             a state (JSON)
         /reconciler/slots/<app>/<component>/<version>/<n>     a slot: the holder, on a lease
+        /reconciler/failures/<app>/<component>/<version>/<node>   a kept failure (a state)
+        /reconciler/versions/<app>/<component>/<version>      seen; its create_revision: its place
 
     Names are percent-encoded into single key segments. Each call tries the endpoints in
     order, starting with the last one that answered; it raises StoreError when none does.
