@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.apps.store import LocalStore
+from reconciler.apps.store import EtcdStore, LocalStore, Store
 from tests.apps.test_rollout_local import Fleet
 from tests.conftest import write_tree
 from tests.daemon.conftest import Daemon, GitServer, wait_for
@@ -174,18 +174,16 @@ def test_versions_that_are_not_semantic_go_in_the_order_the_store_saw_them(nodes
 
 
 class Polling(Daemon):
-    """A daemon of one node, polling a control repo of its own, on the shared local store."""
+    """A daemon of one node, polling a control repo of its own; ``coordination``: its store."""
 
-    def __init__(self, tmp: Path, node: str, coordination: Path) -> None:
+    def __init__(self, tmp: Path, node: str, coordination: str) -> None:
         self.node, self.coordination = node, coordination
         (tmp / node / "git").mkdir(parents=True)
         self.git = GitServer(tmp / node / "git")
         super().__init__(tmp / node, self.git.url, poll_interval="1s")
 
     def write_config(self, extra: str = "") -> None:
-        super().write_config(
-            f"coordination:\n  backend: local\n  path: {self.coordination}\n  lease: 30s\n"
-        )
+        super().write_config(f"coordination:\n{self.coordination}  lease: 30s\n")
         self.config.write_text(
             self.config.read_text().replace("node: node-1", f"node: {self.node}")
         )
@@ -200,10 +198,20 @@ class Polling(Daemon):
         return path.read_text().strip() if path.exists() else None
 
 
-def test_daemons_that_see_a_new_commit_at_different_times(tmp_path: Path) -> None:
-    coordination, go = tmp_path / "coordination", tmp_path / "go"
+@pytest.mark.parametrize("backend", ["local", "etcd"])
+def test_daemons_that_see_a_new_commit_at_different_times(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    go = tmp_path / "go"
+    store: Store
+    if backend == "etcd":
+        etcd = request.getfixturevalue("etcd")
+        coordination = f"  backend: etcd\n  endpoints: [{etcd.url}]\n"
+        store = EtcdStore([etcd.url])
+    else:
+        coordination = f"  backend: local\n  path: {tmp_path / 'coordination'}\n"
+        store = LocalStore(tmp_path / "coordination")
     web = {n: Polling(tmp_path, n, coordination) for n in ("web-1", "web-2")}
-    store = LocalStore(coordination)
 
     def state(node: str) -> tuple[str, str]:
         found = store.states("shop", "web").get(node)
@@ -240,3 +248,4 @@ def test_daemons_that_see_a_new_commit_at_different_times(tmp_path: Path) -> Non
             daemon.stop()
             daemon.notify.close()
             daemon.git.stop()
+        store.close()
