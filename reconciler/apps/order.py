@@ -96,12 +96,18 @@ class Peers:
         return sorted(kept - {self.node})
 
     def ahead_of(self, version: str) -> list[tuple[str, str]]:
-        """The other nodes that deploy a later version than ``version``: (node, version)."""
-        return sorted(
-            (n, s.version)
-            for n, s in self.states.items()
-            if n != self.node and s.state in DEPLOYS and self.later(s.version, version)
-        )
+        """The other nodes that deploy or run a later version than ``version``: (node, version).
+
+        A node that waits at a version keeps running the one it deployed last."""
+        ahead: set[tuple[str, str]] = set()
+        for n, s in self.states.items():
+            if n == self.node:
+                continue
+            if s.state in DEPLOYS and self.later(s.version, version):
+                ahead.add((n, s.version))
+            elif s.deployed and self.later(s.deployed, version):
+                ahead.add((n, s.deployed))
+        return sorted(ahead)
 
     def passed(self) -> list[str]:
         """Versions every node has moved past: their places and failures can go."""

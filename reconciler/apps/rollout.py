@@ -6,8 +6,9 @@ For each component the node runs, a run decides one of:
     the node is not yet at the app's version, everything the component requires is healthy at
     that version on all of its nodes, no node of the component failed at it (a failure is kept
     until every node has moved past its version), no other node deploys a later version, and a
-    slot (one of the component's ``max_parallel``, whatever the version) is taken: the component's resources at the new version are applied, then
-    its health check runs, and the result is published.
+    slot (one of the component's ``max_parallel``, whatever the version) is taken: the
+    component's resources at the new version are applied, then its health check runs, and the
+    result is published.
 ``enforce``
     the node already deployed this version: its resources are enforced like a profile's; the
     health check runs again when a resource of the component changed or the component is not
@@ -386,11 +387,13 @@ class Rollout:
         """Tell the store, when this differs from what it was last told."""
         record = self._record(d)
         revision = self.revisions[d.key]
+        deployed = record.deployed_version or ""
         said = {
             "version": d.app.version,
             "state": state,
             "revision": revision,
             "message": message,
+            "deployed": deployed,
         }
         record.last = said
         if self.store is not None and record.published != said:
@@ -398,7 +401,9 @@ class Rollout:
                 self.store.publish(
                     d.app.name,
                     d.component.name,
-                    ComponentState(self.node, d.app.version, state, revision, time.time(), message),
+                    ComponentState(
+                        self.node, d.app.version, state, revision, time.time(), message, deployed
+                    ),
                 )
                 record.published = said
             except StoreError as exc:

@@ -65,6 +65,7 @@ class ComponentState:
     revision: str  # control-repo revision
     updated: float  # unix time
     message: str = ""
+    deployed: str = ""  # the version the node last deployed and runs meanwhile, if any
 
 
 class StoreError(ReconcilerError):
@@ -163,9 +164,12 @@ def _decode_state(raw: bytes, where: str) -> ComponentState:
         message = data.get("message", "")
         if not isinstance(message, str):
             raise ValueError("message must be a string")
+        deployed = data.get("deployed", "")
+        if not isinstance(deployed, str):
+            raise ValueError("deployed must be a string")
     except (ValueError, KeyError) as exc:
         raise StoreError(f"{where}: not a component state: {exc}") from None
-    return ComponentState(**strings, updated=float(updated), message=message)
+    return ComponentState(**strings, updated=float(updated), message=message, deployed=deployed)
 
 
 # --------------------------------------------------------------------------- local files

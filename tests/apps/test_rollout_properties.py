@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -104,8 +104,8 @@ class Rollouts(RuleBasedStateMachine):
             if all(older(at, v) for v in self.ran_at.values()):
                 del self.failed[at]
         if decision == "deploy":
+            self.pending[node] = (rollout, deployment)  # closed by teardown, whatever happens
             self.check_may_deploy(node, version)
-            self.pending[node] = (rollout, deployment)
             self.running[node] = ("deploying", version)
             self.check_width()
             return
@@ -181,6 +181,7 @@ Rollouts.TestCase.settings = settings(
     max_examples=50,
     stateful_step_count=30,
     deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no slow explain
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestRollouts = Rollouts.TestCase
