@@ -4,9 +4,11 @@ For each component the node runs, a run decides one of:
 
 ``deploy``
     the node is not yet at the app's version, everything the component requires is healthy at
-    that version on all of its nodes, no node of the component failed at it, and a slot (one of
-    ``max_parallel``) is taken: the component's resources at the new version are applied, then
-    its health check runs, and the result is published.
+    that version on all of its nodes, no node of the component failed at it (a failure is kept
+    until every node has moved past its version), no other node deploys a later version, and a
+    slot (one of the component's ``max_parallel``, whatever the version) is taken: the
+    component's resources at the new version are applied, then its health check runs, and the
+    result is published.
 ``enforce``
     the node already deployed this version: its resources are enforced like a profile's; the
     health check runs again when a resource of the component changed or the component is not
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.apps import health as healthmod
+from reconciler.apps.order import SLOTS, Peers
 from reconciler.apps.store import ComponentState, Store, StoreError
 from reconciler.engine import state as statemod
 from reconciler.engine.report import ResourceResult
@@ -211,6 +214,8 @@ class Rollout:
         self._swap(catalog)
         if not self.noop:
             for key, outcome in self.outcomes.items():
+                if outcome.decision != "deploy":
+                    self._give_back(self.deployments[key])
                 if outcome.decision in ("deploy", "waiting"):
                     self._publish(self.deployments[key], outcome.state, outcome.message)
             if any(o.decision == "deploy" for o in self.outcomes.values()):
@@ -247,10 +252,13 @@ class Rollout:
         ):
             outcome.decision, outcome.state = "failed", "failed"
             outcome.message = str(last.get("message") or "failed at this version")
+            self._keep_failure(d, outcome.message)
             return outcome
         if self.store is None:
             return self._wait(outcome, f"the coordination store is unavailable: {self.store_error}")
         try:
+            if not self.noop:
+                self.store.note_version(d.app.name, d.component.name, version)
             for required in d.component.requires:
                 states = self.store.states(d.app.name, required)
                 shown = {n: f"{s.state}@{s.version}" for n, s in sorted(states.items())}
@@ -263,27 +271,30 @@ class Rollout:
                 return self._wait(outcome, f"waiting for {names} to be healthy at {version}")
             if d.unavailable:  # a value it consumes is not published: it cannot be compiled
                 return self._wait(outcome, d.unavailable)
-            peers = self.store.states(d.app.name, d.component.name)
-            failed = sorted(
-                n
-                for n, s in peers.items()
-                if n != self.node and s.version == version and s.state == "failed"
-            )
+            peers = Peers.read(self.store, d.app.name, d.component.name, self.node, version)
+            if not self.noop:
+                for past in peers.passed():
+                    self.store.forget_version(d.app.name, d.component.name, past)
+            failed = peers.failed_at(version)
             if failed:
                 return self._wait(outcome, f"halted: {', '.join(failed)} failed at {version}")
+            ahead = peers.ahead_of(version)
+            if ahead:
+                later = ", ".join(f"{n} deploys {v}" for n, v in ahead)
+                return self._wait(outcome, f"superseded: {later}, later than {version}")
             if self.noop:
-                holders = self.store.holders(d.app.name, d.component.name, version)
+                holders = self.store.holders(d.app.name, d.component.name, SLOTS)
                 free = self.node in holders or len(holders) < d.component.max_parallel
             else:
                 free = self.store.acquire_slot(
                     d.app.name,
                     d.component.name,
-                    version,
+                    SLOTS,
                     self.node,
                     d.component.max_parallel,
                     self.lease,
                 )
-                holders = [] if free else self.store.holders(d.app.name, d.component.name, version)
+                holders = [] if free else self.store.holders(d.app.name, d.component.name, SLOTS)
             if not free:
                 return self._wait(
                     outcome,
@@ -340,21 +351,54 @@ class Rollout:
                     self.store.acquire_slot(
                         d.app.name,
                         d.component.name,
-                        d.app.version,
+                        SLOTS,
                         self.node,
                         d.component.max_parallel,
                         self.lease,
                     )
 
+    def _give_back(self, d: Deployment) -> None:
+        """A run that ended while deploying (the node died) left its slot taken: free it."""
+        if self.store is None or self._record(d).published.get("state") != "deploying":
+            return
+        try:
+            self.store.release_slot(d.app.name, d.component.name, SLOTS, self.node)
+        except StoreError as exc:
+            self.warn(f"{d.key}: could not release the slot (its lease will): {exc}")
+
+    def _keep_failure(self, d: Deployment, message: str) -> None:
+        """Put this node's failure at the app's version in the store, in a record of its own.
+
+        A later state of the node (``waiting`` at the next version) does not hide it: the
+        others stay halted at this version until every node has moved past it."""
+        if self.noop or self.store is None:
+            return
+        version = d.app.version
+        try:
+            kept = self.store.failures(d.app.name, d.component.name)
+            if any(f.node == self.node and f.version == version for f in kept):
+                return
+            self.store.record_failure(
+                d.app.name,
+                d.component.name,
+                ComponentState(
+                    self.node, version, "failed", self.revisions[d.key], time.time(), message
+                ),
+            )
+        except StoreError as exc:
+            self.warn(f"{d.key}: could not record the failure at {version}: {exc}")
+
     def _publish(self, d: Deployment, state: str, message: str) -> None:
         """Tell the store, when this differs from what it was last told."""
         record = self._record(d)
         revision = self.revisions[d.key]
+        deployed = record.deployed_version or ""
         said = {
             "version": d.app.version,
             "state": state,
             "revision": revision,
             "message": message,
+            "deployed": deployed,
         }
         record.last = said
         if self.store is not None and record.published != said:
@@ -362,7 +406,9 @@ class Rollout:
                 self.store.publish(
                     d.app.name,
                     d.component.name,
-                    ComponentState(self.node, d.app.version, state, revision, time.time(), message),
+                    ComponentState(
+                        self.node, d.app.version, state, revision, time.time(), message, deployed
+                    ),
                 )
                 record.published = said
             except StoreError as exc:
@@ -393,6 +439,7 @@ class Rollout:
                 continue
             d = self.deployments[key]
             record = self._record(d)
+            before = outcome.state
             mine = [results[rid] for rid in d.ids if rid in results]
             broken = [r.id for r in mine if r.status in ("failed", "skipped")]
             touched = any(r.status == "changed" for r in mine)
@@ -426,10 +473,17 @@ class Rollout:
                         if ok
                         else f"; rollback to {record.deployed_version} failed"
                     )
+            if not healthy:
+                self._keep_failure(d, outcome.message)  # before the slot is given back
+            elif self.store is not None and (outcome.decision == "deploy" or before != "healthy"):
+                try:
+                    self.store.clear_failure(d.app.name, d.component.name, d.app.version, self.node)
+                except StoreError as exc:
+                    self.warn(f"{key}: could not clear the failure at {d.app.version}: {exc}")
             self._publish(d, outcome.state, outcome.message)
             if outcome.decision == "deploy" and self.store is not None:
                 try:
-                    self.store.release_slot(d.app.name, d.component.name, d.app.version, self.node)
+                    self.store.release_slot(d.app.name, d.component.name, SLOTS, self.node)
                 except StoreError as exc:
                     self.warn(f"{key}: could not release the slot (its lease will): {exc}")
         return extra

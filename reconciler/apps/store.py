@@ -71,6 +71,7 @@ class ComponentState:
     revision: str  # control-repo revision
     updated: float  # unix time
     message: str = ""
+    deployed: str = ""  # the version the node last deployed and runs meanwhile, if any
 
 
 class StoreError(ReconcilerError):
@@ -111,6 +112,24 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Let go of connections; a ``wait`` blocked in another thread returns False."""
+
+    def note_version(self, app: str, component: str, version: str) -> None:
+        """Give ``version`` its place in the component's order of versions, once."""
+
+    def versions(self, app: str, component: str) -> dict[str, int]:
+        """The component's noted versions and their places (a later version, a larger one)."""
+
+    def record_failure(self, app: str, component: str, state: ComponentState) -> None:
+        """Keep ``state.node``'s failure at ``state.version`` apart from its later states."""
+
+    def failures(self, app: str, component: str) -> list[ComponentState]:
+        """Every failure kept for the component."""
+
+    def clear_failure(self, app: str, component: str, version: str, node: str) -> None:
+        """Drop one node's failure at one version (it turned healthy there)."""
+
+    def forget_version(self, app: str, component: str, version: str) -> None:
+        """Drop a version's place and every failure at it (every node has moved past it)."""
 
 
 def open_store(config: CoordinationConfig) -> Store:
@@ -173,9 +192,12 @@ def _decode_state(raw: bytes, where: str) -> ComponentState:
         message = data.get("message", "")
         if not isinstance(message, str):
             raise ValueError("message must be a string")
+        deployed = data.get("deployed", "")
+        if not isinstance(deployed, str):
+            raise ValueError("deployed must be a string")
     except (ValueError, KeyError) as exc:
         raise StoreError(f"{where}: not a component state: {exc}") from None
-    return ComponentState(**strings, updated=float(updated), message=message)
+    return ComponentState(**strings, updated=float(updated), message=message, deployed=deployed)
 
 
 # --------------------------------------------------------------------------- local files
@@ -191,6 +213,8 @@ class LocalStore:
         <path>/apps/<app>/<component>/<node>.json      one state per node
         <path>/slots/<app>/<component>/<version>/<n>.json   {"holder": node, "expires": t}
         <path>/exports/<node>.json                     {"record": JSON text, "expires": t}
+        <path>/failures/<app>/<component>/<version>/<node>.json   a kept failure (a state)
+        <path>/versions/<app>/<component>/<version>.json    {"version": v, "place": n}
 
     Names are percent-encoded into single path segments. A state file is replaced atomically,
     so readers need no lock; slot files change only under the lock, so the count of holders
@@ -452,6 +476,87 @@ class LocalStore:
                     soonest = expires
         return soonest
 
+    # -- the order of versions and kept failures
+
+    def note_version(self, app: str, component: str, version: str) -> None:
+        directory = self._versions_dir(app, component)
+        path = directory / f"{_part(version, 'version')}.json"
+        with self._os_errors("note a version"), self._locked():
+            if path.exists():
+                return
+            places = self._places(directory)
+            directory.mkdir(parents=True, exist_ok=True)
+            place = max(places.values(), default=0) + 1
+            atomic_write(path, json.dumps({"version": version, "place": place}).encode())
+            self._bump()
+
+    def versions(self, app: str, component: str) -> dict[str, int]:
+        with self._os_errors("read versions"):
+            return self._places(self._versions_dir(app, component))
+
+    def record_failure(self, app: str, component: str, state: ComponentState) -> None:
+        _check_state(state)
+        directory = self._failures_dir(app, component) / _part(state.version, "version")
+        with self._os_errors("record a failure"), self._locked():
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(directory / f"{_part(state.node, 'node')}.json", _encode_state(state))
+            self._bump()
+
+    def failures(self, app: str, component: str) -> list[ComponentState]:
+        found: list[ComponentState] = []
+        base = self._failures_dir(app, component)
+        with self._os_errors("read failures"):
+            try:
+                versions = sorted(os.listdir(base))
+            except FileNotFoundError:
+                return []
+            for name in versions:
+                for entry in self._entries(base / name):
+                    with contextlib.suppress(FileNotFoundError):
+                        found.append(_decode_state(entry.read_bytes(), str(entry)))
+        return found
+
+    def clear_failure(self, app: str, component: str, version: str, node: str) -> None:
+        directory = self._failures_dir(app, component) / _part(version, "version")
+        path = directory / f"{_part(node, 'node')}.json"
+        with self._os_errors("clear a failure"), self._locked():
+            if path.exists():
+                path.unlink()
+                self._tidy(directory)
+                self._bump()
+
+    def forget_version(self, app: str, component: str, version: str) -> None:
+        failed = self._failures_dir(app, component) / _part(version, "version")
+        path = self._versions_dir(app, component) / f"{_part(version, 'version')}.json"
+        with self._os_errors("forget a version"), self._locked():
+            gone = self._entries(failed) + ([path] if path.exists() else [])
+            for entry in gone:
+                entry.unlink()
+            self._tidy(failed)
+            if gone:
+                self._bump()
+
+    def _versions_dir(self, app: str, component: str) -> Path:
+        return self.path / "versions" / _part(app, "app") / _part(component, "component")
+
+    def _failures_dir(self, app: str, component: str) -> Path:
+        return self.path / "failures" / _part(app, "app") / _part(component, "component")
+
+    def _places(self, directory: Path) -> dict[str, int]:
+        places: dict[str, int] = {}
+        for path in self._entries(directory):
+            try:
+                data = json.loads(path.read_bytes())
+                version, place = data["version"], data["place"]
+                if not isinstance(version, str) or type(place) is not int:
+                    raise TypeError
+            except FileNotFoundError:
+                continue
+            except (ValueError, KeyError, TypeError):
+                raise StoreError(f"{path}: not a version's place (version and place)") from None
+            places[version] = place
+        return places
+
 
 # --------------------------------------------------------------------------- etcd
 
@@ -489,6 +594,8 @@ class EtcdStore:
         /reconciler/apps/<app>/<component>/<node>             a state (JSON)
         /reconciler/slots/<app>/<component>/<version>/<n>     a slot: the holder, on a lease
         /reconciler/exports/<node>/record                     what a node exports, on a lease
+        /reconciler/failures/<app>/<component>/<version>/<node>   a kept failure (a state)
+        /reconciler/versions/<app>/<component>/<version>      seen; its create_revision: its place
 
     Names are percent-encoded into single key segments. Each call tries the endpoints in
     order, starting with the last one that answered; it raises StoreError when none does.
@@ -720,6 +827,75 @@ class EtcdStore:
             f"{ROOT}slots/{_part(app, 'app')}/{_part(component, 'component')}/"
             f"{_part(version, 'version')}/"
         )
+
+    # -- the order of versions and kept failures
+
+    def note_version(self, app: str, component: str, version: str) -> None:
+        key = self._versions_prefix(app, component) + _part(version, "version")
+        # Created once: its create_revision is the version's place.
+        self._change(
+            "kv/txn",
+            {
+                "compare": [
+                    {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+                ],
+                "success": [{"request_put": {"key": _b64(key), "value": _b64(version)}}],
+            },
+        )
+
+    def versions(self, app: str, component: str) -> dict[str, int]:
+        return {
+            _unb64(kv.get("value", "")): int(kv["create_revision"])
+            for kv in self._range(self._versions_prefix(app, component))
+        }
+
+    def record_failure(self, app: str, component: str, state: ComponentState) -> None:
+        _check_state(state)
+        key = (
+            self._failures_prefix(app, component)
+            + f"{_part(state.version, 'version')}/{_part(state.node, 'node')}"
+        )
+        self._change("kv/put", {"key": _b64(key), "value": _b64(_encode_state(state).decode())})
+
+    def failures(self, app: str, component: str) -> list[ComponentState]:
+        return [
+            _decode_state(base64.b64decode(kv.get("value", "")), f"etcd key {_unb64(kv['key'])}")
+            for kv in self._range(self._failures_prefix(app, component))
+        ]
+
+    def clear_failure(self, app: str, component: str, version: str, node: str) -> None:
+        key = (
+            self._failures_prefix(app, component)
+            + f"{_part(version, 'version')}/{_part(node, 'node')}"
+        )
+        self._change("kv/deleterange", {"key": _b64(key)})
+
+    def forget_version(self, app: str, component: str, version: str) -> None:
+        failed = self._failures_prefix(app, component) + _part(version, "version") + "/"
+        key = self._versions_prefix(app, component) + _part(version, "version")
+        self._change(
+            "kv/txn",
+            {
+                "compare": [],
+                "success": [
+                    {"request_delete_range": {"key": _b64(key)}},
+                    {
+                        "request_delete_range": {
+                            "key": _b64(failed),
+                            "range_end": _b64(_prefix_end(failed)),
+                        }
+                    },
+                ],
+            },
+        )
+
+    @staticmethod
+    def _versions_prefix(app: str, component: str) -> str:
+        return f"{ROOT}versions/{_part(app, 'app')}/{_part(component, 'component')}/"
+
+    @staticmethod
+    def _failures_prefix(app: str, component: str) -> str:
+        return f"{ROOT}failures/{_part(app, 'app')}/{_part(component, 'component')}/"
 
     @staticmethod
     def _index(prefix: str, kv: dict[str, Any]) -> int | None:
