@@ -76,6 +76,25 @@ class File(PathResource):
             problems.append(("validate_cmd", "must name the file to check with %"))
         return problems
 
+    @classmethod
+    def managed(
+        cls, path: str, ensure: str, content: str | bytes | None, sensitive: bool = False
+    ) -> File:
+        """A root-owned 0644 file that another type writes through the file code (its unit
+        file, its ruleset): atomic, backed up, diffed, never forced over what is in its way."""
+        attrs = {
+            "ensure": ensure,
+            "content": content,
+            "mode": "0644",
+            "owner": None,
+            "group": None,
+            "backup": True,
+            "force": False,
+            "replace": True,
+            "validate_cmd": None,
+        }
+        return cls(path, attrs, sensitive)
+
     def desired_digest(self) -> str:
         if self._digest is None:
             rest = sorted((k, repr(v)) for k, v in self.attrs.items() if k != "content")

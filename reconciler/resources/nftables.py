@@ -59,21 +59,8 @@ class Nftables(Resource):
         super().__init__(title, attrs, sensitive)
         content = self.attrs.get("content")
         self._text = None if content is None else _text(content)
-        self._file = File(
-            self.path,
-            {
-                "ensure": self.attrs.get("ensure") or "present",
-                "content": self._text,
-                "mode": "0644",
-                "owner": None,
-                "group": None,
-                "backup": True,
-                "force": False,
-                "replace": True,
-                "validate_cmd": None,
-            },
-            sensitive,
-        )
+        ensure = self.attrs.get("ensure") or "present"
+        self._file = File.managed(self.path, ensure, self._text, sensitive)
 
     @classmethod
     def validate(cls, title: str, attrs: Mapping[str, Any]) -> list[tuple[str | None, str]]:

@@ -59,21 +59,8 @@ class SystemdUnit(Resource):
 
     def __init__(self, title: str, attrs: Mapping[str, Any], sensitive: bool = False) -> None:
         super().__init__(title, attrs, sensitive)
-        self._file = File(
-            self.path,
-            {
-                "ensure": self.attrs.get("ensure") or "present",
-                "content": self.attrs.get("content"),
-                "mode": "0644",
-                "owner": None,
-                "group": None,
-                "backup": True,
-                "force": False,
-                "replace": True,
-                "validate_cmd": None,
-            },
-            sensitive,
-        )
+        ensure = self.attrs.get("ensure") or "present"
+        self._file = File.managed(self.path, ensure, self.attrs.get("content"), sensitive)
 
     @classmethod
     def validate(cls, title: str, attrs: Mapping[str, Any]) -> list[tuple[str | None, str]]:
