@@ -6,9 +6,7 @@ directory. web nodes export ``haproxy_member``; the lb node collects them into a
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -16,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.apps.store import LocalStore
-from tests.conftest import seed_root, write_tree
+from tests.apps.test_rollout_local import Fleet
+from tests.conftest import write_tree
 
 LB_TEMPLATE = """\
 {% for m in collect('haproxy_member', role='web') %}server {{ m.node }} {{ m.host }}:{{ m.port }} {{ m.note }}
@@ -65,57 +64,6 @@ FILES = {
     ),
     "templates/haproxy.cfg.j2": LB_TEMPLATE,
 }
-
-
-class Fleet:
-    """Nodes sharing one coordination directory, each applied with its own --config."""
-
-    def __init__(self, tmp: Path, exports_ttl: str = "1h") -> None:
-        self.tmp = tmp
-        self.coordination = tmp / "coordination"
-        self.repo = tmp / "repo"
-        self.exports_ttl = exports_ttl
-
-    def config(self, node: str) -> Path:
-        path = self.tmp / node / "config.yaml"
-        if not path.exists():
-            root = seed_root(self.tmp / node / "root")
-            path.write_text(
-                textwrap.dedent(
-                    f"""\
-                    node: {node}
-                    root: {root}
-                    state_dir: {self.tmp / node / "state"}
-                    facts_dirs: []
-                    coordination:
-                      backend: local
-                      path: {self.coordination}
-                      exports_ttl: {self.exports_ttl}
-                    """
-                )
-            )
-        return path
-
-    def apply(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "reconciler.cli",
-                *(args or ("apply",)),
-                "--config",
-                str(self.config(node)),
-                "--repo",
-                str(self.repo),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "NO_COLOR": "1"},
-        )
-
-    def read(self, node: str, path: str) -> str:
-        return (self.tmp / node / "root" / path).read_text()
 
 
 @pytest.fixture

@@ -74,10 +74,11 @@ def control_repo(path: Path, version: str, api_health: str = OK, on_failure: str
 class Fleet:
     """Nodes sharing one coordination directory, each applied with its own --config."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, exports_ttl: str = "1h") -> None:
         self.tmp = tmp
         self.coordination = tmp / "coordination"
         self.repo = tmp / "repo"
+        self.exports_ttl = exports_ttl
 
     def config(self, node: str) -> Path:
         path = self.tmp / node / "config.yaml"
@@ -93,6 +94,7 @@ class Fleet:
                     coordination:
                       backend: local
                       path: {self.coordination}
+                      exports_ttl: {self.exports_ttl}
                     """
                 )
             )
@@ -107,8 +109,13 @@ class Fleet:
             env={**os.environ, "NO_COLOR": "1"},
         )
 
-    def apply(self, node: str, command: str = "apply") -> subprocess.CompletedProcess[str]:
-        return self.cli(command, "--config", str(self.config(node)), "--repo", str(self.repo))
+    def apply(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """``apply`` (or the command and options ``args`` give) for ``node``."""
+        command = args or ("apply",)
+        return self.cli(*command, "--config", str(self.config(node)), "--repo", str(self.repo))
+
+    def read(self, node: str, path: str) -> str:
+        return (self.tmp / node / "root" / path).read_text()
 
     def version(self, node: str, component: str) -> str | None:
         path = self.tmp / node / "root" / "srv/shop" / component / "VERSION"
