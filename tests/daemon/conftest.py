@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -233,6 +234,19 @@ log:
             code = self.proc.wait()
         self.proc = None
         return code
+
+
+@contextlib.contextmanager
+def running_daemon(tmp: Path, url: str, **overrides: str) -> Iterator[Daemon]:
+    """A daemon started and ready (``/readyz``), stopped at the end."""
+    d = Daemon(tmp, url, **overrides)
+    try:
+        d.start()
+        wait_for(d.ready, what="/readyz")
+        yield d
+    finally:
+        d.stop()
+        d.notify.close()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Demo, git, running_demo
-from tests.daemon.conftest import Daemon, GitServer, wait_for
+from tests.daemon.conftest import GitServer, running_daemon, wait_for
 
 COUNTERS = ("reconciler_runs_total", "reconciler_drift_events_total")
 
@@ -89,35 +89,23 @@ class TestFixture:
     def test_rewriting_a_file_in_a_managed_directory_is_not_directory_drift(
         self, tmp_path: Path, server: GitServer
     ) -> None:
-        d = Daemon(tmp_path, server.url, poll_interval="1s", interval="1h")
-        try:
-            d.start()
-            wait_for(d.ready, what="/readyz")
+        with running_daemon(tmp_path, server.url, poll_interval="1s", interval="1h") as d:
             before = settled(d.port)
             profile = (server.work / "profiles/app.yaml").read_text()
             server.push({"profiles/app.yaml": profile.replace("threads=4", "threads=8")})
             config = d.root / "srv/app/config"
             wait_for(lambda: config.read_text() == "threads=8\n", what="the push applied")
             assert moved(before, settled(d.port)) == {"runs:success": 1}
-        finally:
-            d.stop()
-            d.notify.close()
 
     def test_a_file_removed_from_a_managed_directory_is_one_event_of_the_file(
         self, tmp_path: Path, server: GitServer
     ) -> None:
-        d = Daemon(tmp_path, server.url, poll_interval="1h", interval="1h")
-        try:
-            d.start()
-            wait_for(d.ready, what="/readyz")
+        with running_daemon(tmp_path, server.url, poll_interval="1h", interval="1h") as d:
             before = settled(d.port)
             config = d.root / "srv/app/config"
             config.unlink()
             wait_for(config.exists, what="the file restored")
             assert moved(before, settled(d.port)) == {"drift:file": 1, "runs:success": 1}
-        finally:
-            d.stop()
-            d.notify.close()
 
     def test_a_purging_directory_ignores_its_own_rewrite_and_sees_a_stray_file(
         self, tmp_path: Path, server: GitServer
@@ -126,10 +114,7 @@ class TestFixture:
         purging = profile.replace("- directory: /srv/app", "- directory: /srv/app\n    purge: true")
         assert purging != profile
         server.push({"profiles/app.yaml": purging})
-        d = Daemon(tmp_path, server.url, poll_interval="1s", interval="1h")
-        try:
-            d.start()
-            wait_for(d.ready, what="/readyz")
+        with running_daemon(tmp_path, server.url, poll_interval="1s", interval="1h") as d:
             before = settled(d.port)
             server.push({"profiles/app.yaml": purging.replace("threads=4", "threads=8")})
             config = d.root / "srv/app/config"
@@ -141,9 +126,6 @@ class TestFixture:
             subprocess.run(["sh", "-c", f"echo left behind > {stray}"], check=True)
             wait_for(lambda: not stray.exists(), what="the stray file purged")
             assert moved(after, settled(d.port)) == {"drift:directory": 1, "runs:success": 1}
-        finally:
-            d.stop()
-            d.notify.close()
 
     def test_a_managed_directory_changed_by_hand_is_one_event(
         self, tmp_path: Path, server: GitServer
@@ -156,15 +138,9 @@ class TestFixture:
                 )
             }
         )
-        d = Daemon(tmp_path, server.url, poll_interval="1h", interval="1h")
-        try:
-            d.start()
-            wait_for(d.ready, what="/readyz")
+        with running_daemon(tmp_path, server.url, poll_interval="1h", interval="1h") as d:
             before = settled(d.port)
             app = d.root / "srv/app"
             app.chmod(0o700)  # seen both by the watch on /srv and by the one on /srv/app
             wait_for(lambda: app.stat().st_mode & 0o777 == 0o755, what="the mode repaired")
             assert moved(before, settled(d.port)) == {"drift:directory": 1, "runs:success": 1}
-        finally:
-            d.stop()
-            d.notify.close()
