@@ -21,6 +21,7 @@ from reconciler.model.repo import (
     NAME,
     did_you_mean,
     fact_holds,
+    parameter_problems,
     read_yaml,
     same_kind,
     type_name,
@@ -343,24 +344,9 @@ def app_data_problems(path: str, content: LocMap, apps: list[App]) -> list[Probl
         if not isinstance(values, LocMap):
             problems.append(Problem("must be a mapping of parameters", where))
             continue
-        for key, value in values.items():
-            key_at = Location(path, values.line_of(key), f"{section}.{key}")
-            if key not in app.params:
-                problems.append(
-                    Problem(
-                        f"app {app.definition!r} has no parameter {key!r} ({app.file})"
-                        f"{did_you_mean(key, app.params)}",
-                        key_at,
-                    )
-                )
-            elif not same_kind(app.params[key], value):
-                problems.append(
-                    Problem(
-                        f"expected {type_name(app.params[key])} like the default at "
-                        f"{app.file}:{app.params.line_of(key)}, got {type_name(value)}",
-                        key_at,
-                    )
-                )
+        problems += parameter_problems(
+            f"app {app.definition!r}", app.file, app.params, values, path, section, False
+        )
     return problems
 
 

@@ -636,26 +636,44 @@ def check_data_file(
                 Problem("must be a mapping of parameters", Location(path, line, str(name)))
             )
             continue
-        for key, value in section.items():
-            where = Location(path, section.line_of(key), f"{name}.{key}")
-            if key not in profile.params:
-                problems.append(
-                    Problem(
-                        f"profile {name!r} has no parameter {key!r} ({profile.file})"
-                        f"{did_you_mean(key, profile.params)}",
-                        where,
-                    )
+        problems += parameter_problems(
+            f"profile {name!r}", profile.file, profile.params, section, path, str(name)
+        )
+    return problems
+
+
+def parameter_problems(
+    owner: str,
+    file: str,
+    params: LocMap,
+    section: LocMap,
+    path: str,
+    prefix: str,
+    interpolation: bool = True,
+) -> list[Problem]:
+    """Every key of a data ``section`` for a profile or an app must be one of its ``params``
+    (declared in ``file``), with a value of the default's type; with ``interpolation``, a value
+    that is one ``%{...}`` is judged once substituted."""
+    problems: list[Problem] = []
+    for key, value in section.items():
+        where = Location(path, section.line_of(key), f"{prefix}.{key}")
+        if key not in params:
+            problems.append(
+                Problem(
+                    f"{owner} has no parameter {key!r} ({file}){did_you_mean(key, params)}",
+                    where,
                 )
-                continue
-            default = profile.params[key]
-            if not same_kind(default, value) and not interpolated(value):
-                problems.append(
-                    Problem(
-                        f"expected {type_name(default)} like the default at "
-                        f"{profile.file}:{profile.params.line_of(key)}, got {type_name(value)}",
-                        where,
-                    )
+            )
+            continue
+        default = params[key]
+        if not same_kind(default, value) and not (interpolation and interpolated(value)):
+            problems.append(
+                Problem(
+                    f"expected {type_name(default)} like the default at "
+                    f"{file}:{params.line_of(key)}, got {type_name(value)}",
+                    where,
                 )
+            )
     return problems
 
 
