@@ -433,7 +433,7 @@ class Mirror:
         self._replace(target, commit, deadline, damage)
 
     def _peel(self, ref: str, deadline: float) -> tuple[str, str] | None:
-        """(object, commit) of a ref of the mirror: what it names, and the commit that leads to."""
+        """(object, commit) of a ref of the mirror: what it names, and the commit it leads to."""
         out = self._git(
             ["for-each-ref", "--format=%(objectname) %(refname)", ref], self.git_dir, deadline
         )
