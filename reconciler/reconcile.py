@@ -210,11 +210,14 @@ def reconcile(
     pinned: Pinned | None = None,
 ) -> Outcome:
     """One run, every step in this order, for ``apply``, ``plan`` and every daemon run (see
-    ``_reconcile``); then, with a coordination store configured (``options.coordination``), the
-    run's summary is published there for the fleet view, unless planning or skipped."""
+    ``_reconcile``); then, with a coordination store configured (``options.coordination``
+    read from a configuration's coordination section), the run's summary is published there
+    for the fleet view, unless planning or skipped."""
     outcome = _reconcile(options, plan, warn, snapshot, pinned)
-    if not plan and options.coordination is not None and outcome.kind is not OutcomeKind.SKIPPED:
-        publish_summary(options, options.coordination, outcome, warn)
+    config = options.coordination
+    skipped = outcome.kind is OutcomeKind.SKIPPED
+    if config is not None and config.configured and not (plan or skipped):
+        publish_summary(options, config, outcome, warn)
     return outcome
 
 

@@ -53,6 +53,9 @@ class CoordinationConfig:
     # etcd with authentication: the node's etcd user and a file holding its password.
     username: str | None = None
     password_file: Path | None = None
+    # The configuration names a store (a coordination section): every run publishes its
+    # summary there for the fleet view. Apps and exports use the default store regardless.
+    configured: bool = False
 
 
 STATES = ("deploying", "healthy", "failed", "waiting", "rolledback")

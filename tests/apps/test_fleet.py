@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.apps import fleet
-from reconciler.apps.store import MAX_RECORD, LocalStore
+from reconciler.apps.store import MAX_RECORD, CoordinationConfig, LocalStore
+from reconciler.config import load_config
+from reconciler.reconcile import OutcomeKind, RunOptions, reconcile
 from tests.apps.conftest import StoreFactory
 from tests.apps.test_rollout_local import Fleet, control_repo
 from tests.conftest import seed_root, write_tree
@@ -143,6 +145,32 @@ class TestPublished:
         assert done.returncode == 2, done.stderr
         nodes.apply("web-1")
         assert set(LocalStore(nodes.coordination).records("summary")) == {"web-1"}
+
+    def test_only_a_configuration_naming_a_store_publishes(
+        self, nodes: Fleet, tmp_path: Path
+    ) -> None:
+        config = nodes.config("web-1")
+        bare = tmp_path / "bare.yaml"
+        bare.write_text(config.read_text().split("coordination:")[0])
+        assert load_config(bare).coordination.configured is False
+        assert load_config(config).coordination.configured is True
+        # The default store (apps and exports use it all the same) gets no summary.
+        options = RunOptions(
+            repo=str(nodes.repo),
+            node="web-5",
+            root=seed_root(tmp_path / "r5"),
+            state_dir=tmp_path / "s5",
+            coordination=CoordinationConfig(path=nodes.coordination),
+        )
+        assert reconcile(options).kind is OutcomeKind.CHANGED
+        assert LocalStore(nodes.coordination).records("summary") == {}
+        options.coordination = CoordinationConfig(path=nodes.coordination, configured=True)
+        assert reconcile(options).kind is OutcomeKind.IN_SYNC
+        assert set(LocalStore(nodes.coordination).records("summary")) == {"web-5"}
+        # A plan publishes nothing.
+        options.node = "web-6"
+        assert reconcile(options, plan=True).ran
+        assert set(LocalStore(nodes.coordination).records("summary")) == {"web-5"}
 
     def test_a_store_that_fails_is_a_warning_not_a_failed_run(self, nodes: Fleet) -> None:
         nodes.coordination.write_text("a file where the store's directory should be\n")
