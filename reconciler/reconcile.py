@@ -281,6 +281,8 @@ def publish_summary(
         fleet.publish(store, summary)
     except (StoreError, OSError, ValueError) as exc:
         warn(f"run summary not published: {exc}")
+    except Exception as exc:  # a bug: the run is done all the same
+        warn(f"run summary not published: Unexpected: {type(exc).__name__}: {exc}")
     finally:
         if opened and store is not None:
             store.close()
