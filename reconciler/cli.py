@@ -599,7 +599,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps([r.to_dict() for r in rows], indent=2))
     elif rows:
-        sys.stdout.write(fleet.render_text(rows))
+        _say(fleet.render_text(rows).removesuffix("\n"))
     if not rows:
         _say(
             "reconciler: no node matches"
@@ -625,7 +625,7 @@ def cmd_apps(args: argparse.Namespace) -> int:
             json.dumps({"app": args.app, "components": [c.to_dict() for c in components]}, indent=2)
         )
     else:
-        sys.stdout.write(fleet.render_app_status(args.app, components))
+        _say(fleet.render_app_status(args.app, components).removesuffix("\n"))
     failed = any(s.state == "failed" for c in components for s in c.states.values())
     return 4 if failed else 0
 

@@ -15,6 +15,7 @@ import pytest
 
 from reconciler.apps import fleet
 from reconciler.apps.store import MAX_RECORD, CoordinationConfig, LocalStore
+from reconciler.cli import FLEET_STATES
 from reconciler.config import load_config
 from reconciler.reconcile import OutcomeKind, RunOptions, reconcile
 from tests.apps.conftest import StoreFactory
@@ -196,6 +197,20 @@ class TestPublished:
         assert "node 'web-2' is left out: it names node 'web-1'" in done.stderr
         assert "node 'web-3' is left out" in done.stderr
         assert "node 'web-4' is left out: not a JSON object" in done.stderr
+
+    def test_control_characters_in_a_record_never_reach_the_terminal(self, nodes: Fleet) -> None:
+        store = LocalStore(nodes.coordination)
+        odd = summary(
+            "web-\x1b[2J1", ended=time.time(), result="failed", message="\x1b]0;owned\x07"
+        )
+        store.publish_record("summary", odd.node, fleet.encode(odd), ttl=60)
+        done = nodes.cli("fleet", "--config", str(nodes.config("web-1")))
+        assert done.returncode == 4
+        assert "\x1b" not in done.stdout and "\x07" not in done.stdout
+        assert "web-\\x1b[2J1" in done.stdout  # shown as an escape
+
+    def test_the_states_the_cli_offers_are_the_fleet_views(self) -> None:
+        assert FLEET_STATES == fleet.STATES
 
 
 class TestRecord:
