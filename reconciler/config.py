@@ -224,6 +224,7 @@ def parse_config(text: bytes | str, name: str) -> Config:
         ),
         username=r.get(coord, "username", "str", None, "coordination."),
         password_file=r.get(coord, "password_file", "path", None, "coordination."),
+        configured=raw.get("coordination") is not None,
     )
     lg = r.section(raw, "log", {"format", "level"})
     log = LogConfig(
