@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -32,9 +33,10 @@ from reconciler.resources.base import Secrets
 from reconciler.review.inputs import Reads, reads_of
 from reconciler.review.view import (
     CatalogView,
+    DeploymentView,
     ResourceChange,
+    by_component,
     compare,
-    deployments_by_key,
     failed_view,
     scrubbed,
     view_of,
@@ -240,30 +242,33 @@ def _compile(task: _Task) -> CatalogView:
         return failed_view(task.role, [Problem(f"Unexpected: {type(exc).__name__}: {exc}")])
 
 
-def _compile_all(
-    tasks: dict[str, _Task],
+def _compiled(
+    schedule: Sequence[str],
+    tasks: Mapping[str, _Task],
     sources: Sequence[_Source],
     state_dir: Path,
     timeout: float,
     workers: int,
-) -> dict[str, CatalogView]:
-    keys = sorted(tasks, key=lambda k: (tasks[k].revision, tasks[k].role, tasks[k].node))
-    workers = min(workers, len(keys))
+) -> Iterator[tuple[str, CatalogView]]:
+    """Each key's view, in ``schedule``'s order, as the workers finish them."""
+    workers = min(workers, len(schedule))
     if workers <= 1:
         _start(sources, state_dir, timeout)
         try:
-            return {key: _compile(tasks[key]) for key in keys}
+            for key in schedule:
+                yield key, _compile(tasks[key])
         finally:
             _stop()
-    chunk = max(1, min(16, len(keys) // (workers * 4)))
+        return
+    chunk = max(1, min(16, len(schedule) // (workers * 4)))
     with ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_start,
         initargs=(tuple(sources), state_dir, timeout),
     ) as pool:
-        views = pool.map(_compile, [tasks[k] for k in keys], chunksize=chunk)
-        return dict(zip(keys, views, strict=True))
+        views = pool.map(_compile, [tasks[k] for k in schedule], chunksize=chunk)
+        yield from zip(schedule, views, strict=True)
 
 
 # -- the comparison -------------------------------------------------------------------------------
@@ -293,7 +298,7 @@ def diff_fleet(request: Request, warn: Callable[[str], None] = lambda _: None) -
     unknown = sorted(set(request.nodes) - set(request.facts))
     if unknown:
         raise ReconcilerError(f"no facts for node(s) {', '.join(unknown)}")
-    names = sorted(request.nodes or request.facts)
+    names = sorted(set(request.nodes or request.facts))
     with _state_dir(request.state_dir) as state_dir:
         opened = [
             _revision(request.repo, ref, state_dir, request.timeout)
@@ -307,43 +312,65 @@ def diff_fleet(request: Request, warn: Callable[[str], None] = lambda _: None) -
         finally:
             for snapshot in opened:
                 snapshot.close()
-        views = _compile_all(tasks, sources, state_dir, request.timeout, request.workers)
-    revisions = (
-        Revision(request.before, sources[0].commit),
-        Revision(request.after, sources[1].commit),
-    )
-    labels = (request.before, request.after)
-    nodes: list[NodeDiff] = []
-    compared: dict[tuple[str, str], list[ResourceChange]] = {}
-    encrypted = False
-    for node in names:
-        if node not in plan:
-            continue
-        key_before, key_after = plan[node]
-        before, after = views[key_before], views[key_after]
-        diff = NodeDiff(node, before.role, after.role)
-        diff.problems_before, diff.problems_after = before.problems, after.problems
-        if not before.failed and not after.failed:
-            pair = (key_before, key_after)
-            if pair not in compared:
-                changes = compare(before, after, labels)
-                if before.secrets != after.secrets:
-                    changes = scrubbed(changes, Secrets(before.secrets | after.secrets))
-                compared[pair] = changes
-            diff.resources = compared[pair]
-            encrypted = encrypted or any(a.encrypted for c in diff.resources for a in c.changes)
-        if not after.failed:
-            diff.apps = _app_changes(before, after)
-        nodes.append(diff)
+        # Keys in the order the nodes need them: a node is compared as soon as both of its
+        # catalogs are there, and a catalog no later node needs is let go.
+        pending = [node for node in names if node in plan]
+        schedule = list(dict.fromkeys(key for node in pending for key in plan[node]))
+        uses = Counter(key for node in pending for key in plan[node])
+        views: dict[str, CatalogView] = {}
+        deployed: dict[str, tuple[DeploymentView, ...]] = {}
+        labels = (request.before, request.after)
+        compared: dict[tuple[str, str], list[ResourceChange]] = {}
+        nodes: list[NodeDiff] = []
+        done = 0
+        for key, view in _compiled(
+            schedule, tasks, sources, state_dir, request.timeout, request.workers
+        ):
+            views[key], deployed[key] = view, view.deployments
+            while done < len(pending) and all(k in views for k in plan[pending[done]]):
+                node = pending[done]
+                done += 1
+                key_before, key_after = plan[node]
+                nodes.append(
+                    _node_diff(node, views[key_before], views[key_after], labels, compared,
+                               (key_before, key_after))
+                )  # fmt: skip
+                for used in plan[node]:
+                    uses[used] -= 1
+                    if not uses[used]:
+                        del views[used]
     return FleetDiff(
         request.repo,
-        revisions[0],
-        revisions[1],
+        Revision(request.before, sources[0].commit),
+        Revision(request.after, sources[1].commit),
         nodes,
-        _rollouts(nodes, views, plan),
+        _rollouts(nodes, deployed, plan),
         len(tasks),
-        encrypted,
+        any(a.encrypted for n in nodes for c in n.resources for a in c.changes),
     )
+
+
+def _node_diff(
+    node: str,
+    before: CatalogView,
+    after: CatalogView,
+    labels: tuple[str, str],
+    compared: dict[tuple[str, str], list[ResourceChange]],
+    pair: tuple[str, str],
+) -> NodeDiff:
+    """One node's changes; nodes with the same pair of catalogs share one comparison."""
+    diff = NodeDiff(node, before.role, after.role)
+    diff.problems_before, diff.problems_after = before.problems, after.problems
+    if not before.failed and not after.failed:
+        if pair not in compared:
+            changes = compare(before, after, labels)
+            if before.secrets != after.secrets:
+                changes = scrubbed(changes, Secrets(before.secrets | after.secrets))
+            compared[pair] = changes
+        diff.resources = compared[pair]
+    if not after.failed:
+        diff.apps = _app_changes(before.deployments, after.deployments)
+    return diff
 
 
 def _plan(
@@ -396,9 +423,9 @@ def _plan(
 
 
 def _app_changes(
-    before: CatalogView, after: CatalogView
+    before: Sequence[DeploymentView], after: Sequence[DeploymentView]
 ) -> list[tuple[str, str | None, str | None]]:
-    old, new = deployments_by_key(before), deployments_by_key(after)
+    old, new = by_component(before), by_component(after)
     changes = []
     for key in sorted(set(old) | set(new)):
         was = old[key].version if key in old else None
@@ -423,17 +450,17 @@ def direction(before: str | None, after: str | None) -> Direction:
 
 def _rollouts(
     nodes: list[NodeDiff],
-    views: Mapping[str, CatalogView],
+    deployed: Mapping[str, Sequence[DeploymentView]],
     plan: Mapping[str, tuple[str, str]],
 ) -> list[ComponentRollout]:
     """Each component that changes version somewhere, its nodes, in the order of its app."""
     definitions: dict[str, tuple[tuple[str, ...], int]] = {}
     for key_before, _ in plan.values():
-        for name, deployed in deployments_by_key(views[key_before]).items():
-            definitions[name] = (deployed.requires, deployed.max_parallel)
+        for name, found in by_component(deployed[key_before]).items():
+            definitions[name] = (found.requires, found.max_parallel)
     for _, key_after in plan.values():  # the later revision's definition wins
-        for name, deployed in deployments_by_key(views[key_after]).items():
-            definitions[name] = (deployed.requires, deployed.max_parallel)
+        for name, found in by_component(deployed[key_after]).items():
+            definitions[name] = (found.requires, found.max_parallel)
     rollouts: dict[str, ComponentRollout] = {}
     for diff in nodes:
         for name, before, after in diff.apps:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -228,5 +228,6 @@ def scrubbed(changes: list[ResourceChange], secrets: Secrets) -> list[ResourceCh
     ]
 
 
-def deployments_by_key(view: CatalogView) -> Mapping[str, DeploymentView]:
-    return {f"{d.app}/{d.component}": d for d in view.deployments}
+def by_component(deployments: Sequence[DeploymentView]) -> Mapping[str, DeploymentView]:
+    """Deployments by ``app/component``."""
+    return {f"{d.app}/{d.component}": d for d in deployments}

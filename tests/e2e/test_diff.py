@@ -235,6 +235,20 @@ class TestRolesAndFailures:
         assert (error["file"], error["line"]) == ("profiles/motd.yaml", 5)
         assert "mesage" in error["message"]
 
+    def test_a_catalog_fixed_by_the_change_is_listed_with_the_old_problems(
+        self, cli: CLI, tmp_path: Path
+    ) -> None:
+        broken = BASE["profiles/motd.yaml"].replace("params.message", "params.mesage")
+        repo = write_tree(tmp_path / "repo", {**BASE, "profiles/motd.yaml": broken})
+        commit_all(repo, "broken")
+        write_tree(repo, {"profiles/motd.yaml": BASE["profiles/motd.yaml"]})
+        commit_all(repo, "fixed")
+        out = diff(cli, repo, facts_dir(tmp_path), "--role=db", check=2).stdout
+        assert (
+            "node db-1: role db\n  did not compile at HEAD~1 (compiles now):\n"
+            "      profiles/motd.yaml:5, key 'content': template error:"
+        ) in out
+
 
 class TestCouldNotRun:
     def test_a_bad_ref_exits_1(self, cli: CLI, tmp_path: Path) -> None:
