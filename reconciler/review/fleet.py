@@ -173,6 +173,8 @@ class _Remembered:
         self.revision = snapshot.revision
         self.branch = snapshot.branch
         self.description = snapshot.description
+        # a ModularSnapshot's modules: what the compiler reads to know them
+        self.modules: dict[str, Snapshot] = getattr(snapshot, "modules", None) or {}
         self._read: dict[str, bytes] = {}
         self._exists: dict[str, bool] = {}
         self._files: dict[str, list[str]] = {}

@@ -75,6 +75,7 @@ def facts_dir(tmp_path: Path, nodes: tuple[str, ...] = NODES) -> Path:
     for index, node in enumerate(nodes):
         (directory / f"{node}.yaml").write_text(
             f"node: {node}\nhostname: {node}\nos: {{family: Debian, name: Debian}}\n"
+            f"processors: {{count: 2}}\n"
             f"networking: {{ip: 192.0.2.{index + 1}}}\nuptime_seconds: {1000 + index}\n"
         )
     return directory
@@ -430,3 +431,51 @@ def test_nodes_share_a_catalog_only_when_what_it_reads_agrees(tmp_path: Path, wo
     }
     assert "+hi on Debian" in (motd_diff["web-1"] or "")
     assert "+hi on RedHat" in (motd_diff["web-3"] or "")
+
+
+class TestTheExample:
+    def test_the_bundled_example_with_its_module_and_an_encrypted_value(
+        self, cli: CLI, tmp_path: Path
+    ) -> None:
+        """The example control repo: a module pinned in modules.yaml (fetched into
+        --state-dir), defined types, an app whose api consumes what the database produces,
+        and an encrypted password for the db role, compared without any key."""
+        from reconciler.demo import copy_example
+
+        repo = copy_example(tmp_path / "control-repo")
+        commit_all(repo, "example")
+        (repo / "apps" / "shop.yaml").write_text(
+            (repo / "apps" / "shop.yaml").read_text().replace('"1.4.2"', '"1.4.3"')
+        )
+        (repo / "data" / "roles" / "web.yaml").write_text(
+            (repo / "data" / "roles" / "web.yaml").read_text().replace("port: 8080", "port: 8088")
+        )
+        commit_all(repo, "shop 1.4.3, web on 8088")
+        facts = facts_dir(tmp_path, ("web-1", "web-2", "db-1", "lb-1"))
+        state = tmp_path / "state"
+        done = diff(cli, repo, facts, f"--state-dir={state}", "--format=json", check=2)
+        assert (state / "modules" / "apache").is_dir()  # the module's mirror
+        document = json.loads(done.stdout)
+        check_schema(document)
+        by_node = {n["node"]: n for n in document["nodes"]}
+        assert set(by_node) == {"web-1", "web-2", "db-1", "lb-1"}
+        # web-1 has its own port in data/nodes/web-1.yaml: only web-2 moves to 8088
+        site = "file:/etc/nginx/sites-available/site.conf"
+
+        def content(node: str, rid: str) -> dict[str, Any]:
+            resource = next(r for r in by_node[node]["resources"] if r["id"] == rid)
+            return next(a for a in resource["attributes"] if a["name"] == "content")
+
+        assert "-    listen 8080;\n+    listen 8088;\n" in content("web-2", site)["diff"]
+        assert site not in [r["id"] for r in by_node["web-1"]["resources"]]
+        assert [(r["component"], r["step"]) for r in document["rollouts"]] == [
+            ("database", 1),
+            ("api", 2),
+            ("lb", 3),
+        ]
+        # the api's environment names the database through a placeholder: no store is read
+        env = content("web-1", "file:/etc/shop-api.env")
+        assert "+SHOP_VERSION=1.4.3\n" in env["diff"]
+        # db-1's password stays encrypted, and is not shown: its file did not change
+        assert "ENC[AGE," not in done.stdout
+        assert document["encrypted_compared_as_written"] is False
