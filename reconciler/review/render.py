@@ -138,10 +138,12 @@ def _indent(text: str, by: str) -> list[str]:
     return [by + line for line in text.rstrip("\n").split("\n")]
 
 
-def _attribute_lines(change: AttributeChange) -> list[str]:
+def _attribute_lines(change: AttributeChange, flat: bool = False) -> list[str]:
     note = "  (encrypted: compared as written)" if change.encrypted else ""
     if change.diff is not None:
-        return [f"    {change.attribute}:{note}", *_indent(change.diff, "      ")]
+        # flat: the diff's lines at the start of the line, where a markdown ```diff block
+        # colours them
+        return [f"    {change.attribute}:{note}", *_indent(change.diff, "" if flat else "      ")]
     if change.before is None:
         return [f"    {change.attribute}: {change.after}{note}"]
     if change.after is None:
@@ -149,11 +151,11 @@ def _attribute_lines(change: AttributeChange) -> list[str]:
     return [f"    {change.attribute}: {change.before} -> {change.after}{note}"]
 
 
-def _resource_lines(change: ResourceChange) -> list[str]:
+def _resource_lines(change: ResourceChange, flat: bool = False) -> list[str]:
     where = f"   ({change.where})" if change.where else ""
     lines = [f"{_MARK[change.kind]} {change.id}{where}"]
     for attribute in change.changes:
-        lines += _attribute_lines(attribute)
+        lines += _attribute_lines(attribute, flat)
     return lines
 
 
@@ -161,7 +163,7 @@ def _problem_lines(problems: tuple[Problem, ...]) -> list[str]:
     return [f"    {p}" for p in problems]
 
 
-def node_body(node: NodeDiff, diff: FleetDiff) -> list[str]:
+def node_body(node: NodeDiff, diff: FleetDiff, flat: bool = False) -> list[str]:
     """What changes on one node, one line per resource and attribute (its name left out, so
     that nodes with the same changes share one body)."""
     lines: list[str] = []
@@ -175,18 +177,18 @@ def node_body(node: NodeDiff, diff: FleetDiff) -> list[str]:
         lines.append(f"did not compile at {diff.before.ref} (compiles now):")
         lines += _problem_lines(node.problems_before)
     for change in node.resources:
-        lines += _resource_lines(change)
+        lines += _resource_lines(change, flat)
     for key, before, after in node.apps:
         lines.append(f"app {key}: {before or '(not run)'} -> {after or '(not run)'}")
     return lines
 
 
-def _groups(diff: FleetDiff) -> list[tuple[list[NodeDiff], list[str]]]:
+def _groups(diff: FleetDiff, flat: bool = False) -> list[tuple[list[NodeDiff], list[str]]]:
     """Nodes that change, those with the same changes together, failures first."""
     grouped: dict[str, tuple[list[NodeDiff], list[str]]] = {}
     ordered = diff.with_status("failed") + diff.with_status("changed")
     for node in ordered:
-        body = node_body(node, diff)
+        body = node_body(node, diff, flat)
         key = "\n".join([node.role_after or "", *body])
         grouped.setdefault(key, ([], body))[0].append(node)
     return list(grouped.values())
@@ -331,7 +333,7 @@ def to_markdown(diff: FleetDiff, limit: int = MARKDOWN_LIMIT) -> str:
     if diff.encrypted:
         head += [f"_Note: {_ENCRYPTED_NOTE}._", ""]
     text = "\n".join(head) + "\n"
-    groups = _groups(diff)
+    groups = _groups(diff, flat=True)
     left_out = 0
     for index, (nodes, body) in enumerate(groups):
         detail = _details(nodes, body)

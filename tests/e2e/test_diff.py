@@ -376,6 +376,9 @@ class TestFormats:
             "1 added, 1 removed, 2 changed</summary>\n\n```diff\n"
         ) in out
         assert out.count("<details>") == out.count("</details>") == 1
+        # a content diff's lines start their line, where the ```diff block colours them
+        assert "\n    content:\n--- file:/etc/site.conf content (HEAD~1)\n" in out
+        assert "\n-port=80\n+port=8080\n    mode: 0644 -> 0600\n" in out
 
     def test_markdown_is_bounded_and_says_what_it_left_out(self, tmp_path: Path) -> None:
         from reconciler.review.fleet import Request, diff_fleet
