@@ -134,8 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(exit 0 nothing, 2 changes, 4 a catalog fails at --to, 1 could not run)",
     )
     _option(p, "--repo", required=True, help="control repo: a git repository (path or URL)")
-    p.add_argument("--from", dest="before", required=True, metavar="REF", help="the base")
-    p.add_argument("--to", dest="after", required=True, metavar="REF", help="the change")
+    p.add_argument(
+        "--from", dest="before", required=True, metavar="REF",
+        help="the revision before the change: a branch, tag or commit",
+    )  # fmt: skip
+    p.add_argument(
+        "--to", dest="after", required=True, metavar="REF",
+        help="the revision with the change: a branch, tag or commit",
+    )  # fmt: skip
     p.add_argument(
         "--facts-dir",
         type=Path,
@@ -146,7 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "--node", action="append", default=[], help="only this node (repeatable)")
     p.add_argument("--role", help="only nodes with this role at either revision")
     _option(p, "--format", choices=("text", "json", "markdown"), default="text")
-    _option(p, "--state-dir", type=Path)  # the mirrors of a remote repo and of modules
+    _option(
+        p,
+        "--state-dir",
+        type=Path,
+        help="where a remote repo and the modules are fetched (default: a temporary directory)",
+    )
 
     p = _command(sub, "modules", "the modules the control repo pins in modules.yaml")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -485,7 +496,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         role=args.role,
         state_dir=args.state_dir,
     )
-    diff = diff_fleet(request, _warn)
+    diff = diff_fleet(request)
     if args.format == "json":
         sys.stdout.write(to_json(diff))
     elif args.format == "markdown":

@@ -26,6 +26,7 @@ DIFFERENT_MEANING = {
     ("init", "--config"),  # the file to write
     ("diff", "--node"),  # repeatable: only these nodes
     ("diff", "--repo"),  # a git repository only
+    ("diff", "--state-dir"),  # only mirrors: of a remote repo and of modules
 }
 HIDDEN = {("demo", "--exit-after")}  # for tests
 

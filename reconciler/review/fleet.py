@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,7 +295,7 @@ def _revision(repo: str, ref: str, state_dir: Path, timeout: float) -> GitSnapsh
     return snapshot
 
 
-def diff_fleet(request: Request, warn: Callable[[str], None] = lambda _: None) -> FleetDiff:
+def diff_fleet(request: Request) -> FleetDiff:
     """Compile every requested node's catalog at both revisions and compare them."""
     unknown = sorted(set(request.nodes) - set(request.facts))
     if unknown:
@@ -408,7 +408,8 @@ def _plan(
                     keys.append(key)
                     roles.append(None)
                     continue
-                key = reads[index].key(str(index), role, node, facts, current)
+                # the nodes.yaml entry too: an error about the role names it
+                key = reads[index].key(f"{index}:{where}", role, node, facts, current)
                 tasks.setdefault(key, _Task(index, node, role, where, facts))
                 keys.append(key)
                 roles.append(role)

@@ -168,7 +168,7 @@ def _change(
     labels: tuple[str, str],
 ) -> AttributeChange:  # fmt: skip
     diff = None
-    if "\n" in (before or "") + (after or "") and not (before or "").startswith("sha256:"):
+    if "\n" in (before or "") + (after or ""):
         diff = unified(before or "", after or "", f"{name} {key}", labels)
     return AttributeChange(key, before, after, diff, sealed)
 
