@@ -11,7 +11,7 @@ import pytest
 
 from reconciler.model.secrets import encrypt_age
 from reconciler.resources.base import digest
-from tests.conftest import CLI, commit_all, write_tree
+from tests.conftest import CLI, commit_all, git, write_tree
 
 AGE_RECIPIENT = "age1v5vdvgrfkwddeueq9939yn25stvjzrrdnd8d6r6ystz7smx4lpwsl7d25m"  # the demo key
 
@@ -482,3 +482,16 @@ class TestTheExample:
         # db-1's password stays encrypted, and is not shown: its file did not change
         assert "ENC[AGE," not in done.stdout
         assert document["encrypted_compared_as_written"] is False
+
+
+def test_a_remote_repo_is_fetched_into_the_state_dir(cli: CLI, tmp_path: Path) -> None:
+    repo = two_commits(tmp_path, SITE_CHANGED)
+    git_dir = repo / ".git"
+    state = tmp_path / "state"
+    base = git(repo, "rev-parse", "HEAD~1")  # a remote is asked for branches, tags or commits
+    done = cli(
+        "diff", f"--repo=file://{git_dir}", f"--from={base}", "--to=main",
+        f"--facts-dir={facts_dir(tmp_path)}", f"--state-dir={state}", check=2,
+    )  # fmt: skip
+    assert "node web-1, web-2, web-3 (3 nodes): role web" in done.stdout
+    assert (state / "source").is_dir()  # the mirror
