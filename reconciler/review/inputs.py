@@ -4,7 +4,8 @@ Two nodes of one role whose facts agree on everything the revision may read get 
 catalog, so a review compiles it once. What the revision may read is found in its text: every
 ``facts.NAME`` in its profiles, roles, types, apps, templates and data (and its modules'), the
 fact conditions of its apps' components, and the facts resource types read themselves (a
-package's provider, by ``os``). Any other use of ``facts`` (``facts['x']``, ``facts.get``, the
+package's provider, by ``os``); which of its components' ``match:`` patterns the node's name
+matches. Any other use of ``facts`` (``facts['x']``, ``facts.get``, the
 whole mapping) makes every fact count. The node's name counts when any of those files names
 ``node``, or when a data level named after it exists for that node.
 """
@@ -21,6 +22,7 @@ from typing import Any
 from reconciler.errors import ModelError
 from reconciler.model import repo as repomod
 from reconciler.model.apps import load_apps
+from reconciler.model.match import name_matches
 from reconciler.resources.base import REGISTRY, Resource
 from reconciler.source import Snapshot
 
@@ -44,6 +46,7 @@ class Reads:
     facts: frozenset[str] | None  # top-level fact names; None: every fact
     node: bool  # the node's name, wherever it is used
     node_levels: tuple[str, ...] = ()  # hierarchy levels naming {node}
+    matches: tuple[str, ...] = ()  # app components' `match:` patterns of node names
 
     def key(
         self, revision: str, role: str, node: str, facts: Mapping[str, Any], snapshot: Snapshot
@@ -57,8 +60,11 @@ class Reads:
             and snapshot.exists(f"data/{rel}")
             for level in self.node_levels
         )
+        matched = [name_matches(node, pattern) for pattern in self.matches]
         text = json.dumps(
-            [revision, role, read, node if named else None], sort_keys=True, default=repr
+            [revision, role, read, node if named else None, matched],
+            sort_keys=True,
+            default=repr,
         )
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -67,6 +73,7 @@ def reads_of(snapshot: Snapshot) -> Reads:
     """What ``snapshot``'s compiles may read of a node (read from its files, never guessed)."""
     every = Reads(None, True)
     names: set[str] = set()
+    matches: set[str] = set()
     node = False
     for kind, cls in REGISTRY.items():
         if getattr(cls.complete, "__func__", None) is not _BASE_COMPLETE:
@@ -107,5 +114,7 @@ def reads_of(snapshot: Snapshot) -> Reads:
                 names |= {str(path).split(".", 1)[0] for path in component.facts}
                 if component.trusted:
                     names.add("trusted")
+                if component.match is not None:
+                    matches.add(component.match)
     levels = tuple(level for level in settings.hierarchy if "{node}" in level.replace(" ", ""))
-    return Reads(frozenset(names), node, levels)
+    return Reads(frozenset(names), node, levels, tuple(sorted(matches)))

@@ -107,3 +107,24 @@ def test_an_app_component_chosen_by_a_fact_counts_that_fact(tmp_path: Path) -> N
         "web-2": [("a/c", "OLD", "NEW")],
         "web-3": [],
     }
+
+
+def test_an_app_component_chosen_by_name_counts_whether_the_name_matches(
+    tmp_path: Path,
+) -> None:
+    app = """
+        version: "VERSION"
+        components:
+          - name: c
+            nodes: {match: "web-[12]"}
+            resources:
+              - file: /etc/app
+                content: "{{ app.version }}"
+    """
+    result = fleet_diff(tmp_path, {"apps/a.yaml": app}, "same")
+    assert result.compiles == 4  # web-1 and web-2 share one catalog, web-3 has its own
+    assert {n.node: n.apps for n in result.nodes} == {
+        "web-1": [("a/c", "OLD", "NEW")],
+        "web-2": [("a/c", "OLD", "NEW")],
+        "web-3": [],
+    }
