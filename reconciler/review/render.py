@@ -260,9 +260,12 @@ def to_text(diff: FleetDiff) -> str:
     failed = diff.with_status("failed")
     if failed:
         lines.append(f"fail to compile at {diff.after.ref}:")
-        for node in failed:
-            first = node.problems_after[0] if node.problems_after else None
-            lines.append(f"  {node.node}: {first}")
+        by_problem: dict[str, list[NodeDiff]] = {}
+        for node in failed:  # nodes failing on the same first problem, together
+            first = str(node.problems_after[0]) if node.problems_after else ""
+            by_problem.setdefault(first, []).append(node)
+        for first, nodes in by_problem.items():
+            lines.append(f"  {_names(nodes)}: {first}")
     if diff.encrypted:
         lines.append(f"note: {_ENCRYPTED_NOTE}")
     lines.append("summary: " + summary_line(diff))

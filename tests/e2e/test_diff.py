@@ -228,7 +228,9 @@ class TestRolesAndFailures:
         assert "node db-1: role db\n  ! does not compile at HEAD:\n      profiles/motd.yaml:5" in (
             done.stdout
         )
-        assert "fail to compile at HEAD:\n  db-1: profiles/motd.yaml:5" in done.stdout
+        assert (
+            "fail to compile at HEAD:\n  db-1, web-1, web-2, web-3 (4 nodes): profiles/motd.yaml:5"
+        ) in done.stdout
         assert "4 fail(s) to compile at HEAD" in done.stdout
         document = json.loads(diff(cli, repo, facts, "--format=json", check=4).stdout)
         assert document["exit_code"] == 4
