@@ -384,13 +384,15 @@ def _plan(
     plan: dict[str, tuple[str, str]] = {}
     snapshots: list[Snapshot] = []
     reads: list[Reads] = []
+    modulars: list[Snapshot] = []
     for snapshot in opened:
         try:
             modular = with_modules(snapshot, state_dir, request.timeout)
         except ModelError:
             modular = snapshot  # the workers report it for every node
-        snapshots.append(modular)
-        reads.append(reads_of(modular))
+        modulars.append(modular)
+        snapshots.append(_Remembered(modular))
+        reads.append(reads_of(snapshots[-1]))
     try:
         for node in names:
             facts = request.facts[node]
@@ -417,7 +419,7 @@ def _plan(
                 continue
             plan[node] = (keys[0], keys[1])
     finally:
-        for modular in snapshots:
+        for modular in modulars:
             if isinstance(modular, ModularSnapshot):
                 for module in modular.modules.values():
                     module.close()
