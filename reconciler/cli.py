@@ -132,6 +132,38 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "--facts", type=Path, dest="facts_file")
     _option(p, "--state-dir", type=Path)  # the modules' mirrors are kept there
 
+    p = _command(
+        sub,
+        "diff",
+        "what a change of the control repo changes on every node, before it lands "
+        "(exit 0 nothing, 2 changes, 4 a catalog fails at --to, 1 could not run)",
+    )
+    _option(p, "--repo", required=True, help="control repo: a git repository (path or URL)")
+    p.add_argument(
+        "--from", dest="before", required=True, metavar="REF",
+        help="the revision before the change: a branch, tag or commit",
+    )  # fmt: skip
+    p.add_argument(
+        "--to", dest="after", required=True, metavar="REF",
+        help="the revision with the change: a branch, tag or commit",
+    )  # fmt: skip
+    p.add_argument(
+        "--facts-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="<node>.yaml files of facts, one per node (as `reconciler facts` prints them)",
+    )
+    _option(p, "--node", action="append", default=[], help="only this node (repeatable)")
+    p.add_argument("--role", help="only nodes with this role at either revision")
+    _option(p, "--format", choices=("text", "json", "markdown"), default="text")
+    _option(
+        p,
+        "--state-dir",
+        type=Path,
+        help="where a remote repo and the modules are fetched (default: a temporary directory)",
+    )
+
     p = _command(sub, "modules", "the modules the control repo pins in modules.yaml")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = _command(
@@ -482,6 +514,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
         _say(line)
     _say(f"{snapshot.description}: valid ({snapshot.revision or 'working tree'})")
     return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from reconciler.review import load_facts_dir
+    from reconciler.review.fleet import Request, diff_fleet
+    from reconciler.review.render import to_json, to_markdown, to_text
+
+    request = Request(
+        repo=str(args.repo),
+        before=args.before,
+        after=args.after,
+        facts=load_facts_dir(args.facts_dir),
+        nodes=list(args.node),
+        role=args.role,
+        state_dir=args.state_dir,
+    )
+    diff = diff_fleet(request)
+    if args.format == "json":
+        sys.stdout.write(to_json(diff))
+    elif args.format == "markdown":
+        _say(to_markdown(diff).rstrip("\n"))
+    else:
+        _say(to_text(diff).rstrip("\n"))
+    return diff.exit_code()
 
 
 def cmd_facts(args: argparse.Namespace) -> int:
@@ -867,6 +923,7 @@ _HANDLERS = {
     "apply": cmd_apply,
     "plan": cmd_plan,
     "validate": cmd_validate,
+    "diff": cmd_diff,
     "facts": cmd_facts,
     "status": cmd_status,
     "explain": cmd_explain,

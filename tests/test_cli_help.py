@@ -24,6 +24,10 @@ DIFFERENT_MEANING = {
     ("modules update", "--repo"),  # a working tree, defaults to the current directory
     ("init", "--node"),  # required
     ("init", "--config"),  # the file to write
+    ("diff", "--node"),  # repeatable: only these nodes
+    ("diff", "--repo"),  # a git repository only
+    ("diff", "--state-dir"),  # only mirrors: of a remote repo and of modules
+    ("diff", "--role"),  # the nodes of a role at either revision
 }
 HIDDEN = {("demo", "--exit-after")}  # for tests
 

@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "apps": {"fs", "process", "model", "resources", "engine"},
     "config": {"fs", "source", "model", "apps"},
     "reconcile": {"fs", "process", "source", "resources", "model", "facts", "engine", "apps"},
+    "review": {"fs", "process", "source", "resources", "model", "facts", "engine", "apps"},
     "daemon": {
         *("fs", "process", "source", "resources", "model", "facts", "engine", "apps"),
         *("config", "reconcile"),
@@ -31,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "demo": {"process", "daemon"},
     "cli": {
         *("fs", "process", "source", "resources", "model", "facts", "engine", "apps"),
-        *("config", "reconcile", "daemon", "init", "demo"),
+        *("config", "reconcile", "review", "daemon", "init", "demo"),
     },
 }
 

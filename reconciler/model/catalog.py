@@ -1608,11 +1608,11 @@ def link(catalog: Catalog) -> None:
                 elif relation == "subscribe":
                     refreshes.setdefault(target, set()).add(rid)
         for implied in entry.resource.autorequire():
-            for target in index.resolve(implied, entry.resource.scope)[0]:
+            for target in index.resolve(implied, entry.resource.scope, explain=False)[0]:
                 if target != rid and rid not in after[target]:
                     after[rid].add(target)
         for implied in entry.resource.autonotify():
-            for target in index.resolve(implied, entry.resource.scope)[0]:
+            for target in index.resolve(implied, entry.resource.scope, explain=False)[0]:
                 if target != rid and target not in after[rid]:
                     after[target].add(rid)
                     refreshes.setdefault(rid, set()).add(target)
@@ -1677,8 +1677,12 @@ class _Targets:
             if entry.resource.scope:
                 self.identities.setdefault(entry.resource.identity, []).append(rid)
 
-    def resolve(self, target: str, scope: str) -> tuple[list[ResourceId], str | None]:
-        """The ids a target reaches, or why it reaches none."""
+    def resolve(
+        self, target: str, scope: str, explain: bool = True
+    ) -> tuple[list[ResourceId], str | None]:
+        """The ids a target reaches, or why it reaches none (unless ``explain`` is false: an
+        implied target that is absent is no problem, and its did-you-mean costs a search of
+        every title of its type)."""
         while True:
             candidate = f"{scope}/{target}" if scope else target
             if candidate in self.entries:
@@ -1693,6 +1697,8 @@ class _Targets:
             return found, None
         if found:
             return [], f"which several instances declare: name one of {', '.join(found)}"
+        if not explain:
+            return [], None
         return [], (f"which is not in this node's catalog{_close_id(target, self.entries, target)}")
 
 

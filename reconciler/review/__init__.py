@@ -1,0 +1,36 @@
+"""Reviewing a change of the control repo before it lands: every node's catalog compiled at two
+revisions with that node's facts, and what differs (``reconciler diff``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import ModelError, ReconcilerError
+
+FACTS_SUFFIX = ".yaml"
+
+
+def load_facts_dir(directory: Path) -> dict[str, dict[str, Any]]:
+    """``<node>.yaml`` files of facts (as ``reconciler facts`` prints them): node -> facts.
+
+    The node's name is its file's; a ``node`` fact inside is replaced by it. A file that cannot
+    be read or is not a mapping is an error naming the file (and the line)."""
+    from reconciler.facts import load_facts_file
+
+    try:
+        paths = sorted(p for p in directory.iterdir() if p.name.endswith(FACTS_SUFFIX))
+    except OSError as exc:
+        raise ReconcilerError(f"--facts-dir {directory}: {exc.strerror}") from None
+    facts: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        node = path.name.removesuffix(FACTS_SUFFIX)
+        try:
+            found = load_facts_file(path)
+        except ModelError as exc:
+            raise ReconcilerError(f"facts of node {node}: {exc.problems[0]}") from None
+        found["node"] = node
+        facts[node] = found
+    if not facts:
+        raise ReconcilerError(f"--facts-dir {directory}: no <node>{FACTS_SUFFIX} files")
+    return facts
