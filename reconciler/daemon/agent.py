@@ -131,6 +131,7 @@ class Agent:
         self._pushed: str | None = None
         self._push_polled = -math.inf
         self._push_delayed = threading.Event()
+        self._store_opened = threading.Event()
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -444,11 +445,13 @@ class Agent:
         if self._store is not None and self._store_config == self.config.coordination:
             return self._store
         if self._store is not None:
+            self._store_opened.clear()
             self._store.close()
             self._store = None
         try:
             self._store = open_store(self.config.coordination)
             self._store_config = self.config.coordination
+            self._store_opened.set()
         except StoreError as exc:
             self.log.error("coordination store unavailable", error=str(exc))
         return self._store
@@ -555,7 +558,7 @@ class Agent:
                 continue
             store = self._store
             if store is None:
-                self._stop.wait(5.0)
+                self._store_opened.wait(5.0)
                 continue
             wide = self._watching_store.is_set()
             changed, pushed = False, None
@@ -564,7 +567,11 @@ class Agent:
                     # Read once, so that a watch from here on misses no push; what is there
                     # now, the poll at start or after a reload fetches anyway.
                     known = (store, self._source_key())
-                    self._pushed = store.pushed_revision(known[1]) or self._pushed
+                    there = store.pushed_revision(known[1])
+                    if there and there not in (self.state.revision, self._pushed):
+                        self.log.info("the store names a newer revision; polling", pushed=there)
+                        self.request("poll")
+                    self._pushed = there or self._pushed
                 elif not wide:
                     pushed = store.watch_revision(self._source_key(), PUSH_WAIT)
                 else:
