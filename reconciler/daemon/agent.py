@@ -576,12 +576,16 @@ class Agent:
                     pushed = store.watch_revision(self._source_key(), PUSH_WAIT)
                 else:
                     changed = store.wait(STORE_WAIT)
-                    if changed and push:
-                        pushed = store.pushed_revision(self._source_key())
                     if not changed and self._collected is not None:
                         changed = self._collected_changed(store)  # a record that ran out
                     elif changed and not self._apps_waiting.is_set():
                         changed = self._collected_changed(store)
+                    if push:
+                        # Read last: the next wait counts from here, so no push falls between
+                        # (a read in a run meanwhile may skip one: the timeout's read finds it).
+                        pushed = store.pushed_revision(self._source_key())
+                        if pushed == self._pushed:
+                            pushed = None  # no news: read at every wake
             except StoreError as exc:
                 # Away: try again in a while; the run says why it waits, and deploys once the
                 # store is back.
