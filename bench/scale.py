@@ -35,6 +35,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -60,6 +61,7 @@ APP = "bench"
 PUSH_WAIT = 300.0  # as the daemon's
 STORE_WAIT = 30.0
 LEASE = 300.0
+PUSH_MIN_INTERVAL = 2.0  # the daemons'; the phases are further apart than this
 
 
 def free_port() -> int:
@@ -197,7 +199,8 @@ class Daemon:
             f"source: {{url: {repo}, branch: production, poll_interval: 1h, timeout: 60s}}\n"
             f"reconcile: {{interval: {interval:g}s, splay: {interval:g}s, watch: false}}\n"
             f"listen: 127.0.0.1:{self.port}\nwebhook: {{secret_file: {base / 'secret'}}}\n"
-            f"coordination: {{backend: etcd, endpoints: [{etcd.url}], lease: 5m}}\n"
+            f"coordination: {{backend: etcd, endpoints: [{etcd.url}], lease: 5m, "
+            f"push_min_interval: {PUSH_MIN_INTERVAL:g}s}}\n"
             "log: {format: json, level: info}\n"
         )
         self.proc = subprocess.Popen(
@@ -455,6 +458,7 @@ def main() -> None:
     if not shutil.which("etcd"):
         raise SystemExit("etcd is missing: apt-get install etcd-server")
     started = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what it started
     with tempfile.TemporaryDirectory(prefix="reconciler-bench-scale-") as tmp:
         base = Path(tmp)
         (base / "secret").write_bytes(SECRET)
@@ -535,7 +539,7 @@ def main() -> None:
             print(f"  push -> every daemon applied: {max(times.values()):.2f} s "
                   f"(median {statistics.median(times.values()):.2f} s; poll interval 3600 s)")  # fmt: skip
             # Exports: the producer changes its address.
-            time.sleep(1)
+            time.sleep(PUSH_MIN_INTERVAL + 1)
             t0 = time.monotonic()
             producer.publish("10.0.0.2")
             lags = []
@@ -546,7 +550,7 @@ def main() -> None:
                 print(f"  export -> every consumer applied: {max(lags):.2f} s "
                       f"(median {statistics.median(lags):.2f} s, {len(lags)} consumers)")  # fmt: skip
             # Rollout: version 2 of the app, pushed like any commit.
-            time.sleep(1)
+            time.sleep(PUSH_MIN_INTERVAL + 1)
             write_repo(repo, "revision 2", "2", args.parallel)
             sha = commit(repo, "app 2")
             fleet.versions[sha] = "2"
