@@ -1,7 +1,7 @@
 """Benchmark a fleet sharing one etcd: store requests per node, watches, push and exports latency.
 
-Usage: python bench/scale.py [--daemons 10] [--clients 300] [--idle 60] [--interval 60]
-                             [--rollout-timeout 240] [--quick]
+Usage: python bench/scale.py [--daemons 10] [--clients 300] [--idle 120] [--warmup 60]
+                             [--interval 60] [--rollout-timeout 240] [--quick]
 
 Starts one real etcd on 127.0.0.1, --daemons real `reconciler daemon` processes (half of them
 collect what a producer exports) and --clients simulated nodes: threads of this process, each
@@ -455,7 +455,8 @@ def main() -> None:
     )
     parser.add_argument("--daemons", type=int, default=10)
     parser.add_argument("--clients", type=int, default=300)
-    parser.add_argument("--idle", type=float, default=60, help="seconds of the idle window")
+    parser.add_argument("--idle", type=float, default=120, help="seconds of the idle window")
+    parser.add_argument("--warmup", type=float, default=60, help="seconds before it")
     parser.add_argument("--interval", type=float, default=60, help="run interval (and splay)")
     parser.add_argument("--run-seconds", type=float, default=0.2)
     parser.add_argument("--deploy-seconds", type=float, default=0.5)
@@ -465,7 +466,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 daemons, 50 clients, 20 s idle")
     args = parser.parse_args()
     if args.quick:
-        args.daemons, args.clients, args.idle = 3, 50, 20
+        args.daemons, args.clients, args.idle, args.warmup = 3, 50, 20, 2
     if not shutil.which("etcd"):
         raise SystemExit("etcd is missing: apt-get install etcd-server")
     started = time.monotonic()
@@ -515,8 +516,8 @@ def main() -> None:
                 print(json.loads(daemons[0].get("/status")).get("apps"))
                 raise
             print(f"  every node healthy at version 1 after {time.monotonic() - started:.0f} s")
-            # Idle.
-            time.sleep(2)
+            # Idle, once every daemon's timer has started (its first run after --interval).
+            time.sleep(args.warmup)
             before = Counts(daemons, sims, producer)
             etcd_cpu = cpu_seconds(etcd.proc.pid)
             peak = dict.fromkeys([d.name for d in daemons], 0.0)
