@@ -143,6 +143,32 @@ def test_a_bogus_revision_in_the_store_costs_one_poll_and_changes_nothing(
         store.close()
 
 
+def test_a_push_reaches_a_daemon_that_watches_the_whole_store(
+    tmp_path: Path, server: GitServer, backend: tuple[str, Store]
+) -> None:
+    """A daemon whose catalog collects exports watches every change in the store; a push is
+    one of them."""
+    section, store = backend
+    collecting = """\
+params: {motd: "version 1"}
+resources:
+  - file: /etc/motd
+    content: "{{ params.motd }}\\n"
+  - file: /etc/pool
+    content: "{{ collect('member') | length }} members\\n"
+"""
+    server.push({"profiles/app.yaml": collecting})
+    with fleet(tmp_path, server, section, 1) as (d,):
+        assert (d.root / "etc/pool").read_text() == "0 members\n"
+        source = source_key(server.url, "production")
+        store.publish_exports("web-9", b"{}", ttl=60)  # a change the daemon wakes for
+        sha = server.push({"profiles/app.yaml": collecting.replace("version 1", "version 4")})
+        store.push_revision(source, sha)
+        wait_for(lambda: motd(d) == "version 4\n", timeout=60, what="the pushed revision")
+        assert "another node pushed a revision; polling now" in d.logs()
+    store.close()
+
+
 def test_without_push_a_daemon_neither_writes_nor_follows_the_key(
     tmp_path: Path, server: GitServer, etcd: EtcdServer
 ) -> None:
