@@ -212,7 +212,17 @@ def parse_config(text: bytes | str, name: str) -> Config:
     coord = r.section(
         raw,
         "coordination",
-        {"backend", "path", "endpoints", "lease", "exports_ttl", "username", "password_file"},
+        {
+            "backend",
+            "path",
+            "endpoints",
+            "lease",
+            "exports_ttl",
+            "username",
+            "password_file",
+            "push",
+            "push_min_interval",
+        },
     )
     coordination = CoordinationConfig(
         backend=r.get(coord, "backend", "str", "local", "coordination.", choices=("local", "etcd")),
@@ -225,6 +235,15 @@ def parse_config(text: bytes | str, name: str) -> Config:
         username=r.get(coord, "username", "str", None, "coordination."),
         password_file=r.get(coord, "password_file", "path", None, "coordination."),
         configured=raw.get("coordination") is not None,
+        # On once the daemons share a store: a configuration that names one.
+        push=r.get(coord, "push", "bool", raw.get("coordination") is not None, "coordination."),
+        push_min_interval=r.get(
+            coord,
+            "push_min_interval",
+            "duration",
+            d.coordination.push_min_interval,
+            "coordination.",
+        ),
     )
     lg = r.section(raw, "log", {"format", "level"})
     log = LogConfig(

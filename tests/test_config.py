@@ -54,6 +54,18 @@ class TestConfig:
         assert "c.yaml:2, key 'http.request_timeout': must be more than zero" in str(err.value)
         assert "c.yaml:3, key 'http.max_connections': must be a whole number" in str(err.value)
 
+    def test_push_is_on_once_the_daemons_share_a_store(self) -> None:
+        assert not parse_config("node: web-1\n", "c").coordination.push
+        shared = parse_config("coordination: {backend: etcd}\n", "c").coordination
+        assert shared.push and shared.push_min_interval == 10.0
+        off = parse_config("coordination:\n  push: false\n  push_min_interval: 1m\n", "c")
+        assert (off.coordination.push, off.coordination.push_min_interval) == (False, 60.0)
+        assert load_config(EXAMPLE).coordination.push
+        with pytest.raises(ConfigError) as err:
+            parse_config("coordination:\n  push: yes please\n  push_min_interval: 0s\n", "c")
+        assert "c:2, key 'coordination.push': must be true or false" in str(err.value)
+        assert "c:3, key 'coordination.push_min_interval': must be more than zero" in str(err.value)
+
     def test_every_problem_is_named_with_its_line(self) -> None:
         text = "source:\n  url: /srv/repo\n  poll_interval: soon\n  colour: blue\nreconcile:\n  mode: yolo\nlistn: x\n"
         with pytest.raises(ConfigError) as err:

@@ -26,17 +26,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import hashlib
 import http.client
 import json
 import math
 import os
+import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from reconciler.errors import Reason, ReconcilerError
 from reconciler.fs import atomic_write
@@ -56,6 +58,10 @@ class CoordinationConfig:
     # The configuration names a store (a coordination section): every run publishes its
     # summary there for the fleet view. Apps and exports use the default store regardless.
     configured: bool = False
+    # A new revision seen by one daemon is written to the store, and every daemon watching it
+    # fetches at once, at most once per push_min_interval seconds.
+    push: bool = False
+    push_min_interval: float = 10.0
 
 
 STATES = ("deploying", "healthy", "failed", "waiting", "rolledback")
@@ -71,6 +77,62 @@ MAX_RECORD: dict[RecordKind, int] = {"exports": 64 * 1024, "summary": 4 * 1024, 
 # for ``wait``. Every node publishes its run summary after every run; were that news, nodes
 # whose components wait would wake each other, run, publish, and wake each other again.
 QUIET_KINDS: frozenset[RecordKind] = frozenset({"summary"})
+# A pushed revision is a commit id; anything else under its key is no revision (and ignored).
+REVISION = re.compile(r"[0-9a-f]{7,64}")
+MAX_REVISION_RECORD = 256  # bytes of a pushed revision's file or key, read
+
+
+def source_key(url: str, branch: str | None) -> str:
+    """The name under which the daemons that follow one branch of one repository (as written
+    in their configuration) share the revisions they see."""
+    return hashlib.sha256(f"{url}\n{branch or ''}".encode()).hexdigest()[:24]
+
+
+def _pushed(raw: bytes) -> str:
+    """The revision a pushed value names; "" when it names none."""
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return ""
+    return text if REVISION.fullmatch(text) else ""
+
+
+# Requests to etcd, by operation: every EtcdStore counts its own and the process's total.
+ETCD_OPS = {
+    "kv/range": "range",
+    "kv/put": "put",
+    "kv/txn": "txn",
+    "kv/deleterange": "delete_range",
+    "lease/grant": "lease_grant",
+    "lease/keepalive": "lease_keepalive",
+    "lease/revoke": "lease_revoke",
+    "auth/authenticate": "authenticate",
+    "watch": "watch",
+}
+
+
+class RequestCount:
+    """Requests by operation (the values of ``ETCD_OPS``, or "other"); thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = dict.fromkeys([*ETCD_OPS.values(), "other"], 0)
+
+    def add(self, path: str) -> None:
+        op = ETCD_OPS.get(path, "other")
+        with self._lock:
+            self._counts[op] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+
+REQUESTS = RequestCount()  # every EtcdStore of this process, for the daemon's /metrics
 
 
 @dataclass(frozen=True)
@@ -146,6 +208,19 @@ class Store(Protocol):
 
     def forget_version(self, app: str, component: str, version: str) -> None:
         """Drop a version's place and every failure at it (every node has moved past it)."""
+
+    def push_revision(self, source: str, revision: str) -> bool:
+        """Say that ``source`` (``source_key``) moved to ``revision``; False when it said so."""
+
+    def pushed_revision(self, source: str) -> str | None:
+        """The revision last pushed for ``source``; "" when the value there is no revision."""
+
+    def watch_revision(self, source: str, timeout: float) -> str | None:
+        """Block until another process pushes a revision for ``source``: what it pushed ("" when
+        it is no revision), or None at ``timeout`` or after ``interrupt``."""
+
+    def interrupt(self) -> None:
+        """End a ``watch_revision`` under way in another thread (or the next one) with None."""
 
 
 def open_store(config: CoordinationConfig) -> Store:
@@ -238,6 +313,7 @@ class LocalStore:
                                                        {"record": JSON text, "expires": t}
         <path>/failures/<app>/<component>/<version>/<node>.json   a kept failure (a state)
         <path>/versions/<app>/<component>/<version>.json    {"version": v, "place": n}
+        <path>/revisions/<source>                      a pushed revision (a commit id)
 
     Names are percent-encoded into single path segments. A state file is replaced atomically,
     so readers need no lock; slot files change only under the lock, so the count of holders
@@ -253,6 +329,9 @@ class LocalStore:
         # This process's own changes, generation before -> after: not news to its own wait.
         self._own: dict[bytes, bytes] = {}
         self._closed = threading.Event()
+        self._interrupted = threading.Event()
+        # Per source: the pushed revision's file as last read or written here.
+        self._revisions: dict[str, bytes] = {}
         # The directory is made by the first write: reading (a plan) leaves no trace.
 
     # -- the contract
@@ -402,6 +481,61 @@ class LocalStore:
 
     def close(self) -> None:
         self._closed.set()
+
+    # -- pushed revisions
+
+    def push_revision(self, source: str, revision: str) -> bool:
+        if not REVISION.fullmatch(revision):
+            raise ValueError(f"a pushed revision is a commit id, not {revision!r}")
+        path = self.path / "revisions" / _part(source, "source")
+        body = f"{revision}\n".encode()
+        with self._os_errors("push a revision"), self._locked():
+            if self._read_revision(path) == body:
+                self._revisions[source] = body
+                return False
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._revisions[source] = body  # before it shows: not news to this process
+            atomic_write(path, body)
+            self._bump()
+        return True
+
+    def pushed_revision(self, source: str) -> str | None:
+        path = self.path / "revisions" / _part(source, "source")
+        with self._os_errors("read a pushed revision"):
+            raw = self._read_revision(path)
+        self._revisions[source] = raw
+        return _pushed(raw) if raw else None
+
+    def watch_revision(self, source: str, timeout: float) -> str | None:
+        path = self.path / "revisions" / _part(source, "source")
+        deadline = time.monotonic() + timeout
+        with self._os_errors("watch a pushed revision"):
+            if source not in self._revisions:
+                self._revisions[source] = self._read_revision(path)
+            while not self._closed.is_set():
+                if self._interrupted.is_set():
+                    self._interrupted.clear()
+                    return None
+                raw = self._read_revision(path)
+                if raw and raw != self._revisions[source]:
+                    self._revisions[source] = raw
+                    return _pushed(raw)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._closed.wait(min(self.poll_interval, remaining))
+        return None
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
+
+    @staticmethod
+    def _read_revision(path: Path) -> bytes:
+        try:
+            with path.open("rb") as f:
+                return f.read(MAX_REVISION_RECORD)
+        except FileNotFoundError:
+            return b""
 
     # -- files
 
@@ -634,6 +768,7 @@ class EtcdStore:
         /reconciler/<kind>/<node>/record      a node's record (exports, summary, facts), on a lease
         /reconciler/failures/<app>/<component>/<version>/<node>   a kept failure (a state)
         /reconciler/versions/<app>/<component>/<version>      seen; its create_revision: its place
+        /reconciler/revisions/<source>                        a pushed revision (a commit id)
 
     Names are percent-encoded into single key segments. Each call tries the endpoints in
     order, starting with the last one that answered; it raises StoreError when none does.
@@ -668,6 +803,12 @@ class EtcdStore:
         self._writing = threading.Lock()
         self._closed = threading.Event()
         self._watching: http.client.HTTPConnection | None = None
+        self.requests = RequestCount()  # this client's requests, by operation
+        self._interrupted = threading.Event()
+        self._watching_revision = False
+        # Per source: the store revision at the last read of its pushed revision, or of the
+        # last event of its key a watch reported.
+        self._revision_seen: dict[str, int] = {}
 
     # -- the contract
 
@@ -840,7 +981,7 @@ class EtcdStore:
                 return False
             url = self.endpoints[index]
             try:
-                return self._watch(index, body, deadline)
+                return self._watch(index, body, deadline, self._changed) is not None
             except (OSError, http.client.HTTPException, ValueError, _StreamEnded) as exc:
                 if self._closed.is_set():
                     return False
@@ -853,16 +994,121 @@ class EtcdStore:
 
     def close(self) -> None:
         self._closed.set()
+        self._end_watch()
+
+    # -- pushed revisions
+
+    def push_revision(self, source: str, revision: str) -> bool:
+        if not REVISION.fullmatch(revision):
+            raise ValueError(f"a pushed revision is a commit id, not {revision!r}")
+        key, value = _b64(self._revision_key(source)), _b64(revision)
+        with self._writing:
+            # Put only when the key says something else: a put of the same value would wake
+            # every daemon watching it for nothing.
+            answer = self._call(
+                "kv/txn",
+                {
+                    "compare": [{"key": key, "target": "VALUE", "result": "EQUAL", "value": value}],
+                    "failure": [{"request_put": {"key": key, "value": value}}],
+                },
+            )
+            if answer.get("succeeded"):
+                return False
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                if len(self._own) >= 1024:
+                    self._own.clear()
+                self._own.add(int(answer["header"]["revision"]))
+        return True
+
+    def pushed_revision(self, source: str) -> str | None:
+        answer = self._call("kv/range", {"key": _b64(self._revision_key(source))})
+        self._revision_seen[source] = int(answer["header"]["revision"])
+        kvs = answer.get("kvs") or []
+        if not kvs:
+            return None
+        return _pushed(base64.b64decode(kvs[0].get("value", "")))
+
+    def watch_revision(self, source: str, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        request: dict[str, Any] = {"key": _b64(self._revision_key(source))}  # that one key
+        if source in self._revision_seen:
+            request["start_revision"] = self._revision_seen[source] + 1
+        body = json.dumps({"create_request": request}).encode()
+        if self.username is not None and self._token is None:
+            self._authenticate()
+        errors: list[str] = []
+        self._watching_revision = True
+        try:
+            for index in self._order():
+                if self._closed.is_set() or self._take_interrupt():
+                    return None
+                url = self.endpoints[index]
+                try:
+                    return self._watch(
+                        index, body, deadline, lambda m: self._pushed_in(m, source), True
+                    )
+                except (OSError, http.client.HTTPException, ValueError, _StreamEnded) as exc:
+                    if self._closed.is_set() or self._take_interrupt():
+                        return None
+                    if isinstance(exc, TimeoutError) and time.monotonic() >= deadline:
+                        return None
+                    errors.append(f"{url.geturl()}: {_reason(exc)}")
+                    if time.monotonic() >= deadline:
+                        break
+        finally:
+            self._watching_revision = False
+        raise StoreError(f"etcd cannot be watched: {'; '.join(errors)}")
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
+        if self._watching_revision:
+            self._end_watch()
+
+    def _take_interrupt(self) -> bool:
+        if self._interrupted.is_set():
+            self._interrupted.clear()
+            return True
+        return False
+
+    def _end_watch(self) -> None:
         conn = self._watching
         if conn is not None and conn.sock is not None:
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(2)
+
+    def _pushed_in(self, message: Any, source: str) -> str | None:
+        """The revision another process pushed, if one watch message reports one."""
+        if not isinstance(message, dict):
+            raise ValueError("not an etcd watch message")
+        if "error" in message:
+            error = message["error"]
+            raise _StreamEnded(str(error.get("message") if isinstance(error, dict) else error))
+        result = message.get("result") or {}
+        if result.get("canceled") or result.get("compact_revision"):
+            self._revision_seen.pop(source, None)  # history is gone: watch from now on
+            return None
+        pushed: str | None = None
+        for event in result.get("events") or []:
+            kv = event.get("kv") or {}
+            revision = int(kv.get("mod_revision", 0))
+            self._revision_seen[source] = max(revision, self._revision_seen.get(source, 0))
+            if event.get("type") == "DELETE":
+                continue
+            with self._writing:  # a push of our own under way is answered first
+                if revision in self._own:
+                    continue
+            pushed = _pushed(base64.b64decode(kv.get("value", "")))
+        return pushed
 
     # -- keys
 
     @staticmethod
     def _state_prefix(app: str, component: str) -> str:
         return f"{ROOT}apps/{_part(app, 'app')}/{_part(component, 'component')}/"
+
+    @staticmethod
+    def _revision_key(source: str) -> str:
+        return f"{ROOT}revisions/{_part(source, 'source')}"
 
     @staticmethod
     def _record_key(kind: RecordKind, node: str) -> str:
@@ -1027,6 +1273,8 @@ class EtcdStore:
         for index in self._order():
             url = self.endpoints[index]
             conn = self._connect(url, self.timeout)
+            self.requests.add(path)
+            REQUESTS.add(path)
             try:
                 conn.request(
                     "POST",
@@ -1071,11 +1319,21 @@ class EtcdStore:
                     self._own.add(int(answer["header"]["revision"]))
         return answer
 
-    def _watch(self, index: int, body: bytes, deadline: float) -> bool:
-        """Hold one watch open until an event (True) or the deadline (False)."""
+    def _watch(
+        self,
+        index: int,
+        body: bytes,
+        deadline: float,
+        judge: Callable[[Any], _T | None],
+        interruptible: bool = False,
+    ) -> _T | None:
+        """Hold one watch open until ``judge`` makes something of a message (what it made) or
+        the deadline (None); ``interruptible``: or ``interrupt``."""
         url = self.endpoints[index]
         conn = self._connect(url, max(0.001, min(self.timeout, deadline - time.monotonic())))
         self._watching = conn
+        self.requests.add("watch")
+        REQUESTS.add("watch")
         try:
             conn.request(
                 "POST",
@@ -1092,13 +1350,15 @@ class EtcdStore:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closed.is_set():
-                    return False
+                    return None
+                if interruptible and self._take_interrupt():
+                    return None
                 assert conn.sock is not None
                 conn.sock.settimeout(remaining)
                 try:
                     chunk = resp.read1(65536)
                 except TimeoutError:
-                    return False
+                    return None
                 if not chunk:
                     raise _StreamEnded("the watch ended")
                 buffer += chunk.decode()
@@ -1111,14 +1371,16 @@ class EtcdStore:
                     except ValueError:
                         break  # the rest of this message is still on its way
                     buffer = buffer[end:]
-                    if self._changed(message):
-                        return True
+                    made = judge(message)
+                    if made is not None:
+                        return made
         finally:
             self._watching = None
             conn.close()
 
-    def _changed(self, message: Any) -> bool:
-        """Whether one watch message reports a change (and remember up to where)."""
+    def _changed(self, message: Any) -> bool | None:
+        """True when one watch message reports a change, else None (and remember up to
+        where)."""
         if not isinstance(message, dict):
             raise ValueError("not an etcd watch message")
         if "error" in message:
@@ -1130,7 +1392,7 @@ class EtcdStore:
             return True
         events = result.get("events") or []
         if not events:
-            return False
+            return None
         revisions = {int(e.get("kv", {}).get("mod_revision", 0)) for e in events}
         self._seen = max(revisions) or None
         news = {
@@ -1139,15 +1401,18 @@ class EtcdStore:
             if not _quiet(e.get("kv", {}).get("key", ""))
         }
         if not news:
-            return False
+            return None  # only records nobody waits for
         with self._writing:  # a change of our own under way is answered first
-            return not news <= self._own
+            return None if news <= self._own else True
 
 
 def _quiet(key: str) -> bool:
     """Whether an etcd key (base64, as a watch gives it) is a record of the ``QUIET_KINDS``."""
     raw = base64.b64decode(key)
     return any(raw.startswith(f"{ROOT}{kind}/".encode()) for kind in QUIET_KINDS)
+
+
+_T = TypeVar("_T")
 
 
 class _StreamEnded(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import random
 import signal
@@ -42,6 +43,7 @@ BACKOFF_MIN = 1.0
 BACKOFF_MAX = 15 * 60.0
 STORE_WAIT = 30.0  # seconds of one wait on the coordination store
 STORE_RETRY = 5.0  # seconds between runs while the store is away and a component waits
+PUSH_WAIT = 300.0  # seconds of one watch of the pushed revision alone
 
 
 class Backoff:
@@ -124,6 +126,12 @@ class Agent:
         # change in the store to what they give is a change of the catalog.
         self._collected: tuple[frozenset[str], str] | None = None
         self._watching_store = threading.Event()  # apps waiting, or something collected
+        # Pushed revisions: the one last known in the store (pushed here, or seen there), when
+        # the last poll a push asked for was made, and whether a poll put off is due.
+        self._pushed: str | None = None
+        self._push_polled = -math.inf
+        self._push_delayed = threading.Event()
+        self._store_opened = threading.Event()
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -317,6 +325,8 @@ class Agent:
                 return False
         new = head != self.state.revision
         asked = time.perf_counter() - t  # ls-remote: the first part of the fetch
+        if new:
+            self._push(head)
         outcome = self._run(Pinned(head, branch, "always" if new else "missing", verify=new))
         if outcome.fetched:
             self.metrics.fetches.labels("success").inc()
@@ -435,14 +445,77 @@ class Agent:
         if self._store is not None and self._store_config == self.config.coordination:
             return self._store
         if self._store is not None:
+            self._store_opened.clear()
             self._store.close()
             self._store = None
         try:
             self._store = open_store(self.config.coordination)
             self._store_config = self.config.coordination
+            self._store_opened.set()
         except StoreError as exc:
             self.log.error("coordination store unavailable", error=str(exc))
         return self._store
+
+    def _source_key(self) -> str:
+        from reconciler.apps.store import source_key
+
+        return source_key(self.config.source.url or "", self.config.source.branch)
+
+    def _push(self, revision: str) -> None:
+        """Tell the daemons that share the store that the branch moved: they poll at once and
+        fetch, verify and apply what their own remote gives them."""
+        from reconciler.apps.store import StoreError
+
+        if not self.config.coordination.push or revision == self._pushed:
+            return
+        store = self._coordination_store()
+        if store is None:
+            return
+        self._pushed = revision
+        try:
+            if store.push_revision(self._source_key(), revision):
+                self.log.info("new revision pushed to the store", pushed=revision)
+        except (StoreError, ValueError) as exc:
+            self.log.warning("new revision not pushed to the store", error=str(exc))
+
+    def _pushed_by_another(self, revision: str | None) -> None:
+        """What another node pushed: a poll now, or once ``push_min_interval`` has passed
+        since the last poll a push asked for; nothing when it is no commit id or known."""
+        if revision is None:
+            return
+        if not revision:
+            self.metrics.pushes.labels("invalid").inc()
+            return
+        if revision in (self.state.revision, self._pushed):
+            self.metrics.pushes.labels("known").inc()
+            return
+        self._pushed = revision
+        now = time.monotonic()
+        delay = self._push_polled + self.config.coordination.push_min_interval - now
+        if delay <= 0:
+            self._push_polled = now
+            self.log.info("another node pushed a revision; polling now", pushed=revision)
+            self.metrics.pushes.labels("poll").inc()
+            self.request("poll")
+        elif self._push_delayed.is_set():
+            self.metrics.pushes.labels("merged").inc()  # the poll put off is still to come
+        else:
+            self._push_delayed.set()
+            self._push_polled = now + delay
+            self.log.info(
+                "another node pushed a revision; polling later (coordination.push_min_interval)",
+                pushed=revision,
+                poll_in_seconds=round(delay, 1),
+            )
+            self.metrics.pushes.labels("delayed").inc()
+
+            def poll() -> None:
+                self._push_delayed.clear()
+                self.request("poll")
+
+            timer = threading.Timer(delay, poll)
+            timer.daemon = True
+            timer.start()
 
     def _note_collected(self, catalog: Any) -> None:
         from reconciler.apps.exports import collected_view
@@ -453,7 +526,10 @@ class Agent:
         else:
             self._collected = None
         if self._apps_waiting.is_set() or self._collected is not None:
-            self._watching_store.set()
+            if not self._watching_store.is_set():
+                self._watching_store.set()
+                if self._store is not None:
+                    self._store.interrupt()  # from the pushed revision alone to the whole store
         else:
             self._watching_store.clear()
 
@@ -470,28 +546,57 @@ class Agent:
     def _watch_store(self) -> None:
         """While a component waits, run again as soon as the store changes (its requirement
         turned healthy, a slot was freed), instead of at the next interval; and when what the
-        last compile collected changes (a node joined, left or changed its exports)."""
+        last compile collected changes (a node joined, left or changed its exports). With
+        ``coordination.push``, poll when another node pushes a revision: one watch covers both,
+        the whole store while something above needs it, else the pushed revision's key alone."""
         from reconciler.apps.store import StoreError
 
+        known: tuple[Any, str] | None = None  # the store and source whose revision was read
         while not self._stop.is_set():
-            if not self._watching_store.wait(5.0):
+            push = self.config.coordination.push
+            if not push and not self._watching_store.wait(5.0):
                 continue
             store = self._store
             if store is None:
-                self._stop.wait(5.0)
+                self._store_opened.wait(5.0)
                 continue
+            wide = self._watching_store.is_set()
+            changed, pushed = False, None
             try:
-                changed = store.wait(STORE_WAIT)
-                if not changed and self._collected is not None:
-                    changed = self._collected_changed(store)  # a record that ran out
-                elif changed and not self._apps_waiting.is_set():
-                    changed = self._collected_changed(store)
-            except StoreError:
+                if push and known != (store, self._source_key()):
+                    # Read once, so that a watch from here on misses no push; what is there
+                    # now, the poll at start or after a reload fetches anyway.
+                    known = (store, self._source_key())
+                    there = store.pushed_revision(known[1])
+                    if there and there not in (self.state.revision, self._pushed):
+                        self.log.info("the store names a newer revision; polling", pushed=there)
+                        self.request("poll")
+                    self._pushed = there or self._pushed
+                elif not wide:
+                    pushed = store.watch_revision(self._source_key(), PUSH_WAIT)
+                else:
+                    changed = store.wait(STORE_WAIT)
+                    if not changed and self._collected is not None:
+                        changed = self._collected_changed(store)  # a record that ran out
+                    elif changed and not self._apps_waiting.is_set():
+                        changed = self._collected_changed(store)
+                    if push:
+                        # Read last: the next wait counts from here, so no push falls between
+                        # (a read in a run meanwhile may skip one: the timeout's read finds it).
+                        pushed = store.pushed_revision(self._source_key())
+                        if pushed == self._pushed:
+                            pushed = None  # no news: read at every wake
+            except StoreError as exc:
                 # Away: try again in a while; the run says why it waits, and deploys once the
                 # store is back.
+                if known is not None and not wide:
+                    self.log.warning("coordination store not watched; pushes wait", error=str(exc))
+                known = None
                 if not self._stop.wait(STORE_RETRY) and self._apps_waiting.is_set():
                     self.request("check")
                 continue
+            if pushed is not None and not self._stop.is_set():
+                self._pushed_by_another(pushed)
             if changed and self._watching_store.is_set() and not self._stop.is_set():
                 if self._apps_waiting.is_set():
                     self.log.info("coordination store changed; checking waiting components")

@@ -8,16 +8,37 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from reconciler.apps.store import REQUESTS
 from reconciler.engine.report import RunReport
 
 RESOURCE_STATES = ("in_sync", "drifted", "changed", "failed", "skipped")
 FLAP_WINDOW = 10  # runs
 APP_STATES = ("deploying", "healthy", "failed", "waiting")
+# What a revision pushed by another node led to: a poll now, one put off (delayed) or already
+# put off (merged) by coordination.push_min_interval, nothing (known: the revision applied or
+# last pushed; invalid: not a commit id).
+PUSH_ACTIONS = ("poll", "delayed", "merged", "known", "invalid")
+
+
+class _StoreRequests(Collector):
+    """Requests this process made to etcd, by operation (every store client it opened)."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "reconciler_store_requests",
+            "Requests to the coordination store (etcd), by operation.",
+            labels=["op"],
+        )
+        for op, count in REQUESTS.snapshot().items():
+            family.add_metric([op], count)
+        yield family
 
 
 class Metrics:
@@ -90,6 +111,15 @@ class Metrics:
         self.suspended = Gauge(
             "reconciler_suspended", "1 while enforcement is suspended.", registry=r
         )
+        self.pushes = Counter(
+            "reconciler_pushed_revisions",
+            "Revisions other nodes pushed through the coordination store, by what was done.",
+            ["action"],
+            registry=r,
+        )
+        for action in PUSH_ACTIONS:
+            self.pushes.labels(action)
+        r.register(_StoreRequests())
         for result in ("success", "failure", "noop"):
             self.runs.labels(result)
         for state in RESOURCE_STATES:

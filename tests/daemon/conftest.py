@@ -103,6 +103,7 @@ class Daemon:
         self.secret = b"s3cret-for-tests"
         (tmp / "webhook.secret").write_bytes(self.secret + b"\n")
         self.settings = {
+            "node": "node-1",
             "poll_interval": "1s",
             "interval": "10m",
             "watch": "true",
@@ -122,7 +123,7 @@ class Daemon:
     def write_config(self, extra: str = "") -> None:
         s = self.settings
         self.config.write_text(
-            f"""node: node-1
+            f"""node: {s["node"]}
 root: {self.root}
 state_dir: {self.state}
 facts_dirs: []
