@@ -212,7 +212,10 @@ def parse_config(text: bytes | str, name: str) -> Config:
     coord = r.section(
         raw,
         "coordination",
-        {"backend", "path", "endpoints", "lease", "exports_ttl", "username", "password_file"},
+        {
+            *("backend", "path", "endpoints", "lease", "exports_ttl", "facts_ttl"),
+            *("publish_facts", "username", "password_file"),
+        },
     )
     coordination = CoordinationConfig(
         backend=r.get(coord, "backend", "str", "local", "coordination.", choices=("local", "etcd")),
@@ -222,6 +225,8 @@ def parse_config(text: bytes | str, name: str) -> Config:
         exports_ttl=r.get(
             coord, "exports_ttl", "duration", d.coordination.exports_ttl, "coordination."
         ),
+        facts_ttl=r.get(coord, "facts_ttl", "duration", d.coordination.facts_ttl, "coordination."),
+        publish_facts=r.get(coord, "publish_facts", "bool", "coordination" in raw, "coordination."),
         username=r.get(coord, "username", "str", None, "coordination."),
         password_file=r.get(coord, "password_file", "path", None, "coordination."),
     )

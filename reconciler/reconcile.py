@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reconciler.apps.exports import exchange
+from reconciler.apps.facts import publish_facts
 from reconciler.apps.rollout import Rollout
 from reconciler.apps.store import CoordinationConfig, Store, StoreError, open_store
 from reconciler.engine import state
@@ -408,6 +409,7 @@ def run(
 
     t = time.perf_counter()
     yamlload.use_cache(yamlload.ParseCache(options.state_dir / "cache" / "yaml", readonly=plan))
+    taken = now_iso()
     node, facts = gather_facts(options, warn)
     config = options.coordination or CoordinationConfig(path=options.state_dir / "coordination")
     # modules.yaml's modules, fetched and verified before any file of theirs is read
@@ -431,6 +433,10 @@ def run(
             }
             exports.publish(catalog, healthy, options.state_dir, warn)
         catalog.collected_records = exports.records
+    if not plan and options.coordination is not None:
+        # The facts it compiled with, for reviewing changes elsewhere (noop and failed runs
+        # too: the facts hold all the same).
+        publish_facts(options.store, config, catalog, facts, taken, options.state_dir, warn)
 
     report.phases = phases
     report.duration_seconds = time.perf_counter() - t0

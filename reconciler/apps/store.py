@@ -49,6 +49,12 @@ class CoordinationConfig:
     lease: float = 300.0  # a deployment slot is freed this long after its holder last renewed it
     # A node's exported values drop out this long after its last successful run published them.
     exports_ttl: float = 3600.0
+    # A node's facts drop out this long after it last published them; a node republishes
+    # unchanged facts once half of it has passed (keep it above twice the run interval).
+    facts_ttl: float = 6 * 3600.0
+    # Publish the node's facts after each run: on when the configuration has a coordination
+    # section, so a node that coordinates with nobody writes its facts nowhere.
+    publish_facts: bool = False
     # etcd with authentication: the node's etcd user and a file holding its password.
     username: str | None = None
     password_file: Path | None = None
