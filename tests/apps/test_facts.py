@@ -26,7 +26,7 @@ from reconciler.apps.facts import (
     fleet_facts,
     fleet_published,
 )
-from reconciler.apps.store import MAX_RECORD, CoordinationConfig, EtcdStore, LocalStore
+from reconciler.apps.store import MAX_RECORD, CoordinationConfig, EtcdStore, LocalStore, Store
 from tests.apps.conftest import EtcdServer
 from tests.apps.test_rollout_local import Fleet
 from tests.conftest import wait_for, write_tree
@@ -64,12 +64,16 @@ NAN = float("nan")
 
 
 class FactsFleet(Fleet):
-    """The app tests' Fleet, each node with a facts directory and ``coordination.facts_ttl``."""
+    """The app tests' Fleet, each node with a facts directory and ``coordination.facts_ttl``,
+    sharing a local store or (``etcd``) a real etcd."""
 
-    def __init__(self, tmp: Path, facts_ttl: str = "1h", extra: str = "") -> None:
+    def __init__(
+        self, tmp: Path, facts_ttl: str = "1h", extra: str = "", etcd: EtcdServer | None = None
+    ) -> None:
         super().__init__(tmp)
         self.facts_ttl = facts_ttl
         self.extra = extra
+        self.etcd = etcd
 
     def config(self, node: str) -> Path:
         path = self.tmp / node / "config.yaml"
@@ -77,6 +81,10 @@ class FactsFleet(Fleet):
             super().config(node)
             facts_dir = self.facts_dir(node)
             text = path.read_text().replace("facts_dirs: []", f"facts_dirs: [{facts_dir}]")
+            if self.etcd is not None:
+                text = text.split("coordination:")[0] + (
+                    f"coordination:\n  backend: etcd\n  endpoints: [{self.etcd.url}]\n"
+                )
             text += f"  facts_ttl: {self.facts_ttl}\n{self.extra}"
             path.write_text(text)
         return path
@@ -89,11 +97,23 @@ class FactsFleet(Fleet):
         (self.facts_dir(node) / "site.yaml").write_text(yaml.safe_dump(facts))
 
     def coordination_config(self) -> CoordinationConfig:
+        if self.etcd is not None:
+            return CoordinationConfig(backend="etcd", endpoints=(self.etcd.url,))
         return CoordinationConfig(path=self.coordination)
 
+    def store(self) -> Store:
+        return (
+            EtcdStore([self.etcd.url]) if self.etcd is not None else LocalStore(self.coordination)
+        )
+
     def record(self, node: str) -> dict[str, Any] | None:
-        raw = LocalStore(self.coordination).records("facts").get(node)
+        raw = self.store().records("facts").get(node)
         return None if raw is None else dict(json.loads(raw))
+
+    def stored_files(self) -> list[Path]:
+        """Every file the store keeps its data in: etcd's data directory, or the local one."""
+        base = self.etcd.data_dir if self.etcd is not None else self.coordination
+        return [p for p in base.rglob("*") if p.is_file()]
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> None:
@@ -104,9 +124,10 @@ def site(region: str = "eu-west", **more: Any) -> dict[str, Any]:
     return {"site": {"region": region, "db_password": CANARY, "token": PIECE, **more}}
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> FactsFleet:
-    fleet = FactsFleet(tmp_path)
+@pytest.fixture(params=["local", "etcd"])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> FactsFleet:
+    etcd = request.getfixturevalue("etcd") if request.param == "etcd" else None
+    fleet = FactsFleet(tmp_path, etcd=etcd)
     write_tree(fleet.repo, FILES)
     for node in ("web-1", "db-1"):
         fleet.set_facts(node, site())
@@ -185,10 +206,11 @@ def test_sensitive_facts_never_leave_the_node(fleet: FactsFleet, tmp_path: Path)
     assert record["facts"]["site"] == {"region": "eu-west"}
     assert record["facts"]["trusted"]["node"] == "db-1"
     # Nowhere in the store, nor in what this node keeps of what it published.
-    for path in [*fleet.coordination.rglob("*"), tmp_path / "db-1/state" / LAST]:
-        if path.is_file():
-            raw = path.read_bytes()
-            assert CANARY.encode() not in raw and PIECE.encode() not in raw, path
+    stored = fleet.stored_files()
+    assert any(b"site.db_password" in path.read_bytes() for path in stored)  # the record is there
+    for path in [*stored, tmp_path / "db-1/state" / LAST]:
+        raw = path.read_bytes()
+        assert CANARY.encode() not in raw and PIECE.encode() not in raw, path
     printed = fleet.cli("facts", "--all", "--config", str(fleet.config("db-1")))
     assert CANARY not in printed.stdout and PIECE not in printed.stdout
     assert "- site.db_password" in printed.stdout  # named under _reconciler.withheld
@@ -200,7 +222,7 @@ def test_facts_are_bounded_the_largest_dropped_first(fleet: FactsFleet) -> None:
     done = fleet.apply("web-1")
     ok(done)
     assert "facts published without 1 of the largest" in done.stderr and "site.big" in done.stderr
-    raw = LocalStore(fleet.coordination).records("facts")["web-1"]
+    raw = fleet.store().records("facts")["web-1"]
     assert len(raw) <= MAX_RECORD["facts"]
     published = decode("web-1", raw)
     assert published.dropped == ["site.big"]
@@ -251,7 +273,7 @@ def test_plan_and_publish_facts_false_publish_nothing(tmp_path: Path) -> None:
 
 def test_a_forged_or_malformed_record_is_left_out_with_a_warning(fleet: FactsFleet) -> None:
     ok(fleet.apply("web-1"))
-    store = LocalStore(fleet.coordination)
+    store = fleet.store()
     genuine = store.records("facts")["web-1"]
     good = json.loads(genuine)
     deep: Any = "bottom"
