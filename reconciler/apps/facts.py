@@ -27,7 +27,7 @@ from typing import Any
 from reconciler.apps.store import MAX_RECORD, CoordinationConfig, Store, open_store
 from reconciler.fs import atomic_write
 from reconciler.model.catalog import Catalog
-from reconciler.resources.base import MIN_SECRET, Secrets
+from reconciler.resources.base import MIN_SECRET, Secrets, leaves
 
 LAST = "facts-published.json"  # under the state directory: what this node last published
 # The key of a facts document (``reconciler facts --all``) that says when the facts were taken
@@ -108,16 +108,26 @@ def _texts(value: Any) -> Iterator[str]:
         yield str(value)
 
 
-def sensitivity(catalog: Catalog) -> Callable[[str], bool]:
-    """Whether a text is sensitive for ``catalog``: it holds one of its sensitive values, or
-    it is a part of a sensitive parameter's (or a decrypted) value."""
+def sensitivity(catalog: Catalog, facts: Mapping[str, Any]) -> Callable[[str], bool]:
+    """Whether a text is sensitive for ``catalog``: it holds one of its sensitive values, or it
+    is a part of a sensitive parameter's (or a decrypted) value. The node's name is never
+    sensitive (it names the record), nor is a part of such a value that the agent computed
+    itself (``trusted``: the host name in a DSN, say)."""
     secrets: Secrets = catalog.secrets
     parts = catalog.param_secrets.values
+    trusted = facts.get("trusted")
+    identity = set(leaves(trusted)) if isinstance(trusted, Mapping) else set()
 
     def sensitive(text: str) -> bool:
+        if text == catalog.node:
+            return False
         if secrets.found_in(text):
             return True
-        return len(text) >= MIN_SECRET and any(text in value for value in parts)
+        return (
+            len(text) >= MIN_SECRET
+            and text not in identity
+            and any(text in value for value in parts)
+        )
 
     return sensitive
 
@@ -309,7 +319,7 @@ def publish_facts(
         return False
     last = state_dir / LAST
     try:
-        raw, published = facts_record(catalog.node, facts, taken, sensitivity(catalog))
+        raw, published = facts_record(catalog.node, facts, taken, sensitivity(catalog, facts))
         if published.dropped:
             warn(
                 f"facts published without {len(published.dropped)} of the largest (more than "

@@ -51,7 +51,7 @@ FILES = {
         """\
         params:
           password: "{{ facts.site.db_password }}"
-          dsn: "postgres://app:{{ facts.site.token }}@db/app"
+          dsn: "postgres://app:{{ facts.site.token }}@{{ node }}/app?{{ facts.architecture }}"
         sensitive_params: [password, dsn]
         resources:
           - file: /etc/db.conf
@@ -198,20 +198,27 @@ def test_facts_all_without_out_prints_a_yaml_stream_or_json(fleet: FactsFleet) -
 
 
 def test_sensitive_facts_never_leave_the_node(fleet: FactsFleet, tmp_path: Path) -> None:
-    ok(fleet.apply("db-1"))
-    assert CANARY in (tmp_path / "db-1/root/etc/db.conf").read_text()  # it is used, on the node
-    record = fleet.record("db-1")
+    fleet.set_facts("db-primary", site())
+    ok(fleet.apply("db-primary"))
+    assert (
+        CANARY in (tmp_path / "db-primary/root/etc/db.conf").read_text()
+    )  # it is used, on the node
+    record = fleet.record("db-primary")
     assert record is not None
     assert record["withheld"] == ["site.db_password", "site.token"]
     assert record["facts"]["site"] == {"region": "eu-west"}
-    assert record["facts"]["trusted"]["node"] == "db-1"
+    assert record["facts"]["trusted"]["node"] == "db-primary"
+    # The node's name and its architecture are in the DSN too, but they name the record or
+    # the agent computed them: not secrets.
+    assert record["facts"]["node"] == "db-primary"
+    assert record["facts"]["architecture"] == record["facts"]["trusted"]["architecture"]
     # Nowhere in the store, nor in what this node keeps of what it published.
     stored = fleet.stored_files()
     assert any(b"site.db_password" in path.read_bytes() for path in stored)  # the record is there
-    for path in [*stored, tmp_path / "db-1/state" / LAST]:
+    for path in [*stored, tmp_path / "db-primary/state" / LAST]:
         raw = path.read_bytes()
         assert CANARY.encode() not in raw and PIECE.encode() not in raw, path
-    printed = fleet.cli("facts", "--all", "--config", str(fleet.config("db-1")))
+    printed = fleet.cli("facts", "--all", "--config", str(fleet.config("db-primary")))
     assert CANARY not in printed.stdout and PIECE not in printed.stdout
     assert "- site.db_password" in printed.stdout  # named under _reconciler.withheld
 
