@@ -383,3 +383,17 @@ def test_a_daemon_publishes_its_facts_to_etcd_and_they_expire(
     assert "facts not published" not in daemon.logs()
     wait_for(lambda: store.records("facts") == {}, timeout=30, what="the lease to run out")
     store.close()
+
+
+def test_a_store_away_warns_and_never_fails_the_run(tmp_path: Path) -> None:
+    away = EtcdServer(tmp_path / "never-started")  # its port: nobody listens there
+    fleet = FactsFleet(tmp_path, etcd=away)
+    write_tree(fleet.repo, FILES)
+    fleet.set_facts("web-1", site())
+    done = fleet.apply("web-1")
+    assert done.returncode == 2, done.stderr  # applied all the same
+    assert "warning: facts not published: StoreError: etcd unreachable" in done.stderr
+    assert fleet.read("web-1", "etc/region") == "eu-west\n"
+    assert not (tmp_path / "web-1/state" / LAST).exists()  # the next run tries again
+    done = fleet.cli("facts", "--all", "--config", str(fleet.config("web-1")))
+    assert done.returncode == 1 and "etcd unreachable" in done.stderr, done.stderr
