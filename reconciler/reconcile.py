@@ -424,6 +424,10 @@ def run(
         for why in catalog.collect_warnings:
             warn(why)
         report = _run_compiled(catalog, options, plan, warn, phases, started_wall)
+        if not plan and options.coordination is not None:
+            # The facts it compiled with, for reviewing changes elsewhere (noop and failed runs
+            # too: the facts hold all the same). Before the exports: their lease starts last.
+            publish_facts(options.store, config, catalog, facts, taken, options.state_dir, warn)
         if not (plan or report.noop or report.failed):
             # Components that serve here: healthy, or waiting while what they deployed runs.
             healthy = {
@@ -433,10 +437,6 @@ def run(
             }
             exports.publish(catalog, healthy, options.state_dir, warn)
         catalog.collected_records = exports.records
-    if not plan and options.coordination is not None:
-        # The facts it compiled with, for reviewing changes elsewhere (noop and failed runs
-        # too: the facts hold all the same).
-        publish_facts(options.store, config, catalog, facts, taken, options.state_dir, warn)
 
     report.phases = phases
     report.duration_seconds = time.perf_counter() - t0

@@ -238,7 +238,7 @@ def test_facts_are_bounded_the_largest_dropped_first(fleet: FactsFleet) -> None:
 
 
 def test_unchanged_facts_are_republished_only_to_renew_their_lease(tmp_path: Path) -> None:
-    fleet = FactsFleet(tmp_path, facts_ttl="3s")
+    fleet = FactsFleet(tmp_path, facts_ttl="1h")
     write_tree(fleet.repo, FILES)
     fleet.set_facts("web-1", site())
     ok(fleet.apply("web-1"))
@@ -254,14 +254,21 @@ def test_unchanged_facts_are_republished_only_to_renew_their_lease(tmp_path: Pat
     changed = fleet.record("web-1")
     assert changed is not None and changed["facts"]["site"]["region"] == "eu-north"
 
-    time.sleep(1.6)  # past half of the 3s lease: the next run renews it
+    config = fleet.config("web-1")
+    config.write_text(config.read_text().replace("facts_ttl: 1h", "facts_ttl: 4s"))
+    generation = (fleet.coordination / ".generation").read_bytes()
+    ok(fleet.apply("web-1"))  # another lease: written at once
+    assert (fleet.coordination / ".generation").read_bytes() != generation
+    short = fleet.record("web-1")
+    assert short is not None and short["taken"] >= changed["taken"]
+    time.sleep(2.1)  # past half of the 4s lease: the next run renews it
     ok(fleet.apply("web-1"))
     renewed = fleet.record("web-1")
-    assert renewed is not None and renewed["taken"] > changed["taken"]
+    assert renewed is not None and renewed["taken"] > short["taken"]
 
-    time.sleep(3.2)  # the node stopped: its facts drop out with the lease
+    time.sleep(4.2)  # the node stopped: its facts drop out with the lease
     assert fleet.record("web-1") is None
-    done = fleet.cli("facts", "--all", "--config", str(fleet.config("web-1")))
+    done = fleet.cli("facts", "--all", "--config", str(config))
     assert done.returncode == 0 and done.stdout == ""
 
 
