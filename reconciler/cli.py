@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from reconciler.model.data import Found
 
 EXIT_ERROR = 1
+# reconciler.apps.fleet.STATES, here so that --help does not import the apps layer
+FLEET_STATES = (
+    *("in_sync", "changed", "failed", "rejected", "fetch_failed", "error"),
+    *("stale", "suspended"),
+)
 
 
 def _say(text: str = "", file: Any = None) -> None:
@@ -130,9 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "modules", "the modules the control repo pins in modules.yaml")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = _command(
-        actions, "update", "resolve each module's ref (branch or tag) and rewrite its commit pin"
+        actions,
+        "update",
+        "resolve each module's tag, or ref (branch or tag), and rewrite its commit pin",
     )
     p.add_argument("name", nargs="*", help="the modules to update (default: every one)")
+    p.add_argument(
+        "--tag",
+        help="pin the one module named to this tag (written as its tag:, in place of a ref:)",
+    )
     _option(p, "--repo", default=".", help="the control repo's working tree (default: .)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds for reading the repo")
 
@@ -156,6 +167,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "status", "the last run of this node, and a suspension of enforcement")
     _option(p, "--config", type=Path)
     _option(p, "--state-dir", type=Path)
+    _option(p, "--format", choices=("text", "json"), default="text")
+
+    p = _command(
+        sub,
+        "fleet",
+        "every node's last run, as the nodes published it (exit 0 in sync, 2 changed, "
+        "4 failed or stale, 6 both, 1 could not read)",
+    )
+    _option(p, "--config", type=Path, required=True)
+    p.add_argument("--role", help="only the nodes of this role")
+    p.add_argument("--state", choices=FLEET_STATES, help="only the nodes whose last run ended so")
+    _option(p, "--format", choices=("text", "json"), default="text")
+
+    p = _command(sub, "apps", "application deployments across the fleet")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _command(
+        actions,
+        "status",
+        "each component's version and state on every node, and what waiting nodes wait for "
+        "(exit 0, 4 a node failed, 1 could not read)",
+    )
+    p.add_argument("app", help="the app's name")
+    _option(p, "--config", type=Path, required=True)
     _option(p, "--format", choices=("text", "json"), default="text")
 
     p = _command(sub, "explain", "which data level, file, line and commit set a value")
@@ -605,6 +639,55 @@ def _print_live_requirements(apps: list[dict[str, Any]], values: dict[str, Any])
         _warn(f"coordination store: {exc}")
 
 
+def _open_store(args: argparse.Namespace) -> Any:
+    from reconciler.apps.store import open_store
+
+    return open_store(_coordination(_settings(args)))
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from reconciler.apps import fleet
+
+    store = _open_store(args)
+    try:
+        summaries = fleet.read(store, _warn)
+    finally:
+        store.close()
+    rows = fleet.fleet_rows(summaries, role=args.role, state=args.state)
+    if args.format == "json":
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    elif rows:
+        _say(fleet.render_text(rows).removesuffix("\n"))
+    if not rows:
+        _say(
+            "reconciler: no node matches"
+            if summaries
+            else "reconciler: no node has published a run summary",
+            file=sys.stderr,
+        )
+    return fleet.exit_code(rows)
+
+
+def cmd_apps(args: argparse.Namespace) -> int:
+    from reconciler.apps import fleet
+
+    store = _open_store(args)
+    try:
+        components = fleet.app_status(store, args.app)
+    finally:
+        store.close()
+    if not components:
+        raise ReconcilerError(f"no node has published a state of app {args.app!r}")
+    if args.format == "json":
+        print(
+            json.dumps({"app": args.app, "components": [c.to_dict() for c in components]}, indent=2)
+        )
+    else:
+        _say(fleet.render_app_status(args.app, components).removesuffix("\n"))
+    failed = any(s.state == "failed" for c in components for s in c.states.values())
+    return 4 if failed else 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from reconciler.apps.exports import exchange
     from reconciler.model.modules import with_modules
@@ -788,11 +871,12 @@ def cmd_secret(args: argparse.Namespace) -> int:
 def cmd_modules(args: argparse.Namespace) -> int:
     from reconciler.model.modules import update_pins
 
-    for done in update_pins(Path(args.repo), list(args.name), args.timeout):
+    for done in update_pins(Path(args.repo), list(args.name), args.timeout, args.tag):
         if done.old == done.new:
             _say(f"{done.name}: {done.new} ({done.ref}), unchanged")
         else:
-            _say(f"{done.name}: {done.old or '(none)'} -> {done.new} ({done.ref})")
+            moved = ", the tag moved" if done.moved else ""
+            _say(f"{done.name}: {done.old or '(none)'} -> {done.new} ({done.ref}{moved})")
     return 0
 
 
@@ -838,6 +922,8 @@ _HANDLERS = {
     "facts": cmd_facts,
     "status": cmd_status,
     "explain": cmd_explain,
+    "fleet": cmd_fleet,
+    "apps": cmd_apps,
     "secret": cmd_secret,
     "modules": cmd_modules,
 }

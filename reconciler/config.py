@@ -226,9 +226,10 @@ def parse_config(text: bytes | str, name: str) -> Config:
             coord, "exports_ttl", "duration", d.coordination.exports_ttl, "coordination."
         ),
         facts_ttl=r.get(coord, "facts_ttl", "duration", d.coordination.facts_ttl, "coordination."),
-        publish_facts=r.get(coord, "publish_facts", "bool", "coordination" in raw, "coordination."),
+        publish_facts=r.get(coord, "publish_facts", "bool", True, "coordination."),
         username=r.get(coord, "username", "str", None, "coordination."),
         password_file=r.get(coord, "password_file", "path", None, "coordination."),
+        configured=raw.get("coordination") is not None,
     )
     lg = r.section(raw, "log", {"format", "level"})
     log = LogConfig(

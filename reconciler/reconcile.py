@@ -23,6 +23,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
+from reconciler import __version__
+from reconciler.apps import fleet
 from reconciler.apps.exports import exchange
 from reconciler.apps.facts import publish_facts
 from reconciler.apps.rollout import Rollout
@@ -208,7 +210,93 @@ def reconcile(
     snapshot: Snapshot | None = None,
     pinned: Pinned | None = None,
 ) -> Outcome:
-    """One run, every step in this order, for ``apply``, ``plan`` and every daemon run.
+    """One run, every step in this order, for ``apply``, ``plan`` and every daemon run (see
+    ``_reconcile``); then, with a coordination store configured (``options.coordination``
+    read from a configuration's coordination section), the run's summary is published there
+    for the fleet view, unless planning or skipped."""
+    outcome = _reconcile(options, plan, warn, snapshot, pinned)
+    config = options.coordination
+    skipped = outcome.kind is OutcomeKind.SKIPPED
+    if config is not None and config.configured and not (plan or skipped):
+        publish_summary(options, config, outcome, warn)
+    return outcome
+
+
+_RESULTS: dict[OutcomeKind, fleet.Result] = {
+    OutcomeKind.IN_SYNC: "in_sync",
+    OutcomeKind.CHANGED: "changed",
+    OutcomeKind.FAILED: "failed",
+    OutcomeKind.REJECTED: "rejected",
+    OutcomeKind.FETCH_FAILED: "fetch_failed",
+    OutcomeKind.SKIPPED: "error",  # never published
+    OutcomeKind.ERROR: "error",
+}
+
+
+def run_summary(options: RunOptions, ttl: float, outcome: Outcome) -> fleet.RunSummary:
+    """What the fleet view shows of a run that ended as ``outcome``."""
+    report = outcome.report
+    results = report.resources if report is not None else []
+    message = outcome.message
+    if report is not None and not message:
+        failed = [r.id for r in results if r.status == "failed"]
+        apps = [f"{a['app']}/{a['component']}: {a['message']}" for a in report.apps
+                if a["state"] == "failed"]  # fmt: skip
+        message = "; ".join([*report.errors, *(f"failed: {i}" for i in failed), *apps])
+        message = str(report.scrub(message))
+    try:
+        suspended = current_suspension(options.state_dir) is not None
+    except Exception:  # an unsafe state directory: the run said why
+        suspended = False
+    return fleet.RunSummary(
+        node=report.node if report is not None else options.node or _hostname(),
+        role=report.role if report is not None else None,
+        revision=outcome.revision,
+        branch=outcome.branch,
+        ended=time.time(),
+        result=_RESULTS[outcome.kind],
+        drifted=sum(
+            1
+            for r in results
+            if r.status == "would_change" or (r.status == "changed" and r.corrective)
+        ),
+        changed=sum(1 for r in results if r.status == "changed"),
+        failed=sum(1 for r in results if r.status == "failed"),
+        noop=report.noop if report is not None else options.noop,
+        suspended=suspended,
+        version=__version__,
+        ttl=ttl,
+        message=redact(message),
+    )
+
+
+def publish_summary(
+    options: RunOptions, config: CoordinationConfig, outcome: Outcome, warn: Warn
+) -> None:
+    """Publish the run's summary; a store that fails is a warning, never a failed run."""
+    store, opened = options.store, False
+    try:
+        summary = run_summary(options, config.exports_ttl, outcome)
+        if store is None:
+            store, opened = open_store(config), True
+        fleet.publish(store, summary)
+    except (StoreError, OSError, ValueError) as exc:
+        warn(f"run summary not published: {exc}")
+    except Exception as exc:  # a bug: the run is done all the same
+        warn(f"run summary not published: Unexpected: {type(exc).__name__}: {exc}")
+    finally:
+        if opened and store is not None:
+            store.close()
+
+
+def _reconcile(
+    options: RunOptions,
+    plan: bool,
+    warn: Warn,
+    snapshot: Snapshot | None,
+    pinned: Pinned | None,
+) -> Outcome:
+    """One run, every step in this order.
 
     Check the state directory (before anything in it is used: the mirror, the parse cache);
     fetch; verify the signature; refuse a rewind from the last applied commit; compile;

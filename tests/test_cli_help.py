@@ -18,6 +18,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 DIFFERENT_MEANING = {
     ("validate", "--node"),  # repeatable: also compile this node
     ("secret encrypt", "--node"),  # a node to encrypt for
+    ("secret encrypt", "--role"),  # a role to encrypt for; fleet: only the nodes of a role
     ("secret encrypt", "--repo"),  # defaults to the current directory
     ("init", "--repo"),  # a git URL only
     ("modules update", "--repo"),  # a working tree, defaults to the current directory

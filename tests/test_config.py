@@ -39,12 +39,14 @@ class TestConfig:
         assert config.reconcile.max_file_size == 64 * 1024 * 1024
 
     def test_facts_are_published_when_coordination_is_configured(self) -> None:
-        assert not parse_config("node: a\n", "c").coordination.publish_facts
+        assert not parse_config("node: a\n", "c").coordination.configured
         configured = parse_config("coordination: {backend: local}\n", "c").coordination
-        assert configured.publish_facts and configured.facts_ttl == 6 * 3600
+        assert configured.configured and configured.publish_facts
+        assert configured.facts_ttl == 6 * 3600
         chosen = parse_config("coordination: {facts_ttl: 2h, publish_facts: false}\n", "c")
         assert (chosen.coordination.facts_ttl, chosen.coordination.publish_facts) == (7200, False)
-        assert load_config(EXAMPLE).coordination.publish_facts
+        example = load_config(EXAMPLE).coordination
+        assert example.configured and example.publish_facts
         with pytest.raises(ConfigError) as err:
             parse_config("coordination:\n  facts_ttl: 0s\n  publish_facts: yes please\n", "c")
         assert "c:2, key 'coordination.facts_ttl': must be more than zero" in str(err.value)

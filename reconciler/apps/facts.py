@@ -315,7 +315,7 @@ def publish_facts(
 ) -> bool:
     """Publish the node's facts if they changed or their lease needs renewing; True when
     written. Any failure is a warning: the run that gathered them stands."""
-    if not config.publish_facts:
+    if not (config.configured and config.publish_facts):
         return False
     last = state_dir / LAST
     try:

@@ -17,7 +17,8 @@ A slot is a lease: it expires ``ttl`` seconds after the last ``acquire_slot`` of
 which renews it, unless ``release_slot`` frees it first. ``wait`` blocks until anything in the
 store changes; it counts from the last read (``states``, ``holders``, ``acquire_slot``), so a
 change made between a read and the ``wait`` that follows it is not missed. A wake-up may be
-spurious (this node's own writes count too): callers read again and decide.
+spurious (this node's own writes count too): callers read again and decide. Records of the
+``QUIET_KINDS`` (run summaries) are not changes for ``wait``.
 """
 
 from __future__ import annotations
@@ -52,12 +53,15 @@ class CoordinationConfig:
     # A node's facts drop out this long after it last published them; a node republishes
     # unchanged facts once half of it has passed (keep it above twice the run interval).
     facts_ttl: float = 6 * 3600.0
-    # Publish the node's facts after each run: on when the configuration has a coordination
-    # section, so a node that coordinates with nobody writes its facts nowhere.
-    publish_facts: bool = False
+    # Publish the node's facts after each run, when ``configured`` (a node that coordinates
+    # with nobody writes its facts nowhere).
+    publish_facts: bool = True
     # etcd with authentication: the node's etcd user and a file holding its password.
     username: str | None = None
     password_file: Path | None = None
+    # The configuration names a store (a coordination section): every run publishes its
+    # summary there for the fleet view. Apps and exports use the default store regardless.
+    configured: bool = False
 
 
 STATES = ("deploying", "healthy", "failed", "waiting", "rolledback")
@@ -69,6 +73,11 @@ ROOT = "/reconciler/"
 RecordKind = Literal["exports", "summary", "facts"]
 RECORD_KINDS: tuple[RecordKind, ...] = ("exports", "summary", "facts")
 MAX_RECORD: dict[RecordKind, int] = {"exports": 64 * 1024, "summary": 4 * 1024, "facts": 256 * 1024}
+# Records nobody waits for: publishing or withdrawing one (or its lease running out) is no change
+# for ``wait``. Every node publishes its run summary after every run, and its facts when they
+# change; were that news, nodes whose components wait would wake each other, run, publish, and
+# wake each other again.
+QUIET_KINDS: frozenset[RecordKind] = frozenset({"summary", "facts"})
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,9 @@ class Store(Protocol):
 
     def states(self, app: str, component: str) -> dict[str, ComponentState]:
         """Every node's last published state of the component: node -> state."""
+
+    def components(self, app: str) -> list[str]:
+        """The app's components some node published a state of, sorted."""
 
     def acquire_slot(
         self, app: str, component: str, version: str, node: str, max_parallel: int, ttl: float
@@ -272,6 +284,17 @@ class LocalStore:
                     found[state.node] = state
         return found
 
+    def components(self, app: str) -> list[str]:
+        directory = self.path / "apps" / _part(app, "app")
+        with self._os_errors("read components"):
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                return []
+        return sorted(
+            urllib.parse.unquote(n) for n in names if n[0] != "." and (directory / n).is_dir()
+        )
+
     def acquire_slot(
         self, app: str, component: str, version: str, node: str, max_parallel: int, ttl: float
     ) -> bool:
@@ -327,8 +350,9 @@ class LocalStore:
         with self._os_errors(f"publish {kind}"):
             directory.mkdir(parents=True, exist_ok=True)
             atomic_write(directory / f"{_part(node, 'node')}.json", body)
-            with self._locked():
-                self._bump()
+            if kind not in QUIET_KINDS:
+                with self._locked():
+                    self._bump()
 
     def withdraw_record(self, kind: RecordKind, node: str) -> None:
         _check_kind(kind)
@@ -336,8 +360,9 @@ class LocalStore:
         with self._os_errors(f"withdraw {kind}"):
             if path.exists():
                 path.unlink()
-                with self._locked():
-                    self._bump()
+                if kind not in QUIET_KINDS:
+                    with self._locked():
+                        self._bump()
 
     def records(self, kind: RecordKind) -> dict[str, bytes]:
         _check_kind(kind)
@@ -667,6 +692,16 @@ class EtcdStore:
             state = _decode_state(base64.b64decode(kv.get("value", "")), f"etcd key {key}")
             found[state.node] = state
         return found
+
+    def components(self, app: str) -> list[str]:
+        prefix = f"{ROOT}apps/{_part(app, 'app')}/"
+        body = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)), "keys_only": True}
+        names = set()
+        for kv in self._call("kv/range", body).get("kvs", []):
+            component, _, node = _unb64(kv["key"])[len(prefix) :].partition("/")
+            if component and node:
+                names.add(urllib.parse.unquote(component))
+        return sorted(names)
 
     def acquire_slot(
         self, app: str, component: str, version: str, node: str, max_parallel: int, ttl: float
@@ -1105,8 +1140,21 @@ class EtcdStore:
             return False
         revisions = {int(e.get("kv", {}).get("mod_revision", 0)) for e in events}
         self._seen = max(revisions) or None
+        news = {
+            int(e.get("kv", {}).get("mod_revision", 0))
+            for e in events
+            if not _quiet(e.get("kv", {}).get("key", ""))
+        }
+        if not news:
+            return False
         with self._writing:  # a change of our own under way is answered first
-            return not revisions <= self._own
+            return not news <= self._own
+
+
+def _quiet(key: str) -> bool:
+    """Whether an etcd key (base64, as a watch gives it) is a record of the ``QUIET_KINDS``."""
+    raw = base64.b64decode(key)
+    return any(raw.startswith(f"{ROOT}{kind}/".encode()) for kind in QUIET_KINDS)
 
 
 class _StreamEnded(Exception):

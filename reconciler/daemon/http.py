@@ -1,4 +1,5 @@
-"""The HTTP endpoints: /metrics, /healthz, /readyz, /status, / and POST /webhook.
+"""The HTTP endpoints: /metrics, /healthz, /readyz, /status, /, /fleet, /fleet.json and POST
+/webhook.
 
 Handlers read the agent's state as it stands and never wait for a run. Bodies are bounded and
 read with a timeout, so a slow or huge request cannot hold the listener. A whole request has a
@@ -16,16 +17,62 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
+from reconciler.apps import fleet
+from reconciler.apps.store import CoordinationConfig, Store, StoreError, open_store
 from reconciler.daemon.webhook import MAX_BODY
 
 if TYPE_CHECKING:
     from reconciler.daemon.agent import Agent
 
 READ_TIMEOUT = 10.0
+FLEET_CACHE = 2.0  # seconds the fleet page reuses what it read from the store
+
+
+@dataclass(frozen=True)
+class FleetView:
+    summaries: list[fleet.RunSummary] = field(default_factory=list)
+    error: str | None = None  # the store could not be read
+
+
+class FleetReader:
+    """The run summaries for /fleet, read through a store of its own (the agent's is watched:
+    reading it here would move where its watch starts), at most once per ``FLEET_CACHE``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._store: Store | None = None
+        self._config: CoordinationConfig | None = None
+        self._read_at = -FLEET_CACHE
+        self._view = FleetView()
+
+    def view(self, agent: Agent) -> FleetView:
+        with self._lock:
+            if time.monotonic() - self._read_at < FLEET_CACHE:
+                return self._view
+            config = agent.config.coordination
+            warnings: list[str] = []
+            try:
+                if self._store is None or self._config != config:
+                    self.close()
+                    self._store, self._config = open_store(config), config
+                self._view = FleetView(fleet.read(self._store, warnings.append))
+            except StoreError as exc:
+                self._view = FleetView(error=str(exc))
+            for warning in warnings[:10]:
+                agent.log.warning("fleet", message=warning)
+            self._read_at = time.monotonic()
+            return self._view
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -74,8 +121,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, json.dumps(status(agent), indent=2).encode(), "application/json")
         elif path == "/":
             self._send(200, page(status(agent)).encode(), "text/html; charset=utf-8")
+        elif path in ("/fleet", "/fleet.json"):
+            self._fleet(path.endswith(".json"))
         else:
             self._send(404, b"not found\n")
+
+    def _fleet(self, as_json: bool) -> None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        role = (query.get("role") or [""])[0] or None
+        state = (query.get("state") or [""])[0] or None
+        if state is not None and state not in fleet.STATES:
+            self._send(400, f"state is one of {', '.join(fleet.STATES)}\n".encode())
+            return
+        view = self.server.fleet.view(self.server.agent)
+        rows = fleet.fleet_rows(view.summaries, role=role, state=state)
+        if as_json:
+            body = {"nodes": [r.to_dict() for r in rows], "error": view.error}
+            self._send(200, json.dumps(body, indent=2).encode(), "application/json")
+        else:
+            text = fleet_page(rows, view.error, self.server.agent.state.node, role, state)
+            self._send(200, text.encode(), "text/html; charset=utf-8")
 
     def do_POST(self) -> None:
         agent = self.server.agent
@@ -122,6 +187,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], agent: Agent) -> None:
         self.agent = agent
+        self.fleet = FleetReader()
         # Open connections and when each must have been answered (monotonic seconds).
         self._open: dict[socket.socket, float] = {}
         self._lock = threading.Lock()
@@ -202,6 +268,7 @@ class HttpServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.server.fleet.close()
 
 
 def status(agent: Agent) -> dict[str, Any]:
@@ -285,5 +352,61 @@ code{{font-size:90%}}.warn{{background:#fee;border-left:4px solid #c33;padding:.
 <h2>Drifted</h2>{items(data.get("drifted") or [])}
 <h2>Failed</h2>{items(data.get("failed") or [])}
 <h2>Apps</h2>{apps(data.get("apps") or [])}
-<p><a href=/status>/status</a> · <a href=/metrics>/metrics</a></p></body></html>
+<p><a href=/fleet>fleet</a> · <a href=/status>/status</a> · <a href=/metrics>/metrics</a></p>
+</body></html>
+"""
+
+
+def fleet_page(
+    rows: list[fleet.FleetRow],
+    error: str | None,
+    node: str | None,
+    role: str | None = None,
+    state: str | None = None,
+) -> str:
+    """The fleet page: one table row per node (at most ``fleet.MAX_ROWS``), plain HTML and CSS;
+    every name and message from the store is escaped."""
+    e = html.escape
+    shown = rows[: fleet.MAX_ROWS]
+    body = []
+    for r in shown:
+        result = r.result + (" (noop)" if r.noop else "")
+        classes = " ".join(
+            c for c in ("bad" if r.result in fleet.BAD else "", "stale" if r.stale else "") if c
+        )
+        flags = [f for f, on in (("stale", r.stale), ("suspended", r.suspended)) if on]
+        body.append(
+            f"<tr class='{e(classes)}' data-result='{e(r.result)}'>"
+            f"<td>{e(r.node)}</td><td>{e(r.role or '-')}</td>"
+            f"<td><code>{e(r.revision or '-')}</code></td>"
+            f"<td>{e(fleet.age_text(r.age))} ago</td>"
+            f"<td class=result>{e(result)}</td>"
+            f"<td class=n>{r.drifted}</td><td class=n>{r.changed}</td><td class=n>{r.failed}</td>"
+            f"<td>{e(', '.join(flags))}</td><td class=msg>{e(r.message)}</td></tr>"
+        )
+    more = len(rows) - len(shown)
+    notes = ""
+    if error is not None:
+        notes += f"<p class=warn>coordination store: {e(error)}</p>"
+    if not rows and error is None:
+        notes += "<p class=none>no node has published a run summary</p>"
+    if more > 0:
+        notes += f"<p class=none>{more} more node(s) not shown: filter with ?role= or ?state=</p>"
+    bad = sum(1 for r in rows if r.bad)
+    filters = " ".join(f"{k} {e(v)}" for k, v in (("role", role), ("state", state)) if v)
+    return f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>reconciler fleet</title>
+<meta http-equiv=refresh content=10>
+<style>body{{font:15px system-ui,sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse}}th,td{{padding:.2em .8em;text-align:left;border-bottom:1px solid #ddd}}
+td.n{{text-align:right}}tr.bad{{background:#fdd}}tr.bad td.result{{color:#a00;font-weight:bold}}
+tr.stale{{color:#888;font-style:italic}}td.msg{{max-width:30em;overflow-wrap:anywhere;font-size:90%}}
+.warn{{background:#fee;border-left:4px solid #c33;padding:.4em .8em}}.none{{color:#888}}</style>
+</head><body>
+<h1>Fleet</h1>
+<p>{len(rows)} node(s){" with " + filters if filters else ""}, {bad} needing attention;
+seen from {e(str(node))}. <a href=/>this node</a> · <a href=/fleet.json>/fleet.json</a></p>
+{notes}<table><thead><tr><th>node</th><th>role</th><th>revision</th><th>last run</th>
+<th>result</th><th>drifted</th><th>changed</th><th>failed</th><th></th><th>message</th></tr></thead>
+<tbody>{"".join(body)}</tbody></table></body></html>
 """

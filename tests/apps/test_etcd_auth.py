@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from reconciler.apps import fleet as fleetview
 from reconciler.apps.store import RECORD_KINDS, EtcdStore, StoreError
 from tests.apps.conftest import EtcdServer
 from tests.apps.test_exports import FILES, Fleet, ok
+from tests.apps.test_fleet import summary
 from tests.conftest import write_tree
 
 
@@ -100,6 +102,23 @@ def test_a_node_writes_only_its_own_facts(secured: EtcdServer) -> None:
     assert web1.records("facts") == {"web-10": b'{"node":"web-10"}'}
 
 
+def test_a_node_cannot_forge_another_nodes_run_summary(secured: EtcdServer) -> None:
+    web1, web10, lb = store(secured, "web-1"), store(secured, "web-10"), store(secured, "lb-1")
+    fleetview.publish(web1, summary("web-1"))
+    with pytest.raises(StoreError, match="permission denied"):
+        fleetview.publish(web1, summary("web-10", result="failed"))  # a prefix of web-1's
+    with pytest.raises(StoreError, match="permission denied"):
+        web10.withdraw_record("summary", "web-1")
+    # web-1 may write only under its own name: a record there naming web-10 is left out.
+    web1.publish_record("summary", "web-1", fleetview.encode(summary("web-10")), ttl=60)
+    warnings: list[str] = []
+    assert fleetview.read(lb, warnings.append) == []
+    assert warnings == [
+        "the run summary of node 'web-1' is left out: it names node 'web-10', "
+        "not the node it is stored under"
+    ]
+
+
 def test_nodes_exchange_exports_as_their_etcd_users(tmp_path: Path, secured: EtcdServer) -> None:
     fleet = Fleet(tmp_path)
     write_tree(fleet.repo, FILES)
@@ -124,3 +143,6 @@ def test_nodes_exchange_exports_as_their_etcd_users(tmp_path: Path, secured: Etc
     assert fleet.read("lb-1", "etc/haproxy.cfg").startswith("server web-1 ")
     # Each node published its facts as its own user too, and every node can read them.
     assert sorted(store(secured, "web-10").records("facts")) == ["lb-1", "web-1"]
+    # Each run published its summary under the node's own prefix, as its etcd user.
+    shown = fleet.cli("fleet", "--config", str(fleet.config("lb-1")), "--format", "json")
+    assert [r["node"] for r in json.loads(shown.stdout)] == ["lb-1", "web-1"], shown.stderr

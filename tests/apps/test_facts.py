@@ -27,7 +27,7 @@ from reconciler.apps.facts import (
     fleet_published,
 )
 from reconciler.apps.store import MAX_RECORD, CoordinationConfig, EtcdStore, LocalStore, Store
-from tests.apps.conftest import EtcdServer
+from tests.apps.conftest import EtcdServer, StoreFactory
 from tests.apps.test_rollout_local import Fleet
 from tests.conftest import wait_for, write_tree
 from tests.daemon.conftest import Daemon, GitServer
@@ -109,6 +109,10 @@ class FactsFleet(Fleet):
     def record(self, node: str) -> dict[str, Any] | None:
         raw = self.store().records("facts").get(node)
         return None if raw is None else dict(json.loads(raw))
+
+    def written(self, node: str) -> bytes:
+        """The local store's file of the node's record, its expiry included."""
+        return (self.coordination / "facts" / f"{node}.json").read_bytes()
 
     def stored_files(self) -> list[Path]:
         """Every file the store keeps its data in: etcd's data directory, or the local one."""
@@ -244,10 +248,10 @@ def test_unchanged_facts_are_republished_only_to_renew_their_lease(tmp_path: Pat
     ok(fleet.apply("web-1"))
     first = fleet.record("web-1")
     assert first is not None
-    generation = (fleet.coordination / ".generation").read_bytes()
+    written = fleet.written("web-1")
     ok(fleet.apply("web-1"))  # uptime and free memory moved; nothing else did
     assert fleet.record("web-1") == first
-    assert (fleet.coordination / ".generation").read_bytes() == generation  # no write at all
+    assert fleet.written("web-1") == written  # no write at all, not even of the expiry
 
     fleet.set_facts("web-1", site(region="eu-north"))
     ok(fleet.apply("web-1"))
@@ -256,9 +260,9 @@ def test_unchanged_facts_are_republished_only_to_renew_their_lease(tmp_path: Pat
 
     config = fleet.config("web-1")
     config.write_text(config.read_text().replace("facts_ttl: 1h", "facts_ttl: 4s"))
-    generation = (fleet.coordination / ".generation").read_bytes()
+    written = fleet.written("web-1")
     ok(fleet.apply("web-1"))  # another lease: written at once
-    assert (fleet.coordination / ".generation").read_bytes() != generation
+    assert fleet.written("web-1") != written
     short = fleet.record("web-1")
     assert short is not None and short["taken"] >= changed["taken"]
     time.sleep(2.1)  # past half of the 4s lease: the next run renews it
@@ -404,3 +408,13 @@ def test_a_store_away_warns_and_never_fails_the_run(tmp_path: Path) -> None:
     assert not (tmp_path / "web-1/state" / LAST).exists()  # the next run tries again
     done = fleet.cli("facts", "--all", "--config", str(fleet.config("web-1")))
     assert done.returncode == 1 and "etcd unreachable" in done.stderr, done.stderr
+
+
+def test_facts_are_no_news_for_a_waiting_node(make_store: StoreFactory) -> None:
+    waiter, other = make_store(), make_store()
+    waiter.states("shop", "api")  # a read: the wait counts from here
+    other.publish_record("facts", "web-2", b'{"node":"web-2"}', ttl=60)
+    assert waiter.wait(1.0) is False  # a waiting component has nothing to learn from facts
+    assert set(waiter.records("facts")) == {"web-2"}
+    other.publish_record("exports", "web-2", b"{}", ttl=60)
+    assert waiter.wait(5.0) is True
