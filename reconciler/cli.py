@@ -179,11 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "--repo", default=".", help="the control repo's working tree (default: .)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds for reading the repo")
 
-    p = _command(sub, "facts", "print this node's facts")
+    p = _command(sub, "facts", "print this node's facts, or every node's from the store (--all)")
     _option(p, "--format", choices=("yaml", "json"), default="yaml")
     _option(p, "--config", type=Path)
     _option(p, "--node")
     _option(p, "--facts", type=Path, dest="facts_file")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="every node's facts as published to the coordination store of --config",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="with --all: write one <node>.yaml per node into DIR (new or empty)",
+    )
 
     p = _command(sub, "status", "the last run of this node, and a suspension of enforcement")
     _option(p, "--config", type=Path)
@@ -544,12 +555,53 @@ def cmd_facts(args: argparse.Namespace) -> int:
     from reconciler import facts as factsmod
     from reconciler.reconcile import RunOptions, gather_facts
 
+    if args.all or args.out is not None:
+        return _fleet_facts(args)
     values = _settings(args)
     options = RunOptions(
         repo="", node=values["node"], facts_file=args.facts_file, facts_dirs=values["facts_dirs"]
     )
     _, facts = gather_facts(options, _warn)
     sys.stdout.write(factsmod.render(facts, args.format))
+    return 0
+
+
+def _fleet_facts(args: argparse.Namespace) -> int:
+    """``facts --all``: every node's published facts, as files in --out or on stdout."""
+    from reconciler import facts as factsmod
+    from reconciler.apps.facts import fleet_published
+    from reconciler.fs import atomic_write
+
+    if not args.all:
+        raise ReconcilerError("--out DIR goes with --all")
+    if args.config is None:
+        raise ReconcilerError("--all reads the coordination store: give --config FILE")
+    if args.node is not None or args.facts_file is not None:
+        raise ReconcilerError("--node and --facts are for this node's facts, not with --all")
+    if args.out is not None and args.format != "yaml":
+        raise ReconcilerError("--out writes YAML files: leave out --format json")
+    out: Path | None = args.out
+    if out is not None:
+        try:
+            if out.exists() and (not out.is_dir() or any(out.iterdir())):
+                raise ReconcilerError(f"--out {out}: not a new or empty directory")
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ReconcilerError(f"--out {out}: {exc.strerror or exc}") from None
+    published = fleet_published(_settings(args)["coordination"], _warn)
+    documents = {node: found.document() for node, found in published.items()}
+    if out is not None:
+        for node, document in documents.items():
+            path = out / f"{node}.yaml"
+            try:
+                atomic_write(path, factsmod.render(document, "yaml").encode())
+            except OSError as exc:
+                raise ReconcilerError(f"{path}: {exc.strerror or exc}") from None
+        _say(f"{len(documents)} node(s) written to {out}", file=sys.stderr)
+    elif args.format == "json":
+        sys.stdout.write(json.dumps(documents, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write("".join(f"---\n{factsmod.render(d, 'yaml')}" for d in documents.values()))
     return 0
 
 

@@ -213,15 +213,8 @@ def parse_config(text: bytes | str, name: str) -> Config:
         raw,
         "coordination",
         {
-            "backend",
-            "path",
-            "endpoints",
-            "lease",
-            "exports_ttl",
-            "username",
-            "password_file",
-            "push",
-            "push_min_interval",
+            *("backend", "path", "endpoints", "lease", "exports_ttl", "facts_ttl"),
+            *("publish_facts", "username", "password_file", "push", "push_min_interval"),
         },
     )
     coordination = CoordinationConfig(
@@ -232,6 +225,8 @@ def parse_config(text: bytes | str, name: str) -> Config:
         exports_ttl=r.get(
             coord, "exports_ttl", "duration", d.coordination.exports_ttl, "coordination."
         ),
+        facts_ttl=r.get(coord, "facts_ttl", "duration", d.coordination.facts_ttl, "coordination."),
+        publish_facts=r.get(coord, "publish_facts", "bool", True, "coordination."),
         username=r.get(coord, "username", "str", None, "coordination."),
         password_file=r.get(coord, "password_file", "path", None, "coordination."),
         configured=raw.get("coordination") is not None,

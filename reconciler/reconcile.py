@@ -26,6 +26,7 @@ from typing import Any, Literal
 from reconciler import __version__
 from reconciler.apps import fleet
 from reconciler.apps.exports import exchange
+from reconciler.apps.facts import publish_facts
 from reconciler.apps.rollout import Rollout
 from reconciler.apps.store import CoordinationConfig, Store, StoreError, open_store
 from reconciler.engine import state
@@ -496,6 +497,7 @@ def run(
 
     t = time.perf_counter()
     yamlload.use_cache(yamlload.ParseCache(options.state_dir / "cache" / "yaml", readonly=plan))
+    taken = now_iso()
     node, facts = gather_facts(options, warn)
     config = options.coordination or CoordinationConfig(path=options.state_dir / "coordination")
     # modules.yaml's modules, fetched and verified before any file of theirs is read
@@ -510,6 +512,10 @@ def run(
         for why in catalog.collect_warnings:
             warn(why)
         report = _run_compiled(catalog, options, plan, warn, phases, started_wall)
+        if not plan and options.coordination is not None:
+            # The facts it compiled with, for reviewing changes elsewhere (noop and failed runs
+            # too: the facts hold all the same). Before the exports: their lease starts last.
+            publish_facts(options.store, config, catalog, facts, taken, options.state_dir, warn)
         if not (plan or report.noop or report.failed):
             # Components that serve here: healthy, or waiting while what they deployed runs.
             healthy = {

@@ -38,6 +38,20 @@ class TestConfig:
         assert (config.http.request_timeout, config.http.max_connections) == (10.0, 32)
         assert config.reconcile.max_file_size == 64 * 1024 * 1024
 
+    def test_facts_are_published_when_coordination_is_configured(self) -> None:
+        assert not parse_config("node: a\n", "c").coordination.configured
+        configured = parse_config("coordination: {backend: local}\n", "c").coordination
+        assert configured.configured and configured.publish_facts
+        assert configured.facts_ttl == 6 * 3600
+        chosen = parse_config("coordination: {facts_ttl: 2h, publish_facts: false}\n", "c")
+        assert (chosen.coordination.facts_ttl, chosen.coordination.publish_facts) == (7200, False)
+        example = load_config(EXAMPLE).coordination
+        assert example.configured and example.publish_facts
+        with pytest.raises(ConfigError) as err:
+            parse_config("coordination:\n  facts_ttl: 0s\n  publish_facts: yes please\n", "c")
+        assert "c:2, key 'coordination.facts_ttl': must be more than zero" in str(err.value)
+        assert "c:3, key 'coordination.publish_facts': must be true or false" in str(err.value)
+
     def test_max_file_size_takes_units(self) -> None:
         assert parse_config("reconcile: {max_file_size: 1GiB}\n", "c").reconcile.max_file_size == (
             1024**3

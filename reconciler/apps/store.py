@@ -18,7 +18,7 @@ which renews it, unless ``release_slot`` frees it first. ``wait`` blocks until a
 store changes; it counts from the last read (``states``, ``holders``, ``acquire_slot``), so a
 change made between a read and the ``wait`` that follows it is not missed. A wake-up may be
 spurious (this node's own writes count too): callers read again and decide. Records of the
-``QUIET_KINDS`` (run summaries) are not changes for ``wait``.
+``QUIET_KINDS`` (run summaries, facts) are not changes for ``wait``.
 """
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ class CoordinationConfig:
     lease: float = 300.0  # a deployment slot is freed this long after its holder last renewed it
     # A node's exported values drop out this long after its last successful run published them.
     exports_ttl: float = 3600.0
+    # A node's facts drop out this long after it last published them; a node republishes
+    # unchanged facts once half of it has passed (keep it above twice the run interval).
+    facts_ttl: float = 6 * 3600.0
+    # Publish the node's facts after each run, when ``configured`` (a node that coordinates
+    # with nobody writes its facts nowhere).
+    publish_facts: bool = True
     # etcd with authentication: the node's etcd user and a file holding its password.
     username: str | None = None
     password_file: Path | None = None
@@ -74,9 +80,10 @@ RecordKind = Literal["exports", "summary", "facts"]
 RECORD_KINDS: tuple[RecordKind, ...] = ("exports", "summary", "facts")
 MAX_RECORD: dict[RecordKind, int] = {"exports": 64 * 1024, "summary": 4 * 1024, "facts": 256 * 1024}
 # Records nobody waits for: publishing or withdrawing one (or its lease running out) is no change
-# for ``wait``. Every node publishes its run summary after every run; were that news, nodes
-# whose components wait would wake each other, run, publish, and wake each other again.
-QUIET_KINDS: frozenset[RecordKind] = frozenset({"summary"})
+# for ``wait``. Every node publishes its run summary after every run, and its facts when they
+# change; were that news, nodes whose components wait would wake each other, run, publish, and
+# wake each other again.
+QUIET_KINDS: frozenset[RecordKind] = frozenset({"summary", "facts"})
 # A pushed revision is a commit id; anything else under its key is no revision (and ignored).
 REVISION = re.compile(r"[0-9a-f]{7,64}")
 MAX_REVISION_RECORD = 256  # bytes of a pushed revision's file or key, read

@@ -109,6 +109,9 @@ class Catalog:
     collect_warnings: list[str] = field(default_factory=list)
     # Values consumed from other nodes that are sensitive there: shown only as digests here.
     consumed_secrets: list[str] = field(default_factory=list)
+    # The values of sensitive parameters and what was decrypted, without whole sensitive
+    # resources: a fact that is a part of one (a password built around it) is sensitive too.
+    param_secrets: Secrets = field(default_factory=Secrets)
     # What the store held when collect() read it (node -> record), for the daemon to compare.
     collected_records: Mapping[str, bytes] | None = None
 
@@ -500,6 +503,7 @@ class Compiler:
         catalog.scopes = build.scopes
         problems += identity_conflicts(entries, build.scope_used_at)
         spread_sensitivity(entries)
+        catalog.param_secrets = Secrets([*secrets.values, *self.keyring.revealed])
         catalog.secrets = Secrets(
             [
                 *secrets.values,

@@ -92,6 +92,16 @@ def test_a_node_writes_only_its_own_exports(secured: EtcdServer) -> None:
         EtcdStore([secured.url], username="web-1", password="wrong").records("exports")
 
 
+def test_a_node_writes_only_its_own_facts(secured: EtcdServer) -> None:
+    web1, web10 = store(secured, "web-1"), store(secured, "web-10")
+    web10.publish_record("facts", "web-10", b'{"node":"web-10"}', ttl=60)
+    with pytest.raises(StoreError, match="permission denied"):
+        web1.publish_record("facts", "web-10", b'{"node":"forged"}', ttl=60)
+    with pytest.raises(StoreError, match="permission denied"):
+        web1.withdraw_record("facts", "web-10")
+    assert web1.records("facts") == {"web-10": b'{"node":"web-10"}'}
+
+
 def test_a_node_cannot_forge_another_nodes_run_summary(secured: EtcdServer) -> None:
     web1, web10, lb = store(secured, "web-1"), store(secured, "web-10"), store(secured, "lb-1")
     fleetview.publish(web1, summary("web-1"))
@@ -131,6 +141,8 @@ def test_nodes_exchange_exports_as_their_etcd_users(tmp_path: Path, secured: Etc
     ok(fleet.apply("web-1"))
     ok(fleet.apply("lb-1"))
     assert fleet.read("lb-1", "etc/haproxy.cfg").startswith("server web-1 ")
+    # Each node published its facts as its own user too, and every node can read them.
+    assert sorted(store(secured, "web-10").records("facts")) == ["lb-1", "web-1"]
     # Each run published its summary under the node's own prefix, as its etcd user.
     shown = fleet.cli("fleet", "--config", str(fleet.config("lb-1")), "--format", "json")
     assert [r["node"] for r in json.loads(shown.stdout)] == ["lb-1", "web-1"], shown.stderr
