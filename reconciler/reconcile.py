@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import secrets
@@ -23,7 +25,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
-from reconciler.apps.exports import exchange
+from reconciler import __version__
+from reconciler.apps.exports import Exchange, exchange
 from reconciler.apps.rollout import Rollout
 from reconciler.apps.store import CoordinationConfig, Store, StoreError, open_store
 from reconciler.engine import state
@@ -41,6 +44,7 @@ from reconciler.errors import (
     SourceError,
     StateDirUnsafe,
 )
+from reconciler.facts import VOLATILE, ReadFacts, stable_view, was_read
 from reconciler.fs import (
     MAX_FILE_SIZE,
     BackupStore,
@@ -206,6 +210,7 @@ def reconcile(
     warn: Warn = _ignore,
     snapshot: Snapshot | None = None,
     pinned: Pinned | None = None,
+    cache: CompileCache | None = None,
 ) -> Outcome:
     """One run, every step in this order, for ``apply``, ``plan`` and every daemon run.
 
@@ -213,7 +218,8 @@ def reconcile(
     fetch; verify the signature; refuse a rewind from the last applied commit; compile;
     converge; record (the report, and the applied commit). ``pinned`` (the daemon's) names the
     commit to fetch and read from the mirror of ``options.repo``; a ``snapshot`` already open
-    skips fetching. While enforcement is suspended, an enforcing run is a noop run (unless
+    skips fetching. ``cache`` (the daemon's): the catalog compiled last, re-checked instead of
+    compiled again while nothing it was compiled from changed. While enforcement is suspended, an enforcing run is a noop run (unless
     ``options.ignore_suspension``), and the outcome names the suspension. Whatever goes wrong is an ``Outcome``, never an exception: an unexpected
     one is an error with its type and message, reported (unless planning) as far as the state
     directory allows.
@@ -247,7 +253,7 @@ def reconcile(
                 options, plan, started, revision, branch, OutcomeKind.REJECTED,
                 "RevisionRegression", why, warn, stage="rewind",
             )  # fmt: skip
-        report, catalog = run(options, plan, warn, snapshot)
+        report, catalog = run(options, plan, warn, snapshot, cache)
         if not plan and isinstance(snapshot, GitSnapshot) and snapshot.revision is not None:
             applied = state.Applied(snapshot.revision, snapshot.branch, shown_url(options.repo))
             state.save_applied(options.state_dir, applied)
@@ -396,8 +402,11 @@ def run(
     plan: bool = False,
     warn: Warn = _ignore,
     snapshot: Snapshot | None = None,
+    cache: CompileCache | None = None,
 ) -> tuple[RunReport, Catalog]:
-    """Compile and converge the node once. ``plan`` checks only and writes no state."""
+    """Compile and converge the node once. ``plan`` checks only and writes no state. With a
+    ``cache``, the catalog it holds is converged instead when it was compiled from the same
+    inputs (``compile_key``)."""
     phases: dict[str, float] = {}
     started_wall = now_iso()
     t0 = time.perf_counter()
@@ -412,16 +421,26 @@ def run(
     config = options.coordination or CoordinationConfig(path=options.state_dir / "coordination")
     # modules.yaml's modules, fetched and verified before any file of theirs is read
     scratch = plan and not options.state_dir.exists()
+    key = compile_key(options, snapshot, facts) if cache is not None and not plan else None
     with exchange(options.store, config) as exports:
-        with modules_for_run(
-            snapshot, options.state_dir, options.timeout, options.verify, scratch
-        ) as modular:
-            compiler = Compiler(modular, keyring=Keyring(options.secrets), collect=exports.read)
-            catalog = compiler.compile(node, facts)
+        catalog = cache.reuse(key, exports) if cache is not None and key is not None else None
+        compiled = catalog is None
+        if catalog is None:
+            if cache is not None:
+                cache.clear()
+            read = ReadFacts(facts) if key is not None else None
+            with modules_for_run(
+                snapshot, options.state_dir, options.timeout, options.verify, scratch
+            ) as modular:
+                compiler = Compiler(modular, keyring=Keyring(options.secrets), collect=exports.read)
+                catalog = compiler.compile(node, facts if read is None else read)
+            if cache is not None and key is not None and read is not None:
+                cache.keep(key, catalog, read, exports.records)
         phases["compile"] = time.perf_counter() - t
         for why in catalog.collect_warnings:
             warn(why)
         report = _run_compiled(catalog, options, plan, warn, phases, started_wall)
+        report.compiled = compiled
         if not (plan or report.noop or report.failed):
             # Components that serve here: healthy, or waiting while what they deployed runs.
             healthy = {
@@ -443,6 +462,118 @@ def run(
             report.errors.append(why)
             warn(why)
     return report, catalog
+
+
+# -- the daemon's compiled catalog ------------------------------------------------------------
+
+
+def _key_file(path: Path | None) -> object:
+    """What a key file of ``secrets:`` is now: its type, owner, mode and content digest (each
+    can change what a decryption gives, or whether the key is refused), or why it cannot be
+    read."""
+    if path is None:
+        return None
+    try:
+        st = os.lstat(path)
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read(1024 * 1024 + 1)).hexdigest()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return [st.st_mode, st.st_uid, st.st_size, digest]
+
+
+def compile_key(options: RunOptions, snapshot: Snapshot, facts: Mapping[str, Any]) -> str | None:
+    """A digest of everything a compile of ``snapshot`` for this node reads, but what it reads
+    from the coordination store (``CompileCache.reuse`` reads that again); None when the
+    snapshot cannot be named by a commit (a working tree's files change under the same name).
+
+    - the revision: the commit and branch (``modules.yaml`` and its pinned module commits are
+      in the commit's tree), and the source it came from;
+    - the facts: built-in, facts directories (files and what executables printed) and
+      ``--facts``, as gathered for this run, but ``facts.VOLATILE`` (``ReadFacts`` tells
+      whether the compile read those: then it is not reused);
+    - the node's decryption keys (``secrets:``): each file's type, owner, mode and content;
+    - the settings a compile reads (node, root, state directory, facts directories, signature
+      rules for modules, the coordination store, timeouts);
+    - this program's version.
+
+    Nothing else reaches a compile: templates are sandboxed (no clock, environment or file
+    outside the revision), and the hostname and addresses are facts.
+    """
+    if snapshot.revision is None:
+        return None
+    keys = options.secrets
+    parts = {
+        "version": __version__,
+        "source": options.repo,
+        "revision": snapshot.revision,
+        "branch": snapshot.branch,
+        "settings": [
+            options.node,
+            str(options.root),
+            str(options.state_dir),
+            options.ref,
+            [str(d) for d in options.facts_dirs],
+            str(options.facts_file),
+            options.timeout,
+            repr(options.verify),
+            repr(options.coordination),
+            repr(keys),
+        ],
+        "facts": stable_view(facts),
+        "keys": [
+            _key_file(p) for p in (keys.eyaml_private_key, keys.eyaml_public_key, keys.age_identity)
+        ],
+    }
+    text = json.dumps(parts, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class _Compiled:
+    key: str
+    catalog: Catalog
+    facts: ReadFacts  # the facts the compile saw, noting which it read
+    records: Mapping[str, bytes] | None  # the store's exports, when the compile collected
+
+
+class CompileCache:
+    """The last catalog compiled, kept in memory by the daemon (never across a restart) and
+    converged again while nothing it was compiled from changed (``compile_key``; and, when the
+    compile called ``collect()``, every node's exports in the store, read again each run).
+
+    A catalog is not kept when its compile read a volatile fact (uptime, available memory) or
+    when it deploys app components (their rollout changes the catalog as it runs, from the
+    store's state): those compile every run.
+    """
+
+    def __init__(self) -> None:
+        self._kept: _Compiled | None = None
+
+    def clear(self) -> None:
+        self._kept = None
+
+    def reuse(self, key: str, exports: Exchange) -> Catalog | None:
+        """The kept catalog, when it was compiled from the same inputs as this run has."""
+        kept = self._kept
+        if kept is None or kept.key != key or was_read(kept.facts, VOLATILE):
+            return None
+        if kept.records is not None:
+            try:
+                records = exports.read()
+            except ValueError:
+                return None  # the compile says why the store cannot be read
+            if dict(records) != dict(kept.records):
+                return None
+        return kept.catalog
+
+    def keep(
+        self, key: str, catalog: Catalog, facts: ReadFacts, records: Mapping[str, bytes] | None
+    ) -> None:
+        if catalog.deployments:
+            self._kept = None
+        else:
+            self._kept = _Compiled(key, catalog, facts, None if records is None else dict(records))
 
 
 def _run_compiled(

@@ -35,7 +35,14 @@ from reconciler.errors import (
     ReconcilerError,
     SourceError,
 )
-from reconciler.reconcile import Outcome, OutcomeKind, Pinned, RunOptions, reconcile
+from reconciler.reconcile import (
+    CompileCache,
+    Outcome,
+    OutcomeKind,
+    Pinned,
+    RunOptions,
+    reconcile,
+)
 from reconciler.source.git import Mirror, redact, shown_url
 
 BACKOFF_MIN = 1.0
@@ -124,6 +131,8 @@ class Agent:
         # change in the store to what they give is a change of the catalog.
         self._collected: tuple[frozenset[str], str] | None = None
         self._watching_store = threading.Event()  # apps waiting, or something collected
+        # The last compiled catalog, re-checked while nothing it was compiled from changed.
+        self._compiled = CompileCache()
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -280,6 +289,7 @@ class Agent:
         else:
             self.config = config
             self._mirror = mirror
+            self._compiled.clear()  # the next run compiles with the new settings
             configure_logging(config)
             try:
                 self.verifier = WebhookVerifier(self._webhook_secret())
@@ -530,7 +540,12 @@ class Agent:
         self._running.set()
         if self.watcher is not None:
             self.watcher.hold()  # events wait until _update_watch judges them
-        outcome = reconcile(self._options(noop=not enforcing), warn=self._warn, pinned=pinned)
+        outcome = reconcile(
+            self._options(noop=not enforcing),
+            warn=self._warn,
+            pinned=pinned,
+            cache=self._compiled,
+        )
         report, catalog = outcome.report, outcome.catalog
         if outcome.revision is not None:
             log = self.log.bind(revision=outcome.revision)
