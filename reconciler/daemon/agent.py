@@ -577,6 +577,7 @@ class Agent:
         log.info(
             "run finished",
             noop=report.noop,
+            compiled=report.compiled,
             suspended=suspended,
             duration_seconds=round(report.duration_seconds, 3),
             **{k: v for k, v in summary.items()},
