@@ -439,7 +439,8 @@ def run(
         phases["compile"] = time.perf_counter() - t
         for why in catalog.collect_warnings:
             warn(why)
-        report = _run_compiled(catalog, options, plan, warn, phases, started_wall)
+        kept = cache.inventory if cache is not None else None
+        report = _run_compiled(catalog, options, plan, warn, phases, started_wall, kept)
         report.compiled = compiled
         if not (plan or report.noop or report.failed):
             # Components that serve here: healthy, or waiting while what they deployed runs.
@@ -549,6 +550,9 @@ class CompileCache:
 
     def __init__(self) -> None:
         self._kept: _Compiled | None = None
+        # The inventory as the last run read or wrote it: not read again, nor written again
+        # unchanged, while no other process replaced the file.
+        self.inventory = state.KeptInventory()
 
     def clear(self) -> None:
         self._kept = None
@@ -583,8 +587,10 @@ def _run_compiled(
     warn: Warn,
     phases: dict[str, float],
     started_wall: str,
+    kept: state.KeptInventory | None = None,
 ) -> RunReport:
-    """Converge a compiled catalog (check only for ``plan`` or noop), with its app rollout."""
+    """Converge a compiled catalog (check only for ``plan`` or noop), with its app rollout.
+    ``kept``: the inventory as the daemon last read or wrote it."""
     noop = options.noop or plan
     report = RunReport(
         node=catalog.node,
@@ -606,13 +612,16 @@ def _run_compiled(
             with state.run_lock(options.state_dir):
                 if rollout is not None:
                     rollout.decide(catalog)
-                previous = state.Inventory.load(options.state_dir, warn)
+                if kept is not None:
+                    previous = kept.load(options.state_dir, warn)
+                else:
+                    previous = state.Inventory.load(options.state_dir, warn)
                 ctx = _converge(catalog, options, previous, report, noop=noop, phases=phases)
                 if rollout is not None:
                     _finish_rollout(rollout, catalog, options, report, ctx)
                 if not noop:
                     left = _prune(catalog, previous, ctx, report)
-                    _save_inventory(catalog, left, ctx, options.state_dir)
+                    _save_inventory(catalog, left, ctx, options.state_dir, kept)
         if rollout is not None:
             report.apps = rollout.report()
     return report
@@ -756,11 +765,19 @@ def _prune(
 
 
 def _save_inventory(
-    catalog: Catalog, left: dict[str, state.InventoryItem], ctx: Context, state_dir: Path
+    catalog: Catalog,
+    left: dict[str, state.InventoryItem],
+    ctx: Context,
+    state_dir: Path,
+    kept: state.KeptInventory | None = None,
 ) -> None:
     resources = {
         rid: state.InventoryItem(e.resource.type, e.resource.title, e.resource.desired_digest())
         for rid, e in catalog.entries.items()
     }
     fingerprints = {p: f for p, f in ctx.fingerprints.items() if p in ctx.catalog_paths}
-    state.Inventory(catalog.revision, {**left, **resources}, fingerprints).save(state_dir)
+    inventory = state.Inventory(catalog.revision, {**left, **resources}, fingerprints)
+    if kept is not None:
+        kept.save(inventory, state_dir)
+    else:
+        inventory.save(state_dir)

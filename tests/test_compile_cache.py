@@ -96,7 +96,10 @@ def test_a_run_with_nothing_changed_does_not_compile_and_still_repairs_drift(nod
     assert outcome.report.to_dict()["compiled"] is False
     assert outcome.kind is OutcomeKind.CHANGED
     assert conf.read_text() == "threads=4\n"
+    written = (node.state / "inventory.json").stat()
     assert not node.compiled()
+    again = (node.state / "inventory.json").stat()  # nothing changed: not written again
+    assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
 
 
 def test_the_cli_path_without_a_cache_compiles_every_run(node: Node) -> None:
