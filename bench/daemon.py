@@ -132,6 +132,8 @@ def warm_check(
         changed = report["summary"].get("changed", 0) + report["summary"].get("failed", 0)
         if report.get("compiled", False) is False and not changed:
             durations.append(report["duration_seconds"])
+            if os.environ.get("BENCH_VERBOSE"):
+                print("   check", report["duration_seconds"], report["phases"], file=sys.stderr)
     if not durations:
         raise SystemExit("no warm check ran in the window")
     return statistics.median(durations), cpu, len(durations)
