@@ -130,11 +130,11 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     print(f"reconciler one-shot CLI, median of {args.repeat} runs, {os.cpu_count()} cores")
-    print(f"{'N':>6}  {'scenario':<12} {'seconds':>8} {'peak RSS MB':>12}")
+    print(f"{'N':>6}  {'scenario':<17} {'seconds':>8} {'peak RSS MB':>12}")
     with tempfile.TemporaryDirectory(prefix="reconciler-bench-") as tmp:
         for n in args.sizes:
             for name, seconds, rss in bench(n, args.repeat, Path(tmp)):
-                print(f"{n:>6}  {name:<12} {seconds:>8.2f} {rss:>12.0f}", flush=True)
+                print(f"{n:>6}  {name:<17} {seconds:>8.2f} {rss:>12.0f}", flush=True)
             if args.daemon_window > 0:
                 from daemon import warm_check
 
@@ -142,7 +142,7 @@ def main() -> None:
                 base.mkdir()
                 seconds, cpu, runs = warm_check(base, n, args.daemon_window)
                 print(
-                    f"{n:>6}  {'daemon warm check':<12} {seconds:>8.2f} {'':>12}"
+                    f"{n:>6}  {'daemon warm check':<17} {seconds:>8.2f} {'':>12}"
                     f"  {cpu:.1f}% of one core at a 30 s interval ({runs} checks)",
                     flush=True,
                 )
