@@ -130,9 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "modules", "the modules the control repo pins in modules.yaml")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = _command(
-        actions, "update", "resolve each module's ref (branch or tag) and rewrite its commit pin"
+        actions,
+        "update",
+        "resolve each module's tag, or ref (branch or tag), and rewrite its commit pin",
     )
     p.add_argument("name", nargs="*", help="the modules to update (default: every one)")
+    p.add_argument(
+        "--tag",
+        help="pin the one module named to this tag (written as its tag:, in place of a ref:)",
+    )
     _option(p, "--repo", default=".", help="the control repo's working tree (default: .)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds for reading the repo")
 
@@ -736,11 +742,12 @@ def cmd_secret(args: argparse.Namespace) -> int:
 def cmd_modules(args: argparse.Namespace) -> int:
     from reconciler.model.modules import update_pins
 
-    for done in update_pins(Path(args.repo), list(args.name), args.timeout):
+    for done in update_pins(Path(args.repo), list(args.name), args.timeout, args.tag):
         if done.old == done.new:
             _say(f"{done.name}: {done.new} ({done.ref}), unchanged")
         else:
-            _say(f"{done.name}: {done.old or '(none)'} -> {done.new} ({done.ref})")
+            moved = ", the tag moved" if done.moved else ""
+            _say(f"{done.name}: {done.old or '(none)'} -> {done.new} ({done.ref}{moved})")
     return 0
 
 

@@ -102,17 +102,21 @@ class SourceError(ReconcilerError):
 
 
 class SignatureError(SourceError):
-    """A commit is not signed by a key the node trusts (source.verify): never applied.
+    """A commit (or the tag that pins it) is not signed by a key the node trusts
+    (source.verify): never applied.
 
     ``why`` is one of unsigned, wrong_format, unknown_key, bad_signature, unverifiable.
     """
 
     reason: ClassVar[Reason] = "SignatureRejected"
 
-    def __init__(self, commit: str, message: str, why: str = "bad_signature") -> None:
+    def __init__(
+        self, commit: str, message: str, why: str = "bad_signature", subject: str | None = None
+    ) -> None:
         self.commit = commit
         self.why = why
-        super().__init__(f"commit {commit}: {message}")
+        # what was verified, when not the commit itself: a signed tag of it
+        super().__init__(f"{subject or f'commit {commit}'}: {message}")
 
 
 class ConfigError(ReconcilerError):

@@ -40,7 +40,7 @@ class Exchange:
         """Every node's exports, for ``collect()``; an unreachable store fails the compile
         (an empty pool would take every member out of the files built from it)."""
         try:
-            self.records = self.store().exports()
+            self.records = self.store().records("exports")
         except StoreError as exc:
             raise ValueError(f"collect: coordination store: {exc}") from None
         return self.records
@@ -68,10 +68,12 @@ class Exchange:
                 record = exportsmod.encode(
                     catalog.node, catalog.role, components, exports, produces, sensitive
                 )
-                self.store().publish_exports(catalog.node, record, self.config.exports_ttl)
+                self.store().publish_record(
+                    "exports", catalog.node, record, self.config.exports_ttl
+                )
                 atomic_write(last, record)
             elif last.exists():
-                self.store().withdraw_exports(catalog.node)
+                self.store().withdraw_record("exports", catalog.node)
                 last.unlink()
         except (StoreError, OSError, ValueError) as exc:
             warn(f"exports not published: {exc}")

@@ -58,7 +58,11 @@ STATES = ("deploying", "healthy", "failed", "waiting", "rolledback")
 POLL_INTERVAL = 0.1  # seconds between two looks of LocalStore.wait
 ETCD_TIMEOUT = 5.0  # seconds for each HTTP call to etcd
 ROOT = "/reconciler/"
-MAX_EXPORTS_RECORD = 64 * 1024  # bytes of one node's exports record, written and read
+# What a node publishes about itself, one record of each kind, on a lease: its exported values,
+# its last run's summary, its facts. Bounded in bytes, written and read.
+RecordKind = Literal["exports", "summary", "facts"]
+RECORD_KINDS: tuple[RecordKind, ...] = ("exports", "summary", "facts")
+MAX_RECORD: dict[RecordKind, int] = {"exports": 64 * 1024, "summary": 4 * 1024, "facts": 256 * 1024}
 
 
 @dataclass(frozen=True)
@@ -98,14 +102,15 @@ class Store(Protocol):
     def holders(self, app: str, component: str, version: str) -> list[str]:
         """The nodes that hold a live slot, in slot order."""
 
-    def publish_exports(self, node: str, record: bytes, ttl: float) -> None:
-        """Replace what ``node`` exports (a JSON document) with ``record``, for ``ttl`` seconds."""
+    def publish_record(self, kind: RecordKind, node: str, record: bytes, ttl: float) -> None:
+        """Replace ``node``'s record of ``kind`` (a JSON document) with ``record``, for ``ttl``
+        seconds."""
 
-    def withdraw_exports(self, node: str) -> None:
-        """Remove what ``node`` exports, if anything."""
+    def withdraw_record(self, kind: RecordKind, node: str) -> None:
+        """Remove ``node``'s record of ``kind``, if any."""
 
-    def exports(self) -> dict[str, bytes]:
-        """Every node's live exports record: node -> the JSON document it published."""
+    def records(self, kind: RecordKind) -> dict[str, bytes]:
+        """Every node's live record of ``kind``: node -> the JSON document it published."""
 
     def wait(self, timeout: float) -> bool:
         """Block until anything in the store changes (True) or ``timeout`` seconds (False)."""
@@ -160,11 +165,17 @@ def _check_state(state: ComponentState) -> None:
         raise ValueError(f"state must be one of {', '.join(STATES)}, not {state.state!r}")
 
 
-def _check_record(record: bytes, ttl: float) -> None:
-    if len(record) > MAX_EXPORTS_RECORD:
-        raise ValueError(f"an exports record is at most {MAX_EXPORTS_RECORD} bytes")
+def _check_record(kind: RecordKind, record: bytes, ttl: float) -> None:
+    _check_kind(kind)
+    if len(record) > MAX_RECORD[kind]:
+        raise ValueError(f"a {kind} record is at most {MAX_RECORD[kind]} bytes")
     if not ttl > 0:
         raise ValueError(f"ttl must be more than zero, not {ttl!r}")
+
+
+def _check_kind(kind: RecordKind) -> None:
+    if kind not in RECORD_KINDS:
+        raise ValueError(f"a record's kind is one of {', '.join(RECORD_KINDS)}, not {kind!r}")
 
 
 def _check_slot(max_parallel: int, ttl: float) -> None:
@@ -212,7 +223,8 @@ class LocalStore:
         <path>/.generation                             a counter, bumped by every change
         <path>/apps/<app>/<component>/<node>.json      one state per node
         <path>/slots/<app>/<component>/<version>/<n>.json   {"holder": node, "expires": t}
-        <path>/exports/<node>.json                     {"record": JSON text, "expires": t}
+        <path>/<kind>/<node>.json                      a node's record: exports, summary, facts
+                                                       {"record": JSON text, "expires": t}
         <path>/failures/<app>/<component>/<version>/<node>.json   a kept failure (a state)
         <path>/versions/<app>/<component>/<version>.json    {"version": v, "place": n}
 
@@ -302,32 +314,34 @@ class LocalStore:
             live, _ = self._slots(directory, time.time())
         return [live[n] for n in sorted(live)]
 
-    def publish_exports(self, node: str, record: bytes, ttl: float) -> None:
-        _check_record(record, ttl)
-        directory = self.path / "exports"
+    def publish_record(self, kind: RecordKind, node: str, record: bytes, ttl: float) -> None:
+        _check_record(kind, record, ttl)
+        directory = self.path / kind
         body = json.dumps({"expires": time.time() + ttl, "record": record.decode()}).encode()
-        with self._os_errors("publish exports"):
+        with self._os_errors(f"publish {kind}"):
             directory.mkdir(parents=True, exist_ok=True)
             atomic_write(directory / f"{_part(node, 'node')}.json", body)
             with self._locked():
                 self._bump()
 
-    def withdraw_exports(self, node: str) -> None:
-        path = self.path / "exports" / f"{_part(node, 'node')}.json"
-        with self._os_errors("withdraw exports"):
+    def withdraw_record(self, kind: RecordKind, node: str) -> None:
+        _check_kind(kind)
+        path = self.path / kind / f"{_part(node, 'node')}.json"
+        with self._os_errors(f"withdraw {kind}"):
             if path.exists():
                 path.unlink()
                 with self._locked():
                     self._bump()
 
-    def exports(self) -> dict[str, bytes]:
+    def records(self, kind: RecordKind) -> dict[str, bytes]:
+        _check_kind(kind)
         found: dict[str, bytes] = {}
         now = time.time()
-        with self._os_errors("read exports"):
+        with self._os_errors(f"read {kind}"):
             self._seen = self._generation()
-            for entry in self._entries(self.path / "exports"):
+            for entry in self._entries(self.path / kind):
                 try:
-                    if entry.stat().st_size > 2 * MAX_EXPORTS_RECORD:
+                    if entry.stat().st_size > 2 * MAX_RECORD[kind]:
                         continue  # bounded: not written by a reconciler
                     data = json.loads(entry.read_bytes())
                     expires, record = data["expires"], data["record"]
@@ -336,7 +350,7 @@ class LocalStore:
                 except FileNotFoundError:
                     continue
                 except (ValueError, KeyError, TypeError):
-                    continue  # not an exports file
+                    continue  # not a record file
                 if expires > now:
                     node = urllib.parse.unquote(entry.name[: -len(".json")])
                     found[node] = record.encode()
@@ -593,7 +607,7 @@ class EtcdStore:
 
         /reconciler/apps/<app>/<component>/<node>             a state (JSON)
         /reconciler/slots/<app>/<component>/<version>/<n>     a slot: the holder, on a lease
-        /reconciler/exports/<node>/record                     what a node exports, on a lease
+        /reconciler/<kind>/<node>/record      a node's record (exports, summary, facts), on a lease
         /reconciler/failures/<app>/<component>/<version>/<node>   a kept failure (a state)
         /reconciler/versions/<app>/<component>/<version>      seen; its create_revision: its place
 
@@ -744,9 +758,9 @@ class EtcdStore:
                 slots[index] = _unb64(kv.get("value", ""))
         return [slots[n] for n in sorted(slots)]
 
-    def publish_exports(self, node: str, record: bytes, ttl: float) -> None:
-        _check_record(record, ttl)
-        key = self._exports_key(node)
+    def publish_record(self, kind: RecordKind, node: str, record: bytes, ttl: float) -> None:
+        _check_record(kind, record, ttl)
+        key = self._record_key(kind, node)
         old = [kv.get("lease") for kv in self._range(key, whole=True) if kv.get("lease")]
         granted = self._call("lease/grant", {"TTL": max(1, math.ceil(ttl))})
         lease = str(granted["ID"])
@@ -762,18 +776,19 @@ class EtcdStore:
             if str(previous) != lease:
                 self._revoke(str(previous))  # no key is attached to it any more
 
-    def withdraw_exports(self, node: str) -> None:
-        key = self._exports_key(node)
+    def withdraw_record(self, kind: RecordKind, node: str) -> None:
+        key = self._record_key(kind, node)
         for kv in self._range(key, whole=True):
             self._change("kv/deleterange", {"key": kv["key"]})
 
-    def exports(self) -> dict[str, bytes]:
-        prefix = f"{ROOT}exports/"
+    def records(self, kind: RecordKind) -> dict[str, bytes]:
+        _check_kind(kind)
+        prefix = f"{ROOT}{kind}/"
         found: dict[str, bytes] = {}
         for kv in self._range(prefix):
             raw = base64.b64decode(kv.get("value", ""))
             node, _, name = _unb64(kv["key"])[len(prefix) :].partition("/")
-            if name == "record" and len(raw) <= MAX_EXPORTS_RECORD:
+            if name == "record" and len(raw) <= MAX_RECORD[kind]:
                 found[urllib.parse.unquote(node)] = raw
         return found
 
@@ -816,10 +831,11 @@ class EtcdStore:
         return f"{ROOT}apps/{_part(app, 'app')}/{_part(component, 'component')}/"
 
     @staticmethod
-    def _exports_key(node: str) -> str:
+    def _record_key(kind: RecordKind, node: str) -> str:
         # A key of its own below the node's prefix: etcd permissions on a prefix
         # (/reconciler/exports/web-1/) then cannot reach another node's (web-10).
-        return f"{ROOT}exports/{_part(node, 'node')}/record"
+        _check_kind(kind)
+        return f"{ROOT}{kind}/{_part(node, 'node')}/record"
 
     @staticmethod
     def _slot_prefix(app: str, component: str, version: str) -> str:

@@ -475,7 +475,7 @@ class Agent:
         if collected is None:
             return False
         names, seen = collected
-        return collected_view(store.exports(), names) != seen
+        return collected_view(store.records("exports"), names) != seen
 
     def _watch_store(self) -> None:
         """While a component waits, run again as soon as the store changes (its requirement

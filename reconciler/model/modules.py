@@ -1,10 +1,11 @@
 """Modules: other git repositories the control repo names in ``modules.yaml``, each pinned.
 
-``modules.yaml`` is ``modules: {NAME: {url: URL, commit: SHA, ref: BRANCH_OR_TAG}}``. A module
-is fetched through the same hardened ``Mirror`` as the control repo (under
-``<state_dir>/modules/<NAME>``), verified with the same rules when ``source.verify`` is on, and
-read from git objects at its pinned commit only: it runs nothing, and it changes only with a
-commit to ``modules.yaml``.
+``modules.yaml`` is ``modules: {NAME: {url: URL, commit: SHA, ref: BRANCH_OR_TAG}}``, or
+``{url: URL, tag: TAG, commit: SHA}`` for a module pinned by a (signed) tag, the commit being the
+tag's lock. A module is fetched through the same hardened ``Mirror`` as the control repo (under
+``<state_dir>/modules/<NAME>``), verified with the same rules when ``source.verify`` is on (the
+tag's signature for a tag pin, else the commit's), and read from git objects at its pinned
+commit only: it runs nothing, and it changes only with a commit to ``modules.yaml``.
 
 The run reads one ``ModularSnapshot``: the control repo, with each module's tree seen under
 ``modules/<NAME>/``. ``NAME/PROFILE`` is ``modules/NAME/profiles/PROFILE.yaml``, ``NAME/TYPE``
@@ -27,11 +28,12 @@ from reconciler.errors import Location, ModelError, Problem, SignatureError, Sou
 from reconciler.model.repo import NAME, expect_map, read_yaml, unknown_keys
 from reconciler.model.yamlload import LocMap
 from reconciler.source import GitSnapshot, Snapshot, clean_relpath
+from reconciler.source.git import TAG_NAME, Mirror
 
 MODULES_FILE = "modules.yaml"
 MOUNT = "modules"  # where a module's tree is seen in the run's snapshot
 SHA = re.compile(r"[0-9a-f]{40}\Z")
-MODULE_KEYS = frozenset({"url", "commit", "ref"})
+MODULE_KEYS = frozenset({"url", "commit", "ref", "tag"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,13 @@ class ModuleSpec:
     commit: str
     ref: str | None  # what ``modules update`` follows; None: the remote's default branch
     where: Location
+    tag: str | None = None  # the tag the module is pinned by; ``commit`` is its lock
+    tag_where: Location | None = None  # the line of ``tag:``
+
+    @property
+    def pin_where(self) -> Location:
+        """Where errors about fetching the pin point: the ``tag:`` line, else the entry."""
+        return self.tag_where or self.where
 
 
 def read_modules(snapshot: Snapshot) -> tuple[list[ModuleSpec], list[Problem]]:
@@ -73,6 +82,7 @@ def read_modules(snapshot: Snapshot) -> tuple[list[ModuleSpec], list[Problem]]:
             return Location(MODULES_FILE, entry.line_of(key), f"modules.{name}.{key}")
 
         url, commit, ref = entry.get("url"), entry.get("commit"), entry.get("ref")
+        tag = entry.get("tag")
         bad = len(problems)
         if not isinstance(url, str) or not url:
             problems.append(Problem("must be the module's git URL", at("url")))
@@ -86,10 +96,27 @@ def read_modules(snapshot: Snapshot) -> tuple[list[ModuleSpec], list[Problem]]:
             )
         if ref is not None and (not isinstance(ref, str) or not ref or ref.startswith("-")):
             problems.append(Problem("must be a branch or tag name", at("ref")))
+        if tag is not None and (not isinstance(tag, str) or not TAG_NAME.match(tag)):
+            problems.append(Problem("must be a tag name (v1.2.0)", at("tag")))
+        if tag is not None and "ref" in entry:
+            problems.append(
+                Problem(
+                    "a module pinned by `tag:` follows that tag: give `tag:` or `ref:`, not both",
+                    at("tag"),
+                )
+            )
         if len(problems) == bad:
             assert isinstance(url, str) and isinstance(commit, str)
             specs.append(
-                ModuleSpec(name, url, commit, ref if isinstance(ref, str) else None, where)
+                ModuleSpec(
+                    name,
+                    url,
+                    commit,
+                    ref if isinstance(ref, str) else None,
+                    where,
+                    tag if isinstance(tag, str) else None,
+                    at("tag") if tag is not None else None,
+                )
             )
     return specs, [Problem(p.message, p.where, "validate") for p in problems]
 
@@ -105,10 +132,12 @@ def fetch_module(
     spec: ModuleSpec, state_dir: Path, timeout: float, verify: object | None = None
 ) -> GitSnapshot:
     """The module at its pinned commit, fetched into its mirror (unless already there) and,
-    with ``verify`` (a ``source.verify.Verify``), verified before any of its files is read."""
+    with ``verify`` (a ``source.verify.Verify``), verified before any of its files is read:
+    the tag's signature for a module pinned by a tag, else the commit's."""
     from reconciler.source import git as gitsource
-    from reconciler.source.verify import Verify, verify_commit
+    from reconciler.source.verify import Verify, verify_commit, verify_tag
 
+    tag_object: str | None = None
     try:
         mirror = gitsource.Mirror(spec.url, state_dir / MOUNT / spec.name, timeout)
         try:
@@ -118,7 +147,9 @@ def fetch_module(
                 f"cannot make the module's mirror {mirror.directory}: {exc.strerror} "
                 "(give --state-dir)"
             ) from None
-        if not (gitsource.is_bare(mirror.git_dir) and mirror.has_commit(spec.commit)):
+        if spec.tag is not None:
+            tag_object = _fetch_tag(spec, mirror, timeout)
+        elif not (gitsource.is_bare(mirror.git_dir) and mirror.has_commit(spec.commit)):
             mirror.fetch(spec.commit)
     except SourceError as exc:
         why = str(exc)
@@ -127,18 +158,53 @@ def fetch_module(
                 f"the pinned commit {spec.commit} is not in {gitsource.shown_url(spec.url)}: "
                 "no branch or tag there leads to it"
             )
-        raise SourceError(f"module {spec.name!r} ({spec.where}): {why}") from None
+        raise SourceError(f"module {spec.name!r} ({spec.pin_where}): {why}") from None
     if isinstance(verify, Verify):
         try:
-            verify_commit(mirror.git_dir, spec.commit, verify, timeout)
+            if spec.tag is not None and tag_object is not None:
+                verify_tag(mirror.git_dir, tag_object, spec.tag, verify, timeout)
+            else:
+                verify_commit(mirror.git_dir, spec.commit, verify, timeout)
         except SignatureError as exc:
             message = str(exc).removeprefix(f"commit {spec.commit}: ")
             raise SignatureError(
-                spec.commit, f"module {spec.name!r} ({spec.where}): {message}", exc.why
+                spec.commit, f"module {spec.name!r} ({spec.pin_where}): {message}", exc.why
             ) from None
     shown = gitsource.shown_url(spec.url)
+    at = f"{spec.tag} ({spec.commit})" if spec.tag is not None else spec.commit
     return GitSnapshot(
-        mirror.git_dir, spec.commit, None, f"module {spec.name} {shown}@{spec.commit}", timeout
+        mirror.git_dir, spec.commit, None, f"module {spec.name} {shown}@{at}", timeout
+    )
+
+
+def _fetch_tag(spec: ModuleSpec, mirror: Mirror, timeout: float) -> str:
+    """The object of the tag ``spec`` is pinned by, in the module's mirror and leading to the
+    locked commit. The remote is asked only when the mirror lacks that: a tag moved on the remote
+    afterwards changes nothing here, and one found moved is refused, not fetched over the tag
+    the mirror holds, so that the last good pin still reads."""
+    from reconciler.source import git as gitsource
+
+    assert spec.tag is not None
+    have = mirror.local_tag(spec.tag)
+    if have is not None and have[1] == spec.commit and mirror.has_commit(spec.commit):
+        return have[0]
+    shown = gitsource.shown_url(spec.url)
+    remote = gitsource.remote_tag(spec.url, spec.tag, timeout)
+    if remote is None:
+        raise SourceError(f"{shown} has no tag {spec.tag!r}")
+    if remote[1] != spec.commit:
+        raise SourceError(_moved(spec, shown, remote[1]))
+    have = mirror.fetch_tag(spec.tag, spec.commit)
+    if have is None or have[1] != spec.commit:  # it moved while it was fetched
+        raise SourceError(_moved(spec, shown, have[1] if have else "nothing"))
+    return have[0]
+
+
+def _moved(spec: ModuleSpec, shown: str, now: str) -> str:
+    return (
+        f"the tag {spec.tag!r} of {shown} now leads to {now}, not to the locked commit "
+        f"{spec.commit}: refused (a moved tag changes nothing until `reconciler modules update "
+        f"{spec.name}` rewrites the lock and modules.yaml is committed)"
     )
 
 
@@ -278,6 +344,7 @@ class Updated:
     old: str | None
     new: str
     ref: str  # what was resolved, as ls-remote named it
+    moved: bool = False  # the module's tag led to another commit than its lock
 
 
 def resolve_ref(url: str, ref: str | None, timeout: float) -> tuple[str, str]:
@@ -303,12 +370,17 @@ def resolve_ref(url: str, ref: str | None, timeout: float) -> tuple[str, str]:
     raise SourceError(f"{shown}: no branch or tag {ref or 'HEAD'!r}")
 
 
-def update_pins(repo: Path, names: list[str], timeout: float) -> list[Updated]:
-    """Resolve each module's ``ref`` (every module's when ``names`` is empty) and write the
-    commits into ``repo``'s modules.yaml, editing only the ``commit:`` values, so comments and
-    layout stay as they were. A module without ``commit:`` gets one after its ``url:`` line."""
+def update_pins(
+    repo: Path, names: list[str], timeout: float, tag: str | None = None
+) -> list[Updated]:
+    """Resolve each module's ``tag`` or ``ref`` (every module's when ``names`` is empty) and
+    write the commits into ``repo``'s modules.yaml, editing only the ``commit:`` values, so
+    comments and layout stay as they were. A module without ``commit:`` gets one after its
+    ``url:`` line. ``tag`` pins the one module named to that tag: its ``tag:`` is written (in
+    place of a ``ref:``), then its commit."""
     from reconciler.fs import atomic_write
     from reconciler.source import DirectorySnapshot
+    from reconciler.source import git as gitsource
 
     snapshot = DirectorySnapshot(repo)
     if not snapshot.exists(MODULES_FILE):
@@ -326,8 +398,15 @@ def update_pins(repo: Path, names: list[str], timeout: float) -> list[Updated]:
             f"no module {unknown[0]!r} in {MODULES_FILE} (it has {', '.join(map(str, given))})",
             Location(MODULES_FILE, raw.line_of("modules"), "modules"),
         )
+    if tag is not None and (len(names) != 1 or not TAG_NAME.match(tag)):
+        raise ModelError.one(
+            "--tag pins one module: name it (modules update NAME --tag v1.2.0)"
+            if len(names) != 1
+            else f"{tag!r} is not a tag name",
+            Location(MODULES_FILE, raw.line_of("modules"), "modules"),
+        )
     lines = snapshot.read(MODULES_FILE).decode("utf-8").splitlines(keepends=True)
-    inserted: list[tuple[int, str]] = []
+    inserted: list[tuple[int, int, str]] = []  # (after line, order, text)
     done: list[Updated] = []
     for name, entry in given.items():
         if names and name not in names:
@@ -335,26 +414,91 @@ def update_pins(repo: Path, names: list[str], timeout: float) -> list[Updated]:
         where = Location(MODULES_FILE, given.line_of(name), f"modules.{name}")
         if not isinstance(entry, LocMap) or not isinstance(entry.get("url"), str):
             raise ModelError.one("must be a mapping {url: URL, commit: SHA}", where)
-        ref = entry.get("ref")
+
+        def at(key: str, name: str = name, entry: LocMap = entry) -> Location:
+            return Location(MODULES_FILE, entry.line_of(key), f"modules.{name}.{key}")
+
+        ref, written = entry.get("ref"), entry.get("tag")
         if ref is not None and not isinstance(ref, str):
-            raise ModelError.one("must be a branch or tag name", where)
-        commit, resolved = resolve_ref(entry["url"], ref, timeout)
+            raise ModelError.one("must be a branch or tag name", at("ref"))
+        if written is not None and (not isinstance(written, str) or not TAG_NAME.match(written)):
+            raise ModelError.one("must be a tag name (v1.2.0)", at("tag"))
+        if written is not None and "ref" in entry:
+            raise ModelError.one(
+                "a module pinned by `tag:` follows that tag: give `tag:` or `ref:`, not both",
+                at("tag"),
+            )
         old = entry.get("commit")
+        pinned = tag if tag is not None else written
+        moved = False
+        if pinned is not None:
+            found = gitsource.remote_tag(entry["url"], pinned, timeout)
+            if found is None:
+                shown = gitsource.shown_url(entry["url"])
+                raise SourceError(f"module {name!r} ({where}): {shown} has no tag {pinned!r}")
+            commit, resolved = found[1], f"refs/tags/{pinned}"
+            moved = pinned == written and isinstance(old, str) and old != commit
+        else:
+            commit, resolved = resolve_ref(entry["url"], ref, timeout)
+        if tag is not None and tag != written:
+            key = "tag" if "tag" in entry.lines else "ref" if "ref" in entry.lines else None
+            if key is None:
+                after = entry.line_of("url")
+                indent = re.match(r"\s*", lines[after - 1])
+                inserted.append((after, 0, f"{indent.group(0) if indent else ''}tag: {tag}\n"))
+            else:
+                index = entry.line_of(key) - 1
+                pattern = re.compile(
+                    rf"\b{key}(\s*:\s*)(['\"]?)" + re.escape(str(entry[key])) + r"\2"
+                )
+                if not pattern.search(lines[index]):
+                    raise ModelError.one(
+                        f"cannot find this {key}: to rewrite (write it on a line of its own)",
+                        at(key),
+                    )
+                lines[index] = pattern.sub(lambda m: f"tag{m.group(1)}{tag}", lines[index], count=1)
         if isinstance(old, str) and "commit" in entry.lines:
             index = entry.line_of("commit") - 1
-            key = re.compile(r"(\bcommit\s*:\s*)(['\"]?)" + re.escape(old) + r"\2")
-            if not key.search(lines[index]):
+            value = re.compile(r"(\bcommit\s*:\s*)(['\"]?)" + re.escape(old) + r"\2")
+            if not value.search(lines[index]):
                 raise ModelError.one(
                     "cannot find this commit: to rewrite (write it on a line of its own)",
-                    Location(MODULES_FILE, index + 1, f"modules.{name}.commit"),
+                    at("commit"),
                 )
-            lines[index] = key.sub(rf"\g<1>{commit}", lines[index], count=1)
+            lines[index] = value.sub(rf"\g<1>{commit}", lines[index], count=1)
         else:
-            at = entry.line_of("url")
-            indent = re.match(r"\s*", lines[at - 1])
-            inserted.append((at, f"{indent.group(0) if indent else ''}commit: {commit}\n"))
-        done.append(Updated(str(name), old if isinstance(old, str) else None, commit, resolved))
-    for at, line in sorted(inserted, reverse=True):
-        lines.insert(at, line)
-    atomic_write(repo / MODULES_FILE, "".join(lines).encode())
+            after = entry.line_of("url")
+            indent = re.match(r"\s*", lines[after - 1])
+            inserted.append((after, 1, f"{indent.group(0) if indent else ''}commit: {commit}\n"))
+        done.append(
+            Updated(str(name), old if isinstance(old, str) else None, commit, resolved, moved)
+        )
+    for after, _, line in sorted(inserted, reverse=True):
+        lines.insert(after, line)
+    text = "".join(lines)
+    _check_rewritten(text, given, done, tag)
+    atomic_write(repo / MODULES_FILE, text.encode())
     return done
+
+
+def _check_rewritten(text: str, given: LocMap, done: list[Updated], tag: str | None) -> None:
+    """The rewritten modules.yaml says what was meant, before it replaces the file: an entry
+    written in a way the line edits cannot follow (a flow mapping on one line) is refused."""
+    from reconciler.model.yamlload import load
+
+    try:
+        modules = load(text, MODULES_FILE).get("modules")
+    except (ModelError, AttributeError):
+        modules = None
+    for updated in done:
+        entry = modules.get(updated.name) if isinstance(modules, dict) else None
+        ok = isinstance(entry, dict) and entry.get("commit") == updated.new
+        if ok and tag is not None:
+            assert isinstance(entry, dict)
+            ok = entry.get("tag") == tag and "ref" not in entry
+        if not ok:
+            raise ModelError.one(
+                "cannot rewrite this entry in place: write it as a block mapping, one key on a "
+                "line (url:, tag: or ref:, commit:)",
+                Location(MODULES_FILE, given.line_of(updated.name), f"modules.{updated.name}"),
+            )

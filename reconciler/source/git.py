@@ -175,6 +175,35 @@ def run_git(
     return done.stdout.decode(errors="replace")
 
 
+# A tag name as modules.yaml may give it: what git accepts as a ref name, less anything a command
+# line or a refspec could read otherwise (a leading '-', ':', '^', '~', '*', '?', '[', '\\').
+TAG_NAME = re.compile(
+    r"(?!.*\.\.)(?!.*//)(?!.*@\{)(?!.*\.lock(?:/|\Z))(?!.*/\.)"
+    r"[A-Za-z0-9_+][A-Za-z0-9._+/@-]*(?<![./])\Z"
+)
+
+
+def check_tag_name(tag: str) -> str:
+    if not TAG_NAME.match(tag):
+        raise SourceError(f"{tag!r} is not a tag name git accepts")
+    return tag
+
+
+def remote_tag(url: str, tag: str, timeout: float) -> tuple[str, str] | None:
+    """(object, commit) of the remote's tag ``tag`` by ``git ls-remote``: the tag object and
+    the commit it leads to (both the commit for a lightweight tag); None when there is none."""
+    check_url(url)
+    ref = f"refs/tags/{check_tag_name(tag)}"
+    out = run_git(["ls-remote", "--", url, ref, f"{ref}^{{}}"], None, timeout)
+    found: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        found[name] = sha
+    if ref not in found:
+        return None
+    return found[ref], found.get(f"{ref}^{{}}", found[ref])
+
+
 def is_bare(path: Path) -> bool:
     return (path / "HEAD").is_file() and (path / "objects").is_dir()
 
@@ -330,20 +359,32 @@ class Mirror:
             branch = found
             target = f"+refs/heads/{branch}:refs/heads/{branch}"
         with self._locked(deadline):
-            damage = None
-            if is_bare(self.git_dir):
-                try:
-                    self._fetch_into(self.git_dir, target, commit, deadline)
-                    return commit, branch
-                except (FetchTimeout, TooLarge):
-                    self._remove_leftovers(self.git_dir)
-                    raise
-                except SourceError as exc:
-                    damage = str(exc)
-            elif os.path.lexists(self.git_dir):
-                damage = "it is not a git repository"
-            self._replace(target, commit, deadline, damage)
+            self._fetch_target(target, commit, deadline)
         return commit, branch
+
+    def fetch_tag(self, tag: str, commit: str) -> tuple[str, str] | None:
+        """Fetch the remote's tag, with every object of ``commit`` (the commit ``remote_tag``
+        found the tag leading to), and return (object, commit) of the tag as it arrived. The
+        mirror's ``refs/tags/TAG`` is set only when the tag leads to ``commit``: a tag that moved
+        in between leaves the tag the mirror held as it was."""
+        ref = f"refs/tags/{check_tag_name(tag)}"
+        incoming = f"refs/incoming/tags/{tag}"
+        deadline = time.monotonic() + self.timeout
+        with self._locked(deadline):
+            self._fetch_target(f"+{ref}:{incoming}", commit, deadline)
+            found = self._peel(incoming, deadline)
+            if found is not None and found[1] == commit:
+                self._git(["update-ref", "--no-deref", ref, found[0]], self.git_dir, deadline)
+            self._git(["update-ref", "--no-deref", "-d", incoming], self.git_dir, deadline)
+        return found
+
+    def local_tag(self, tag: str) -> tuple[str, str] | None:
+        """(object, commit) of the mirror's tag: the tag object (the commit itself for a
+        lightweight tag) and the commit it leads to; None when the mirror has no such tag."""
+        ref = f"refs/tags/{check_tag_name(tag)}"
+        if not is_bare(self.git_dir):
+            return None
+        return self._peel(ref, time.monotonic() + self.timeout)
 
     def has_commit(self, commit: str) -> bool:
         """Whether the commit and every object of its tree are in the mirror."""
@@ -373,6 +414,40 @@ class Mirror:
                 f"{shown_url(self.url)}: git {args[0]} did not finish within source.timeout "
                 f"({self.timeout:g}s); aborted"
             ) from None
+
+    def _fetch_target(self, target: str, commit: str, deadline: float) -> None:
+        """Fetch ``target`` (a refspec or a commit id) and check that ``commit`` arrived whole;
+        a mirror git cannot use is replaced by a fresh clone. The caller holds the lock."""
+        damage = None
+        if is_bare(self.git_dir):
+            try:
+                self._fetch_into(self.git_dir, target, commit, deadline)
+                return
+            except (FetchTimeout, TooLarge):
+                self._remove_leftovers(self.git_dir)
+                raise
+            except SourceError as exc:
+                damage = str(exc)
+        elif os.path.lexists(self.git_dir):
+            damage = "it is not a git repository"
+        self._replace(target, commit, deadline, damage)
+
+    def _peel(self, ref: str, deadline: float) -> tuple[str, str] | None:
+        """(object, commit) of a ref of the mirror: what it names, and the commit it leads to."""
+        out = self._git(
+            ["for-each-ref", "--format=%(objectname) %(refname)", ref], self.git_dir, deadline
+        )
+        found = [line.split(" ", 1)[0] for line in out.splitlines() if line.endswith(f" {ref}")]
+        if not found:
+            return None
+        done = git_process(
+            ["rev-parse", "--verify", "--quiet", f"{found[0]}^{{commit}}"],
+            self.git_dir,
+            max(deadline - time.monotonic(), 0.1),
+        )
+        if done.returncode != 0:
+            return None
+        return found[0], done.stdout.decode().strip()
 
     def _remote_head(self, branch: str | None, deadline: float) -> tuple[str, str]:
         url = shown_url(self.url)

@@ -16,6 +16,9 @@ it checks pinned on its command line, so that the repository's configuration tak
 The signature's kind is read from the commit object first, so that an unsigned commit, or one
 signed the other way, is refused with a clear message before any tool runs. Only the commit to
 apply is verified, and before any of its files is read.
+
+A module pinned by a tag is verified by the tag's signature instead (``verify_tag``, ``git
+verify-tag --raw``): the same keys, the same pinned settings, the same private GnuPG home.
 """
 
 from __future__ import annotations
@@ -104,33 +107,102 @@ def signature_kind(signature: bytes) -> str:
     return _BEGIN.get(first, "unknown")
 
 
+def tag_signature(raw: bytes) -> bytes | None:
+    """The signature a tag object carries: appended to its message, from its first line on."""
+    _, _, body = raw.partition(b"\n\n")
+    lines = body.split(b"\n")
+    for i, line in enumerate(lines):
+        if line.strip() in _BEGIN:
+            return b"\n".join(lines[i:])
+    return None
+
+
+def tag_header(raw: bytes, name: str) -> str | None:
+    """The value of one header line of a tag object (``object``, ``type``, ``tag``)."""
+    for line in raw.split(b"\n\n", 1)[0].split(b"\n"):
+        key, _, value = line.partition(b" ")
+        if key == name.encode():
+            return value.decode(errors="replace")
+    return None
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """The git object being verified: a commit, or a tag object. ``refuse`` makes the error,
+    naming it."""
+
+    kind: Literal["commit", "tag"]
+    oid: str
+    subject: str | None = None  # how errors name it; None: ``commit <oid>``
+
+    def refuse(self, message: str, why: str) -> SignatureError:
+        return SignatureError(self.oid, message, why, self.subject)
+
+
 def verify_commit(git_dir: Path, commit: str, verify: Verify, timeout: float = 60.0) -> None:
     """Return when ``commit`` is signed by a key ``verify`` trusts; raise SignatureError if not."""
     if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit):
         raise SignatureError(commit, "not a full commit id; cannot verify it", "unverifiable")
-    done = _git(["cat-file", "commit", commit], git_dir, commit, timeout)
+    signed = _Signed("commit", commit)
+    done = _git(["cat-file", "commit", commit], git_dir, signed, timeout)
     if done.returncode != 0:
-        raise SignatureError(commit, f"cannot read the commit: {_last(done)}", "unverifiable")
+        raise signed.refuse(f"cannot read the commit: {_last(done)}", "unverifiable")
     header = "gpgsig-sha256" if len(commit) == 64 else "gpgsig"
-    signature = commit_signature(done.stdout, header)
+    _verify_signed(git_dir, signed, commit_signature(done.stdout, header), verify, timeout)
+
+
+def verify_tag(
+    git_dir: Path, tag_object: str, name: str, verify: Verify, timeout: float = 60.0
+) -> None:
+    """Return when the tag object ``tag_object`` is an annotated tag named ``name`` and signed
+    by a key ``verify`` trusts; raise SignatureError if not. A lightweight tag (a ref straight
+    to a commit) carries no signature and is refused. The commit the tag names is not checked
+    here: its own signature does not matter."""
+    signed = _Signed("tag", tag_object, f"tag {name!r} ({tag_object})")
+    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", tag_object):
+        raise signed.refuse("not a full object id; cannot verify it", "unverifiable")
+    done = _git(["cat-file", "-t", tag_object], git_dir, signed, timeout)
+    if done.returncode != 0:
+        raise signed.refuse(f"cannot read the tag: {_last(done)}", "unverifiable")
+    kind = done.stdout.decode(errors="replace").strip()
+    if kind != "tag":
+        raise signed.refuse(
+            f"a lightweight tag (it names a {kind}, with no tag object): it carries no "
+            f"signature (source.verify requires an annotated tag with "
+            f"{_KIND_NAMES[verify.format]} by a trusted key)",
+            "unsigned",
+        )
+    done = _git(["cat-file", "tag", tag_object], git_dir, signed, timeout)
+    if done.returncode != 0:
+        raise signed.refuse(f"cannot read the tag: {_last(done)}", "unverifiable")
+    own = tag_header(done.stdout, "tag")
+    if own != name:
+        # a signed tag of another release, published under this name
+        raise signed.refuse(
+            f"the tag object names itself {own!r}, not {name!r}: refused", "bad_signature"
+        )
+    _verify_signed(git_dir, signed, tag_signature(done.stdout), verify, timeout)
+
+
+def _verify_signed(
+    git_dir: Path, signed: _Signed, signature: bytes | None, verify: Verify, timeout: float
+) -> None:
     if signature is None:
-        raise SignatureError(
-            commit,
+        raise signed.refuse(
             f"not signed (source.verify requires {_KIND_NAMES[verify.format]} by a trusted key)",
             "unsigned",
         )
     kind = signature_kind(signature)
     if kind != verify.format:
-        raise SignatureError(
-            commit,
+        raise signed.refuse(
             f"signed with {_KIND_NAMES.get(kind, 'an unknown kind of signature')}, but "
             f"source.verify.format is {verify.format}",
             "wrong_format",
         )
     if verify.format == "ssh":
-        _verify_ssh(git_dir, commit, verify.keys, timeout)
+        _verify_ssh(git_dir, signed, verify.keys, timeout)
     else:
-        _verify_gpg(git_dir, commit, verify.keys, timeout)
+        _verify_gpg(git_dir, signed, verify.keys, timeout)
 
 
 def open_verified_snapshot(
@@ -165,46 +237,46 @@ def open_verified_snapshot(
 # -- ssh --------------------------------------------------------------------------------------
 
 
-def _verify_ssh(git_dir: Path, commit: str, signers: Path, timeout: float) -> None:
+def _verify_ssh(git_dir: Path, signed: _Signed, signers: Path, timeout: float) -> None:
     try:
         with open(signers, "rb"):
             pass
     except OSError as exc:
-        raise SignatureError(
-            commit, f"cannot verify: allowed signers {signers}: {exc.strerror}", "unverifiable"
+        raise signed.refuse(
+            f"cannot verify: allowed signers {signers}: {exc.strerror}", "unverifiable"
         ) from None
     if not signers.is_file():
-        raise SignatureError(
-            commit, f"cannot verify: allowed signers {signers} is not a file", "unverifiable"
+        raise signed.refuse(
+            f"cannot verify: allowed signers {signers} is not a file", "unverifiable"
         )
     config = ["gpg.format=ssh", f"gpg.ssh.allowedSignersFile={signers}"]
-    done = _git(["verify-commit", "--raw", commit], git_dir, commit, timeout, config)
+    done = _git([f"verify-{signed.kind}", "--raw", signed.oid], git_dir, signed, timeout, config)
     out = _text(done)
     if done.returncode == 0 and re.search(r'^Good "git" signature for ', out, re.M):
         return
     key = re.search(r"with (\S+) key (SHA256:\S+)", out)
     if "incorrect signature" in out or "invalid format" in out or "Could not verify" in out:
-        raise SignatureError(commit, "bad signature: it does not match the commit", "bad_signature")
+        raise signed.refuse(f"bad signature: it does not match the {signed.kind}", "bad_signature")
     if "No principal matched" in out:
         by = f"{key.group(1)} key {key.group(2)}" if key else "a key"
-        raise SignatureError(
-            commit, f"signed by {by}, which is not in the allowed signers {signers}", "unknown_key"
+        raise signed.refuse(
+            f"signed by {by}, which is not in the allowed signers {signers}", "unknown_key"
         )
-    raise SignatureError(commit, f"signature refused: {_last(done)}", "bad_signature")
+    raise signed.refuse(f"signature refused: {_last(done)}", "bad_signature")
 
 
 # -- gpg --------------------------------------------------------------------------------------
 
 
-def _verify_gpg(git_dir: Path, commit: str, keyring: Path, timeout: float) -> None:
+def _verify_gpg(git_dir: Path, signed: _Signed, keyring: Path, timeout: float) -> None:
     with tempfile.TemporaryDirectory(prefix="reconciler-gnupg-") as tmp:
         home = Path(tmp)
         (home / "gpg.conf").write_text(_GPG_CONF)
-        _load_keyring(home, keyring, commit, timeout)
+        _load_keyring(home, keyring, signed, timeout)
         done = _git(
-            ["verify-commit", "--raw", commit],
+            [f"verify-{signed.kind}", "--raw", signed.oid],
             git_dir,
-            commit,
+            signed,
             timeout,
             ["gpg.format=openpgp"],
             {"GNUPGHOME": str(home)},
@@ -218,11 +290,11 @@ def _verify_gpg(git_dir: Path, commit: str, keyring: Path, timeout: float) -> No
     if done.returncode == 0 and "GOODSIG" in status and "VALIDSIG" in status:
         return
     if "BADSIG" in status:
-        raise SignatureError(commit, "bad signature: it does not match the commit", "bad_signature")
+        raise signed.refuse(f"bad signature: it does not match the {signed.kind}", "bad_signature")
     if "NO_PUBKEY" in status:
         keyid = (status["NO_PUBKEY"] or ["?"])[0]
-        raise SignatureError(
-            commit, f"signed by key {keyid}, which is not in the keyring {keyring}", "unknown_key"
+        raise signed.refuse(
+            f"signed by key {keyid}, which is not in the keyring {keyring}", "unknown_key"
         )
     for word, why in (
         ("EXPKEYSIG", "signed by an expired key"),
@@ -230,13 +302,13 @@ def _verify_gpg(git_dir: Path, commit: str, keyring: Path, timeout: float) -> No
         ("EXPSIG", "the signature has expired"),
     ):
         if word in status:
-            raise SignatureError(commit, why, "bad_signature")
+            raise signed.refuse(why, "bad_signature")
     if "ERRSIG" in status:
-        raise SignatureError(commit, "bad signature: gpg cannot check it", "bad_signature")
-    raise SignatureError(commit, f"signature refused: {_last(done)}", "bad_signature")
+        raise signed.refuse("bad signature: gpg cannot check it", "bad_signature")
+    raise signed.refuse(f"signature refused: {_last(done)}", "bad_signature")
 
 
-def _load_keyring(home: Path, source: Path, commit: str, timeout: float) -> None:
+def _load_keyring(home: Path, source: Path, signed: _Signed, timeout: float) -> None:
     """Import the public keys of ``source`` into the private home ``home``.
 
     ``source`` is a file of exported keys (armored or binary), a keybox (pubring.kbx) or a
@@ -244,7 +316,7 @@ def _load_keyring(home: Path, source: Path, commit: str, timeout: float) -> None
     """
 
     def refuse(message: str) -> SignatureError:
-        return SignatureError(commit, f"cannot verify: keyring {source}: {message}", "unverifiable")
+        return signed.refuse(f"cannot verify: keyring {source}: {message}", "unverifiable")
 
     path = source
     if source.is_dir():
@@ -320,7 +392,7 @@ def _gpg(
 def _git(
     args: list[str],
     git_dir: Path,
-    commit: str,
+    signed: _Signed,
     timeout: float,
     config: list[str] | None = None,
     env: dict[str, str] | None = None,
@@ -328,7 +400,7 @@ def _git(
     try:
         return gitsource.git_process(args, git_dir, timeout, [*_PINNED, *(config or [])], env=env)
     except SourceError as exc:
-        raise SignatureError(commit, f"cannot verify: {exc}", "unverifiable") from None
+        raise signed.refuse(f"cannot verify: {exc}", "unverifiable") from None
 
 
 def _text(done: process.Completed) -> str:

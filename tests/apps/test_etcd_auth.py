@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.apps.store import EtcdStore, StoreError
+from reconciler.apps.store import RECORD_KINDS, EtcdStore, StoreError
 from tests.apps.conftest import EtcdServer
 from tests.apps.test_exports import FILES, Fleet, ok
 from tests.conftest import write_tree
@@ -46,12 +46,13 @@ def grant(etcd: EtcdServer, role: str, kind: str, prefix: str) -> None:
 
 
 def add_node(etcd: EtcdServer, node: str) -> None:
-    """A user and a role for one node: its own exports prefix, the apps' states and slots, and
-    reading every node's exports."""
+    """A user and a role for one node: its own prefix of each kind of record (exports, summary,
+    facts), the apps' states and slots, and reading every node's records."""
     call(etcd, "auth/user/add", {"name": node, "password": f"pw-{node}"})
     call(etcd, "auth/role/add", {"name": node})
-    grant(etcd, node, "READWRITE", f"/reconciler/exports/{node}/")
-    grant(etcd, node, "READ", "/reconciler/exports/")
+    for kind in RECORD_KINDS:
+        grant(etcd, node, "READWRITE", f"/reconciler/{kind}/{node}/")
+        grant(etcd, node, "READ", f"/reconciler/{kind}/")
     grant(etcd, node, "READWRITE", "/reconciler/apps/")
     grant(etcd, node, "READWRITE", "/reconciler/slots/")
     call(etcd, "auth/user/grant", {"user": node, "role": node})
@@ -76,17 +77,17 @@ def store(etcd: EtcdServer, node: str | None) -> EtcdStore:
 
 def test_a_node_writes_only_its_own_exports(secured: EtcdServer) -> None:
     web1, web10, lb = store(secured, "web-1"), store(secured, "web-10"), store(secured, "lb-1")
-    web1.publish_exports("web-1", b'{"v":1}', ttl=60)
-    web10.publish_exports("web-10", b'{"v":10}', ttl=60)
+    web1.publish_record("exports", "web-1", b'{"v":1}', ttl=60)
+    web10.publish_record("exports", "web-10", b'{"v":10}', ttl=60)
     with pytest.raises(StoreError, match="permission denied"):
-        web1.publish_exports("web-10", b'{"v":"forged"}', ttl=60)  # a prefix of web-1's
+        web1.publish_record("exports", "web-10", b'{"v":"forged"}', ttl=60)  # a prefix of web-1's
     with pytest.raises(StoreError, match="permission denied"):
-        web10.withdraw_exports("web-1")
-    assert lb.exports() == {"web-1": b'{"v":1}', "web-10": b'{"v":10}'}
+        web10.withdraw_record("exports", "web-1")
+    assert lb.records("exports") == {"web-1": b'{"v":1}', "web-10": b'{"v":10}'}
     with pytest.raises(StoreError):
-        store(secured, None).exports()  # no user: nothing
+        store(secured, None).records("exports")  # no user: nothing
     with pytest.raises(StoreError, match="authentication failed"):
-        EtcdStore([secured.url], username="web-1", password="wrong").exports()
+        EtcdStore([secured.url], username="web-1", password="wrong").records("exports")
 
 
 def test_nodes_exchange_exports_as_their_etcd_users(tmp_path: Path, secured: EtcdServer) -> None:

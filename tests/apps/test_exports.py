@@ -116,9 +116,9 @@ def test_where_filters_on_the_exported_values(fleet: Fleet) -> None:
 def test_plan_and_noop_publish_nothing(fleet: Fleet) -> None:
     ok(fleet.apply("web-1", "plan"))
     ok(fleet.apply("web-1", "apply", "--noop"))
-    assert LocalStore(fleet.coordination).exports() == {}
+    assert LocalStore(fleet.coordination).records("exports") == {}
     ok(fleet.apply("web-1"))
-    assert list(LocalStore(fleet.coordination).exports()) == ["web-1"]
+    assert list(LocalStore(fleet.coordination).records("exports")) == ["web-1"]
 
 
 def test_a_node_that_stops_exporting_withdraws(fleet: Fleet) -> None:
@@ -145,8 +145,9 @@ def test_a_node_that_stops_running_drops_out_after_the_ttl(tmp_path: Path) -> No
 def test_a_malformed_record_is_left_out_with_a_warning(fleet: Fleet) -> None:
     ok(fleet.apply("web-1"))
     store = LocalStore(fleet.coordination)
-    store.publish_exports("web-9", b'{"node": "web-9", "role": "web"}', ttl=60)
-    store.publish_exports(
+    store.publish_record("exports", "web-9", b'{"node": "web-9", "role": "web"}', ttl=60)
+    store.publish_record(
+        "exports",
         "web-8",
         b'{"node": "web-1", "role": "web", "components": [],'
         b' "exports": {"haproxy_member": {"host": "evil"}}}',
@@ -184,7 +185,7 @@ def test_bad_exports_are_errors_naming_file_line_and_key(
     assert "profiles/web.yaml:" in done.stderr + done.stdout
     assert message in done.stderr + done.stdout
     assert "hunter2secret" not in done.stderr + done.stdout
-    assert LocalStore(fleet.coordination).exports() == {}
+    assert LocalStore(fleet.coordination).records("exports") == {}
 
 
 def test_collect_with_the_store_away_fails_the_compile(tmp_path: Path) -> None:
@@ -237,7 +238,7 @@ def test_a_name_exported_by_two_profiles_is_an_error(fleet: Fleet) -> None:
 
 def test_a_failed_run_publishes_nothing_new(fleet: Fleet) -> None:
     ok(fleet.apply("web-1"))
-    before = LocalStore(fleet.coordination).exports()
+    before = LocalStore(fleet.coordination).records("exports")
     broken = (
         FILES["profiles/web.yaml"]
         .replace("  - directory: /srv/web", "  - directory: /srv/web\n  - file: /nowhere/at/all/x")
@@ -246,7 +247,7 @@ def test_a_failed_run_publishes_nothing_new(fleet: Fleet) -> None:
     write_tree(fleet.repo, {"profiles/web.yaml": broken})
     done = fleet.apply("web-1")
     assert done.returncode & 4, done.stdout  # the file's parent is missing: a failed resource
-    assert LocalStore(fleet.coordination).exports() == before
+    assert LocalStore(fleet.coordination).records("exports") == before
 
 
 def test_exports_are_bounded_in_size(fleet: Fleet) -> None:

@@ -19,7 +19,13 @@ import pytest
 
 from reconciler.config import parse_config
 from reconciler.errors import ConfigError, SignatureError
-from reconciler.source.verify import Verify, commit_signature, open_verified_snapshot, verify_commit
+from reconciler.source.verify import (
+    Verify,
+    commit_signature,
+    open_verified_snapshot,
+    verify_commit,
+    verify_tag,
+)
 from tests.conftest import CLI, GIT_ENV, need, write_tree
 from tests.daemon.conftest import REPO, Daemon, GitServer, wait_for
 
@@ -329,6 +335,89 @@ class TestGpg:
         verify_commit(repo.git_dir, commit, Verify("gpg", keyring=home))
         after = {p.name: p.stat().st_mtime_ns for p in home.iterdir() if p.is_file()}
         assert after == before
+
+
+# -- tags -------------------------------------------------------------------------------------
+
+
+def make_tag(repo: Repo, name: str, signer: Signer | None, commit: str = "HEAD") -> str:
+    """An annotated tag, signed by ``signer`` when given: its tag object's id."""
+    sign = [*signer.git_args(), "tag", "-s"] if signer else ["tag", "-a"]
+    repo.git(*sign, "-m", f"release {name}", name, commit, env=signer.env() if signer else None)
+    return repo.git("rev-parse", f"refs/tags/{name}")
+
+
+def tag_refused(repo: Repo, tag_object: str, name: str, verify: Verify) -> SignatureError:
+    with pytest.raises(SignatureError) as err:
+        verify_tag(repo.git_dir, tag_object, name, verify)
+    assert str(err.value).startswith(f"tag {name!r} ({tag_object}): ")
+    return err.value
+
+
+class TestTags:
+    """A signed tag stands for the commit it names: the tag's signature is checked, by the same
+    keys and the same means as a commit's, and the commit's own is not."""
+
+    def test_a_signed_tag_of_an_unsigned_commit_is_accepted(
+        self, repo: Repo, ssh_keys: SshKeys, gpg_keys: GpgKeys
+    ) -> None:
+        commit = repo.commit({"a": "1\n"})
+        verify_tag(repo.git_dir, make_tag(repo, "v1", ssh_keys.trusted), "v1", ssh_keys.verify)
+        gpg_tag = make_tag(repo, "v1-gpg", gpg_keys.trusted, commit)
+        for keyring in ("binary", "armored", "home"):
+            verify_tag(repo.git_dir, gpg_tag, "v1-gpg", gpg_keys.verify(keyring))
+        assert refused(repo, commit, ssh_keys.verify).why == "unsigned"
+
+    def test_unsigned_lightweight_and_untrusted_tags_are_refused(
+        self, repo: Repo, ssh_keys: SshKeys, gpg_keys: GpgKeys
+    ) -> None:
+        commit = repo.commit({"a": "1\n"}, ssh_keys.trusted)
+        err = tag_refused(repo, make_tag(repo, "plain", None), "plain", ssh_keys.verify)
+        assert (err.why, "not signed" in str(err)) == ("unsigned", True)
+        repo.git("tag", "light")
+        err = tag_refused(repo, commit, "light", ssh_keys.verify)
+        assert err.why == "unsigned"
+        assert "a lightweight tag (it names a commit, with no tag object)" in str(err)
+        err = tag_refused(repo, make_tag(repo, "s", ssh_keys.stranger), "s", ssh_keys.verify)
+        assert err.why == "unknown_key"
+        assert "which is not in the allowed signers" in str(err)
+        err = tag_refused(repo, make_tag(repo, "g", gpg_keys.stranger), "g", gpg_keys.verify())
+        assert err.why == "unknown_key"
+        assert re.search(r"signed by key [0-9A-F]{16}, which is not in the keyring", str(err))
+        gpg_tag = make_tag(repo, "g2", gpg_keys.trusted)
+        err = tag_refused(repo, gpg_tag, "g2", ssh_keys.verify)
+        assert err.why == "wrong_format"
+
+    @pytest.mark.parametrize("kind", ["ssh", "gpg"])
+    def test_a_tag_whose_content_changed_under_its_signature_is_refused(
+        self, repo: Repo, ssh_keys: SshKeys, gpg_keys: GpgKeys, kind: str
+    ) -> None:
+        first = repo.commit({"a": "1\n"})
+        repo.commit({"a": "evil\n"})
+        evil = repo.git("rev-parse", "HEAD")
+        signer, verify = (
+            (ssh_keys.trusted, ssh_keys.verify)
+            if kind == "ssh"
+            else (gpg_keys.trusted, gpg_keys.verify())
+        )
+        good = make_tag(repo, "v1", signer, first)
+        raw = sh("git", "-C", repo.path, "cat-file", "tag", good) + "\n"
+        moved = raw.replace(f"object {first}", f"object {evil}")
+        bad = sh("git", "-C", repo.path, "hash-object", "-t", "tag", "-w", "--stdin",
+                 stdin=moved.encode())  # fmt: skip
+        err = tag_refused(repo, bad, "v1", verify)
+        assert err.why == "bad_signature"
+        assert "bad signature: it does not match the tag" in str(err)
+
+    def test_a_signed_tag_published_under_another_name_is_refused(
+        self, repo: Repo, ssh_keys: SshKeys
+    ) -> None:
+        repo.commit({"a": "1\n"})
+        old = make_tag(repo, "v1.0", ssh_keys.trusted)
+        repo.git("update-ref", "refs/tags/v2.0", old)
+        err = tag_refused(repo, old, "v2.0", ssh_keys.verify)
+        assert err.why == "bad_signature"
+        assert "the tag object names itself 'v1.0', not 'v2.0'" in str(err)
 
 
 # -- configuration ----------------------------------------------------------------------------
