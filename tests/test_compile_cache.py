@@ -200,7 +200,7 @@ resources:
 
     def publish(name: str, host: str) -> None:
         record = exportsmod.encode(name, "web", [], {"member": {"host": host}})
-        store.publish_exports(name, record, 3600)
+        store.publish_record("exports", name, record, 3600)
 
     publish("web-1", "10.0.0.1")
     assert node.compiled()
