@@ -219,8 +219,9 @@ def reconcile(
     converge; record (the report, and the applied commit). ``pinned`` (the daemon's) names the
     commit to fetch and read from the mirror of ``options.repo``; a ``snapshot`` already open
     skips fetching. ``cache`` (the daemon's): the catalog compiled last, re-checked instead of
-    compiled again while nothing it was compiled from changed. While enforcement is suspended, an enforcing run is a noop run (unless
-    ``options.ignore_suspension``), and the outcome names the suspension. Whatever goes wrong is an ``Outcome``, never an exception: an unexpected
+    compiled again while nothing it was compiled from changed. While enforcement is suspended,
+    an enforcing run is a noop run (unless ``options.ignore_suspension``), and the outcome
+    names the suspension. Whatever goes wrong is an ``Outcome``, never an exception: an unexpected
     one is an error with its type and message, reported (unless planning) as far as the state
     directory allows.
     """
