@@ -9,6 +9,11 @@ source, a private root), then measures:
   webhook -> applied    a commit and a signed webhook; until the file on disk changed
   poll -> applied       a commit and no webhook; until the file on disk changed
   poll, nothing new     the cost of one poll that finds the head unchanged (one ls-remote)
+
+``warm_check`` (bench/run.py's "daemon warm check" row) runs the daemon with nothing drifting
+and a drift check every --interval seconds, and reports the median duration of those checks
+(from the daemon's own run reports) and the daemon's CPU over the whole window (checks, polls
+and idle time) as % of one core.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import json
 import os
 import signal
 import socket
@@ -64,6 +70,73 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def start_daemon(
+    base: Path, files: int, poll: float, interval: float
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """The daemon on a generated repo of ``files`` files under ``base``, once it is ready; its
+    process, HTTP port and state directory."""
+    repo = base / "repo"
+    if not repo.exists():
+        generate_git_repo(repo, files, "bench")
+    root, state = base / "root", base / "state"
+    (root / "srv").mkdir(parents=True)
+    (base / "secret").write_bytes(SECRET)
+    port = free_port()
+    config = base / "config.yaml"
+    config.write_text(
+        f"node: bench\nroot: {root}\nstate_dir: {state}\nfacts_dirs: []\n"
+        f"source: {{url: {repo}, branch: production, poll_interval: {poll}s}}\n"
+        f"reconcile: {{interval: {interval}s, splay: 0s, watch: true}}\n"
+        f"listen: 127.0.0.1:{port}\nwebhook: {{secret_file: {base / 'secret'}}}\n"
+        "log: {format: json, level: warning}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "daemon", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            return get(port, "/readyz") == b"ready\n"
+        except OSError:
+            return False
+
+    try:
+        until(ready, 300)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, port, state
+
+
+def warm_check(
+    base: Path, files: int, window: float = 90.0, interval: float = 30.0
+) -> tuple[float, float, int]:
+    """The daemon at ``files`` files, nothing drifting, a check every ``interval`` seconds (and
+    a poll every 60 s): (median seconds of a check that compiled nothing, CPU % of one core
+    over ``window`` seconds, how many such checks ran)."""
+    proc, _, state = start_daemon(base, files, 60.0, interval)
+    try:
+        time.sleep(2)
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(window)
+        cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    durations = []
+    for path in sorted((state / "reports").glob("*.json")):
+        report = json.loads(path.read_text())
+        changed = report["summary"].get("changed", 0) + report["summary"].get("failed", 0)
+        if report.get("compiled", False) is False and not changed:
+            durations.append(report["duration_seconds"])
+            if os.environ.get("BENCH_VERBOSE"):
+                print("   check", report["duration_seconds"], report["phases"], file=sys.stderr)
+    if not durations:
+        raise SystemExit("no warm check ran in the window")
+    return statistics.median(durations), cpu, len(durations)
 
 
 def main() -> None:

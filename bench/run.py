@@ -4,8 +4,12 @@ Scenarios, each timed as a complete ``reconciler apply`` process:
   first apply  - on an empty root
   no change    - everything already in sync
   repair       - after 10% of the files had their content changed and 5% their mode
+and, unless --daemon-window 0, the daemon's warm check (bench/daemon.py ``warm_check``):
+  daemon warm check - a running daemon, nothing drifted, a drift check every 30 s: the median
+                      duration of one check (from its run reports; it compiles nothing) and
+                      the daemon's CPU over the window as % of one core
 
-Usage: python bench/run.py [--sizes 1000 10000] [--repeat 5]
+Usage: python bench/run.py [--sizes 1000 10000] [--repeat 5] [--daemon-window 90]
 Prints a table of the median wall time and the peak RSS of each scenario.
 """
 
@@ -120,13 +124,28 @@ def main() -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--daemon-window", type=float, default=90.0,
+        help="seconds the daemon's warm check is watched for (0: skip it)",
+    )  # fmt: skip
     args = parser.parse_args()
     print(f"reconciler one-shot CLI, median of {args.repeat} runs, {os.cpu_count()} cores")
-    print(f"{'N':>6}  {'scenario':<12} {'seconds':>8} {'peak RSS MB':>12}")
+    print(f"{'N':>6}  {'scenario':<17} {'seconds':>8} {'peak RSS MB':>12}")
     with tempfile.TemporaryDirectory(prefix="reconciler-bench-") as tmp:
         for n in args.sizes:
             for name, seconds, rss in bench(n, args.repeat, Path(tmp)):
-                print(f"{n:>6}  {name:<12} {seconds:>8.2f} {rss:>12.0f}", flush=True)
+                print(f"{n:>6}  {name:<17} {seconds:>8.2f} {rss:>12.0f}", flush=True)
+            if args.daemon_window > 0:
+                from daemon import warm_check
+
+                base = Path(tmp) / f"daemon-{n}"
+                base.mkdir()
+                seconds, cpu, runs = warm_check(base, n, args.daemon_window)
+                print(
+                    f"{n:>6}  {'daemon warm check':<17} {seconds:>8.2f} {'':>12}"
+                    f"  {cpu:.1f}% of one core at a 30 s interval ({runs} checks)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import secrets
@@ -25,7 +27,7 @@ from typing import Any, Literal
 
 from reconciler import __version__
 from reconciler.apps import fleet
-from reconciler.apps.exports import exchange
+from reconciler.apps.exports import Exchange, exchange
 from reconciler.apps.facts import publish_facts
 from reconciler.apps.rollout import Rollout
 from reconciler.apps.store import CoordinationConfig, Store, StoreError, open_store
@@ -44,6 +46,7 @@ from reconciler.errors import (
     SourceError,
     StateDirUnsafe,
 )
+from reconciler.facts import VOLATILE, ReadFacts, stable_view, was_read
 from reconciler.fs import (
     MAX_FILE_SIZE,
     BackupStore,
@@ -209,12 +212,13 @@ def reconcile(
     warn: Warn = _ignore,
     snapshot: Snapshot | None = None,
     pinned: Pinned | None = None,
+    cache: CompileCache | None = None,
 ) -> Outcome:
     """One run, every step in this order, for ``apply``, ``plan`` and every daemon run (see
     ``_reconcile``); then, with a coordination store configured (``options.coordination``
     read from a configuration's coordination section), the run's summary is published there
     for the fleet view, unless planning or skipped."""
-    outcome = _reconcile(options, plan, warn, snapshot, pinned)
+    outcome = _reconcile(options, plan, warn, snapshot, pinned, cache)
     config = options.coordination
     skipped = outcome.kind is OutcomeKind.SKIPPED
     if config is not None and config.configured and not (plan or skipped):
@@ -295,6 +299,7 @@ def _reconcile(
     warn: Warn,
     snapshot: Snapshot | None,
     pinned: Pinned | None,
+    cache: CompileCache | None,
 ) -> Outcome:
     """One run, every step in this order.
 
@@ -302,8 +307,10 @@ def _reconcile(
     fetch; verify the signature; refuse a rewind from the last applied commit; compile;
     converge; record (the report, and the applied commit). ``pinned`` (the daemon's) names the
     commit to fetch and read from the mirror of ``options.repo``; a ``snapshot`` already open
-    skips fetching. While enforcement is suspended, an enforcing run is a noop run (unless
-    ``options.ignore_suspension``), and the outcome names the suspension. Whatever goes wrong is an ``Outcome``, never an exception: an unexpected
+    skips fetching. ``cache`` (the daemon's): the catalog compiled last, re-checked instead of
+    compiled again while nothing it was compiled from changed. While enforcement is suspended,
+    an enforcing run is a noop run (unless ``options.ignore_suspension``), and the outcome
+    names the suspension. Whatever goes wrong is an ``Outcome``, never an exception: an unexpected
     one is an error with its type and message, reported (unless planning) as far as the state
     directory allows.
     """
@@ -336,7 +343,7 @@ def _reconcile(
                 options, plan, started, revision, branch, OutcomeKind.REJECTED,
                 "RevisionRegression", why, warn, stage="rewind",
             )  # fmt: skip
-        report, catalog = run(options, plan, warn, snapshot)
+        report, catalog = run(options, plan, warn, snapshot, cache)
         if not plan and isinstance(snapshot, GitSnapshot) and snapshot.revision is not None:
             applied = state.Applied(snapshot.revision, snapshot.branch, shown_url(options.repo))
             state.save_applied(options.state_dir, applied)
@@ -485,8 +492,11 @@ def run(
     plan: bool = False,
     warn: Warn = _ignore,
     snapshot: Snapshot | None = None,
+    cache: CompileCache | None = None,
 ) -> tuple[RunReport, Catalog]:
-    """Compile and converge the node once. ``plan`` checks only and writes no state."""
+    """Compile and converge the node once. ``plan`` checks only and writes no state. With a
+    ``cache``, the catalog it holds is converged instead when it was compiled from the same
+    inputs (``compile_key``)."""
     phases: dict[str, float] = {}
     started_wall = now_iso()
     t0 = time.perf_counter()
@@ -502,16 +512,27 @@ def run(
     config = options.coordination or CoordinationConfig(path=options.state_dir / "coordination")
     # modules.yaml's modules, fetched and verified before any file of theirs is read
     scratch = plan and not options.state_dir.exists()
+    key = compile_key(options, snapshot, facts) if cache is not None and not plan else None
     with exchange(options.store, config) as exports:
-        with modules_for_run(
-            snapshot, options.state_dir, options.timeout, options.verify, scratch
-        ) as modular:
-            compiler = Compiler(modular, keyring=Keyring(options.secrets), collect=exports.read)
-            catalog = compiler.compile(node, facts)
+        catalog = cache.reuse(key, exports) if cache is not None and key is not None else None
+        compiled = catalog is None
+        if catalog is None:
+            if cache is not None:
+                cache.clear()
+            read = ReadFacts(facts) if key is not None else None
+            with modules_for_run(
+                snapshot, options.state_dir, options.timeout, options.verify, scratch
+            ) as modular:
+                compiler = Compiler(modular, keyring=Keyring(options.secrets), collect=exports.read)
+                catalog = compiler.compile(node, facts if read is None else read)
+            if cache is not None and key is not None and read is not None:
+                cache.keep(key, catalog, read, exports.records)
         phases["compile"] = time.perf_counter() - t
         for why in catalog.collect_warnings:
             warn(why)
-        report = _run_compiled(catalog, options, plan, warn, phases, started_wall)
+        kept = cache.inventory if cache is not None else None
+        report = _run_compiled(catalog, options, plan, warn, phases, started_wall, kept)
+        report.compiled = compiled
         if not plan and options.coordination is not None:
             # The facts it compiled with, for reviewing changes elsewhere (noop and failed runs
             # too: the facts hold all the same). Before the exports: their lease starts last.
@@ -539,6 +560,121 @@ def run(
     return report, catalog
 
 
+# -- the daemon's compiled catalog ------------------------------------------------------------
+
+
+def _key_file(path: Path | None) -> object:
+    """What a key file of ``secrets:`` is now: its type, owner, mode and content digest (each
+    can change what a decryption gives, or whether the key is refused), or why it cannot be
+    read."""
+    if path is None:
+        return None
+    try:
+        st = os.lstat(path)
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read(1024 * 1024 + 1)).hexdigest()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return [st.st_mode, st.st_uid, st.st_size, digest]
+
+
+def compile_key(options: RunOptions, snapshot: Snapshot, facts: Mapping[str, Any]) -> str | None:
+    """A digest of everything a compile of ``snapshot`` for this node reads, but what it reads
+    from the coordination store (``CompileCache.reuse`` reads that again); None when the
+    snapshot cannot be named by a commit (a working tree's files change under the same name).
+
+    - the revision: the commit and branch (``modules.yaml`` and its pinned module commits are
+      in the commit's tree), and the source it came from;
+    - the facts: built-in, facts directories (files and what executables printed) and
+      ``--facts``, as gathered for this run, but ``facts.VOLATILE`` (``ReadFacts`` tells
+      whether the compile read those: then it is not reused);
+    - the node's decryption keys (``secrets:``): each file's type, owner, mode and content;
+    - the settings a compile reads (node, root, state directory, facts directories, signature
+      rules for modules, the coordination store, timeouts);
+    - this program's version.
+
+    Nothing else reaches a compile: templates are sandboxed (no clock, environment or file
+    outside the revision), and the hostname and addresses are facts.
+    """
+    if snapshot.revision is None:
+        return None
+    keys = options.secrets
+    parts = {
+        "version": __version__,
+        "source": options.repo,
+        "revision": snapshot.revision,
+        "branch": snapshot.branch,
+        "settings": [
+            options.node,
+            str(options.root),
+            str(options.state_dir),
+            options.ref,
+            [str(d) for d in options.facts_dirs],
+            str(options.facts_file),
+            options.timeout,
+            repr(options.verify),
+            repr(options.coordination),
+            repr(keys),
+        ],
+        "facts": stable_view(facts),
+        "keys": [
+            _key_file(p) for p in (keys.eyaml_private_key, keys.eyaml_public_key, keys.age_identity)
+        ],
+    }
+    text = json.dumps(parts, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class _Compiled:
+    key: str
+    catalog: Catalog
+    facts: ReadFacts  # the facts the compile saw, noting which it read
+    records: Mapping[str, bytes] | None  # the store's exports, when the compile collected
+
+
+class CompileCache:
+    """The last catalog compiled, kept in memory by the daemon (never across a restart) and
+    converged again while nothing it was compiled from changed (``compile_key``; and, when the
+    compile called ``collect()``, every node's exports in the store, read again each run).
+
+    A catalog is not kept when its compile read a volatile fact (uptime, available memory) or
+    when it deploys app components (their rollout changes the catalog as it runs, from the
+    store's state): those compile every run.
+    """
+
+    def __init__(self) -> None:
+        self._kept: _Compiled | None = None
+        # The inventory as the last run read or wrote it: not read again, nor written again
+        # unchanged, while no other process replaced the file.
+        self.inventory = state.KeptInventory()
+
+    def clear(self) -> None:
+        self._kept = None
+
+    def reuse(self, key: str, exports: Exchange) -> Catalog | None:
+        """The kept catalog, when it was compiled from the same inputs as this run has."""
+        kept = self._kept
+        if kept is None or kept.key != key or was_read(kept.facts, VOLATILE):
+            return None
+        if kept.records is not None:
+            try:
+                records = exports.read()
+            except ValueError:
+                return None  # the compile says why the store cannot be read
+            if dict(records) != dict(kept.records):
+                return None
+        return kept.catalog
+
+    def keep(
+        self, key: str, catalog: Catalog, facts: ReadFacts, records: Mapping[str, bytes] | None
+    ) -> None:
+        if catalog.deployments:
+            self._kept = None
+        else:
+            self._kept = _Compiled(key, catalog, facts, None if records is None else dict(records))
+
+
 def _run_compiled(
     catalog: Catalog,
     options: RunOptions,
@@ -546,8 +682,10 @@ def _run_compiled(
     warn: Warn,
     phases: dict[str, float],
     started_wall: str,
+    kept: state.KeptInventory | None = None,
 ) -> RunReport:
-    """Converge a compiled catalog (check only for ``plan`` or noop), with its app rollout."""
+    """Converge a compiled catalog (check only for ``plan`` or noop), with its app rollout.
+    ``kept``: the inventory as the daemon last read or wrote it."""
     noop = options.noop or plan
     report = RunReport(
         node=catalog.node,
@@ -569,13 +707,16 @@ def _run_compiled(
             with state.run_lock(options.state_dir):
                 if rollout is not None:
                     rollout.decide(catalog)
-                previous = state.Inventory.load(options.state_dir, warn)
+                if kept is not None:
+                    previous = kept.load(options.state_dir, warn)
+                else:
+                    previous = state.Inventory.load(options.state_dir, warn)
                 ctx = _converge(catalog, options, previous, report, noop=noop, phases=phases)
                 if rollout is not None:
                     _finish_rollout(rollout, catalog, options, report, ctx)
                 if not noop:
                     left = _prune(catalog, previous, ctx, report)
-                    _save_inventory(catalog, left, ctx, options.state_dir)
+                    _save_inventory(catalog, left, ctx, options.state_dir, kept)
         if rollout is not None:
             report.apps = rollout.report()
     return report
@@ -719,11 +860,19 @@ def _prune(
 
 
 def _save_inventory(
-    catalog: Catalog, left: dict[str, state.InventoryItem], ctx: Context, state_dir: Path
+    catalog: Catalog,
+    left: dict[str, state.InventoryItem],
+    ctx: Context,
+    state_dir: Path,
+    kept: state.KeptInventory | None = None,
 ) -> None:
     resources = {
         rid: state.InventoryItem(e.resource.type, e.resource.title, e.resource.desired_digest())
         for rid, e in catalog.entries.items()
     }
     fingerprints = {p: f for p, f in ctx.fingerprints.items() if p in ctx.catalog_paths}
-    state.Inventory(catalog.revision, {**left, **resources}, fingerprints).save(state_dir)
+    inventory = state.Inventory(catalog.revision, {**left, **resources}, fingerprints)
+    if kept is not None:
+        kept.save(inventory, state_dir)
+    else:
+        inventory.save(state_dir)

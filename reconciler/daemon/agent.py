@@ -36,7 +36,14 @@ from reconciler.errors import (
     ReconcilerError,
     SourceError,
 )
-from reconciler.reconcile import Outcome, OutcomeKind, Pinned, RunOptions, reconcile
+from reconciler.reconcile import (
+    CompileCache,
+    Outcome,
+    OutcomeKind,
+    Pinned,
+    RunOptions,
+    reconcile,
+)
 from reconciler.source.git import Mirror, redact, shown_url
 
 BACKOFF_MIN = 1.0
@@ -132,6 +139,8 @@ class Agent:
         self._push_polled = -math.inf
         self._push_delayed = threading.Event()
         self._store_opened = threading.Event()
+        # The last compiled catalog, re-checked while nothing it was compiled from changed.
+        self._compiled = CompileCache()
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -288,6 +297,7 @@ class Agent:
         else:
             self.config = config
             self._mirror = mirror
+            self._compiled.clear()  # the next run compiles with the new settings
             configure_logging(config)
             try:
                 self.verifier = WebhookVerifier(self._webhook_secret())
@@ -635,7 +645,12 @@ class Agent:
         self._running.set()
         if self.watcher is not None:
             self.watcher.hold()  # events wait until _update_watch judges them
-        outcome = reconcile(self._options(noop=not enforcing), warn=self._warn, pinned=pinned)
+        outcome = reconcile(
+            self._options(noop=not enforcing),
+            warn=self._warn,
+            pinned=pinned,
+            cache=self._compiled,
+        )
         report, catalog = outcome.report, outcome.catalog
         if outcome.revision is not None:
             log = self.log.bind(revision=outcome.revision)
@@ -667,6 +682,7 @@ class Agent:
         log.info(
             "run finished",
             noop=report.noop,
+            compiled=report.compiled,
             suspended=suspended,
             duration_seconds=round(report.duration_seconds, 3),
             **{k: v for k, v in summary.items()},

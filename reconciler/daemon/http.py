@@ -287,7 +287,10 @@ def status(agent: Agent) -> dict[str, Any]:
         "uptime_seconds": round(time.time() - s.started, 1),
         "last_run": {
             k: report.get(k)
-            for k in ("run_id", "started", "duration_seconds", "noop", "summary", "errors")
+            for k in (
+                *("run_id", "started", "duration_seconds", "noop", "compiled", "summary"),
+                "errors",
+            )
         }
         if report
         else None,

@@ -61,6 +61,13 @@ class Metrics:
             ["type"],
             registry=r,
         )
+        self.catalogs = Counter(
+            "reconciler_catalogs",
+            "Catalogs the runs converged, by how each was had: compiled, or reused (compiled by "
+            "an earlier run from the same inputs).",
+            ["how"],
+            registry=r,
+        )
         self.resource_changes = Counter(
             "reconciler_resource_changes", "Resources changed, by type.", ["type"], registry=r
         )
@@ -130,6 +137,8 @@ class Metrics:
             self.rejected.labels(reason)
         for result in ("success", "unchanged", "error"):
             self.fetches.labels(result)
+        for how in ("compiled", "reused"):
+            self.catalogs.labels(how)
         for result in (
             "accepted",
             "unauthorized",
@@ -159,6 +168,7 @@ class Metrics:
     def observe_run(self, report: RunReport, ended: float, enforcing: bool) -> None:
         for phase, seconds in report.phases.items():
             self.run_duration.labels(phase).observe(seconds)
+        self.catalogs.labels("compiled" if report.compiled else "reused").inc()
         if report.failed:
             self.runs.labels("failure").inc()
         elif report.noop:

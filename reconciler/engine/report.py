@@ -89,6 +89,9 @@ class RunReport:
     # Problems of the run itself (a rejected revision, a refused prune), as messages.
     errors: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
+    # Whether this run compiled its catalog; false when the daemon re-checked the catalog it
+    # compiled before from the same inputs (or the run ended before compiling).
+    compiled: bool = False
     # App components this node runs: what the run decided and reached for each.
     apps: list[dict[str, Any]] = field(default_factory=list)
     # Values shown only as digests, wherever they turn up: the catalog's secrets.
@@ -136,6 +139,7 @@ class RunReport:
             "started": self.started,
             "duration_seconds": round(self.duration_seconds, 6),
             "phases": {k: round(v, 6) for k, v in self.phases.items()},
+            "compiled": self.compiled,
             "summary": self.summary(),
             "errors": scrub(self.errors),
             "resources": [r.to_dict(budget, self.secrets) for r in self.resources],

@@ -209,6 +209,46 @@ class Inventory:
         )
 
 
+class KeptInventory:
+    """The inventory as this process last read or wrote it, with the file's identity then (a
+    long-running agent's): read again only when another process replaced the file, and not
+    written again when a run would write the same inventory (a run that changed nothing)."""
+
+    def __init__(self) -> None:
+        self._kept: tuple[tuple[int, int, int, int], Inventory] | None = None
+
+    @staticmethod
+    def _identity(state_dir: Path) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(state_dir / "inventory.json")
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def load(self, state_dir: Path, warn: Any = None) -> Inventory:
+        identity = self._identity(state_dir)  # before the read: a write after it is seen next
+        kept = self._kept
+        if kept is not None and identity is not None and kept[0] == identity:
+            return kept[1]
+        inventory = Inventory.load(state_dir, warn)
+        self._kept = (identity, inventory) if identity is not None else None
+        return inventory
+
+    def save(self, inventory: Inventory, state_dir: Path) -> None:
+        kept = self._kept
+        if (
+            kept is not None
+            and kept[0] == self._identity(state_dir)
+            and kept[1].revision == inventory.revision
+            and kept[1].resources == inventory.resources
+            and kept[1].fingerprints == inventory.fingerprints
+        ):
+            return
+        inventory.save(state_dir)
+        identity = self._identity(state_dir)
+        self._kept = (identity, inventory) if identity is not None else None
+
+
 @dataclass(frozen=True)
 class Applied:
     """The last revision a run applied (or checked, in noop), from a source: the point a

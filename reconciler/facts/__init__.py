@@ -14,7 +14,7 @@ import json
 import os
 import platform
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,115 @@ def lookup(facts: Mapping[str, Any], dotted: str) -> Any:
             raise KeyError(dotted)
         value = value[part]
     return value
+
+
+# Facts that change from one run to the next while nothing about the node changes. A compile
+# that did not read them is not redone for them alone (the daemon's compiled-catalog cache).
+VOLATILE = ("uptime_seconds", "memory.available_bytes")
+
+
+class ReadFacts(dict[str, Any]):
+    """Facts that note which of them were read: a value read by its name notes its dotted path
+    (``os.family``); a mapping read whole (iterated, copied, compared, dumped, printed) notes
+    its path with ``*`` (``memory.*``; ``*`` for all the facts). Nested mappings are
+    ``ReadFacts`` too, sharing one record; ``was_read`` asks it. Its own attributes have
+    mangled names, so that templates still reach every fact as ``facts.NAME``."""
+
+    __slots__ = ("__path", "__seen")
+
+    def __init__(self, facts: Mapping[str, Any], path: str = "", seen: set[str] | None = None):
+        super().__init__()
+        self.__path = path
+        self.__seen: set[str] = set() if seen is None else seen
+        for key, value in facts.items():
+            if isinstance(value, Mapping):
+                value = ReadFacts(value, f"{path}{key}.", self.__seen)
+            dict.__setitem__(self, key, value)
+
+    def _read(self, key: object) -> None:
+        self.__seen.add(f"{self.__path}{key}")
+
+    def _whole(self) -> None:
+        self.__seen.add(f"{self.__path}*")
+
+    def _record(self) -> set[str]:
+        return self.__seen
+
+    def __getitem__(self, key: str) -> Any:
+        self._read(key)
+        return dict.__getitem__(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._read(key)
+        return dict.get(self, key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self._read(key)
+        return dict.__contains__(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        self._whole()
+        return dict.__iter__(self)
+
+    def keys(self) -> Any:
+        self._whole()
+        return dict.keys(self)
+
+    def values(self) -> Any:
+        self._whole()
+        return dict.values(self)
+
+    def items(self) -> Any:
+        self._whole()
+        return dict.items(self)
+
+    def copy(self) -> dict[str, Any]:
+        self._whole()
+        return dict(dict.items(self))
+
+    def __eq__(self, other: object) -> bool:
+        self._whole()
+        return dict.__eq__(self, other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        self._whole()
+        return dict.__repr__(self)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        self._whole()
+        return dict, (dict(dict.items(self)),)
+
+
+def was_read(facts: ReadFacts, dotted: Sequence[str]) -> bool:
+    """Whether any fact at the ``dotted`` paths was read, by its name or with a mapping
+    holding it read whole."""
+    seen = set(facts._record())  # a copy: a resource may read facts in another thread
+    for path in dotted:
+        parts = path.split(".")
+        wholes = {".".join([*parts[:i], "*"]) for i in range(len(parts))}
+        if path in seen or wholes & seen:
+            return True
+    return False
+
+
+def stable_view(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """``facts`` without the ``VOLATILE`` ones (a copy; nested mappings copied as needed)."""
+    view = dict(facts)
+    for dotted in VOLATILE:
+        *parents, last = dotted.split(".")
+        holder: Any = view
+        for part in parents:
+            inner = holder.get(part) if isinstance(holder, dict) else None
+            if not isinstance(inner, Mapping):
+                holder = None
+                break
+            holder[part] = dict(inner)
+            holder = holder[part]
+        if isinstance(holder, dict):
+            holder.pop(last, None)
+    return view
 
 
 # -- built-in facts ---------------------------------------------------------------------------
