@@ -1,12 +1,15 @@
-"""etcd with authentication: each node's user may write its exports only under its own prefix.
+"""etcd with authentication: each node's user and role exactly as docs/security.md writes them.
 
 Real etcd users and roles, set up through the v3 JSON gateway (/v3/auth/...), as an operator
-would with etcdctl.
+would with etcdctl: the role's permissions are the `etcdctl role grant-permission web-1 ...`
+lines of the docs, with each node's name for web-1. A line the docs drop or get wrong makes
+these tests fail.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import urllib.request
 from pathlib import Path
@@ -15,7 +18,13 @@ from typing import Any
 import pytest
 
 from reconciler.apps import fleet as fleetview
-from reconciler.apps.store import RECORD_KINDS, EtcdStore, StoreError
+from reconciler.apps.store import (
+    RECORD_KINDS,
+    ComponentState,
+    EtcdStore,
+    StoreError,
+    source_key,
+)
 from tests.apps.conftest import EtcdServer
 from tests.apps.test_exports import FILES, Fleet, ok
 from tests.apps.test_fleet import summary
@@ -47,27 +56,50 @@ def grant(etcd: EtcdServer, role: str, kind: str, prefix: str) -> None:
     call(etcd, "auth/role/grant", {"name": role, "perm": perm})
 
 
+SECURITY_DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+GRANT = re.compile(
+    r"etcdctl role grant-permission web-1 --prefix=true (read|write|readwrite) (/reconciler/(?:\S+/)?)"
+)
+
+
+def documented_grants(node: str) -> list[tuple[str, str]]:
+    """The (permission, prefix) pairs docs/security.md grants node ``web-1``, for ``node``."""
+    grants: list[tuple[str, str]] = []
+    for number, line in enumerate(SECURITY_DOC.read_text().splitlines(), 1):
+        if not line.startswith("etcdctl role grant-permission"):
+            continue
+        found = GRANT.fullmatch(line)
+        assert found, f"docs/security.md:{number}: not a grant this test can apply: {line!r}"
+        prefix = found[2].replace("/web-1/", f"/{node}/")
+        grants.append((found[1].upper(), prefix))
+    assert grants, "docs/security.md grants no etcd permission"
+    return grants
+
+
 def add_node(etcd: EtcdServer, node: str) -> None:
-    """A user and a role for one node: its own prefix of each kind of record (exports, summary,
-    facts), the apps' states and slots, and reading every node's records."""
+    """A user and a role for one node, with exactly the permissions the docs grant."""
     call(etcd, "auth/user/add", {"name": node, "password": f"pw-{node}"})
     call(etcd, "auth/role/add", {"name": node})
-    for kind in RECORD_KINDS:
-        grant(etcd, node, "READWRITE", f"/reconciler/{kind}/{node}/")
-        grant(etcd, node, "READ", f"/reconciler/{kind}/")
-    grant(etcd, node, "READWRITE", "/reconciler/apps/")
-    grant(etcd, node, "READWRITE", "/reconciler/slots/")
+    for kind, prefix in documented_grants(node):
+        grant(etcd, node, kind, prefix)
     call(etcd, "auth/user/grant", {"user": node, "role": node})
 
 
-@pytest.fixture
-def secured(etcd: EtcdServer) -> EtcdServer:
-    for node in ("web-1", "web-10", "lb-1"):
-        add_node(etcd, node)
+def enable_auth(etcd: EtcdServer) -> None:
     call(etcd, "auth/user/add", {"name": "root", "password": "pw-root"})
     call(etcd, "auth/role/add", {"name": "root"})
     call(etcd, "auth/user/grant", {"user": "root", "role": "root"})
     call(etcd, "auth/enable", {})
+
+
+NODES = ("web-1", "web-10", "lb-1", "db-1", "api-1", "api-2")
+
+
+@pytest.fixture
+def secured(etcd: EtcdServer) -> EtcdServer:
+    for node in NODES:
+        add_node(etcd, node)
+    enable_auth(etcd)
     return etcd
 
 
@@ -75,6 +107,76 @@ def store(etcd: EtcdServer, node: str | None) -> EtcdStore:
     if node is None:
         return EtcdStore([etcd.url])
     return EtcdStore([etcd.url], username=node, password=f"pw-{node}")
+
+
+def use_etcd_user(config: Path, url: str, node: str) -> None:
+    """Point a node's configuration at etcd, as the node's own etcd user."""
+    password = config.parent / "etcd.password"
+    password.write_text(f"pw-{node}\n")
+    text = config.read_text().split("coordination:")[0]
+    config.write_text(
+        text
+        + textwrap.dedent(
+            f"""\
+            coordination:
+              backend: etcd
+              endpoints: [{url}]
+              username: {node}
+              password_file: {password}
+            """
+        )
+    )
+
+
+def test_the_documented_role_allows_everything_a_node_does(secured: EtcdServer) -> None:
+    web1, web10 = store(secured, "web-1"), store(secured, "web-10")
+    # An app component's rollout: states, slots, versions and kept failures.
+    web1.note_version("shop", "api", "1.0")
+    assert web1.acquire_slot("shop", "api", "*", "web-1", 1, ttl=30)
+    assert not web10.acquire_slot("shop", "api", "*", "web-10", 1, ttl=30)
+    assert web10.holders("shop", "api", "*") == ["web-1"]
+    failed = ComponentState("web-1", "1.0", "failed", "abc", 1.0, "exit 3")
+    web1.record_failure("shop", "api", failed)
+    web1.publish("shop", "api", failed)
+    assert web10.failures("shop", "api") == [failed]
+    assert web10.states("shop", "api") == {"web-1": failed}
+    assert web10.components("shop") == ["api"]
+    web1.release_slot("shop", "api", "*", "web-1")
+    web1.clear_failure("shop", "api", "1.0", "web-1")
+    assert web10.failures("shop", "api") == []
+    web10.note_version("shop", "api", "2.0")
+    web10.forget_version("shop", "api", "1.0")
+    assert list(web1.versions("shop", "api")) == ["2.0"]
+    # Its own records of every kind.
+    for kind in RECORD_KINDS:
+        web1.publish_record(kind, "web-1", b'{"node":"web-1"}', ttl=60)
+        assert web10.records(kind) == {"web-1": b'{"node":"web-1"}'}
+        web1.withdraw_record(kind, "web-1")
+    # A watch of the whole store (a waiting component, collected exports) and a push.
+    assert web1.wait(0.5) is False  # nothing changed but its own writes: no refused watch
+    source = source_key("git://example/control.git", "production")
+    assert web1.pushed_revision(source) is None
+    assert web10.push_revision(source, "a" * 40)
+    assert web1.watch_revision(source, 10) == "a" * 40
+    web10.publish("shop", "api", ComponentState("web-10", "2.0", "deploying", "def", 2.0, ""))
+    assert web1.wait(10) is True
+
+
+def test_a_watch_etcd_refuses_is_an_error_not_a_change(etcd: EtcdServer) -> None:
+    # Reads granted prefix by prefix do not cover the whole of /reconciler/: etcd cancels a
+    # watch of it as it creates it. That is no change (it woke the daemon over and over).
+    call(etcd, "auth/user/add", {"name": "web-1", "password": "pw-web-1"})
+    call(etcd, "auth/role/add", {"name": "web-1"})
+    for kind in (*RECORD_KINDS, "apps", "slots", "failures", "versions"):
+        grant(etcd, "web-1", "READWRITE", f"/reconciler/{kind}/")
+    call(etcd, "auth/user/grant", {"user": "web-1", "role": "web-1"})
+    enable_auth(etcd)
+    web1 = store(etcd, "web-1")
+    assert web1.records("exports") == {}
+    with pytest.raises(StoreError, match=r"etcd refused the watch: .*permission denied"):
+        web1.wait(5)
+    with pytest.raises(StoreError, match=r"etcd refused the watch: .*permission denied"):
+        web1.watch_revision(source_key("git://example/control.git", None), 5)
 
 
 def test_a_node_writes_only_its_own_exports(secured: EtcdServer) -> None:
