@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import textwrap
 import urllib.request
 from pathlib import Path
@@ -28,7 +30,8 @@ from reconciler.apps.store import (
 from tests.apps.conftest import EtcdServer
 from tests.apps.test_exports import FILES, Fleet, ok
 from tests.apps.test_fleet import summary
-from tests.conftest import write_tree
+from tests.apps.test_rollout_local import OK, control_repo
+from tests.conftest import wait_for, write_tree
 
 
 def _b64(text: str) -> str:
@@ -225,21 +228,7 @@ def test_nodes_exchange_exports_as_their_etcd_users(tmp_path: Path, secured: Etc
     fleet = Fleet(tmp_path)
     write_tree(fleet.repo, FILES)
     for node in ("web-1", "lb-1"):
-        (tmp_path / f"{node}.password").write_text(f"pw-{node}\n")
-        config = fleet.config(node)
-        text = config.read_text().split("coordination:")[0]
-        config.write_text(
-            text
-            + textwrap.dedent(
-                f"""\
-                coordination:
-                  backend: etcd
-                  endpoints: [{secured.url}]
-                  username: {node}
-                  password_file: {tmp_path / f"{node}.password"}
-                """
-            )
-        )
+        use_etcd_user(fleet.config(node), secured.url, node)
     ok(fleet.apply("web-1"))
     ok(fleet.apply("lb-1"))
     assert fleet.read("lb-1", "etc/haproxy.cfg").startswith("server web-1 ")
@@ -248,3 +237,69 @@ def test_nodes_exchange_exports_as_their_etcd_users(tmp_path: Path, secured: Etc
     # Each run published its summary under the node's own prefix, as its etcd user.
     shown = fleet.cli("fleet", "--config", str(fleet.config("lb-1")), "--format", "json")
     assert [r["node"] for r in json.loads(shown.stdout)] == ["lb-1", "web-1"], shown.stderr
+
+
+def test_an_app_rolls_out_under_the_documented_role(tmp_path: Path, secured: EtcdServer) -> None:
+    fleet = Fleet(tmp_path)
+    for node in ("db-1", "api-1", "api-2", "lb-1"):
+        use_etcd_user(fleet.config(node), secured.url, node)
+    admin = EtcdStore([secured.url], username="root", password="pw-root")
+    outputs: list[str] = []
+
+    def apply(node: str) -> subprocess.CompletedProcess[str]:
+        done = fleet.apply(node)
+        outputs.append(done.stdout + done.stderr)
+        return done
+
+    def version(node: str, component: str) -> str | None:
+        path = tmp_path / node / "root" / "srv/shop" / component / "VERSION"
+        return path.read_text().split()[-1] if path.exists() else None
+
+    go = tmp_path / "go"
+    control_repo(fleet.repo, "1.0", api_health=f"{OK} && until test -e {go}; do sleep 0.05; done")
+    assert apply("db-1").returncode == 2
+    # api-1 takes the only slot (max_parallel 1) and holds it while its health check waits.
+    slow = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "apply", "--config", str(fleet.config("api-1")),
+         "--repo", str(fleet.repo)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: admin.holders("shop", "api", "*") == ["api-1"], 60, "api-1's slot")
+        held = apply("api-2")
+        assert "all 1 slot(s) are taken (api-1)" in held.stdout, held.stdout
+        assert version("api-2", "api") is None
+    finally:
+        go.touch()
+        out, err = slow.communicate(timeout=120)
+        outputs.append(out + err)
+    assert slow.returncode == 2, (out, err)
+    assert admin.holders("shop", "api", "*") == []  # given back
+    assert apply("api-2").returncode == 2
+    assert apply("lb-1").returncode == 2
+    assert [version(n, c) for n, c in (("api-1", "api"), ("api-2", "api"), ("lb-1", "lb"))] == [
+        "1.0",
+        "1.0",
+        "1.0",
+    ]
+    # 2.0 fails its health check on api-1: rolled back, the failure kept, api-2 halted.
+    control_repo(fleet.repo, "2.0", api_health="exit 3", on_failure="rollback")
+    assert apply("db-1").returncode == 2
+    failed = apply("api-1")
+    assert failed.returncode == 6 and "rolled back to 1.0" in failed.stdout, failed.stdout
+    assert [(f.node, f.version) for f in admin.failures("shop", "api")] == [("api-1", "2.0")]
+    assert "halted: api-1 failed at 2.0" in apply("api-2").stdout
+    assert version("api-2", "api") == "1.0"
+    # Fixed: api-1 deploys 2.0 and clears its failure; api-2 follows; 1.0 is forgotten.
+    control_repo(fleet.repo, "2.0")
+    assert apply("api-1").returncode == 2
+    assert admin.failures("shop", "api") == []
+    assert apply("api-2").returncode == 2
+    assert version("api-2", "api") == "2.0"
+    assert list(admin.versions("shop", "api")) == ["2.0"]
+    assert {n: (s.state, s.version) for n, s in admin.states("shop", "api").items()} == {
+        "api-1": ("healthy", "2.0"),
+        "api-2": ("healthy", "2.0"),
+    }
+    for output in outputs:
+        assert "permission denied" not in output and "could not" not in output, output
