@@ -28,10 +28,11 @@ from reconciler.apps.store import (
     source_key,
 )
 from tests.apps.conftest import EtcdServer
-from tests.apps.test_exports import FILES, Fleet, ok
+from tests.apps.test_exports import FILES, LB_TEMPLATE, Fleet, ok
 from tests.apps.test_fleet import summary
 from tests.apps.test_rollout_local import OK, control_repo
 from tests.conftest import wait_for, write_tree
+from tests.daemon.conftest import Daemon, GitServer
 
 
 def _b64(text: str) -> str:
@@ -303,3 +304,48 @@ def test_an_app_rolls_out_under_the_documented_role(tmp_path: Path, secured: Etc
     }
     for output in outputs:
         assert "permission denied" not in output and "could not" not in output, output
+
+
+def test_daemons_watch_collect_and_push_under_the_documented_role(
+    tmp_path: Path, secured: EtcdServer
+) -> None:
+    server = GitServer(tmp_path)
+    server.start()
+    server.push(FILES)
+    daemons: dict[str, Daemon] = {}
+
+    def haproxy() -> str:
+        path = daemons["lb-1"].root / "etc/haproxy.cfg"
+        return path.read_text() if path.exists() else ""
+
+    try:
+        for node in ("lb-1", "web-1"):  # lb-1 first: web-1's exports reach it through a watch
+            (tmp_path / node).mkdir()
+            d = daemons[node] = Daemon(
+                tmp_path / node, server.url, node=node, poll_interval="1h", interval="1h"
+            )
+            (tmp_path / node / "etcd.password").write_text(f"pw-{node}\n")
+            d.write_config(
+                f"coordination:\n  backend: etcd\n  endpoints: [{secured.url}]\n"
+                f"  username: {node}\n  password_file: {tmp_path / node / 'etcd.password'}\n"
+            )
+            d.start()
+            wait_for(d.ready, timeout=60, what=f"{node} /readyz")
+        lb, web = daemons["lb-1"], daemons["web-1"]
+        # lb-1 watches the whole store (its catalog collects): web-1's record wakes it.
+        wait_for(lambda: haproxy().startswith("server web-1 "), 60, "web-1 in lb-1's haproxy.cfg")
+        assert "collected exports changed; checking" in lb.logs()
+        # A webhook to web-1: it pushes the revision through the store, lb-1 polls and applies.
+        sha = server.push({"templates/haproxy.cfg.j2": "# v2\n" + LB_TEMPLATE})
+        body = f'{{"after": "{sha}"}}'.encode()
+        assert web.post("/webhook", body, web.signed(body, "delivery-1")) == 202
+        wait_for(lambda: haproxy().startswith("# v2\nserver web-1 "), 60, "the pushed revision")
+        assert "new revision pushed to the store" in web.logs()
+        assert "another node pushed a revision; polling now" in lb.logs()
+        for d in daemons.values():
+            assert "permission denied" not in d.logs() and "refused" not in d.logs()
+    finally:
+        for d in daemons.values():
+            d.stop()
+            d.notify.close()
+        server.stop()
