@@ -1091,6 +1091,7 @@ class EtcdStore:
             error = message["error"]
             raise _StreamEnded(str(error.get("message") if isinstance(error, dict) else error))
         result = message.get("result") or {}
+        _check_refused(result)
         if result.get("canceled") or result.get("compact_revision"):
             self._revision_seen.pop(source, None)  # history is gone: watch from now on
             return None
@@ -1394,6 +1395,7 @@ class EtcdStore:
             error = message["error"]
             raise _StreamEnded(str(error.get("message") if isinstance(error, dict) else error))
         result = message.get("result") or {}
+        _check_refused(result)
         if result.get("canceled") or result.get("compact_revision"):
             self._seen = None  # history from the last read is gone: read again
             return True
@@ -1411,6 +1413,18 @@ class EtcdStore:
             return None  # only records nobody waits for
         with self._writing:  # a change of our own under way is answered first
             return None if news <= self._own else True
+
+
+def _check_refused(result: dict[str, Any]) -> None:
+    """Raise StoreError when etcd cancelled a watch for a reason other than compaction.
+
+    A user whose permissions do not cover the whole watched range (every key under
+    ``/reconciler/`` for ``wait``) has its watch cancelled as it is created: that is no change
+    to read again, which would wake the caller at once, over and over, but a refusal."""
+    if result.get("canceled") and not result.get("compact_revision"):
+        reason = str(result.get("cancel_reason") or "")
+        if reason:
+            raise StoreError(f"etcd refused the watch: {reason}")
 
 
 def _quiet(key: str) -> bool:
