@@ -148,8 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--facts-dir",
         type=Path,
         metavar="DIR",
-        help="compile every node of DIR (<node>.yaml files of facts, as `reconciler facts "
-        "--all --out` writes them) with its own facts, in place of this host's",
+        help="<node>.yaml files of facts, one per node (as `reconciler facts` prints them)",
     )
     fleet_facts.add_argument(
         "--all",
@@ -157,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compile every node with its own facts as published to the coordination store "
         "of --config, in place of this host's",
     )
-    p.add_argument("--role", help="with --facts-dir or --all: only the nodes of this role")
+    p.add_argument("--role", help="only the nodes of this role")
 
     p = _command(
         sub,
