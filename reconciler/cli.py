@@ -606,6 +606,12 @@ def _validate_nodes(args: argparse.Namespace, values: dict[str, Any], snapshot: 
     )
     if args.role is not None and not checked.nodes:
         raise ReconcilerError(f"no node has role {args.role!r}")
+    if not args.node and args.role is None:
+        from reconciler.model.repo import names_of
+
+        unused = sorted(set(names_of(snapshot, "role")) - {c.role for c in checked.nodes})
+        if unused:  # no facts to compile them with; their files were checked all the same
+            _warn(f"no node has role(s) {', '.join(unused)}: not compiled")
     if problems:
         _err(f"{snapshot.description}: {len(problems)} problem(s):")
         for problem in problems:

@@ -66,6 +66,16 @@ class TestEveryNode:
         ]
         assert done.stderr == ""
 
+    def test_a_role_no_node_has_is_said_not_compiled(self, cli: CLI, tmp_path: Path) -> None:
+        repo = write_tree(tmp_path / "repo", {**FILES, "roles/cache.yaml": "profiles: [base]\n"})
+        facts = facts_dir(tmp_path, FLEET)
+        done = validate(cli, repo, f"--facts-dir={facts}", check=0)
+        assert done.stderr == "reconciler: warning: no node has role(s) cache: not compiled\n"
+        # its file is checked all the same
+        write_tree(repo, {"roles/cache.yaml": "profiles: [nothing]\n"})
+        done = validate(cli, repo, f"--facts-dir={facts}", check=1)
+        assert "roles/cache.yaml:1" in done.stderr and "'nothing'" in done.stderr
+
     def test_nodes_whose_facts_fail_an_assertion_are_named_with_file_and_line(
         self, cli: CLI, tmp_path: Path
     ) -> None:
