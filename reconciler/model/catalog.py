@@ -1782,6 +1782,44 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
     Each file is checked on its own first (settings, nodes.yaml, every role, profile, data file
     and app, used or not), so that a problem in one file hides none in another; then every
     role is compiled with these facts, which finds what only values show."""
+    problems, compiler, roles = _check_files(snapshot)
+    for role in roles:
+        try:
+            compiler.compile_role(node, role, Location(f"roles/{role}.yaml"), facts)
+        except ModelError as exc:
+            problems += exc.problems
+    for name in app_names(snapshot):
+        try:
+            app, _ = read_app(snapshot, name)  # check_apps reports what is wrong with it
+        except ModelError:
+            continue
+        for component in app.components:
+            problems += declaration_problems(component.resources, app.file, compiler.types())
+    problems += compiler.check_apps(node, facts)
+    return tidy(problems)
+
+
+def validate_files(snapshot: Snapshot) -> list[Problem]:
+    """Every problem of a revision's files, each checked on its own, without compiling
+    anything: what ``validate_repo`` finds before it compiles, for when each node is compiled
+    with its own facts instead."""
+    problems, compiler, _ = _check_files(snapshot)
+    try:
+        compiler.apps()
+    except ModelError as exc:  # what check_apps reports without compiling
+        problems += exc.problems
+    for name in app_names(snapshot):
+        try:
+            app, _ = read_app(snapshot, name)
+        except ModelError:
+            continue
+        for component in app.components:
+            problems += declaration_problems(component.resources, app.file, compiler.types())
+    return tidy(problems)
+
+
+def _check_files(snapshot: Snapshot) -> tuple[list[Problem], Compiler, list[str]]:
+    """The problems of each file on its own, the compiler that read them, and the roles."""
     problems: list[Problem] = []
     try:
         settings = repomod.load_settings(snapshot)
@@ -1839,20 +1877,7 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
             path, without_app_sections(content), profiles, compiler.profile_names()
         )
         problems += compiler.app_data_problems(path, content)
-    for role in roles:
-        try:
-            compiler.compile_role(node, role, Location(f"roles/{role}.yaml"), facts)
-        except ModelError as exc:
-            problems += exc.problems
-    for name in app_names(snapshot):
-        try:
-            app, _ = read_app(snapshot, name)  # check_apps reports what is wrong with it
-        except ModelError:
-            continue
-        for component in app.components:
-            problems += declaration_problems(component.resources, app.file, compiler.types())
-    problems += compiler.check_apps(node, facts)
-    return tidy(problems)
+    return problems, compiler, list(roles)
 
 
 def repo_warnings(snapshot: Snapshot) -> list[str]:

@@ -14,8 +14,11 @@ FACTS_SUFFIX = ".yaml"
 def load_facts_dir(directory: Path) -> dict[str, dict[str, Any]]:
     """``<node>.yaml`` files of facts (as ``reconciler facts`` prints them): node -> facts.
 
-    The node's name is its file's; a ``node`` fact inside is replaced by it. A file that cannot
-    be read or is not a mapping is an error naming the file (and the line)."""
+    The node's name is its file's; a ``node`` fact inside is replaced by it. The ``_reconciler``
+    key ``reconciler facts --all --out`` adds (when the facts were taken, which were left out)
+    is not a fact and is dropped. A file that cannot be read or is not a mapping is an error
+    naming the file (and the line)."""
+    from reconciler.apps.facts import META_KEY
     from reconciler.facts import load_facts_file
 
     try:
@@ -29,6 +32,7 @@ def load_facts_dir(directory: Path) -> dict[str, dict[str, Any]]:
             found = load_facts_file(path)
         except ModelError as exc:
             raise ReconcilerError(f"facts of node {node}: {exc.problems[0]}") from None
+        found.pop(META_KEY, None)
         found["node"] = node
         facts[node] = found
     if not facts:

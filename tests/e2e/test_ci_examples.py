@@ -20,10 +20,19 @@ CI = Path(__file__).resolve().parents[2] / "reconciler" / "examples" / "ci"
 WORKTREE = Path(__file__).resolve().parents[2]
 
 
+# Each node's memory: db-1 has less than the others.
+MEMORY = {"web-1": 4096, "web-2": 4096, "web-3": 4096, "db-1": 1024}
+
+
 def control_repo(tmp_path: Path, change: dict[str, str]) -> tuple[Path, str, str]:
-    """A control repo with its nodes' facts in review-facts/, and a change: (repo, base, head)."""
+    """A control repo with its nodes' facts in review-facts/ (as `reconciler facts --all --out`
+    writes them, with their `_reconciler` key), and a change: (repo, base, head)."""
     facts = {
-        f"review-facts/{node}.yaml": f"node: {node}\nos: {{family: Debian}}\n" for node in NODES
+        f"review-facts/{node}.yaml": (
+            "_reconciler: {taken: '2026-12-01T03:00:00Z', withheld: [], dropped: []}\n"
+            f"node: {node}\nos: {{family: Debian}}\nmemory_mb: {MEMORY[node]}\n"
+        )
+        for node in NODES
     }
     repo = write_tree(tmp_path / "repo", {**BASE, **facts})
     base = commit_all(repo, "base")
@@ -54,6 +63,14 @@ def environment(tmp_path: Path, extra: dict[str, str]) -> dict[str, str]:
 
 MOTD_CHANGED = {"profiles/motd.yaml": BASE["profiles/motd.yaml"].replace("hello", "hello there")}
 MOTD_BROKEN = {"profiles/motd.yaml": BASE["profiles/motd.yaml"].replace("params.message", "x.y")}
+# An assertion only db-1's facts fail: a host's facts would not find it.
+DB_ASSERTS = {
+    "roles/db.yaml": """profiles: [motd]
+assert:
+  - that: "facts.memory_mb >= 2048"
+    message: "{{ node }} has {{ facts.memory_mb }} MiB, a database needs 2048"
+""",
+}
 
 
 class TestGitHubActions:
@@ -64,9 +81,15 @@ class TestGitHubActions:
     def run_review(
         self, tmp_path: Path, change: dict[str, str]
     ) -> tuple[Path, int, dict[str, str]]:
+        repo, code, outputs, _ = self.run_review_step(tmp_path, change)
+        return repo, code, outputs
+
+    def run_review_step(
+        self, tmp_path: Path, change: dict[str, str]
+    ) -> tuple[Path, int, dict[str, str], subprocess.CompletedProcess[str]]:
         """Run the job's step that runs reconciler, with the job's and the step's environment
         (its ${{ }} expressions given the pull request's commits), in GitHub's bash; return
-        the repo, the step's exit code and what it wrote to GITHUB_OUTPUT."""
+        the repo, the step's exit code, what it wrote to GITHUB_OUTPUT and what it printed."""
         repo, base, head = control_repo(tmp_path, change)
         job = self.workflow()["jobs"]["review"]
         expressions = {
@@ -94,11 +117,15 @@ class TestGitHubActions:
         outputs = dict(
             line.split("=", 1) for line in output.read_text().splitlines() if "=" in line
         )
-        return repo, done.returncode, outputs
+        return repo, done.returncode, outputs, done
 
     def test_the_review_step_writes_the_markdown_the_next_step_posts(self, tmp_path: Path) -> None:
-        repo, code, outputs = self.run_review(tmp_path, MOTD_CHANGED)
-        assert (code, outputs) == (0, {"status": "2"})
+        repo, code, outputs, done = self.run_review_step(tmp_path, MOTD_CHANGED)
+        assert (code, outputs) == (0, {"status": "2"}), done.stderr
+        # validate compiled every node of review-facts/ with its own facts
+        assert "4 of 4 node(s) compile with their facts (1 of role db, 3 of role web)" in (
+            done.stdout
+        )
         posted = (repo / "reconciler-diff.md").read_text()
         assert posted.startswith("### reconciler diff ")
         assert "**4** of 4 node(s) change" in posted
@@ -126,6 +153,18 @@ class TestGitHubActions:
         assert fail["if"] == "steps.review.outputs.status == '4'"
         assert names.index("Post the diff") < names.index("Fail when a catalog does not compile")
 
+    def test_a_node_whose_own_facts_fail_an_assertion_is_named(self, tmp_path: Path) -> None:
+        repo, code, outputs, done = self.run_review_step(tmp_path, DB_ASSERTS)
+        assert (code, outputs) == (1, {"status": "4"})
+        assert "1 of 4 node(s) fail to compile with their facts" in done.stderr
+        assert (
+            "  node db-1 (role db):\n    roles/db.yaml:3, key 'assert': assertion failed: "
+            "db-1 has 1024 MiB, a database needs 2048"
+        ) in done.stderr
+        assert "web-" not in done.stderr
+        posted = (repo / "reconciler-diff.md").read_text()
+        assert "**1** fail(s) to compile" in posted
+
 
 class TestGitLabCI:
     def job(self) -> dict[str, Any]:
@@ -133,6 +172,12 @@ class TestGitLabCI:
         return dict(loaded["reconciler-review"])
 
     def run_script(self, tmp_path: Path, change: dict[str, str]) -> tuple[Path, int]:
+        repo, code, _ = self.run_script_output(tmp_path, change)
+        return repo, code
+
+    def run_script_output(
+        self, tmp_path: Path, change: dict[str, str]
+    ) -> tuple[Path, int, subprocess.CompletedProcess[str]]:
         """The job's script as the runner runs it (one shell, stopping at the first failing
         line), with the merge request's variables, up to the line that posts the note; then
         the lines after it."""
@@ -155,7 +200,7 @@ class TestGitLabCI:
             timeout=300,
         )
         assert "posting" in done.stdout, (done.stdout, done.stderr)
-        return repo, done.returncode
+        return repo, done.returncode, done
 
     def test_the_script_writes_the_markdown_it_posts(self, tmp_path: Path) -> None:
         repo, code = self.run_script(tmp_path, MOTD_CHANGED)
@@ -176,3 +221,12 @@ class TestGitLabCI:
         repo, code = self.run_script(tmp_path, MOTD_BROKEN)
         assert code == 1
         assert "**4** fail(s) to compile" in (repo / "reconciler-diff.md").read_text()
+
+    def test_a_node_whose_own_facts_fail_an_assertion_fails_the_job_after_posting(
+        self, tmp_path: Path
+    ) -> None:
+        _, code, done = self.run_script_output(tmp_path, DB_ASSERTS)
+        assert code == 1
+        assert "posting 4" in done.stdout
+        assert "node db-1 (role db):" in done.stderr
+        assert "roles/db.yaml:3, key 'assert': assertion failed: db-1 has 1024 MiB" in done.stderr
