@@ -591,6 +591,7 @@ def _validate_nodes(args: argparse.Namespace, values: dict[str, Any], snapshot: 
     with that node's facts."""
     from reconciler.model.catalog import repo_warnings, validate_files
     from reconciler.review.fleet import validate_fleet
+    from reconciler.review.withheld import withheld_line
 
     facts = _review_facts(args)
     problems = validate_files(snapshot)
@@ -620,18 +621,27 @@ def _validate_nodes(args: argparse.Namespace, values: dict[str, Any], snapshot: 
     if failed:
         _err(f"{len(failed)} of {len(checked.nodes)} node(s) fail to compile with their facts:")
         shown = {str(p) for p in problems}
-        groups: dict[tuple[str | None, tuple[Any, ...]], list[str]] = {}
+        groups: dict[tuple[str | None, tuple[Any, ...], tuple[str, ...]], list[str]] = {}
         for check in failed:
-            groups.setdefault((check.role, check.problems), []).append(check.node)
-        for (role, found), names in groups.items():
+            groups.setdefault((check.role, check.problems, check.withheld), []).append(check.node)
+        for (role, found, withheld), names in groups.items():
             label = "node" if len(names) == 1 else f"{len(names)} nodes"
             _say(f"  {label} {', '.join(names)} ({f'role {role}' if role else 'no role'}):",
                  file=sys.stderr)  # fmt: skip
+            if withheld:
+                _say(f"    {withheld_line(withheld)}", file=sys.stderr)
             new = [p for p in found if str(p) not in shown]
             for problem in new:
                 _say(f"    {problem}", file=sys.stderr)
             if len(new) < len(found):
                 _say(f"    and {len(found) - len(new)} problem(s) listed above", file=sys.stderr)
+    placeheld: dict[tuple[str, ...], list[str]] = {}
+    for check in checked.nodes:
+        if check.withheld and not check.failed:
+            placeheld.setdefault(check.withheld, []).append(check.node)
+    for withheld, names in placeheld.items():
+        label = "node" if len(names) == 1 else f"{len(names)} nodes"
+        _say(f"{label} {', '.join(names)}: {withheld_line(withheld)}")
     roles = Counter(c.role or "(none)" for c in checked.nodes if not c.failed)
     compiled = ", ".join(f"{n} of role {r}" for r, n in sorted(roles.items()))
     _say(

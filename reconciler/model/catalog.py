@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -415,8 +415,16 @@ class Compiler:
         return self.compile_role(node, classification.role, classification.where, facts)
 
     def compile_role(
-        self, node: str, role: str, where: Location, facts: Mapping[str, Any]
+        self,
+        node: str,
+        role: str,
+        where: Location,
+        facts: Mapping[str, Any],
+        sensitive: Sequence[str] = (),
     ) -> Catalog:
+        """The node's catalog with ``role``. ``sensitive``: values known to be sensitive
+        besides the catalog's own (a review's placeholders for facts a node withheld): a
+        resource holding one is sensitive, and each is shown only as its digest."""
         named, problems = repomod.read_role(self.snapshot, role, where)
         profiles, found = self.included(named)
         problems += found
@@ -476,6 +484,7 @@ class Compiler:
             [
                 *(leaf for p in resolved for leaf in sensitive_values(p, catalog.params[p.name])),
                 *self.keyring.revealed,  # a token's plaintext inside a longer value too
+                *sensitive,
             ]
         )
         build = Build()

@@ -9,7 +9,8 @@ name when it may read it), in worker processes, one per core; the comparison run
 
 Values encrypted in data are not decrypted: a review runs without any node's keys. They are
 compared as written, as digests, and a change to one is marked as such: a value encrypted again
-differs though its plaintext may not.
+differs though its plaintext may not. Facts a node withheld from what it published are compiled
+as placeholders (``withheld``), and each node says which.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from reconciler.review.view import (
     scrubbed,
     view_of,
 )
+from reconciler.review.withheld import review_facts
 from reconciler.source import DirectorySnapshot, GitSnapshot, Snapshot, open_snapshot
 
 NodeStatus = Literal["unchanged", "changed", "failed"]
@@ -80,6 +82,7 @@ class NodeDiff:
     apps: list[tuple[str, str | None, str | None]] = field(default_factory=list)
     problems_before: tuple[Problem, ...] = ()
     problems_after: tuple[Problem, ...] = ()
+    withheld: tuple[str, ...] = ()  # facts the node left out, compiled as placeholders
 
     @property
     def status(self) -> NodeStatus:
@@ -173,6 +176,7 @@ class _Task:
     where: Location
     facts: Mapping[str, Any]
     problems: tuple[Problem, ...] = ()  # it cannot be classified: why
+    sensitive: tuple[str, ...] = ()  # placeholders for withheld facts
 
 
 # One compiler per revision in each worker (or the problems that stop it), set by _start.
@@ -259,7 +263,9 @@ def _compile(task: _Task) -> CatalogView:
     if isinstance(compiler, list):
         return failed_view(task.role, compiler)
     try:
-        return view_of(compiler.compile_role(task.node, task.role, task.where, task.facts))
+        return view_of(
+            compiler.compile_role(task.node, task.role, task.where, task.facts, task.sensitive)
+        )
     except ModelError as exc:
         return failed_view(task.role, exc.problems)
     except Exception as exc:  # a bug must not hide the other nodes' results
@@ -330,7 +336,7 @@ def diff_fleet(request: Request) -> FleetDiff:
         ]
         try:
             sources = [_source_of(s) for s in opened]
-            tasks, plan = _plan(
+            tasks, plan, withheld = _plan(
                 request.facts, names, request.role, opened, state_dir, request.timeout
             )
         finally:
@@ -357,7 +363,7 @@ def diff_fleet(request: Request) -> FleetDiff:
                 key_before, key_after = plan[node]
                 nodes.append(
                     _node_diff(node, views[key_before], views[key_after], labels, compared,
-                               (key_before, key_after))
+                               (key_before, key_after), withheld[node])
                 )  # fmt: skip
                 for used in plan[node]:
                     uses[used] -= 1
@@ -381,9 +387,10 @@ def _node_diff(
     labels: tuple[str, str],
     compared: dict[tuple[str, str], list[ResourceChange]],
     pair: tuple[str, str],
+    withheld: tuple[str, ...] = (),
 ) -> NodeDiff:
     """One node's changes; nodes with the same pair of catalogs share one comparison."""
-    diff = NodeDiff(node, before.role, after.role)
+    diff = NodeDiff(node, before.role, after.role, withheld=withheld)
     diff.problems_before, diff.problems_after = before.problems, after.problems
     if not before.failed and not after.failed:
         if pair not in compared:
@@ -404,12 +411,14 @@ def _plan(
     opened: Sequence[Snapshot],
     state_dir: Path,
     timeout: float,
-) -> tuple[dict[str, _Task], dict[str, tuple[str, ...]]]:
-    """The distinct compiles (key -> task) and each node's keys, one per revision (of
-    ``opened``). A node that cannot be classified at a revision gets a task that fails with
-    why; one without ``only_role`` at any revision is left out."""
+) -> tuple[dict[str, _Task], dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """The distinct compiles (key -> task), each node's keys, one per revision (of
+    ``opened``), and the facts each node withheld (compiled as placeholders). A node that
+    cannot be classified at a revision gets a task that fails with why; one without
+    ``only_role`` at any revision is left out."""
     tasks: dict[str, _Task] = {}
     plan: dict[str, tuple[str, ...]] = {}
+    given = {node: review_facts(node, all_facts[node]) for node in names}
     snapshots: list[Snapshot] = []
     reads: list[Reads] = []
     modulars: list[Snapshot] = []
@@ -423,7 +432,7 @@ def _plan(
         reads.append(reads_of(snapshots[-1]))
     try:
         for node in names:
-            facts = all_facts[node]
+            facts, sensitive = given[node].facts, given[node].placeholders
             keys: list[str] = []
             roles: list[str | None] = []
             for index, current in enumerate(snapshots):
@@ -440,7 +449,7 @@ def _plan(
                     continue
                 # the nodes.yaml entry too: an error about the role names it
                 key = reads[index].key(f"{index}:{where}", role, node, facts, current)
-                tasks.setdefault(key, _Task(index, node, role, where, facts))
+                tasks.setdefault(key, _Task(index, node, role, where, facts, (), sensitive))
                 keys.append(key)
                 roles.append(role)
             if only_role is not None and only_role not in roles:
@@ -452,7 +461,8 @@ def _plan(
                 for module in modular.modules.values():
                     module.close()
     used = {key for pair in plan.values() for key in pair}
-    return {k: t for k, t in tasks.items() if k in used}, plan
+    withheld = {node: given[node].withheld for node in plan}
+    return {k: t for k, t in tasks.items() if k in used}, plan, withheld
 
 
 def _app_changes(
@@ -530,6 +540,7 @@ class NodeCheck:
     role: str | None  # None: nodes.yaml gives it no role
     resources: int
     problems: tuple[Problem, ...] = ()
+    withheld: tuple[str, ...] = ()  # facts the node left out, compiled as placeholders
 
     @property
     def failed(self) -> bool:
@@ -566,11 +577,15 @@ def validate_fleet(
         raise ReconcilerError(f"no facts for node(s) {', '.join(unknown)}")
     names = sorted(set(nodes or facts))
     source = _source_of(snapshot)
-    tasks, plan = _plan(facts, names, role, [snapshot], state_dir, timeout)
+    tasks, plan, withheld = _plan(facts, names, role, [snapshot], state_dir, timeout)
     found: dict[str, tuple[str | None, int, tuple[Problem, ...]]] = {}
     for key, view in _compiled(
         list(tasks), tasks, [source], state_dir, timeout, workers or os.cpu_count() or 1
     ):
         found[key] = (view.role, len(view.resources), view.problems)
-    checks = [NodeCheck(node, *found[plan[node][0]]) for node in names if node in plan]
+    checks = [
+        NodeCheck(node, *found[plan[node][0]], withheld=withheld[node])
+        for node in names
+        if node in plan
+    ]
     return FleetCheck(checks, len(tasks))

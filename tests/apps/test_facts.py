@@ -174,7 +174,8 @@ def test_facts_all_writes_each_nodes_facts_as_reconciler_facts_prints_them(
     # The same, for a library user (what `reconciler diff --config` compiles with).
     facts = fleet_facts(fleet.coordination_config())
     assert sorted(facts) == ["db-1", "web-1"]
-    assert facts["web-1"] == web and facts["db-1"]["node"] == "db-1"
+    # with what was left out, under the same key: a review puts placeholders there
+    assert facts["web-1"] == {**web, META_KEY: meta} and facts["db-1"]["node"] == "db-1"
 
     done = fleet.cli("facts", "--all", "--config", str(fleet.config("web-1")), "--out", str(out))
     assert done.returncode == 1 and "not a new or empty directory" in done.stderr
@@ -297,6 +298,49 @@ def test_sensitive_facts_never_leave_the_node(fleet: FactsFleet, tmp_path: Path)
     printed = fleet.cli("facts", "--all", "--config", str(fleet.config("db-primary")))
     assert CANARY not in printed.stdout and PIECE not in printed.stdout
     assert "- site.db_password" in printed.stdout  # named under _reconciler.withheld
+
+
+def test_a_review_compiles_with_placeholders_for_the_withheld_facts(
+    fleet: FactsFleet, tmp_path: Path
+) -> None:
+    """db-primary withheld site.db_password and site.token, which its catalog reads: `diff` and
+    `validate` compile it with placeholders (from the store, or from `facts --all --out`),
+    name them, and never show them but as digests."""
+    fleet.set_facts("db-primary", site())
+    ok(fleet.apply("db-primary"))
+    commit_all(fleet.repo, "base")
+    write_tree(
+        fleet.repo, {"profiles/base.yaml": FILES["profiles/base.yaml"] + "    mode: '0600'\n"}
+    )
+    commit_all(fleet.repo, "change")
+    repo, config = str(fleet.repo), str(fleet.config("db-primary"))
+    out = tmp_path / "review-facts"
+    exported = fleet.cli("facts", "--all", "--config", config, "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    note = "compiled with withheld facts: site.db_password, site.token"
+    for given in (["--config", config], ["--facts-dir", str(out)]):
+        done = fleet.cli("diff", "--repo", repo, "--from", "HEAD~1", "--to", "HEAD", *given)
+        assert done.returncode == 2, done.stderr
+        # db.conf reads both placeholders at both revisions: no change; the region file's mode
+        assert done.stdout.splitlines()[2:6] == [
+            "node db-primary: role db",
+            f"  {note}",
+            "  ~ file:/etc/region   (profiles/base.yaml:4)",
+            "      mode: 0600",
+        ], done.stdout
+        shown = fleet.cli(
+            "diff", "--repo", repo, "--from", "HEAD~1", "--to", "HEAD", *given, "--format", "json"
+        ).stdout
+        assert json.loads(shown)["nodes"][0]["withheld_facts"] == [
+            "site.db_password",
+            "site.token",
+        ]
+        validate = ["validate", "--repo", repo, "--state-dir", str(tmp_path / "review-state")]
+        checked = fleet.cli(*validate, *(["--all", *given] if "--config" in given else given))
+        assert checked.returncode == 0, checked.stderr
+        assert f"node db-primary: {note}" in checked.stdout.splitlines()
+        for text in (done.stdout, shown, checked.stdout, checked.stderr):
+            assert CANARY not in text and PIECE not in text and "<withheld" not in text
 
 
 def test_facts_are_bounded_the_largest_dropped_first(fleet: FactsFleet) -> None:

@@ -160,3 +160,37 @@ class TestCouldNotRun:
         ):
             done = validate(cli, repo, *args, check=1)
             assert f"reconciler: {says}" in done.stderr, (args, done.stderr)
+
+
+def test_withheld_facts_are_placeholders_named_under_the_node_they_fail(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """A fact the node withheld (named under `_reconciler`) is compiled as a placeholder: a
+    catalog that only passes it on compiles; one that computes with it fails, and the node's
+    entry says which facts were placeholders."""
+    repo = write_tree(
+        tmp_path / "repo",
+        {
+            **FILES,
+            "roles/db.yaml": """
+                profiles: [base]
+                assert:
+                  - that: "facts.site.port > 1024"
+                    message: "an unprivileged port"
+            """,
+        },
+    )
+    facts = facts_dir(tmp_path, FLEET)
+    for node in ("web-1", "db-1"):
+        text = (facts / f"{node}.yaml").read_text()
+        (facts / f"{node}.yaml").write_text(
+            text.replace("withheld: []", "withheld: [site.port]") + "site: {}\n"
+        )
+    done = validate(cli, repo, f"--facts-dir={facts}", check=1)
+    assert done.stderr.splitlines()[:3] == [
+        "reconciler: 1 of 3 node(s) fail to compile with their facts:",
+        "  node db-1 (role db):",
+        "    compiled with withheld facts: site.port",
+    ]
+    assert "roles/db.yaml:3, key 'that': expression error: '>' not supported" in done.stderr
+    assert done.stdout.splitlines()[0] == "node web-1: compiled with withheld facts: site.port"

@@ -12,6 +12,7 @@ from reconciler.errors import ReconcilerError
 from reconciler.model.modules import with_modules
 from reconciler.review import load_facts_dir
 from reconciler.review.fleet import FleetCheck, validate_fleet
+from reconciler.review.withheld import review_facts
 from reconciler.source import open_snapshot
 from tests.conftest import commit_all, write_tree
 
@@ -141,7 +142,8 @@ class TestEveryNode:
 
 
 def test_the_reconciler_key_of_an_export_is_not_a_fact(tmp_path: Path) -> None:
-    """`reconciler facts --all --out` writes a `_reconciler` key beside the facts: dropped."""
+    """`reconciler facts --all --out` writes a `_reconciler` key beside the facts: kept (it
+    names the facts left out), never compiled with as a fact."""
     directory = write_tree(
         tmp_path / "facts",
         {
@@ -152,7 +154,12 @@ def test_the_reconciler_key_of_an_export_is_not_a_fact(tmp_path: Path) -> None:
             """,
         },
     )
-    assert load_facts_dir(directory) == {"web-1": {"node": "web-1", "os": {"family": "Debian"}}}
+    loaded = load_facts_dir(directory)
+    assert loaded["web-1"]["_reconciler"]["taken"] == "2026-12-01T03:00:00Z"
+    assert review_facts("web-1", loaded["web-1"]).facts == {
+        "node": "web-1",
+        "os": {"family": "Debian"},
+    }
 
 
 def test_a_bad_facts_file_is_named_with_its_line(tmp_path: Path) -> None:
