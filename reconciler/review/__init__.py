@@ -3,10 +3,13 @@ revisions with that node's facts, and what differs (``reconciler diff``)."""
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import ModelError, ReconcilerError
+from reconciler.errors import Location, ModelError, ReconcilerError
 
 FACTS_SUFFIX = ".yaml"
 
@@ -15,9 +18,15 @@ def load_facts_dir(directory: Path) -> dict[str, dict[str, Any]]:
     """``<node>.yaml`` files of facts (as ``reconciler facts`` prints them): node -> facts.
 
     The node's name is its file's; a ``node`` fact inside is replaced by it. A file that cannot
-    be read or is not a mapping is an error naming the file (and the line)."""
-    from reconciler.facts import load_facts_file
+    be read or is not a mapping is an error naming the file (and the line).
 
+    The directory is often part of the change under review: a link in it (to a credentials
+    file of the CI runner, say) is refused, never followed, and each file is read up to
+    ``MAX_FACT_BYTES``, as a node reads its own fact files."""
+    from reconciler.facts import parse_facts
+
+    if directory.is_symlink():
+        raise ReconcilerError(f"--facts-dir {directory}: a symbolic link; give the directory")
     try:
         paths = sorted(p for p in directory.iterdir() if p.name.endswith(FACTS_SUFFIX))
     except OSError as exc:
@@ -25,8 +34,10 @@ def load_facts_dir(directory: Path) -> dict[str, dict[str, Any]]:
     facts: dict[str, dict[str, Any]] = {}
     for path in paths:
         node = path.name.removesuffix(FACTS_SUFFIX)
+        if not node or node.startswith("."):
+            raise ReconcilerError(f"{path}: {node!r} is not a node's name")
         try:
-            found = load_facts_file(path)
+            found = parse_facts(_read_facts(path), str(path))
         except ModelError as exc:
             raise ReconcilerError(f"facts of node {node}: {exc.problems[0]}") from None
         found["node"] = node
@@ -34,3 +45,26 @@ def load_facts_dir(directory: Path) -> dict[str, dict[str, Any]]:
     if not facts:
         raise ReconcilerError(f"--facts-dir {directory}: no <node>{FACTS_SUFFIX} files")
     return facts
+
+
+def _read_facts(path: Path) -> bytes:
+    """A regular file's bytes, never through a link, at most ``MAX_FACT_BYTES``."""
+    from reconciler.facts import MAX_FACT_BYTES
+
+    def refused(why: str) -> ModelError:
+        return ModelError.one(why, Location(str(path)))
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise refused("a symbolic link: facts are read from regular files only") from None
+        raise refused(f"cannot read facts: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise refused("not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_FACT_BYTES + 1)
+    if len(data) > MAX_FACT_BYTES:
+        raise refused(f"larger than {MAX_FACT_BYTES} bytes")
+    return data

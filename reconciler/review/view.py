@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from reconciler.engine.report import printable
 from reconciler.errors import Problem
 from reconciler.model.catalog import RELATIONS, Catalog
 from reconciler.model.secrets import encrypted
@@ -150,8 +151,9 @@ def unified(before: str, after: str, name: str, labels: tuple[str, str]) -> str:
         difflib.unified_diff(
             before.splitlines(keepends=True),
             after.splitlines(keepends=True),
-            f"{name} ({labels[0]})",
-            f"{name} ({labels[1]})",
+            # a title is one line of the diff's header, whatever it holds
+            printable(f"{name} ({labels[0]})"),
+            printable(f"{name} ({labels[1]})"),
         )
     )
     lines = [

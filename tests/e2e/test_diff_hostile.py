@@ -1,0 +1,162 @@
+"""``reconciler diff`` on a hostile change: the branch under review and its facts directory are
+written by whoever opened the pull request. The real CLI in a subprocess, a real git repository."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI, commit_all, write_tree
+from tests.e2e.test_diff import BASE, diff
+
+# A resource title and a file's content that try to close the markdown around them and start
+# a section of their own, and a fact that tries the same through a template.
+HOSTILE = {
+    "profiles/motd.yaml": """
+        params:
+          message: hello
+        resources:
+          - file: "/etc/motd`</code></summary>\\n\\n# INJECTED TITLE\\n"
+            content: "x\\n```\\n````\\n</details>\\n\\n# INJECTED CONTENT\\n"
+          - file: /etc/fact
+            content: "{{ facts.evil }}"
+    """,
+}
+# A node name (its facts file's name) with line breaks, markdown and HTML in it.
+EVIL_NODE = "web-2\n\n# INJECTED NAME\n<img src=x onerror=alert(1)>\r\r<!--"
+
+
+def hostile_change(tmp_path: Path) -> tuple[Path, Path]:
+    repo = write_tree(tmp_path / "repo", BASE)
+    commit_all(repo, "base")
+    write_tree(repo, HOSTILE)
+    commit_all(repo, "change")
+    facts = tmp_path / "facts"
+    facts.mkdir()
+    fact = 'os: {family: Debian}\nevil: "a\\n\\n# INJECTED FACT\\n</details>\\n"\n'
+    (facts / "web-1.yaml").write_text(fact)
+    # these two fail to compile (no `evil` fact): listed first, names and all
+    (facts / f"{EVIL_NODE}.yaml").write_text("os: {family: Debian}\n")
+    (facts / "db-1.yaml").write_text("os: {family: Debian}\n")
+    return repo, facts
+
+
+def outside_code_blocks(markdown: str) -> list[str]:
+    """The lines of ``markdown`` that are not inside a fenced code block (CommonMark: a fence
+    closes on a line of at least as many backticks; \\r is a line ending too)."""
+    lines, fence = [], ""
+    for line in re.split(r"\r\n|\r|\n", markdown):
+        if fence:
+            if re.fullmatch(r" {0,3}`+\s*", line) and len(line.strip()) >= len(fence):
+                fence = ""
+            continue
+        opened = re.match(r" {0,3}(`{3,})", line)
+        if opened:
+            fence = opened.group(1)
+            continue
+        lines.append(line)
+    return lines
+
+
+def test_the_markdown_keeps_names_titles_and_content_in_their_sections(
+    cli: CLI, tmp_path: Path
+) -> None:
+    repo, facts = hostile_change(tmp_path)
+    done = diff(cli, repo, facts, "--format=markdown", check=4)
+    outside = [line for line in outside_code_blocks(done.stdout) if line.strip()]
+    # the comment's own structure, and nothing else, outside the code blocks
+    allowed = re.compile(
+        r"### reconciler diff |\*\*\d+\*\* of |\*\*Fails to compile at |- `[^`]+`: `[^`]+`\Z"
+        r"|<details><summary><code>[^<>]*</code> \(role \w+\): [^<>]*</summary>\Z|</details>\Z"
+    )
+    assert all(allowed.match(line) for line in outside), outside
+    assert sum(line == "</details>" for line in outside) == 3  # one per node group
+    assert not any(line.lstrip().startswith(("#", "<img", "<!--")) for line in outside[1:])
+    # the name is shown, escaped, in its own summary and in the list of failures
+    shown = "web-2\\n\\n# INJECTED NAME\\n&lt;img src=x onerror=alert(1)&gt;\\r\\r&lt;!--"
+    assert f"<details><summary><code>{shown}</code> (role web)" in done.stdout
+    assert "- `web-2\\n\\n# INJECTED NAME\\n<img src=x onerror=alert(1)>\\r\\r<!--`" in (
+        done.stdout
+    )
+
+
+def test_the_text_output_shows_one_line_per_name_and_title(cli: CLI, tmp_path: Path) -> None:
+    repo, facts = hostile_change(tmp_path)
+    out = diff(cli, repo, facts, check=4).stdout
+    assert not any(
+        line.startswith(("# INJECTED", "<img", "<!--", "</details>")) for line in out.split("\n")
+    )
+    assert "\r" not in out
+    assert "+ file:/etc/motd`</code></summary>\\n\\n# INJECTED TITLE\\n   (profiles" in out
+    assert "--- file:/etc/motd`</code></summary>\\n\\n# INJECTED TITLE\\n content (HEAD~1)" in out
+    assert "node web-2\\n\\n# INJECTED NAME\\n<img src=x onerror=alert(1)>\\r\\r<!--: role" in out
+    # a content diff keeps its lines, each behind its mark
+    assert "+# INJECTED CONTENT\n" in out and "+# INJECTED FACT\n" in out
+
+
+SECRET = "ghp_the_runners_token_0123456789"
+
+
+@pytest.mark.parametrize(
+    "plant",
+    ["link to a mapping outside", "link to /etc/shadow", "directory is a link", "huge", "fifo",
+     "a directory", "alias bomb", "not a mapping", "dot name"],
+)  # fmt: skip
+def test_a_hostile_facts_directory_is_refused_naming_the_file(
+    cli: CLI, tmp_path: Path, plant: str
+) -> None:
+    """The facts directory is part of the change: a link in it is never followed (it would put a
+    file of the CI runner, a token say, in the comment), a file is read up to 1 MiB, and a
+    bomb is refused in bounded time."""
+    repo = write_tree(tmp_path / "repo", BASE)
+    commit_all(repo, "base")
+    write_tree(repo, {"profiles/motd.yaml": 'resources:\n  - file: /etc/t\n    content: "{{ facts.token }}"\n'})  # fmt: skip
+    commit_all(repo, "change")
+    outside = tmp_path / "runner" / "hosts.yaml"
+    outside.parent.mkdir()
+    outside.write_text(f"token: {SECRET}\n")
+    facts = tmp_path / "review-facts"
+    facts.mkdir()
+    (facts / "db-1.yaml").write_text("os: {family: Debian}\n")
+    target = facts / "web-1.yaml"
+    given = facts
+    if plant == "link to a mapping outside":
+        target.symlink_to(outside)
+    elif plant == "link to /etc/shadow":
+        target.symlink_to("/etc/shadow")
+    elif plant == "directory is a link":
+        given = tmp_path / "linked-facts"
+        given.symlink_to(outside.parent)
+    elif plant == "huge":
+        target.write_text(f"token: {SECRET}\npad: '{'x' * (2 * 1024 * 1024)}'\n")
+    elif plant == "fifo":
+        os.mkfifo(target)
+    elif plant == "a directory":
+        target.mkdir()
+    elif plant == "alias bomb":
+        rows = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+        for this, last in zip("bcdefghi", "abcdefgh", strict=True):
+            rows.append(f"{this}: &{this} [{', '.join([f'*{last}'] * 9)}]")
+        target.write_text("\n".join(rows) + "\n")
+    elif plant == "not a mapping":
+        target.write_text(f"- {SECRET}\n")
+    elif plant == "dot name":
+        (facts / "..yaml").write_text("os: {family: Debian}\n")
+    done = diff(cli, repo, given, check=1)
+    assert SECRET not in done.stdout + done.stderr
+    assert done.stdout == ""
+    why = {
+        "link to a mapping outside": "web-1.yaml: a symbolic link: facts are read from regular",
+        "link to /etc/shadow": "web-1.yaml: a symbolic link",
+        "directory is a link": "linked-facts: a symbolic link; give the directory",
+        "huge": "web-1.yaml: larger than 1048576 bytes",
+        "fifo": "web-1.yaml: not a regular file",
+        "a directory": "web-1.yaml: not a regular file",
+        "alias bomb": "web-1.yaml: aliases expand to more than",
+        "not a mapping": "web-1.yaml:1: facts must be a mapping",
+        "dot name": "..yaml: '.' is not a node's name",
+    }[plant]
+    assert why in done.stderr, done.stderr
