@@ -160,3 +160,28 @@ def test_a_hostile_facts_directory_is_refused_naming_the_file(
         "dot name": "..yaml: '.' is not a node's name",
     }[plant]
     assert why in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["ext::sh -c touch% {marker}", "fd::3", "-u touch {marker}", "gopher://{marker}"]
+)
+def test_a_module_url_that_could_run_a_program_fails_the_change_at_its_line(
+    cli: CLI, tmp_path: Path, url: str
+) -> None:
+    """A change pinning a module at a URL git would hand to a helper or read as an option: the
+    review runs nothing and reports the change as failing at modules.yaml's line (exit 4, in
+    the comment), not as a review that could not run."""
+    marker = tmp_path / "ran"
+    repo = write_tree(tmp_path / "repo", BASE)
+    commit_all(repo, "base")
+    url = url.format(marker=marker)
+    write_tree(
+        repo, {"modules.yaml": f"modules:\n  m:\n    url: {url!r}\n    commit: {'a' * 40}\n"}
+    )
+    commit_all(repo, "change")
+    facts = tmp_path / "facts"
+    facts.mkdir()
+    (facts / "web-1.yaml").write_text("os: {family: Debian}\n")
+    done = diff(cli, repo, facts, "--format=markdown", check=4)
+    assert "- `web-1`: `modules.yaml:3, key 'modules.m.url': url " in done.stdout
+    assert not marker.exists()
