@@ -16,7 +16,9 @@ import contextlib
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +46,9 @@ from reconciler.review.view import (
 from reconciler.source import GitSnapshot, Snapshot, open_snapshot
 
 NodeStatus = Literal["unchanged", "changed", "failed"]
+# Seconds one catalog's compile may take: the change under review may hold a template that
+# loops for hours within the bounds on its output.
+COMPILE_TIMEOUT = 60.0
 Direction = Literal["upgrade", "downgrade", "change", "new", "removed"]
 
 
@@ -59,6 +64,7 @@ class Request:
     role: str | None = None  # only nodes with this role at either revision
     state_dir: Path | None = None  # the mirrors of a remote repo and of modules
     timeout: float = 60.0
+    compile_timeout: float = COMPILE_TIMEOUT  # seconds one catalog's compile may take
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
@@ -162,6 +168,32 @@ class _Task:
 # One compiler per revision in each worker (or the problems that stop it), set by _start.
 _COMPILERS: list[Compiler | list[Problem]] = []
 _OPENED: list[Snapshot] = []
+_STARTED: list[tuple[Sequence[_Source], Path, float, float]] = []  # _start's arguments
+
+
+class _Overtime(BaseException):
+    """Raised in a compile by its timer: a BaseException, so that no handler on the way takes
+    it for the compile's own error."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """_Overtime in this process's main thread once ``seconds`` have passed (no limit in
+    another thread: a timer signal reaches the main thread only)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise _Overtime
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _Remembered:
@@ -206,9 +238,12 @@ def _open(source: _Source, state_dir: Path, timeout: float) -> Snapshot:
         raise
 
 
-def _start(sources: Sequence[_Source], state_dir: Path, timeout: float) -> None:
+def _start(
+    sources: Sequence[_Source], state_dir: Path, timeout: float, compile_timeout: float
+) -> None:
     """A worker's compilers: its own snapshots (git's readers are not shared across a fork)."""
     _stop()
+    _STARTED.append((sources, state_dir, timeout, compile_timeout))
     for source in sources:
         try:
             snapshot = _open(source, state_dir, timeout)
@@ -228,6 +263,7 @@ def _stop() -> None:
             snapshot.close()
     _OPENED.clear()
     _COMPILERS.clear()
+    _STARTED.clear()
 
 
 def _compile(task: _Task) -> CatalogView:
@@ -236,8 +272,15 @@ def _compile(task: _Task) -> CatalogView:
     compiler = _COMPILERS[task.revision]
     if isinstance(compiler, list):
         return failed_view(task.role, compiler)
+    limit = _STARTED[0][3]
     try:
-        return view_of(compiler.compile_role(task.node, task.role, task.where, task.facts))
+        with _deadline(limit):
+            return view_of(compiler.compile_role(task.node, task.role, task.where, task.facts))
+    except _Overtime:
+        # stopped anywhere, a git reader among them: the next compile gets fresh ones
+        _start(*_STARTED[0])
+        why = f"the compile took longer than {limit:g}s (--compile-timeout): stopped"
+        return failed_view(task.role, [Problem(why, Location(f"roles/{task.role}.yaml"))])
     except ModelError as exc:
         return failed_view(task.role, exc.problems)
     except Exception as exc:  # a bug must not hide the other nodes' results
@@ -251,11 +294,12 @@ def _compiled(
     state_dir: Path,
     timeout: float,
     workers: int,
+    compile_timeout: float,
 ) -> Iterator[tuple[str, CatalogView]]:
     """Each key's view, in ``schedule``'s order, as the workers finish them."""
     workers = min(workers, len(schedule))
     if workers <= 1:
-        _start(sources, state_dir, timeout)
+        _start(sources, state_dir, timeout, compile_timeout)
         try:
             for key in schedule:
                 yield key, _compile(tasks[key])
@@ -267,7 +311,7 @@ def _compiled(
         workers,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_start,
-        initargs=(tuple(sources), state_dir, timeout),
+        initargs=(tuple(sources), state_dir, timeout, compile_timeout),
     ) as pool:
         views = pool.map(_compile, [tasks[k] for k in schedule], chunksize=chunk)
         yield from zip(schedule, views, strict=True)
@@ -326,8 +370,9 @@ def diff_fleet(request: Request) -> FleetDiff:
         nodes: list[NodeDiff] = []
         done = 0
         for key, view in _compiled(
-            schedule, tasks, sources, state_dir, request.timeout, request.workers
-        ):
+            schedule, tasks, sources, state_dir, request.timeout, request.workers,
+            request.compile_timeout,
+        ):  # fmt: skip
             views[key], deployed[key] = view, view.deployments
             while done < len(pending) and all(k in views for k in plan[pending[done]]):
                 node = pending[done]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.review import load_facts_dir
+from reconciler.review.fleet import Request, diff_fleet
 from tests.conftest import CLI, commit_all, write_tree
 from tests.e2e.test_diff import BASE, diff
 
@@ -185,3 +187,59 @@ def test_a_module_url_that_could_run_a_program_fails_the_change_at_its_line(
     done = diff(cli, repo, facts, "--format=markdown", check=4)
     assert "- `web-1`: `modules.yaml:3, key 'modules.m.url': url " in done.stdout
     assert not marker.exists()
+
+
+def looping_change(tmp_path: Path) -> tuple[Path, Path]:
+    """10^10 turns of an empty loop in the web role's template, within every bound on output;
+    a plain change for db."""
+    repo = write_tree(tmp_path / "repo", BASE)
+    commit_all(repo, "base")
+    loop = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x\n"
+    write_tree(
+        repo,
+        {
+            "templates/site.j2": loop,
+            "profiles/site.yaml": "resources:\n  - file: /etc/site\n    template: site.j2\n",
+            "profiles/motd.yaml": 'resources:\n  - file: /etc/motd\n    content: "bye\\n"\n',
+        },
+    )
+    commit_all(repo, "change")
+    facts = tmp_path / "facts"
+    facts.mkdir()
+    for node in ("web-1", "web-2", "db-1"):
+        (facts / f"{node}.yaml").write_text("os: {family: Debian}\n")
+    # another OS: its own compile, after web's (nodes are compiled in the order of their names)
+    (facts / "zz-1.yaml").write_text("os: {family: RedHat}\n")
+    return repo, facts
+
+
+def test_a_template_that_loops_for_hours_fails_its_nodes_at_compile_timeout(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """The nodes of that role fail to compile after `--compile-timeout` (exit 4, the other
+    nodes compared as usual), instead of holding the review until the CI job is killed."""
+    repo, facts = looping_change(tmp_path)
+    done = diff(cli, repo, facts, "--compile-timeout=2", check=4)
+    assert "web-1, web-2 (2 nodes): roles/web.yaml: the compile took longer than 2s" in done.stdout
+    assert "node db-1, zz-1 (2 nodes): role db\n  ~ file:/etc/motd" in done.stdout  # as usual
+
+
+def test_the_compile_timeout_holds_in_one_process_too(tmp_path: Path) -> None:
+    """One worker: the compiles run in the calling process, whose later compiles still work."""
+    repo, facts = looping_change(tmp_path)
+    request = Request(
+        str(repo), "HEAD~1", "HEAD", load_facts_dir(facts), workers=1, compile_timeout=2
+    )
+    result = {n.node: n for n in diff_fleet(request).nodes}
+    assert result["web-1"].status == "failed"
+    assert "took longer than 2s" in result["web-1"].problems_after[0].message
+    for node in ("db-1", "zz-1"):
+        assert result[node].status == "changed"
+        assert [c.id for c in result[node].resources] == ["file:/etc/motd"]
+
+
+def test_the_cli_offers_the_reviews_own_default() -> None:
+    from reconciler.cli import COMPILE_TIMEOUT as SHOWN
+    from reconciler.review.fleet import COMPILE_TIMEOUT
+
+    assert SHOWN == COMPILE_TIMEOUT
