@@ -42,6 +42,11 @@ SCHEMA = "reconciler.diff/v1"
 # A pull-request comment holds at most 65536 characters (GitHub); past this, node details are
 # left out and counted.
 MARKDOWN_LIMIT = 60_000
+# Characters of one line of the markdown's head (a failure, a step of a rollout) and the share
+# of the limit the rollouts may take: a version or a name of any length leaves room for the
+# nodes' details.
+MARKDOWN_LINE = 300
+ROLLOUTS_SHARE = 3  # at most a third
 
 _ENCRYPTED_NOTE = (
     "values encrypted in data are compared as written (no decryption keys): a value encrypted "
@@ -305,6 +310,22 @@ def _block(text: str, language: str = "") -> str:
     return f"{fence}{language}\n{text}\n{fence}"
 
 
+def _cut(text: str, most: int = MARKDOWN_LINE) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
+def _bounded(lines: list[str], budget: int) -> list[str]:
+    """The first of ``lines`` that fit in ``budget`` characters, and how many are left out."""
+    kept: list[str] = []
+    used = 0
+    for index, line in enumerate(lines):
+        used += len(line) + 1
+        if used > budget:
+            return [*kept, f"... {len(lines) - index} more line(s): run `reconciler diff`"]
+        kept.append(line)
+    return kept
+
+
 def _details(nodes: list[NodeDiff], body: list[str]) -> str:
     first = nodes[0]
     kinds = [c.kind for c in first.resources]
@@ -341,14 +362,14 @@ def to_markdown(diff: FleetDiff, limit: int = MARKDOWN_LIMIT) -> str:
     if failed:
         head.append(f"**Fails to compile at {_code(diff.after.ref)}:**")
         for node in failed[:20]:
-            first = node.problems_after[0] if node.problems_after else ""
-            head.append(f"- {_code(node.node)}: {_code(str(first))}")
+            first = str(node.problems_after[0]) if node.problems_after else ""
+            head.append(f"- {_code(_cut(node.node))}: {_code(_cut(first))}")
         if len(failed) > 20:
             head.append(f"- and {len(failed) - 20} more")
         head.append("")
-    rollout = _rollout_lines(diff)
+    rollout = _bounded([_cut(line) for line in _rollout_lines(diff)[1:]], limit // ROLLOUTS_SHARE)
     if rollout:
-        head += ["**App rollouts**", "", _block("\n".join(rollout[1:])), ""]
+        head += ["**App rollouts**", "", _block("\n".join(rollout)), ""]
     if diff.encrypted:
         head += [f"_Note: {_ENCRYPTED_NOTE}._", ""]
     text = "\n".join(head) + "\n"

@@ -243,3 +243,27 @@ def test_the_cli_offers_the_reviews_own_default() -> None:
     from reconciler.review.fleet import COMPILE_TIMEOUT
 
     assert SHOWN == COMPILE_TIMEOUT
+
+
+def test_a_huge_version_keeps_the_comment_under_its_limit(cli: CLI, tmp_path: Path) -> None:
+    """An app version of 20000 digits on 201 nodes: the markdown stays under 60000 characters
+    (GitHub refuses a comment over 65536: the review would not be posted at all; it was 621019
+    characters); the rollout lines are cut and counted, and the ordering does not fail on a
+    number of 20000 digits (it did: exit 1)."""
+    repo = write_tree(tmp_path / "repo", BASE)
+    commit_all(repo, "base")
+    app = (repo / "apps/shop.yaml").read_text()
+    (repo / "apps/shop.yaml").write_text(app.replace('"1.0"', '"' + "9" * 20000 + '"'))
+    commit_all(repo, "change")
+    nodes = (*(f"web-{i}" for i in range(200)), "db-1")
+    facts = tmp_path / "facts"
+    facts.mkdir()
+    for node in nodes:
+        (facts / f"{node}.yaml").write_text("os: {family: Debian}\n")
+    done = diff(cli, repo, facts, "--format=markdown", check=2)
+    assert len(done.stdout) < 60_000
+    assert "    1. db-1 1.0 -> 9999" in done.stdout
+    assert "more line(s): run `reconciler diff`" in done.stdout
+    assert "more node(s) not shown" in done.stdout
+    text = diff(cli, repo, facts, check=2).stdout  # the text output has every node
+    assert all(f"{node} 1.0 -> {'9' * 20000}" in text for node in nodes)
