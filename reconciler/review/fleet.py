@@ -31,6 +31,7 @@ from reconciler.errors import Location, ModelError, Problem, ReconcilerError
 from reconciler.model import repo as repomod
 from reconciler.model.catalog import Compiler
 from reconciler.model.modules import ModularSnapshot, with_modules
+from reconciler.model.yamlload import LocMap
 from reconciler.resources.base import Secrets
 from reconciler.review.inputs import Reads, reads_of
 from reconciler.review.view import (
@@ -438,6 +439,14 @@ def _plan(
         modulars.append(modular)
         snapshots.append(_Remembered(modular))
         reads.append(reads_of(snapshots[-1]))
+    # nodes.yaml, parsed once per revision (not once per node: a file of thousands of entries,
+    # read for thousands of nodes, took hours)
+    listed: list[LocMap | tuple[Problem, ...]] = []
+    for current in snapshots:
+        try:
+            listed.append(repomod.load_nodes(current))
+        except ModelError as exc:
+            listed.append(tuple(exc.problems))
     try:
         for node in names:
             facts = request.facts[node]
@@ -445,7 +454,10 @@ def _plan(
             roles: list[str | None] = []
             for index, current in enumerate(snapshots):
                 try:
-                    found = repomod.classify(current, node, facts)
+                    entries = listed[index]
+                    if isinstance(entries, tuple):
+                        raise ModelError(list(entries))
+                    found = repomod.classify(current, node, facts, entries)
                     role, where = found.role, found.where
                 except ModelError as exc:
                     key = f"unclassified:{index}:{node}"

@@ -12,7 +12,7 @@ import pytest
 from reconciler.review import load_facts_dir
 from reconciler.review.fleet import Request, diff_fleet
 from tests.conftest import CLI, commit_all, write_tree
-from tests.e2e.test_diff import BASE, diff
+from tests.e2e.test_diff import BASE, diff, facts_dir
 
 # A resource title and a file's content that try to close the markdown around them and start
 # a section of their own, and a fact that tries the same through a template.
@@ -267,3 +267,19 @@ def test_a_huge_version_keeps_the_comment_under_its_limit(cli: CLI, tmp_path: Pa
     assert "more node(s) not shown" in done.stdout
     text = diff(cli, repo, facts, check=2).stdout  # the text output has every node
     assert all(f"{node} 1.0 -> {'9' * 20000}" in text for node in nodes)
+
+
+def test_a_nodes_yaml_of_20000_entries_for_300_nodes(cli: CLI, tmp_path: Path) -> None:
+    """nodes.yaml is read once per revision, not once per node: 20000 entries and 300 nodes
+    take seconds (they took more than 300 s, past the CLI's bound of two minutes here)."""
+    repo = write_tree(tmp_path / "repo", BASE)
+    commit_all(repo, "base")
+    entries = "".join(f"  - match: 'other-{i}-*'\n    role: web\n" for i in range(20000))
+    (repo / "nodes.yaml").write_text(
+        f"nodes:\n{entries}  - match: 'web-*'\n    role: web\ndefault: web\n"
+    )
+    commit_all(repo, "change")
+    nodes = (*(f"web-{i}" for i in range(299)), "db-1")
+    done = diff(cli, repo, facts_dir(tmp_path, nodes), check=2)
+    assert "node db-1: role web\n  role: db -> web" in done.stdout
+    assert "1 of 300 node(s) change" in done.stdout
