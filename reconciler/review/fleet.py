@@ -438,7 +438,8 @@ def _plan(
             modular = snapshot  # the workers report it for every node
         modulars.append(modular)
         snapshots.append(_Remembered(modular))
-        reads.append(reads_of(snapshots[-1]))
+        # read past the cache: every file of the repo is scanned once, and none is kept
+        reads.append(reads_of(modular))
     # nodes.yaml, parsed once per revision (not once per node: a file of thousands of entries,
     # read for thousands of nodes, took hours)
     listed: list[LocMap | tuple[Problem, ...]] = []

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import re
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from reconciler.review import load_facts_dir
 from reconciler.review.fleet import Request, diff_fleet
-from tests.conftest import CLI, commit_all, write_tree
+from tests.conftest import CLI, commit_all, git, write_tree
 from tests.e2e.test_diff import BASE, diff, facts_dir
 
 # A resource title and a file's content that try to close the markdown around them and start
@@ -283,3 +286,33 @@ def test_a_nodes_yaml_of_20000_entries_for_300_nodes(cli: CLI, tmp_path: Path) -
     done = diff(cli, repo, facts_dir(tmp_path, nodes), check=2)
     assert "node db-1: role web\n  role: db -> web" in done.stdout
     assert "1 of 300 node(s) change" in done.stdout
+
+
+def test_a_small_change_holding_gigabytes_of_data_is_scanned_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    """One blob of 16 MB (the most a file may hold) under 80 names in data/: 1.3 GB to read,
+    in a repository of a few kilobytes. The review scans each file once and keeps none, under
+    a 1 GiB address-space limit (it kept them all: MemoryError, exit 1)."""
+    repo = write_tree(tmp_path / "repo", BASE)
+    commit_all(repo, "base")
+    blob = subprocess.run(
+        ["git", "-C", str(repo), "hash-object", "-w", "--stdin"],
+        input=b"# " + b"x" * (16 * 1024 * 1024 - 100) + b"\n",
+        capture_output=True, check=True,
+    ).stdout.decode().strip()  # fmt: skip
+    for index in range(80):
+        git(repo, "update-index", "--add", "--cacheinfo", f"100644,{blob},data/d{index}.yaml")
+    git(repo, "commit", "-q", "-m", "data")
+    limit = 1024**3
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", "diff", f"--repo={repo}", "--from=HEAD~1",
+         "--to=HEAD", f"--facts-dir={facts_dir(tmp_path)}"],
+        capture_output=True, text=True, timeout=300, preexec_fn=limited,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "0 of 4 node(s) change" in done.stdout
