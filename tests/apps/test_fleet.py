@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.apps import fleet
-from reconciler.apps.store import MAX_RECORD, CoordinationConfig, LocalStore
+from reconciler.apps.store import MAX_RECORD, ComponentState, CoordinationConfig, LocalStore
 from reconciler.cli import FLEET_STATES
 from reconciler.config import load_config
 from reconciler.reconcile import OutcomeKind, RunOptions, reconcile
@@ -341,6 +341,23 @@ class TestAppsStatus:
         unknown = f.cli("apps", "status", "nope", "--config", config)
         assert unknown.returncode == 1
         assert "no node has published a state of app 'nope'" in unknown.stderr
+
+    def test_a_published_state_cannot_forge_a_line(self, tmp_path: Path) -> None:
+        """Another node's state (version, message) is shown on its own line, escapes visible."""
+        f = Fleet(tmp_path)
+        control_repo(f.repo, "1.0")
+        f.apply("db-1")
+        forged = "  api-1                healthy    1.0"
+        LocalStore(f.coordination).publish(
+            "shop",
+            "db",
+            ComponentState("db-9", "1.0\x1b[2J", "waiting", "0" * 40, time.time(), f"x\n{forged}"),
+        )
+        done = f.cli("apps", "status", "shop", "--config", str(f.config("db-1")))
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert [line.split()[0] for line in lines] == ["shop/db:", "db-1", "db-9"]
+        assert lines[2] == f"  db-9                 waiting    1.0\\x1b[2J  x\\n{forged}"
 
 
 def test_a_record_runs_out_with_its_ttl(tmp_path: Path) -> None:
