@@ -30,7 +30,7 @@ from reconciler.apps.order import semver_key
 from reconciler.errors import Location, ModelError, Problem, ReconcilerError
 from reconciler.model import repo as repomod
 from reconciler.model.catalog import Compiler
-from reconciler.model.modules import ModularSnapshot, with_modules
+from reconciler.model.modules import MODULES_FILE, ModularSnapshot, read_modules, with_modules
 from reconciler.model.yamlload import LocMap
 from reconciler.resources.base import Secrets
 from reconciler.review.inputs import Reads, reads_of
@@ -154,6 +154,38 @@ class _Source:
     commit: str
     branch: str | None
     description: str
+    local: frozenset[str] = frozenset()  # the module URLs on this machine it may read
+
+
+def _local(url: str) -> bool:
+    return url.startswith("/") or url.lower().startswith("file:")
+
+
+def local_modules(snapshot: Snapshot) -> frozenset[str]:
+    """The module URLs on this machine (a path, ``file://``) that ``snapshot`` pins."""
+    specs, _ = read_modules(snapshot)
+    return frozenset(spec.url for spec in specs if _local(spec.url))
+
+
+def _reviewed_modules(
+    snapshot: Snapshot, state_dir: Path, timeout: float, local: frozenset[str]
+) -> Snapshot:
+    """``with_modules``, but a module at a path on this machine is read only when the revision
+    before the change pins that path too: a change may not have any repository this machine
+    holds compiled into the review."""
+    specs, _ = read_modules(snapshot)
+    problems = [
+        Problem(
+            f"{spec.url!r} is a path on the machine that runs the review, and the revision "
+            "before the change pins no module there: a change may not read a local repository",
+            Location(MODULES_FILE, spec.where.line, f"{spec.where.key}.url"),
+        )
+        for spec in specs
+        if _local(spec.url) and spec.url not in local
+    ]
+    if problems:
+        raise ModelError(problems, "validate")
+    return with_modules(snapshot, state_dir, timeout)
 
 
 @dataclass(frozen=True)
@@ -233,7 +265,7 @@ def _open(source: _Source, state_dir: Path, timeout: float) -> Snapshot:
         source.git_dir, source.commit, source.branch, source.description, timeout
     )
     try:
-        return with_modules(snapshot, state_dir, timeout)
+        return _reviewed_modules(snapshot, state_dir, timeout, source.local)
     except BaseException:
         snapshot.close()
         raise
@@ -352,10 +384,11 @@ def diff_fleet(request: Request) -> FleetDiff:
             for ref in (request.before, request.after)
         ]
         try:
+            local = local_modules(opened[0])  # the target branch's: reviewed before
             sources = [
-                _Source(s.git_dir, s.revision or "", s.branch, s.description) for s in opened
+                _Source(s.git_dir, s.revision or "", s.branch, s.description, local) for s in opened
             ]
-            tasks, plan = _plan(request, names, opened, state_dir)
+            tasks, plan = _plan(request, names, opened, state_dir, local)
         finally:
             for snapshot in opened:
                 snapshot.close()
@@ -422,7 +455,11 @@ def _node_diff(
 
 
 def _plan(
-    request: Request, names: list[str], opened: list[GitSnapshot], state_dir: Path
+    request: Request,
+    names: list[str],
+    opened: list[GitSnapshot],
+    state_dir: Path,
+    local: frozenset[str],
 ) -> tuple[dict[str, _Task], dict[str, tuple[str, str]]]:
     """The distinct compiles (key -> task) and each node's keys at both revisions. A node
     that cannot be classified at a revision gets a task that fails with why."""
@@ -433,7 +470,7 @@ def _plan(
     modulars: list[Snapshot] = []
     for snapshot in opened:
         try:
-            modular = with_modules(snapshot, state_dir, request.timeout)
+            modular = _reviewed_modules(snapshot, state_dir, request.timeout, local)
         except ModelError:
             modular = snapshot  # the workers report it for every node
         modulars.append(modular)

@@ -316,3 +316,44 @@ def test_a_small_change_holding_gigabytes_of_data_is_scanned_in_bounded_memory(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "0 of 4 node(s) change" in done.stdout
+
+
+def module_repo(path: Path, secret: str) -> str:
+    """A git repository on the reviewing machine, with a profile that shows ``secret``."""
+    write_tree(
+        path,
+        {"profiles/leak.yaml": f'resources:\n  - file: /etc/leak\n    content: "{secret}\\n"\n'},
+    )
+    return commit_all(path, "private")
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_a_change_cannot_pin_a_module_at_a_path_of_the_reviewing_machine(
+    cli: CLI, tmp_path: Path, scheme: str
+) -> None:
+    """A pull request pins a module at a repository of the CI runner (another project's
+    checkout, say) and shows its files in the comment: refused at modules.yaml, its nodes fail
+    to compile (exit 4) and nothing of it is read. A path the target branch pins already is
+    read as before."""
+    commit = module_repo(tmp_path / "private", SECRET)
+    url = f"{scheme}{tmp_path / 'private'}"
+    repo = write_tree(tmp_path / "repo", BASE)
+    commit_all(repo, "base")
+    modules = f"modules:\n  private:\n    url: {url}\n    commit: {commit}\n"
+    write_tree(repo, {"modules.yaml": modules, "roles/web.yaml": "profiles: [private/leak]\n"})
+    commit_all(repo, "change")
+    facts = facts_dir(tmp_path, ("web-1",))
+    done = diff(cli, repo, facts, "--format=markdown", check=4)
+    assert SECRET not in done.stdout + done.stderr
+    assert (
+        f"modules.yaml:2, key 'modules.private.url': '{url}' is a path on the machine that runs "
+        "the review, and the revision before the change pins no module there"
+    ) in done.stdout
+
+    # the target branch pins it: a change that uses it is reviewed as usual
+    write_tree(repo, {"roles/web.yaml": "profiles: [motd, site]\n"})
+    commit_all(repo, "the module on main")
+    write_tree(repo, {"roles/web.yaml": "profiles: [private/leak]\n"})
+    commit_all(repo, "use it")
+    done = diff(cli, repo, facts, check=2)
+    assert f"+{SECRET}" in done.stdout
