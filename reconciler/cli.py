@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from reconciler.model.data import Found
 
 EXIT_ERROR = 1
+# reconciler.review.fleet.COMPILE_TIMEOUT, here so that --help does not import the review layer
+COMPILE_TIMEOUT = 60.0
 # reconciler.apps.fleet.STATES, here so that --help does not import the apps layer
 FLEET_STATES = (
     *("in_sync", "changed", "failed", "rejected", "fetch_failed", "error"),
@@ -195,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         help="where a remote repo and the modules are fetched (default: a temporary directory)",
+    )
+    p.add_argument(
+        "--compile-timeout",
+        type=float,
+        default=COMPILE_TIMEOUT,
+        metavar="SECONDS",
+        help="stop one catalog's compile after this long: that node fails to compile "
+        f"(default: {COMPILE_TIMEOUT:g})",
     )
 
     p = _command(sub, "modules", "the modules the control repo pins in modules.yaml")
@@ -667,6 +677,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         nodes=list(args.node),
         role=args.role,
         state_dir=args.state_dir,
+        compile_timeout=args.compile_timeout,
     )
     diff = diff_fleet(request)
     if args.format == "json":

@@ -16,6 +16,7 @@ warning. ``fleet_rows`` is the one function that turns summaries into the rows t
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from typing import Any, Literal, get_args
 
 from reconciler.apps.order import SLOTS
 from reconciler.apps.store import MAX_RECORD, ComponentState, Store
+from reconciler.engine.report import printable
 
 Warn = Callable[[str], None]
 
@@ -36,6 +38,7 @@ STATES: tuple[str, ...] = (*RESULTS, *get_args(Condition))
 BAD: frozenset[str] = frozenset({"failed", "rejected", "fetch_failed", "error"})
 STALE_AFTER = 0.75  # of the record's TTL without a run
 MAX_MESSAGE = 300  # characters of a failed run's message kept in its summary
+MAX_COUNT = 2**53  # resources a count may hold: the largest whole number JSON keeps exact
 MAX_ROWS = 1000  # rows the daemon's page shows; the rest are counted
 
 
@@ -100,15 +103,19 @@ def decode(node: str, raw: bytes) -> RunSummary:
             raise ValueError(f"{key} must be a string or null")
     for key in _COUNTS:
         value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{key} must be a whole number of at least 0")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            raise ValueError(f"{key} must be a whole number from 0 to {MAX_COUNT}")
     for key in _FLAGS:
         if not isinstance(data.get(key), bool):
             raise ValueError(f"{key} must be true or false")
     for key in ("ended", "ttl"):
         value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"{key} must be a number above 0")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 < value < math.inf  # JSON's 1e999 is infinity: never stale
+        ):
+            raise ValueError(f"{key} must be a finite number above 0")
     message = data.get("message", "")
     if not isinstance(message, str):
         raise ValueError("message must be a string")
@@ -239,11 +246,12 @@ def age_text(seconds: float) -> str:
 def render_text(rows: list[FleetRow]) -> str:
     """One line per node, in columns."""
     head = ("NODE", "ROLE", "REVISION", "LAST RUN", "RESULT", "DRIFT/CHG/FAIL", "SUSPENDED")
+    # Every field is another node's record: one line of its own, whatever it holds.
     table = [head] + [
         (
-            r.node,
-            r.role or "-",
-            r.revision or "-",
+            printable(r.node),
+            printable(r.role or "-"),
+            printable(r.revision or "-"),
             age_text(r.age) + " ago",
             r.result + (" (stale)" if r.stale else "") + (" noop" if r.noop else ""),
             f"{r.drifted}/{r.changed}/{r.failed}",
@@ -257,7 +265,7 @@ def render_text(rows: list[FleetRow]) -> str:
     ]
     for r in rows:
         if r.message and r.result in BAD:
-            lines.append(f"{r.node}: {r.message}")
+            lines.append(f"{printable(r.node)}: {printable(r.message)}")
     return "\n".join(lines) + "\n"
 
 
@@ -311,12 +319,14 @@ def app_status(store: Store, app: str) -> list[ComponentStatus]:
 def render_app_status(app: str, components: list[ComponentStatus]) -> str:
     lines = []
     for c in components:
-        lines.append(f"{app}/{c.component}:")
+        lines.append(printable(f"{app}/{c.component}:"))
         for node, s in sorted(c.states.items()):
             runs = f" (runs {s.deployed})" if s.deployed and s.deployed != s.version else ""
-            lines.append(f"  {node:<20} {s.state:<10} {s.version}{runs}  {s.message}".rstrip())
+            line = f"  {node:<20} {s.state:<10} {s.version}{runs}  {s.message}".rstrip()
+            lines.append(printable(line))
         for f in c.failures:
-            lines.append(f"  failure kept: {f.node} failed at {f.version}: {f.message}".rstrip())
+            line = f"  failure kept: {f.node} failed at {f.version}: {f.message}".rstrip()
+            lines.append(printable(line))
         if c.holders:
-            lines.append(f"  deploying now: {', '.join(c.holders)}")
+            lines.append(printable(f"  deploying now: {', '.join(c.holders)}"))
     return "\n".join(lines) + "\n"

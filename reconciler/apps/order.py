@@ -28,10 +28,21 @@ SLOTS = "*"  # the one set of slots of a component, for every version
 
 
 _SEMVER = re.compile(
-    r"v?(?P<release>\d+(?:\.\d+)*)(?:-(?P<pre>[0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?"
+    r"v?(?P<release>\d+(?:\.\d+)*)(?:-(?P<pre>[0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?",
+    re.ASCII,  # \d: 0-9 only
 )
 
-SemverKey = tuple[tuple[int, ...], int, tuple[tuple[int, int, str], ...]]
+# A number as a key that orders by value: (its count of digits, its digits), no leading zeros.
+# Digits are never converted to an int: a version of thousands of digits (another node's, read
+# from the store) would raise there.
+Number = tuple[int, str]
+SemverKey = tuple[tuple[Number, ...], int, tuple[tuple[int, Number, str], ...]]
+_ZERO: Number = (0, "")
+
+
+def _number(digits: str) -> Number:
+    value = digits.lstrip("0")
+    return len(value), value
 
 
 def semver_key(version: str) -> SemverKey | None:
@@ -39,14 +50,14 @@ def semver_key(version: str) -> SemverKey | None:
     found = _SEMVER.fullmatch(version)
     if found is None:
         return None
-    release = tuple(int(n) for n in found["release"].split("."))
-    while len(release) > 1 and release[-1] == 0:
+    release = tuple(_number(n) for n in found["release"].split("."))
+    while len(release) > 1 and release[-1] == _ZERO:
         release = release[:-1]  # 1.0 and 1.0.0 are one release
     pre = found["pre"]
     if pre is None:
         return release, 1, ()
     # Numeric identifiers before alphanumeric ones, numbers by value (as semver.org says).
-    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
+    parts = tuple((0, _number(p), "") if p.isdigit() else (1, _ZERO, p) for p in pre.split("."))
     return release, 0, parts
 
 

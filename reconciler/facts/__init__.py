@@ -461,17 +461,23 @@ def _read_fact_file(path: Path, timeout: float) -> tuple[dict[str, Any] | None, 
 
 def load_facts_file(path: Path) -> dict[str, Any]:
     """``--facts FILE``: a YAML or JSON mapping; anything wrong is an error naming the line."""
-    from reconciler.model.yamlload import load
-
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelError.one(f"cannot read facts: {exc.strerror}", Location(str(path))) from None
-    value = load(data, str(path))  # JSON is YAML; errors carry the line
+    return parse_facts(data, str(path))
+
+
+def parse_facts(data: bytes, name: str) -> dict[str, Any]:
+    """Facts in YAML or JSON (a mapping), read with the repo's bounded loader; anything wrong
+    is an error naming ``name`` and the line."""
+    from reconciler.model.yamlload import load
+
+    value = load(data, name)  # JSON is YAML; errors carry the line
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ModelError.one("facts must be a mapping", Location(str(path), 1))
+        raise ModelError.one("facts must be a mapping", Location(name, 1))
     return dict(_plain(value))
 
 

@@ -24,11 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import Location, ModelError, Problem, SignatureError, SourceError
+from reconciler.errors import (
+    ConfigError,
+    Location,
+    ModelError,
+    Problem,
+    SignatureError,
+    SourceError,
+)
 from reconciler.model.repo import NAME, expect_map, read_yaml, unknown_keys
 from reconciler.model.yamlload import LocMap
 from reconciler.source import GitSnapshot, Snapshot, clean_relpath
-from reconciler.source.git import TAG_NAME, Mirror
+from reconciler.source.git import TAG_NAME, Mirror, check_url
 
 MODULES_FILE = "modules.yaml"
 MOUNT = "modules"  # where a module's tree is seen in the run's snapshot
@@ -86,6 +93,11 @@ def read_modules(snapshot: Snapshot) -> tuple[list[ModuleSpec], list[Problem]]:
         bad = len(problems)
         if not isinstance(url, str) or not url:
             problems.append(Problem("must be the module's git URL", at("url")))
+        else:
+            try:  # the URL is checked before anything fetches it: a helper (ext::) runs nothing
+                check_url(url)
+            except ConfigError as exc:
+                problems.append(Problem(str(exc).replace("source url", "url", 1), at("url")))
         if not isinstance(commit, str) or not SHA.match(commit):
             problems.append(
                 Problem(

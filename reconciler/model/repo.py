@@ -225,9 +225,13 @@ def missing_roles(snapshot: Snapshot, raw: LocMap) -> list[Problem]:
     return problems
 
 
-def classify(snapshot: Snapshot, node: str, facts: Mapping[str, Any]) -> Classification:
-    """The role of a node: the first nodes.yaml entry whose every condition holds."""
-    raw = load_nodes(snapshot)
+def classify(
+    snapshot: Snapshot, node: str, facts: Mapping[str, Any], nodes: LocMap | None = None
+) -> Classification:
+    """The role of a node: the first nodes.yaml entry whose every condition holds.
+
+    ``nodes``: nodes.yaml as ``load_nodes`` read it, for classifying many nodes at once."""
+    raw = load_nodes(snapshot) if nodes is None else nodes
     entries: LocList = raw.get("nodes") or LocList.empty()
     for index, entry in enumerate(entries):
         if "match" in entry and not name_matches(node, entry["match"]):

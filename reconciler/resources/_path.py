@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import errno
 import itertools
 import os
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import fs as _fs
-from reconciler.resources.base import Change, Context, Resource
+from reconciler.resources.base import Change, Context, Resource, unified_diff
 
 MAX_DIFF_BYTES = 256 * 1024
 
@@ -51,9 +50,7 @@ def text_diff(path: str, old: bytes, new: bytes) -> str | None:
         a, b = old.decode(), new.decode()
     except UnicodeDecodeError:
         return None
-    lines = difflib.unified_diff(
-        a.splitlines(keepends=True), b.splitlines(keepends=True), path, path, n=2
-    )
+    lines = unified_diff(a.splitlines(keepends=True), b.splitlines(keepends=True), path, path, 2)
     out = "".join(
         line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
     )

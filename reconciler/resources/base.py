@@ -12,6 +12,7 @@ compiler, so a resource never reads the control repo.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import re
 import threading
@@ -38,6 +39,52 @@ def digest(value: str | bytes) -> str:
     """The form in which a sensitive or large value is shown: its sha256."""
     data = value.encode() if isinstance(value, str) else value
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# Differing lines (one side's times the other's) past which a diff is not searched for line by
+# line: difflib's time grows with their product and more (it took minutes for two texts of 40000
+# and 27000 lines, one the other with every third line left out).
+MAX_DIFF_WORK = 2000 * 2000
+
+
+def unified_diff(
+    before: Sequence[str], after: Sequence[str], fromfile: str, tofile: str, n: int = 3
+) -> list[str]:
+    """difflib's unified diff of two lists of lines, in bounded time: the lines both start and
+    end with are set aside first, and when what is left between them is larger than
+    MAX_DIFF_WORK, it is shown as one hunk that removes the old lines and adds the new ones."""
+    head = 0
+    while head < len(before) and head < len(after) and before[head] == after[head]:
+        head += 1
+    tail = 0
+    while (
+        tail < len(before) - head
+        and tail < len(after) - head
+        and before[-1 - tail] == after[-1 - tail]
+    ):
+        tail += 1
+    old_end, new_end = len(before) - tail, len(after) - tail
+    if (old_end - head) * (new_end - head) <= MAX_DIFF_WORK:
+        return list(difflib.unified_diff(before, after, fromfile, tofile, n=n))
+    start = max(0, head - n)
+    old_stop, new_stop = min(len(before), old_end + n), min(len(after), new_end + n)
+    return [
+        f"--- {fromfile}\n",
+        f"+++ {tofile}\n",
+        f"@@ -{_range(start, old_stop)} +{_range(start, new_stop)} @@\n",
+        *(" " + line for line in before[start:head]),
+        *("-" + line for line in before[head:old_end]),
+        *("+" + line for line in after[head:new_end]),
+        *(" " + line for line in before[old_end:old_stop]),
+    ]
+
+
+def _range(start: int, stop: int) -> str:
+    """A hunk's range as unified diffs write it (difflib's rule)."""
+    length = stop - start
+    if length == 1:
+        return f"{start + 1}"
+    return f"{start + 1 if length else start},{length}"
 
 
 # Shorter values are not searched for in text: they would match inside ordinary words.

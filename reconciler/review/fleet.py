@@ -19,7 +19,9 @@ import contextlib
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -31,7 +33,8 @@ from reconciler.apps.order import semver_key
 from reconciler.errors import Location, ModelError, Problem, ReconcilerError
 from reconciler.model import repo as repomod
 from reconciler.model.catalog import Compiler
-from reconciler.model.modules import ModularSnapshot, with_modules
+from reconciler.model.modules import MODULES_FILE, ModularSnapshot, read_modules, with_modules
+from reconciler.model.yamlload import LocMap
 from reconciler.resources.base import Secrets
 from reconciler.review.inputs import Reads, reads_of
 from reconciler.review.view import (
@@ -48,6 +51,9 @@ from reconciler.review.withheld import review_facts
 from reconciler.source import DirectorySnapshot, GitSnapshot, Snapshot, open_snapshot
 
 NodeStatus = Literal["unchanged", "changed", "failed"]
+# Seconds one catalog's compile may take: the change under review may hold a template that
+# loops for hours within the bounds on its output.
+COMPILE_TIMEOUT = 60.0
 Direction = Literal["upgrade", "downgrade", "change", "new", "removed"]
 
 
@@ -63,6 +69,7 @@ class Request:
     role: str | None = None  # only nodes with this role at either revision
     state_dir: Path | None = None  # the mirrors of a remote repo and of modules
     timeout: float = 60.0
+    compile_timeout: float = COMPILE_TIMEOUT  # seconds one catalog's compile may take
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
@@ -155,17 +162,53 @@ class _Source:
     branch: str | None
     description: str
     work_tree: Path | None = None
+    local: frozenset[str] = frozenset()  # the module URLs on this machine it may read
 
 
-def _source_of(snapshot: Snapshot) -> _Source:
+def _source_of(snapshot: Snapshot, local: frozenset[str]) -> _Source:
     control = snapshot.control if isinstance(snapshot, ModularSnapshot) else snapshot
     if isinstance(control, GitSnapshot):
-        return _Source(control.git_dir, control.revision or "", control.branch, control.description)
+        return _Source(
+            control.git_dir, control.revision or "", control.branch, control.description,
+            local=local,
+        )  # fmt: skip
     if isinstance(control, DirectorySnapshot):
         return _Source(
-            None, control.revision or "", control.branch, control.description, control.root
-        )
+            None, control.revision or "", control.branch, control.description, control.root,
+            local,
+        )  # fmt: skip
     raise ReconcilerError(f"{snapshot.description}: not a commit nor a working tree")
+
+
+def _local(url: str) -> bool:
+    return url.startswith("/") or url.lower().startswith("file:")
+
+
+def local_modules(snapshot: Snapshot) -> frozenset[str]:
+    """The module URLs on this machine (a path, ``file://``) that ``snapshot`` pins."""
+    specs, _ = read_modules(snapshot)
+    return frozenset(spec.url for spec in specs if _local(spec.url))
+
+
+def _reviewed_modules(
+    snapshot: Snapshot, state_dir: Path, timeout: float, local: frozenset[str]
+) -> Snapshot:
+    """``with_modules``, but a module at a path on this machine is read only when the revision
+    before the change pins that path too: a change may not have any repository this machine
+    holds compiled into the review."""
+    specs, _ = read_modules(snapshot)
+    problems = [
+        Problem(
+            f"{spec.url!r} is a path on the machine that runs the review, and the revision "
+            "before the change pins no module there: a change may not read a local repository",
+            Location(MODULES_FILE, spec.where.line, f"{spec.where.key}.url"),
+        )
+        for spec in specs
+        if _local(spec.url) and spec.url not in local
+    ]
+    if problems:
+        raise ModelError(problems, "validate")
+    return with_modules(snapshot, state_dir, timeout)
 
 
 @dataclass(frozen=True)
@@ -182,6 +225,32 @@ class _Task:
 # One compiler per revision in each worker (or the problems that stop it), set by _start.
 _COMPILERS: list[Compiler | list[Problem]] = []
 _OPENED: list[Snapshot] = []
+_STARTED: list[tuple[Sequence[_Source], Path, float, float]] = []  # _start's arguments
+
+
+class _Overtime(BaseException):
+    """Raised in a compile by its timer: a BaseException, so that no handler on the way takes
+    it for the compile's own error."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """_Overtime in this process's main thread once ``seconds`` have passed (no limit in
+    another thread: a timer signal reaches the main thread only)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise _Overtime
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _Remembered:
@@ -220,21 +289,24 @@ def _open(source: _Source, state_dir: Path, timeout: float) -> Snapshot:
     if source.work_tree is not None:
         snapshot = DirectorySnapshot(source.work_tree)
         snapshot.description = source.description
-        return with_modules(snapshot, state_dir, timeout)
+        return _reviewed_modules(snapshot, state_dir, timeout, source.local)
     assert source.git_dir is not None
     snapshot = GitSnapshot(
         source.git_dir, source.commit, source.branch, source.description, timeout
     )
     try:
-        return with_modules(snapshot, state_dir, timeout)
+        return _reviewed_modules(snapshot, state_dir, timeout, source.local)
     except BaseException:
         snapshot.close()
         raise
 
 
-def _start(sources: Sequence[_Source], state_dir: Path, timeout: float) -> None:
+def _start(
+    sources: Sequence[_Source], state_dir: Path, timeout: float, compile_timeout: float
+) -> None:
     """A worker's compilers: its own snapshots (git's readers are not shared across a fork)."""
     _stop()
+    _STARTED.append((sources, state_dir, timeout, compile_timeout))
     for source in sources:
         try:
             snapshot = _open(source, state_dir, timeout)
@@ -254,6 +326,7 @@ def _stop() -> None:
             snapshot.close()
     _OPENED.clear()
     _COMPILERS.clear()
+    _STARTED.clear()
 
 
 def _compile(task: _Task) -> CatalogView:
@@ -262,10 +335,17 @@ def _compile(task: _Task) -> CatalogView:
     compiler = _COMPILERS[task.revision]
     if isinstance(compiler, list):
         return failed_view(task.role, compiler)
+    limit = _STARTED[0][3]
     try:
-        return view_of(
-            compiler.compile_role(task.node, task.role, task.where, task.facts, task.sensitive)
-        )
+        with _deadline(limit):
+            return view_of(
+                compiler.compile_role(task.node, task.role, task.where, task.facts, task.sensitive)
+            )
+    except _Overtime:
+        # stopped anywhere, a git reader among them: the next compile gets fresh ones
+        _start(*_STARTED[0])
+        why = f"the compile took longer than {limit:g}s (--compile-timeout): stopped"
+        return failed_view(task.role, [Problem(why, Location(f"roles/{task.role}.yaml"))])
     except ModelError as exc:
         return failed_view(task.role, exc.problems)
     except Exception as exc:  # a bug must not hide the other nodes' results
@@ -279,11 +359,12 @@ def _compiled(
     state_dir: Path,
     timeout: float,
     workers: int,
+    compile_timeout: float,
 ) -> Iterator[tuple[str, CatalogView]]:
     """Each key's view, in ``schedule``'s order, as the workers finish them."""
     workers = min(workers, len(schedule))
     if workers <= 1:
-        _start(sources, state_dir, timeout)
+        _start(sources, state_dir, timeout, compile_timeout)
         try:
             for key in schedule:
                 yield key, _compile(tasks[key])
@@ -295,7 +376,7 @@ def _compiled(
         workers,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_start,
-        initargs=(tuple(sources), state_dir, timeout),
+        initargs=(tuple(sources), state_dir, timeout, compile_timeout),
     ) as pool:
         views = pool.map(_compile, [tasks[k] for k in schedule], chunksize=chunk)
         yield from zip(schedule, views, strict=True)
@@ -335,9 +416,10 @@ def diff_fleet(request: Request) -> FleetDiff:
             for ref in (request.before, request.after)
         ]
         try:
-            sources = [_source_of(s) for s in opened]
+            local = local_modules(opened[0])  # the target branch's: reviewed before
+            sources = [_source_of(s, local) for s in opened]
             tasks, plan, withheld = _plan(
-                request.facts, names, request.role, opened, state_dir, request.timeout
+                request.facts, names, request.role, opened, state_dir, request.timeout, local
             )
         finally:
             for snapshot in opened:
@@ -354,8 +436,9 @@ def diff_fleet(request: Request) -> FleetDiff:
         nodes: list[NodeDiff] = []
         done = 0
         for key, view in _compiled(
-            schedule, tasks, sources, state_dir, request.timeout, request.workers
-        ):
+            schedule, tasks, sources, state_dir, request.timeout, request.workers,
+            request.compile_timeout,
+        ):  # fmt: skip
             views[key], deployed[key] = view, view.deployments
             while done < len(pending) and all(k in views for k in plan[pending[done]]):
                 node = pending[done]
@@ -411,6 +494,7 @@ def _plan(
     opened: Sequence[Snapshot],
     state_dir: Path,
     timeout: float,
+    local: frozenset[str],
 ) -> tuple[dict[str, _Task], dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
     """The distinct compiles (key -> task), each node's keys, one per revision (of
     ``opened``), and the facts each node withheld (compiled as placeholders). A node that
@@ -424,12 +508,21 @@ def _plan(
     modulars: list[Snapshot] = []
     for snapshot in opened:
         try:
-            modular = with_modules(snapshot, state_dir, timeout)
+            modular = _reviewed_modules(snapshot, state_dir, timeout, local)
         except ModelError:
             modular = snapshot  # the workers report it for every node
         modulars.append(modular)
         snapshots.append(_Remembered(modular))
-        reads.append(reads_of(snapshots[-1]))
+        # read past the cache: every file of the repo is scanned once, and none is kept
+        reads.append(reads_of(modular))
+    # nodes.yaml, parsed once per revision (not once per node: a file of thousands of entries,
+    # read for thousands of nodes, took hours)
+    listed: list[LocMap | tuple[Problem, ...]] = []
+    for current in snapshots:
+        try:
+            listed.append(repomod.load_nodes(current))
+        except ModelError as exc:
+            listed.append(tuple(exc.problems))
     try:
         for node in names:
             facts, sensitive = given[node].facts, given[node].placeholders
@@ -437,7 +530,10 @@ def _plan(
             roles: list[str | None] = []
             for index, current in enumerate(snapshots):
                 try:
-                    found = repomod.classify(current, node, facts)
+                    entries = listed[index]
+                    if isinstance(entries, tuple):
+                        raise ModelError(list(entries))
+                    found = repomod.classify(current, node, facts, entries)
                     role, where = found.role, found.where
                 except ModelError as exc:
                     key = f"unclassified:{index}:{node}"
@@ -565,6 +661,7 @@ def validate_fleet(
     role: str | None = None,
     timeout: float = 60.0,
     workers: int | None = None,
+    compile_timeout: float = COMPILE_TIMEOUT,
 ) -> FleetCheck:
     """Compile the catalog of every node of ``facts`` (or of ``nodes``; with ``role``, only
     the nodes nodes.yaml gives it) at ``snapshot``, each with its own facts, classified by the
@@ -576,12 +673,14 @@ def validate_fleet(
     if unknown:
         raise ReconcilerError(f"no facts for node(s) {', '.join(unknown)}")
     names = sorted(set(nodes or facts))
-    source = _source_of(snapshot)
-    tasks, plan, withheld = _plan(facts, names, role, [snapshot], state_dir, timeout)
+    local = local_modules(snapshot)  # the revision validated is the one trusted
+    source = _source_of(snapshot, local)
+    tasks, plan, withheld = _plan(facts, names, role, [snapshot], state_dir, timeout, local)
     found: dict[str, tuple[str | None, int, tuple[Problem, ...]]] = {}
     for key, view in _compiled(
-        list(tasks), tasks, [source], state_dir, timeout, workers or os.cpu_count() or 1
-    ):
+        list(tasks), tasks, [source], state_dir, timeout, workers or os.cpu_count() or 1,
+        compile_timeout,
+    ):  # fmt: skip
         found[key] = (view.role, len(view.resources), view.problems)
     checks = [
         NodeCheck(node, *found[plan[node][0]], withheld=withheld[node])

@@ -37,6 +37,9 @@ _METHODS = frozenset({"get", "items", "keys", "values", "copy", "update", "setde
 # The directories whose files are read as templates or data, in the repo and in its modules
 # (files/ is copied as written; nodes.yaml only gives the role, which is part of the key).
 _READ = ("profiles/", "roles/", "types/", "templates/", "apps/", "data/")
+# Bytes of those files scanned at most: past it, every fact counts (a catalog per node, never a
+# wrong one) rather than reading gigabytes a change may hold in a small repository.
+MAX_SCANNED = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ def reads_of(snapshot: Snapshot) -> Reads:
     names: set[str] = set()
     matches: set[str] = set()
     node = False
+    scanned = 0
     for kind, cls in REGISTRY.items():
         if getattr(cls.complete, "__func__", None) is not _BASE_COMPLETE:
             if kind not in COMPLETE_READS:
@@ -91,6 +95,9 @@ def reads_of(snapshot: Snapshot) -> Reads:
         except UnicodeDecodeError:
             continue
         except (ModelError, FileNotFoundError, OSError):
+            return every
+        scanned += len(text)
+        if scanned > MAX_SCANNED:
             return every
         is_app = inner.startswith("apps/")
         for found in _FACTS.finditer(text):

@@ -35,6 +35,7 @@ import json
 import re
 from typing import Any
 
+from reconciler.engine.report import printable
 from reconciler.errors import Problem
 from reconciler.review.fleet import ComponentRollout, FleetDiff, NodeDiff
 from reconciler.review.view import AttributeChange, ResourceChange
@@ -44,6 +45,11 @@ SCHEMA = "reconciler.diff/v1"
 # A pull-request comment holds at most 65536 characters (GitHub); past this, node details are
 # left out and counted.
 MARKDOWN_LIMIT = 60_000
+# Characters of one line of the markdown's head (a failure, a step of a rollout) and the share
+# of the limit the rollouts may take: a version or a name of any length leaves room for the
+# nodes' details.
+MARKDOWN_LINE = 300
+ROLLOUTS_SHARE = 3  # at most a third
 
 _ENCRYPTED_NOTE = (
     "values encrypted in data are compared as written (no decryption keys): a value encrypted "
@@ -142,29 +148,38 @@ def _indent(text: str, by: str) -> list[str]:
     return [by + line for line in text.rstrip("\n").split("\n")]
 
 
+# Every name, title, value and message below comes from the repo, its facts or the command
+# line: each is shown on one line of its own through printable (a line break or an escape
+# sequence in it shown as an escape), so that none can forge a line or break out of its node's
+# section; only a content diff keeps its own lines, each made printable.
+
+
 def _attribute_lines(change: AttributeChange, flat: bool = False) -> list[str]:
     note = "  (encrypted: compared as written)" if change.encrypted else ""
+    name = printable(change.attribute)
     if change.diff is not None:
         # flat: the diff's lines at the start of the line, where a markdown ```diff block
         # colours them
-        return [f"    {change.attribute}:{note}", *_indent(change.diff, "" if flat else "      ")]
+        lines = [printable(line) for line in change.diff.rstrip("\n").split("\n")]
+        return [f"    {name}:{note}", *_indent("\n".join(lines), "" if flat else "      ")]
+    before, after = printable(change.before or ""), printable(change.after or "")
     if change.before is None:
-        return [f"    {change.attribute}: {change.after}{note}"]
+        return [f"    {name}: {after}{note}"]
     if change.after is None:
-        return [f"    {change.attribute}: {change.before} -> (none){note}"]
-    return [f"    {change.attribute}: {change.before} -> {change.after}{note}"]
+        return [f"    {name}: {before} -> (none){note}"]
+    return [f"    {name}: {before} -> {after}{note}"]
 
 
 def _resource_lines(change: ResourceChange, flat: bool = False) -> list[str]:
-    where = f"   ({change.where})" if change.where else ""
-    lines = [f"{_MARK[change.kind]} {change.id}{where}"]
+    where = f"   ({printable(change.where)})" if change.where else ""
+    lines = [f"{_MARK[change.kind]} {printable(change.id)}{where}"]
     for attribute in change.changes:
         lines += _attribute_lines(attribute, flat)
     return lines
 
 
 def _problem_lines(problems: tuple[Problem, ...]) -> list[str]:
-    return [f"    {p}" for p in problems]
+    return [f"    {printable(str(p))}" for p in problems]
 
 
 def node_body(node: NodeDiff, diff: FleetDiff, flat: bool = False) -> list[str]:
@@ -174,18 +189,22 @@ def node_body(node: NodeDiff, diff: FleetDiff, flat: bool = False) -> list[str]:
     if node.withheld:
         lines.append(withheld_line(node.withheld))
     if node.problems_after:
-        lines.append(f"! does not compile at {diff.after.ref}:")
+        lines.append(f"! does not compile at {printable(diff.after.ref)}:")
         lines += _problem_lines(node.problems_after)
         return lines
     if node.role_before != node.role_after:
-        lines.append(f"role: {node.role_before or '(none)'} -> {node.role_after}")
+        was, now = printable(node.role_before or "(none)"), printable(str(node.role_after))
+        lines.append(f"role: {was} -> {now}")
     if node.problems_before:
-        lines.append(f"did not compile at {diff.before.ref} (compiles now):")
+        lines.append(f"did not compile at {printable(diff.before.ref)} (compiles now):")
         lines += _problem_lines(node.problems_before)
     for change in node.resources:
         lines += _resource_lines(change, flat)
     for key, before, after in node.apps:
-        lines.append(f"app {key}: {before or '(not run)'} -> {after or '(not run)'}")
+        lines.append(
+            f"app {printable(key)}: {printable(before or '(not run)')} -> "
+            f"{printable(after or '(not run)')}"
+        )
     return lines
 
 
@@ -201,7 +220,7 @@ def _groups(diff: FleetDiff, flat: bool = False) -> list[tuple[list[NodeDiff], l
 
 
 def _names(nodes: list[NodeDiff], most: int = 20) -> str:
-    names = [n.node for n in nodes]
+    names = [printable(n.node) for n in nodes]
     shown = ", ".join(names[:most])
     if len(names) > most:
         shown += f" and {len(names) - most} more"
@@ -211,7 +230,7 @@ def _names(nodes: list[NodeDiff], most: int = 20) -> str:
 def _header(nodes: list[NodeDiff]) -> str:
     first = nodes[0]
     role = first.role_after or first.role_before or "?"
-    return f"node {_names(nodes)}: role {role}"
+    return f"node {_names(nodes)}: role {printable(role)}"
 
 
 def _rollout_lines(diff: FleetDiff) -> list[str]:
@@ -219,13 +238,14 @@ def _rollout_lines(diff: FleetDiff) -> list[str]:
         return []
     lines = ["app rollouts, in order (each step once the steps it requires are healthy):"]
     for r in diff.rollouts:
-        after = f", after {', '.join(r.requires)}" if r.requires else ""
+        after = f", after {printable(', '.join(r.requires))}" if r.requires else ""
         lines.append(
-            f"  step {r.step}: {r.app}/{r.component}{after}, {r.max_parallel} node(s) at a time"
+            f"  step {r.step}: {printable(f'{r.app}/{r.component}')}{after}, "
+            f"{r.max_parallel} node(s) at a time"
         )
         for number, wave in enumerate(r.waves(), start=1):
             moves = ", ".join(
-                f"{m.node} {m.before or '(not run)'} -> {m.after or '(not run)'}"
+                printable(f"{m.node} {m.before or '(not run)'} -> {m.after or '(not run)'}")
                 + ("" if m.direction in ("upgrade", "change") else f" ({m.direction})")
                 for m in wave
             )
@@ -237,7 +257,7 @@ def summary_line(diff: FleetDiff) -> str:
     c = _counts(diff)
     text = (
         f"{c['changed']} of {c['nodes']} node(s) change, {c['failed']} fail(s) to compile at "
-        f"{diff.after.ref}, {c['unchanged']} unchanged; resources: {c['resources_added']} "
+        f"{printable(diff.after.ref)}, {c['unchanged']} unchanged; resources: {c['resources_added']} "
         f"added, {c['resources_removed']} removed, {c['resources_changed']} changed "
         f"({c['catalogs_compiled']} catalogs compiled)"
     )
@@ -246,8 +266,8 @@ def summary_line(diff: FleetDiff) -> str:
 
 def _title(diff: FleetDiff) -> str:
     return (
-        f"{diff.before.ref} ({diff.before.commit[:12]}) -> "
-        f"{diff.after.ref} ({diff.after.commit[:12]})"
+        f"{printable(diff.before.ref)} ({diff.before.commit[:12]}) -> "
+        f"{printable(diff.after.ref)} ({diff.after.commit[:12]})"
     )
 
 
@@ -265,13 +285,13 @@ def to_text(diff: FleetDiff) -> str:
         lines += [*rollout, ""]
     failed = diff.with_status("failed")
     if failed:
-        lines.append(f"fail to compile at {diff.after.ref}:")
+        lines.append(f"fail to compile at {printable(diff.after.ref)}:")
         by_problem: dict[str, list[NodeDiff]] = {}
         for node in failed:  # nodes failing on the same first problem, together
             first = str(node.problems_after[0]) if node.problems_after else ""
             by_problem.setdefault(first, []).append(node)
         for first, nodes in by_problem.items():
-            lines.append(f"  {_names(nodes)}: {first}")
+            lines.append(f"  {_names(nodes)}: {printable(first)}")
     if diff.encrypted:
         lines.append(f"note: {_ENCRYPTED_NOTE}")
     lines.append("summary: " + summary_line(diff))
@@ -282,7 +302,8 @@ def to_text(diff: FleetDiff) -> str:
 
 
 def _code(text: str) -> str:
-    """Inline code that survives any backticks in ``text``."""
+    """Inline code that survives any backticks or line breaks in ``text``."""
+    text = printable(text)
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
@@ -293,6 +314,22 @@ def _block(text: str, language: str = "") -> str:
     longest = max((len(m) for m in re.findall(r"`{3,}", text)), default=2)
     fence = "`" * (longest + 1)
     return f"{fence}{language}\n{text}\n{fence}"
+
+
+def _cut(text: str, most: int = MARKDOWN_LINE) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
+def _bounded(lines: list[str], budget: int) -> list[str]:
+    """The first of ``lines`` that fit in ``budget`` characters, and how many are left out."""
+    kept: list[str] = []
+    used = 0
+    for index, line in enumerate(lines):
+        used += len(line) + 1
+        if used > budget:
+            return [*kept, f"... {len(lines) - index} more line(s): run `reconciler diff`"]
+        kept.append(line)
+    return kept
 
 
 def _details(nodes: list[NodeDiff], body: list[str]) -> str:
@@ -309,7 +346,7 @@ def _details(nodes: list[NodeDiff], body: list[str]) -> str:
             what += f", {len(first.apps)} app component(s)"
     role = first.role_after or first.role_before or "?"
     names = html.escape(_names(nodes))
-    summary = f"<code>{names}</code> (role {html.escape(role)}): {what}"
+    summary = f"<code>{names}</code> (role {html.escape(printable(role))}): {what}"
     return (
         f"<details><summary>{summary}</summary>\n\n{_block(chr(10).join(body), 'diff')}\n\n"
         "</details>\n"
@@ -331,14 +368,14 @@ def to_markdown(diff: FleetDiff, limit: int = MARKDOWN_LIMIT) -> str:
     if failed:
         head.append(f"**Fails to compile at {_code(diff.after.ref)}:**")
         for node in failed[:20]:
-            first = node.problems_after[0] if node.problems_after else ""
-            head.append(f"- {_code(node.node)}: {_code(str(first))}")
+            first = str(node.problems_after[0]) if node.problems_after else ""
+            head.append(f"- {_code(_cut(node.node))}: {_code(_cut(first))}")
         if len(failed) > 20:
             head.append(f"- and {len(failed) - 20} more")
         head.append("")
-    rollout = _rollout_lines(diff)
+    rollout = _bounded([_cut(line) for line in _rollout_lines(diff)[1:]], limit // ROLLOUTS_SHARE)
     if rollout:
-        head += ["**App rollouts**", "", _block("\n".join(rollout[1:])), ""]
+        head += ["**App rollouts**", "", _block("\n".join(rollout)), ""]
     if diff.encrypted:
         head += [f"_Note: {_ENCRYPTED_NOTE}._", ""]
     text = "\n".join(head) + "\n"

@@ -8,16 +8,16 @@ compiled it to the one that compares.
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from reconciler.engine.report import printable
 from reconciler.errors import Problem
 from reconciler.model.catalog import RELATIONS, Catalog
 from reconciler.model.secrets import encrypted
-from reconciler.resources.base import Resource, Secrets, digest
+from reconciler.resources.base import Resource, Secrets, digest, unified_diff
 
 # Longer values are shown as their digest and size, never compared line by line.
 MAX_SHOWN = 256 * 1024
@@ -147,11 +147,12 @@ class ResourceChange:
 def unified(before: str, after: str, name: str, labels: tuple[str, str]) -> str:
     """A unified diff of two texts, at most MAX_DIFF_LINES lines of it."""
     lines = list(
-        difflib.unified_diff(
+        unified_diff(
             before.splitlines(keepends=True),
             after.splitlines(keepends=True),
-            f"{name} ({labels[0]})",
-            f"{name} ({labels[1]})",
+            # a title is one line of the diff's header, whatever it holds
+            printable(f"{name} ({labels[0]})"),
+            printable(f"{name} ({labels[1]})"),
         )
     )
     lines = [

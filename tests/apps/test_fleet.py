@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.apps import fleet
-from reconciler.apps.store import MAX_RECORD, CoordinationConfig, LocalStore
+from reconciler.apps.store import MAX_RECORD, ComponentState, CoordinationConfig, LocalStore
 from reconciler.cli import FLEET_STATES
 from reconciler.config import load_config
 from reconciler.reconcile import OutcomeKind, RunOptions, reconcile
@@ -209,6 +209,22 @@ class TestPublished:
         assert "\x1b" not in done.stdout and "\x07" not in done.stdout
         assert "web-\\x1b[2J1" in done.stdout  # shown as an escape
 
+    def test_a_record_cannot_forge_a_line_of_the_fleet_view(self, nodes: Fleet) -> None:
+        nodes.apply("web-1")
+        store = LocalStore(nodes.coordination)
+        forged_row = "web-9  web  3f2c1a9d0b7e  1s ago  in_sync  0/0/0  no"
+        odd = summary(
+            "web-2", ended=time.time(), result="failed", role="web\nweb-8  web",
+            message=f"boom\n{forged_row}\r\n",
+        )  # fmt: skip
+        store.publish_record("summary", odd.node, fleet.encode(odd), ttl=60)
+        done = nodes.cli("fleet", "--config", str(nodes.config("web-1")))
+        assert done.returncode == 6  # web-1 changed, web-2 failed
+        lines = done.stdout.splitlines()
+        assert [line.split()[0] for line in lines] == ["NODE", "web-1", "web-2", "web-2:"]
+        assert "web\\nweb-8" in lines[2]
+        assert lines[3] == f"web-2: boom\\n{forged_row}\\r\\n"
+
     def test_the_states_the_cli_offers_are_the_fleet_views(self) -> None:
         assert FLEET_STATES == fleet.STATES
 
@@ -232,7 +248,10 @@ class TestRecord:
             ({"failed": -1}, "failed must be a whole number"),
             ({"changed": True}, "changed must be a whole number"),
             ({"suspended": "no"}, "suspended must be true or false"),
-            ({"ended": "yesterday"}, "ended must be a number"),
+            ({"ended": "yesterday"}, "ended must be a finite number"),
+            ({"ended": float("inf")}, "ended must be a finite number"),  # never stale
+            ({"ttl": float("inf")}, "ttl must be a finite number"),
+            ({"drifted": 10**300}, "drifted must be a whole number from 0 to"),
             ({"role": 7}, "role must be a string or null"),
             ({"node": "web-2"}, "it names node 'web-2'"),
             ({"message": ["<b>"]}, "message must be a string"),
@@ -322,6 +341,23 @@ class TestAppsStatus:
         unknown = f.cli("apps", "status", "nope", "--config", config)
         assert unknown.returncode == 1
         assert "no node has published a state of app 'nope'" in unknown.stderr
+
+    def test_a_published_state_cannot_forge_a_line(self, tmp_path: Path) -> None:
+        """Another node's state (version, message) is shown on its own line, escapes visible."""
+        f = Fleet(tmp_path)
+        control_repo(f.repo, "1.0")
+        f.apply("db-1")
+        forged = "  api-1                healthy    1.0"
+        LocalStore(f.coordination).publish(
+            "shop",
+            "db",
+            ComponentState("db-9", "1.0\x1b[2J", "waiting", "0" * 40, time.time(), f"x\n{forged}"),
+        )
+        done = f.cli("apps", "status", "shop", "--config", str(f.config("db-1")))
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert [line.split()[0] for line in lines] == ["shop/db:", "db-1", "db-9"]
+        assert lines[2] == f"  db-9                 waiting    1.0\\x1b[2J  x\\n{forged}"
 
 
 def test_a_record_runs_out_with_its_ttl(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.apps.store import LocalStore
+from reconciler.apps.order import semver_key
+from reconciler.apps.store import ComponentState, LocalStore
 from reconciler.engine.state import last_report
 from tests.conftest import seed_root, write_tree
 
@@ -289,3 +290,21 @@ def test_plan_takes_no_slot_and_publishes_nothing(fleet: Fleet) -> None:
     assert done.returncode == 2 and "file:/srv/shop/api/VERSION" in done.stdout
     assert fleet.states("api") == before == {}
     assert LocalStore(fleet.coordination).holders("shop", "api", "*") == []
+
+
+def test_a_version_of_thousands_of_digits_in_the_store_is_ordered_not_fatal(
+    fleet: Fleet,
+) -> None:
+    """A node that can write to the store publishes, for itself, a version of 5000 digits: the
+    other nodes order it as a semantic version (an earlier one here), without turning it into
+    an int (which raised and failed every node's run), and deploy."""
+    control_repo(fleet.repo, "1.0")
+    assert fleet.apply("db-1").returncode == 2
+    store = LocalStore(fleet.coordination)
+    huge = "0." + "1" * 5000
+    store.publish("shop", "api", ComponentState("api-8", huge, "deploying", "0" * 40, time.time()))
+    done = fleet.apply("api-1")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert fleet.version("api-1", "api") == "1.0"
+    assert semver_key(huge) is not None and semver_key("1.0") > semver_key(huge)  # type: ignore[operator]
+    assert semver_key("0.\u0663") is None  # ARABIC-INDIC THREE: not a semantic version
