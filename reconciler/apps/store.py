@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import http.client
 import json
 import math
 import os
@@ -35,10 +34,13 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from reconciler.errors import Reason, ReconcilerError
 from reconciler.fs import atomic_write
+
+if TYPE_CHECKING:  # imported where used: a run with the local store does not load it
+    import http.client
 
 
 @dataclass(frozen=True)
@@ -778,6 +780,8 @@ class EtcdStore:
         return found
 
     def wait(self, timeout: float) -> bool:
+        import http.client
+
         deadline = time.monotonic() + timeout
         request: dict[str, Any] = {"key": _b64(ROOT), "range_end": _b64(_prefix_end(ROOT))}
         if self._seen is not None:
@@ -936,6 +940,8 @@ class EtcdStore:
         return [(self._good + i) % count for i in range(count)]
 
     def _connect(self, url: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPConnection:
+        import http.client
+
         cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
         return cls(url.hostname or "", url.port, timeout=timeout)
 
@@ -972,6 +978,8 @@ class EtcdStore:
 
     def _post(self, path: str, body: dict[str, Any], token: bool = True) -> dict[str, Any]:
         """One POST, to the first endpoint that answers."""
+        import http.client
+
         data = json.dumps(body).encode()
         errors: list[str] = []
         for index in self._order():
