@@ -69,18 +69,14 @@ def generate_git_repo(repo: Path, n: int, message: str) -> None:
     git(repo, "commit", "-qm", message)
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
-    """Run a command; return (seconds, peak RSS in MB, exit code)."""
-    seconds, _, rss, code = timed_cpu(argv, env)
-    return seconds, rss, code
-
-
 def timed_cpu(
-    argv: list[str], env: dict[str, str] | None = None
+    argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[float, float, float, int]:
     """Run a command; return (seconds, CPU seconds, peak RSS in MB, exit code)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
@@ -112,10 +108,17 @@ def verify(root: Path, n: int) -> None:
 SCENARIOS = ("first apply", "no change", "repair")
 
 
+# The checkout this bench belongs to: the one the reconciler column runs.
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+
+
 class Column:
-    """One tool run on the workload, as whole processes: each run gets a fresh root."""
+    """One tool run on the workload, as whole processes: each run gets a fresh root. Runs
+    start in the scratch directory, so that ``python -m`` finds reconciler only where
+    ``PYTHONPATH`` says."""
 
     name = "reconciler"
+    checkout = CHECKOUT
     # Exit codes a run must end with: the first apply and the repair change things.
     codes = {"first apply": 2, "no change": 0, "repair": 2}
 
@@ -130,7 +133,7 @@ class Column:
                 "--node", "bench", "--root", str(root), "--state-dir", str(state)]  # fmt: skip
 
     def env(self, state: Path) -> dict[str, str] | None:
-        return None
+        return {**os.environ, "PYTHONPATH": self.checkout}
 
 
 class GitColumn(Column):
@@ -182,9 +185,6 @@ class BaselineColumn(Column):
 
     name = "baseline"
     checkout = ""
-
-    def env(self, state: Path) -> dict[str, str] | None:
-        return {**os.environ, "PYTHONPATH": self.checkout}
 
 
 class CFEngineColumn(Column):
@@ -244,7 +244,7 @@ def bench(
                 if scenario == "repair":
                     damage(root, n, rng)
                 argv = column.argv(root, state)
-                seconds, cpu, rss, code = timed_cpu(argv, column.env(state))
+                seconds, cpu, rss, code = timed_cpu(argv, column.env(state), work)
                 if code != column.codes[scenario]:
                     raise SystemExit(f"{column.name}, {scenario}: exit code {code}")
                 runs.setdefault((column.name, scenario), []).append((seconds, cpu, rss))
@@ -266,13 +266,14 @@ def profile(n: int, work: Path) -> None:
     root, state = work / f"root-profile-{n}", work / f"state-profile-{n}"
     (root / "srv").mkdir(parents=True)
     argv = column.argv(root, state)
-    timed(argv)
+    timed_cpu(argv, column.env(state), work)
     script = Path(__file__).with_name("profile_phases.py")
     for scenario in ("no change", "repair"):
         if scenario == "repair":
             damage(root, n, random.Random(n))
         print(f"\n### profile, N={n}, {scenario}, {column.name}", flush=True)
-        subprocess.run([sys.executable, str(script), "--", *argv[3:]], check=True)
+        command = [sys.executable, str(script), "--", *argv[3:]]
+        subprocess.run(command, check=True, env=column.env(state), cwd=work)
 
 
 def main() -> None:
@@ -297,7 +298,7 @@ def main() -> None:
     names = [kind.name for kind in kinds]
     print(f"one-shot runs as whole processes, median of {args.repeat}, {os.cpu_count()} cores;")
     print(
-        "seconds / peak RSS in MB"
+        "wall seconds (CPU seconds, user + system) / peak RSS in MB"
         + (", and reconciler's time as a share of CFEngine's" if args.cfengine else "")
     )
     header = f"{'N':>6}  {'scenario':<12}" + "".join(f" {name:>24}" for name in names)

@@ -113,7 +113,9 @@ class Catalog:
     collected_records: Mapping[str, bytes] | None = None
 
     # The order link() found for ``entries`` and ``after`` (whoever changes them links again).
-    linked_order: list[ResourceId] | None = field(default=None, repr=False, compare=False)
+    linked_order: list[ResourceId] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def order(self) -> list[ResourceId]:
         """A topological order of the ids, stable for equal inputs."""
