@@ -100,7 +100,8 @@ def main() -> None:
     phases.wrap(repo, "load", "load")
     phases.wrap(catalog.Compiler, "compile", "compile")
     phases.wrap(reconcile, "_converge", "converge")
-    phases.wrap(reconcile, "_save_inventory", "report")
+    phases.wrap(reconcile, "_inventory", "report")
+    phases.wrap(state.Inventory, "save", "report")
     phases.wrap(state, "save_report", "report")
     phases.wrap(report, "render_text", "report")
     stdout = sys.stdout

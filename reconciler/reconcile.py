@@ -523,7 +523,12 @@ def _run_compiled(
                     _finish_rollout(rollout, catalog, options, report, ctx)
                 if not noop:
                     left = _prune(catalog, previous, ctx, report)
-                    _save_inventory(catalog, left, ctx, options.state_dir, previous)
+                    inventory = _inventory(catalog, left, ctx)
+                    # A run that found the inventory as it read it (the same resources, every
+                    # file as last seen) leaves the file as it is.
+                    if inventory != previous:
+                        del previous  # not held while the new one is written: 100000 files
+                        inventory.save(options.state_dir)
         if rollout is not None:
             report.apps = rollout.report()
     return report
@@ -666,21 +671,14 @@ def _prune(
     return left
 
 
-def _save_inventory(
-    catalog: Catalog,
-    left: dict[str, state.InventoryItem],
-    ctx: Context,
-    state_dir: Path,
-    previous: state.Inventory,
-) -> None:
-    """Record what the catalog manages and what this run saw of its files; a run that found
-    the inventory it read (the same resources, every file as the last run saw it) leaves the
-    file as it is."""
+def _inventory(
+    catalog: Catalog, left: dict[str, state.InventoryItem], ctx: Context
+) -> state.Inventory:
+    """What the catalog manages (and what is still to prune), and what this run saw of its
+    files."""
     resources = {
         rid: state.InventoryItem(e.resource.type, e.resource.title, e.resource.desired_digest())
         for rid, e in catalog.entries.items()
     }
     fingerprints = {p: f for p, f in ctx.fingerprints.items() if p in ctx.catalog_paths}
-    inventory = state.Inventory(catalog.revision, {**left, **resources}, fingerprints)
-    if inventory != previous:
-        inventory.save(state_dir)
+    return state.Inventory(catalog.revision, {**left, **resources}, fingerprints)
