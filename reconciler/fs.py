@@ -139,7 +139,7 @@ class Root:
         if not parts:
             return Place(self, (), self._root_dir(), ".", self.prefix, "/")
         parent = tuple(parts[:-1])
-        host = Path(self._prefix + "/" + "/".join(parts))
+        host = self._prefix + "/" + "/".join(parts)
         return Place(self, parent, self.directory(parent, written), parts[-1], host, written)
 
     def directory(self, parts: Sequence[str], written: str = "") -> Dir | None:
@@ -243,7 +243,7 @@ class Place:
     nothing (``lstat`` is None) and a change fails with FileNotFoundError.
     """
 
-    __slots__ = ("dir", "host", "name", "parent", "root", "written")
+    __slots__ = ("_host", "dir", "name", "parent", "root", "written")
 
     def __init__(
         self,
@@ -251,15 +251,24 @@ class Place:
         parent: tuple[str, ...],
         directory: Dir | None,
         name: str,
-        host: Path,
+        host: Path | str,
         written: str,
     ) -> None:
         self.root = root
         self.parent = parent
         self.dir = directory
         self.name = name
-        self.host = host
+        self._host = host
         self.written = written
+
+    @property
+    def host(self) -> Path:
+        """The host path, for messages and for what works by path: made when first asked
+        for, since a check of a file in sync never needs it."""
+        host = self._host
+        if isinstance(host, str):
+            host = self._host = Path(host)
+        return host
 
     @classmethod
     def at(cls, path: Path) -> Place:

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.apps import health as healthmod
 from reconciler.apps.order import SLOTS, Peers
 from reconciler.apps.store import ComponentState, Store, StoreError
 from reconciler.engine import state as statemod
@@ -450,6 +449,8 @@ class Rollout:
             elif d.health is None:
                 healthy, message = True, "converged (no health check)"
             else:
+                from reconciler.apps import health as healthmod  # HTTP, only when checked
+
                 check = healthmod.check(d.health, ctx.runner, stop)
                 healthy, message = check.healthy, self.secrets.scrub(check.message)
             if healthy:

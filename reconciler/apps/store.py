@@ -27,7 +27,6 @@ import base64
 import contextlib
 import fcntl
 import hashlib
-import http.client
 import json
 import math
 import os
@@ -38,10 +37,13 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
 from reconciler.errors import Reason, ReconcilerError
 from reconciler.fs import atomic_write
+
+if TYPE_CHECKING:  # imported where used: a run with the local store does not load it
+    import http.client
 
 
 @dataclass(frozen=True)
@@ -975,6 +977,8 @@ class EtcdStore:
         return found
 
     def wait(self, timeout: float) -> bool:
+        import http.client
+
         deadline = time.monotonic() + timeout
         request: dict[str, Any] = {"key": _b64(ROOT), "range_end": _b64(_prefix_end(ROOT))}
         if self._seen is not None:
@@ -1036,6 +1040,8 @@ class EtcdStore:
         return _pushed(base64.b64decode(kvs[0].get("value", "")))
 
     def watch_revision(self, source: str, timeout: float) -> str | None:
+        import http.client
+
         deadline = time.monotonic() + timeout
         request: dict[str, Any] = {"key": _b64(self._revision_key(source))}  # that one key
         if source in self._revision_seen:
@@ -1240,6 +1246,8 @@ class EtcdStore:
         return [(self._good + i) % count for i in range(count)]
 
     def _connect(self, url: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPConnection:
+        import http.client
+
         cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
         return cls(url.hostname or "", url.port, timeout=timeout)
 
@@ -1276,6 +1284,8 @@ class EtcdStore:
 
     def _post(self, path: str, body: dict[str, Any], token: bool = True) -> dict[str, Any]:
         """One POST, to the first endpoint that answers."""
+        import http.client
+
         data = json.dumps(body).encode()
         errors: list[str] = []
         for index in self._order():

@@ -115,8 +115,15 @@ class Catalog:
     # What the store held when collect() read it (node -> record), for the daemon to compare.
     collected_records: Mapping[str, bytes] | None = None
 
+    # The order link() found for ``entries`` and ``after`` (whoever changes them links again).
+    linked_order: list[ResourceId] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
     def order(self) -> list[ResourceId]:
         """A topological order of the ids, stable for equal inputs."""
+        if self.linked_order is not None and len(self.linked_order) == len(self.entries):
+            return list(self.linked_order)
         return topological_order(self.entries, self.after)
 
 
@@ -1223,6 +1230,9 @@ class Compiler:
         for key, raw in declaration.items():
             if key in (kind, "when", "for_each"):
                 continue
+            if raw.__class__ is str and "{{" not in raw:
+                attrs[key] = raw  # what render() gives, without making its location first
+                continue
             try:
                 attrs[key] = self.render(raw, context, at(key))
             except ModelError as exc:
@@ -1652,7 +1662,8 @@ def link(catalog: Catalog) -> None:
         raise ModelError(problems, "compile")
     catalog.after = after
     catalog.refreshes = refreshes
-    catalog.order()  # raises on a cycle
+    catalog.linked_order = None
+    catalog.linked_order = catalog.order()  # raises on a cycle
 
 
 def _duplicate(

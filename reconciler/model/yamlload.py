@@ -3,7 +3,10 @@
 Documents are parsed by libyaml when it is there, constructed with PyYAML's safe constructor
 (no Python tags), and bounded: file size, nesting depth and alias expansion are capped before
 anything is built, so a hostile file cannot exhaust the machine. Mappings come back as
-``LocMap`` and sequences as ``LocList``, which carry the line of each key and item.
+``LocMap`` and sequences as ``LocList``, which carry the line of each key and item. A plain
+document (no anchors, aliases, explicit tags or merge keys) is built straight from the parser's
+events; any other, and any document with an error, goes through PyYAML's node tree, with the
+same result.
 """
 
 from __future__ import annotations
@@ -173,6 +176,98 @@ def _convert(
     return _construct(loader, node)
 
 
+class _Composed(Exception):
+    """This document needs the composed path: an anchor, an alias, an explicit tag, a merge
+    key, or something wrong, whose error the composed path reports."""
+
+
+_KEY_TAGS_COMPOSED = frozenset({"tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"})
+
+
+def _from_events(loader: _Loader) -> Any:
+    """Build a plain document straight from the parser's events, never holding its node tree.
+
+    The same values, lines and first keys as ``_convert`` over the composed tree, whose nodes
+    and marks take several times the memory of the values they become (450 MB for a profile of
+    100000 files). Whatever this path does not handle raises ``_Composed``.
+    """
+    get = loader.get_event
+    get()  # StreamStartEvent
+    event = get()
+    if isinstance(event, yaml.StreamEndEvent):
+        return None
+    if not isinstance(event, yaml.DocumentStartEvent):
+        raise _Composed
+    # Open collections: [collection, key waiting for its value (or _NO_KEY), that key's line]
+    stack: list[list[Any]] = []
+    result: Any = None
+    while True:
+        event = get()
+        kind = event.__class__
+        if kind is yaml.ScalarEvent:
+            if event.anchor is not None or event.tag not in (None, "!"):
+                raise _Composed
+            line = event.start_mark.line + 1
+            text = event.value
+            tag = loader.resolve(yaml.ScalarNode, text, event.implicit)
+            if tag == _STR:
+                value: Any = text
+            elif tag == _INT and _decimal(text):
+                value = int(text)
+            elif tag in _KEY_TAGS_COMPOSED:
+                raise _Composed
+            else:
+                node = yaml.ScalarNode(tag, text, event.start_mark, event.end_mark, event.style)
+                value = _construct(loader, node)
+        elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+            if event.anchor is not None or event.tag not in (None, "!"):
+                raise _Composed
+            collection: LocMap | LocList
+            if kind is yaml.MappingStartEvent:
+                collection = LocMap()
+                collection.lines = {}
+            else:
+                collection = LocList()
+                collection.lines = []
+            collection.line = event.start_mark.line + 1
+            stack.append([collection, _NO_KEY, 0])
+            continue
+        elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+            value = stack.pop()[0]
+            line = value.line
+        elif kind is yaml.DocumentEndEvent:
+            break
+        else:  # an alias
+            raise _Composed
+        if not stack:
+            result = value
+            continue
+        top = stack[-1]
+        into = top[0]
+        if into.__class__ is LocList:
+            into.append(value)
+            into.lines.append(line)
+        elif top[1] is _NO_KEY:
+            try:
+                if value in into.lines:  # a duplicate; hash() refuses a collection as key
+                    raise _Composed
+            except TypeError:
+                raise _Composed from None
+            if not into.lines:
+                into.first = value
+            top[1], top[2] = value, line
+        else:
+            into.lines[top[1]] = top[2]
+            into[top[1]] = value
+            top[1] = _NO_KEY
+    if not isinstance(get(), yaml.StreamEndEvent):
+        raise _Composed  # more than one document
+    return result
+
+
+_NO_KEY = object()
+
+
 # Only flow collections, anchors and aliases can nest deeply on few bytes or expand. Block
 # nesting costs at least one column per two levels (a sequence may sit at its key's column),
 # written as indentation or as "- " and "? " indicators: a line that starts that far in is
@@ -314,6 +409,18 @@ def _load(data: bytes | str, name: str) -> Any:
     else:
         text = data
     _check_bounds(text, name)
+    loader = _Loader(text)
+    try:
+        return _from_events(loader)
+    except (_Composed, yaml.YAMLError):
+        pass  # composed below, which reports an error with its line
+    finally:
+        loader.dispose()
+    return _composed(text, name)
+
+
+def _composed(text: str, name: str) -> Any:
+    """The document through PyYAML's composer (its node tree), then ``_convert``."""
     loader = _Loader(text)
     try:
         node = loader.get_single_node()

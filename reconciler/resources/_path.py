@@ -18,12 +18,20 @@ from reconciler.resources.base import Change, Context, Resource, unified_diff
 MAX_DIFF_BYTES = 256 * 1024
 
 
+_MODES: dict[str, int] = {}  # modes already parsed: a catalog writes the same few many times
+
+
 def parse_mode(value: Any) -> int | None:
     if value is None:
         return None
     text = str(value)
+    known = _MODES.get(text)
+    if known is not None:
+        return known
     if not text or any(c not in "01234567" for c in text) or int(text, 8) > 0o7777:
         raise ValueError(f'{value!r} is not an octal mode like "0644"')
+    if len(_MODES) < 4096:
+        _MODES[text] = int(text, 8)
     return int(text, 8)
 
 

@@ -21,19 +21,19 @@ import posixpath
 import re
 import shutil
 import stat
-import tarfile
-import urllib.error
 import urllib.parse
-import urllib.request
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from reconciler import fs as _fs
 from reconciler.errors import PathEscape, ResourceError
 from reconciler.resources._path import PathResource
 from reconciler.resources.base import Attr, Change, Context, Resource, register
+
+if TYPE_CHECKING:  # imported where used: a run without artifacts does not load them
+    import tarfile
+    import zipfile
 
 MARKER = ".reconciler-artifact"
 CHUNK = 1 << 20
@@ -45,6 +45,9 @@ def download(url: str, dest: Path, limit: int, timeout: float, shown: str | None
 
     ``shown``: the URL as messages show it (a digest for a sensitive artifact, whose messages
     then give only the kind of failure, since the reason may quote the URL or its path)."""
+    import urllib.error
+    import urllib.request
+
     name = url if shown is None else shown
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
@@ -186,6 +189,9 @@ def _safe_zip(archive: zipfile.ZipFile, into: Path) -> None:
 
 
 def unpack(path: Path, kind: str, into: Path, name: str) -> None:
+    import tarfile
+    import zipfile
+
     try:
         if kind in ("tar.gz", "tar"):
             with tarfile.open(path, "r:gz" if kind == "tar.gz" else "r:") as tar:

@@ -31,6 +31,25 @@ def _key(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+# repr(sorted (name, repr(value))) of the attributes but content, by their values: a catalog's
+# files mostly share them (mode, owner, backup), and a digest of each is taken every run. Only
+# text, booleans and None are kept: no two of those are equal with different reprs.
+_SHOWN: dict[tuple[tuple[str, Any], ...], str] = {}
+
+
+def _attributes_shown(attrs: Mapping[str, Any]) -> str:
+    items = tuple((k, v) for k, v in attrs.items() if k != "content")
+    plain = all(v is None or v.__class__ is str or v.__class__ is bool for _, v in items)
+    if plain:
+        known = _SHOWN.get(items)
+        if known is not None:
+            return known
+    shown = repr(sorted((k, repr(v)) for k, v in items))
+    if plain and len(_SHOWN) < 4096:
+        _SHOWN[items] = shown
+    return shown
+
+
 @register
 class File(PathResource):
     type = "file"
@@ -96,9 +115,10 @@ class File(PathResource):
         return cls(path, attrs, sensitive)
 
     def desired_digest(self) -> str:
+        """The content's digest and every other attribute: what the inventory keeps."""
         if self._digest is None:
-            rest = sorted((k, repr(v)) for k, v in self.attrs.items() if k != "content")
-            self._digest = "sha256:" + hashlib.sha256(repr((self._sha, rest)).encode()).hexdigest()
+            shown = f"({self._sha!r}, {_attributes_shown(self.attrs)})"  # repr of that tuple
+            self._digest = "sha256:" + hashlib.sha256(shown.encode()).hexdigest()
         return self._digest
 
     def pruned(self) -> Resource:

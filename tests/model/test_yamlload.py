@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from reconciler.errors import ModelError
+from reconciler.model import yamlload
 from reconciler.model.yamlload import MAX_DEPTH, LocList, LocMap, load
 
 
@@ -82,3 +85,97 @@ class TestLoad:
     def test_not_utf8(self) -> None:
         with pytest.raises(ModelError, match="not UTF-8"):
             load(b"a: \xff\xfe\n", "bin.yaml")
+
+
+def _shape(value: object) -> object:
+    """A value with every line the loader recorded, to compare two loads exactly."""
+    if isinstance(value, LocMap):
+        return (
+            "map",
+            value.line,
+            getattr(value, "first", None),
+            [(_shape(k), value.lines[k], _shape(v)) for k, v in value.items()],
+        )
+    if isinstance(value, LocList):
+        return ("seq", value.line, list(value.lines), [_shape(v) for v in value])
+    return (type(value).__name__, value)
+
+
+PARITY = [
+    "",
+    "# only a comment\n",
+    "plain\n",
+    "a: 1\nb:\n  - x\n  - {c: d}\n",
+    "resources:\n  - file: /etc/motd\n    content: \"hi\\n\"\n    mode: '0644'\n",
+    "n: ~\nt: true\nf: 1.5\nz: 0\nneg: -12\noct: 0o17\nhex: 0x1f\nlead: 012\nbig: 1_000\n",
+    "when: 2001-12-14\nstamp: 2001-12-14t21:59:43.10-05:00\n",
+    "quoted: '12'\ndq: \"true\"\nempty:\nnull_key_value: null\n",
+    "? complex\n: value\n~: null key\n1: int key\n",
+    "text: |\n  line one\n  line two\nfolded: >\n  a\n  b\n",
+    "[1, [2, [3, {a: [4]}]], {}, []]\n",
+    "outer:\n  inner:\n    - - deep\n      - er\n    - k: v\n      k2: v2\n",
+    "first: 1\nsecond: 2\n",
+    # what only the composed path builds: the two must agree all the same
+    "base: &b {x: 1}\nuse:\n  <<: *b\n  y: 2\n",
+    "a: &x [1, 2]\nb: *x\n",
+    "s: !!str 12\ni: !!int '7'\n",
+    "= : value key\n",
+]
+
+BROKEN = [
+    "a: 1\nb: 2\na: 3\n",
+    "ok: 1\nbad: [1, 2\nnext: 3\n",
+    "---\na: 1\n---\nb: 2\n",
+    "a: 2001-02-30\n",
+    "a: !!python/object/apply:os.system [x]\n",
+    "a: 1\na: 2\nbad: [\n",
+    "? {a: 1}\n: mapping key\n",
+    "a: *nowhere\n",
+    "? [a, b]\n: list key\n",
+]
+
+
+def composed(text: str, name: str) -> object:
+    """What the loader gave before it built documents from events: the bounds, then the
+    composed tree."""
+    yamlload._check_bounds(text, name)
+    return yamlload._composed(text, name)
+
+
+class TestEventsAndComposedAgree:
+    """Documents are built from the parser's events when they can be; anything else goes
+    through the composed tree. Both must give the same values, lines and errors."""
+
+    @pytest.mark.parametrize("text", PARITY)
+    def test_the_same_document(self, text: str) -> None:
+        assert _shape(load(text, "f.yaml")) == _shape(composed(text, "f.yaml"))
+
+    @pytest.mark.parametrize("text", BROKEN)
+    def test_the_same_error(self, text: str) -> None:
+        with pytest.raises(ModelError) as expected:
+            composed(text, "f.yaml")
+        with pytest.raises(ModelError) as loaded:
+            load(text, "f.yaml")
+        assert str(loaded.value) == str(expected.value)
+
+    def test_plain_documents_never_build_a_node_tree(self) -> None:
+        """What keeps a large profile's parse small: its documents come from events."""
+        for text in PARITY[:13]:
+            loader = yamlload._Loader(text)
+            try:
+                yamlload._from_events(loader)  # raises _Composed for the others
+            finally:
+                loader.dispose()
+
+    def test_every_seed_of_the_model_fuzzer(self) -> None:
+        corpus = sorted((Path(__file__).parents[2] / "fuzz/corpus/model").iterdir())
+        assert corpus
+        for path in corpus:
+            data = path.read_bytes()
+            try:
+                expected = _shape(composed(data.decode(), path.name))
+            except (ModelError, UnicodeDecodeError):
+                with pytest.raises((ModelError, UnicodeDecodeError)):
+                    load(data, path.name)
+                continue
+            assert _shape(load(data, path.name)) == expected, path.name

@@ -60,6 +60,26 @@ class TestFile:
         fresh = make(File, "/etc/conf", content="abc\n")
         assert [c.property for c in fresh.check_apply(ctx, False)] == ["content"]
 
+    def test_desired_digests_stay_what_the_inventory_holds(self) -> None:
+        """The inventory keeps each file's desired digest to tell a repair of drift from a
+        new revision: the same attributes must give the same digest, run after run and
+        across versions, or every file would look newly changed once."""
+        attrs = {
+            "ensure": "present", "content": "hello\n", "mode": "0644", "owner": None,
+            "group": None, "backup": True, "force": False, "replace": True, "validate_cmd": None,
+        }  # fmt: skip
+        checked = {**attrs, "validate_cmd": ["/usr/bin/check", "%"], "owner": "1000"}
+        for _ in range(2):  # the second time from what the first one kept
+            assert File("/etc/motd", attrs).desired_digest() == (
+                "sha256:20551aa009619c873c8dae8a81fb872ab808f046e380539793510952fd3a9de7"
+            )
+            assert File("/etc/motd", checked).desired_digest() == (
+                "sha256:347f14de3dd01236377cbbdd470072b957c53cbd14038edf0f616c0c56cd6e8f"
+            )
+        assert File("/etc/motd", {**attrs, "mode": "0600"}).desired_digest() != (
+            File("/etc/motd", attrs).desired_digest()
+        )
+
     def test_owner_by_name_from_the_roots_passwd(self, ctx: Context) -> None:
         (root_of(ctx) / "etc/passwd").write_text(
             "root:x:0:0::/root:/bin/sh\napp:x:1234:1234::/srv:/bin/sh\n"
