@@ -228,6 +228,13 @@ class Store(Protocol):
         """What the last ``wait`` saw change (empty after a timeout); None when the store cannot
         tell (read everything that matters)."""
 
+    def position(self) -> object:
+        """Where the next ``wait`` would count from (the last read), for ``rewind``."""
+
+    def rewind(self, position: object) -> None:
+        """Make the next ``wait`` count from no later than ``position`` (one taken before a
+        decision): reads made since, which move the count on, then skip no change."""
+
     def close(self) -> None:
         """Let go of connections; a ``wait`` blocked in another thread returns False."""
 
@@ -366,6 +373,7 @@ class LocalStore:
         self.path = Path(path)
         self.poll_interval = poll_interval
         self._seen: bytes | None = None  # the generation at the last read
+        self._floor: bytes | None = None  # where the next wait counts from, set by rewind
         # This process's own changes, generation before -> after: not news to its own wait.
         self._own: dict[bytes, bytes] = {}
         self._closed = threading.Event()
@@ -512,12 +520,22 @@ class LocalStore:
     def woke_for(self) -> frozenset[Cause] | None:
         return None  # one generation counts every change: what changed is not known
 
+    def position(self) -> object:
+        return self._seen
+
+    def rewind(self, position: object) -> None:
+        if isinstance(position, bytes):
+            self._floor = position
+
     def wait(self, timeout: float, watched: Watched = EVERYTHING) -> bool:
         # Every change wakes every wait here (the files have one generation counter); a wait
         # for part of the store takes the rest as spurious wake-ups.
         deadline = time.monotonic() + timeout
         with self._os_errors("wait"):
-            base = self._seen if self._seen is not None else self._generation()
+            floor, self._floor = self._floor, None
+            base = floor if floor is not None else self._seen
+            if base is None:
+                base = self._generation()
             expiry = self._next_expiry(time.time())
             while not self._closed.is_set():
                 current = self._generation()
@@ -865,6 +883,7 @@ class EtcdStore:
         # last event of its key a watch reported.
         self._revision_seen: dict[str, int] = {}
         self._woke_for: frozenset[Cause] | None = frozenset()
+        self._floor: int | None = None  # where the next wait counts from, set by rewind
         # The ranges a wait under way watches, when its watch covers more (the whole store).
         self._within: list[tuple[str, str | None]] | None = None
 
@@ -1041,6 +1060,13 @@ class EtcdStore:
     def woke_for(self) -> frozenset[Cause] | None:
         return self._woke_for
 
+    def position(self) -> object:
+        return self._seen
+
+    def rewind(self, position: object) -> None:
+        if isinstance(position, int) and (self._floor is None or position < self._floor):
+            self._floor = position
+
     def wait(self, timeout: float, watched: Watched = EVERYTHING) -> bool:
         deadline = time.monotonic() + timeout
         self._woke_for = frozenset()
@@ -1052,11 +1078,13 @@ class EtcdStore:
         # Through the JSON gateway only the first WATCH_BODY bytes of the request are sure to
         # be read (the rest is dropped once the first answer is sent): ranges that do not fit
         # are watched as the whole store, and events outside them are not news.
-        body = self._watch_body(ranges)
+        floor, self._floor = self._floor, None
+        since = self._seen if floor is None or self._seen is None else min(floor, self._seen)
+        body = self._watch_body(ranges, since)
         self._within = None
         if len(body) > WATCH_BODY:
             self._within = ranges
-            body = self._watch_body([(ROOT, _prefix_end(ROOT))])
+            body = self._watch_body([(ROOT, _prefix_end(ROOT))], since)
         if self.username is not None and self._token is None:
             self._authenticate()
         errors: list[str] = []
@@ -1076,15 +1104,15 @@ class EtcdStore:
                     break
         raise StoreError(f"etcd cannot be watched: {'; '.join(errors)}")
 
-    def _watch_body(self, ranges: list[tuple[str, str | None]]) -> bytes:
-        """A watch request's body: one create_request per range, from the last read on."""
+    def _watch_body(self, ranges: list[tuple[str, str | None]], since: int | None) -> bytes:
+        """A watch request's body: one create_request per range, from after ``since`` on."""
         requests = []
         for key, end in ranges:
             request: dict[str, Any] = {"key": _b64(key)}
             if end is not None:
                 request["range_end"] = _b64(end)
-            if self._seen is not None:
-                request["start_revision"] = self._seen + 1
+            if since is not None:
+                request["start_revision"] = since + 1
             requests.append(json.dumps({"create_request": request}, separators=(",", ":")))
         return "\n".join(requests).encode()
 

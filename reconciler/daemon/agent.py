@@ -668,12 +668,14 @@ class Agent:
         self._running.set()
         if self.watcher is not None:
             self.watcher.hold()  # events wait until _update_watch judges them
-        outcome = reconcile(
-            self._options(noop=not enforcing),
-            warn=self._warn,
-            pinned=pinned,
-            cache=self._compiled,
-        )
+        options = self._options(noop=not enforcing)
+        # Where the store watch counts from once this run has decided (its reads move it on):
+        # a change made while the run read and wrote is then still news.
+        store = self._store
+        mark = store.position() if store is not None else None
+        outcome = reconcile(options, warn=self._warn, pinned=pinned, cache=self._compiled)
+        if store is not None and mark is not None:
+            store.rewind(mark)
         report, catalog = outcome.report, outcome.catalog
         if outcome.revision is not None:
             log = self.log.bind(revision=outcome.revision)

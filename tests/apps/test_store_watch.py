@@ -201,3 +201,18 @@ def test_a_local_store_wait_takes_a_part_of_the_store(make_store: StoreFactory) 
     other.publish("shop", "db", state("db-1"))
     assert waiter.wait(10, watched)
     assert waiter.woke_for in (None, {"apps"})
+
+
+def test_a_rewound_wait_sees_a_change_made_before_a_later_read(make_store: StoreFactory) -> None:
+    """A daemon decides (reads), then reads again while it finishes its run: a change another
+    node made in between is news for the wait after the run, once rewound to the decision."""
+    waiter, other = make_store(), make_store()
+    watched = Watched(apps=frozenset({"shop"}), exports=True)
+    waiter.holders("shop", "api", "1")
+    decided = waiter.position()
+    other.publish("shop", "api", state("api-2"))  # e.g. a slot freed while the run went on
+    waiter.records("exports")  # the end of the run: the count moves past that change
+    assert not waiter.wait(0.5, watched)
+    waiter.rewind(decided)
+    assert waiter.wait(10, watched)
+    assert not waiter.wait(0.5, watched)  # reported once
