@@ -267,7 +267,9 @@ class Store(Protocol):
         it is no revision), or None at ``timeout`` or after ``interrupt``."""
 
     def interrupt(self) -> None:
-        """End a ``watch_revision`` under way in another thread (or the next one) with None."""
+        """End a ``watch_revision`` under way in another thread (or the next one) with None,
+        or a ``wait`` of etcd with False (so that the caller waits again for something
+        else)."""
 
 
 def open_store(config: CoordinationConfig) -> Store:
@@ -1093,9 +1095,9 @@ class EtcdStore:
                 return False
             url = self.endpoints[index]
             try:
-                return self._watch(index, body, deadline, self._changed) is not None
+                return self._watch(index, body, deadline, self._changed, True) is not None
             except (OSError, http.client.HTTPException, ValueError, _StreamEnded) as exc:
-                if self._closed.is_set():
+                if self._closed.is_set() or self._take_interrupt():
                     return False
                 if isinstance(exc, TimeoutError) and time.monotonic() >= deadline:
                     return False  # the wait ran out while the watch was being set up
@@ -1210,8 +1212,7 @@ class EtcdStore:
 
     def interrupt(self) -> None:
         self._interrupted.set()
-        if self._watching_revision:
-            self._end_watch()
+        self._end_watch()  # a watch of the pushed revision, or a wait
 
     def _take_interrupt(self) -> bool:
         if self._interrupted.is_set():

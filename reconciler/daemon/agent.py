@@ -134,6 +134,7 @@ class Agent:
         self._collected: tuple[frozenset[str], str] | None = None
         self._watching_store = threading.Event()  # apps waiting, or something collected
         self._waiting_apps: frozenset[str] = frozenset()  # the apps of the waiting components
+        self._waiting_for: Any = None  # what the store watch under way watches (a Watched)
         # Pushed revisions: the one last known in the store (pushed here, or seen there), when
         # the last poll a push asked for was made, and whether a poll put off is due.
         self._pushed: str | None = None
@@ -540,7 +541,9 @@ class Agent:
             if not self._watching_store.is_set():
                 self._watching_store.set()
                 if self._store is not None:
-                    self._store.interrupt()  # from the pushed revision alone to the whole store
+                    self._store.interrupt()  # from the pushed revision alone to the store
+            elif self._store is not None and self._watched() != self._waiting_for:
+                self._store.interrupt()  # the wait under way watches other apps' keys
         else:
             self._watching_store.clear()
 
@@ -599,7 +602,8 @@ class Agent:
                 elif not wide:
                     pushed = store.watch_revision(self._source_key(), PUSH_WAIT)
                 else:
-                    changed = store.wait(STORE_WAIT, self._watched())
+                    self._waiting_for = self._watched()
+                    changed = store.wait(STORE_WAIT, self._waiting_for)
                     # What changed, when the store says (after a timeout: nothing it saw); a
                     # read in a run meanwhile may have moved the wait past a change, so the
                     # timeout reads what it covers anyway.

@@ -216,3 +216,19 @@ def test_a_rewound_wait_sees_a_change_made_before_a_later_read(make_store: Store
     waiter.rewind(decided)
     assert waiter.wait(10, watched)
     assert not waiter.wait(0.5, watched)  # reported once
+
+
+def test_interrupt_ends_a_wait_so_it_can_watch_something_else(etcd: EtcdServer) -> None:
+    """A collecting daemon whose component starts to wait widens its watch at once: the wait
+    under way (the exports alone) ends, and the next one watches the app's keys too."""
+    waiter, other = EtcdStore([etcd.url], timeout=5.0), EtcdStore([etcd.url], timeout=5.0)
+    waiter.records("exports")
+    thread, woke = wait_in_thread(waiter, Watched(exports=True), 60)
+    wait_for(lambda: waiter._watching is not None, what="the wait's watch")
+    waiter.interrupt()
+    thread.join(timeout=20)
+    assert not thread.is_alive() and woke == [False]
+    other.publish("shop", "api", state("api-2"))
+    assert waiter.wait(10, Watched(apps=frozenset({"shop"}), exports=True))
+    waiter.close()
+    other.close()
