@@ -14,8 +14,12 @@ uptime), over two OS families. Two variants:
 - ``--no-reads-node``: they do not, and nodes of a role with the same OS family share their
   catalog (compiled once).
 
-Usage: python bench/diff.py [--nodes 1000] [--repeat 3] [--no-reads-node]
-Prints the wall time of each whole ``reconciler diff`` process, its median, and the summary.
+With ``--validate``, times ``reconciler validate --ref HEAD --facts-dir`` on the same repo
+instead: every node's catalog at the later commit, each with its own facts (one revision).
+
+Usage: python bench/diff.py [--nodes 1000] [--repeat 3] [--no-reads-node] [--validate]
+Prints the wall time of each whole ``reconciler diff`` (or ``validate``) process, its median,
+and the summary.
 """
 
 from __future__ import annotations
@@ -147,6 +151,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--reads-node", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--validate", action="store_true", help="time validate --facts-dir")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-diff-") as temp:
         repo, facts = setup(Path(temp), args.nodes, args.reads_node)
@@ -155,17 +160,24 @@ def main() -> None:
             "diff", "--repo", str(repo), "--from", "HEAD~1", "--to", "HEAD",
             "--facts-dir", str(facts),
         ]  # fmt: skip
+        expected = 2
+        if args.validate:
+            command[3:] = [
+                "validate", "--repo", str(repo), "--ref", "HEAD", "--facts-dir", str(facts),
+                "--state-dir", str(Path(temp) / "state"),
+            ]  # fmt: skip
+            expected = 0
         times = []
         summary = ""
         for _ in range(args.repeat):
             start = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, env=os.environ)
             times.append(time.perf_counter() - start)
-            if done.returncode != 2:
-                sys.exit(f"reconciler diff exited {done.returncode}: {done.stderr}")
-            summary = done.stdout.strip().splitlines()[-1]
+            if done.returncode != expected:
+                sys.exit(f"reconciler {command[3]} exited {done.returncode}: {done.stderr}")
+            summary = done.stdout.strip().splitlines()[-2 if args.validate else -1]
         print(
-            f"nodes {args.nodes}, roles {ROLES}, reads node name: {args.reads_node}, "
+            f"{command[3]}: nodes {args.nodes}, roles {ROLES}, reads node name: {args.reads_node}, "
             f"cores {os.cpu_count()}"
         )
         print("runs: " + ", ".join(f"{t:.2f}s" for t in times))

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,13 +125,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(p)
 
-    p = _command(sub, "validate", "check every file of the repo and compile every role")
+    p = _command(
+        sub,
+        "validate",
+        "check every file of the repo and compile every role, or every node with its own facts "
+        "(--facts-dir, --all) (exit 0 valid, 1 invalid or could not run)",
+    )
     _option(p, "--config", type=Path)
     _option(p, "--repo")
     _option(p, "--ref")
-    _option(p, "--node", action="append", default=[], help="also compile this node (repeatable)")
+    _option(
+        p,
+        "--node",
+        action="append",
+        default=[],
+        help="also compile this node (repeatable); with --facts-dir or --all, only these nodes",
+    )
     _option(p, "--facts", type=Path, dest="facts_file")
     _option(p, "--state-dir", type=Path)  # the modules' mirrors are kept there
+    fleet_facts = p.add_mutually_exclusive_group()
+    fleet_facts.add_argument(
+        "--facts-dir",
+        type=Path,
+        metavar="DIR",
+        help="<node>.yaml files of facts, one per node (as `reconciler facts` prints them)",
+    )
+    fleet_facts.add_argument(
+        "--all",
+        action="store_true",
+        help="compile every node with its own facts as published to the coordination store "
+        "of --config, in place of this host's",
+    )
+    p.add_argument("--role", help="only the nodes of this role")
 
     p = _command(
         sub,
@@ -147,12 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", dest="after", required=True, metavar="REF",
         help="the revision with the change: a branch, tag or commit",
     )  # fmt: skip
-    p.add_argument(
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument(
         "--facts-dir",
         type=Path,
-        required=True,
         metavar="DIR",
         help="<node>.yaml files of facts, one per node (as `reconciler facts` prints them)",
+    )
+    given.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="read every node's facts from the coordination store this configuration file "
+        "names (nothing else of it is used)",
     )
     _option(p, "--node", action="append", default=[], help="only this node (repeatable)")
     p.add_argument("--role", help="only nodes with this role at either revision")
@@ -491,6 +524,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from reconciler.model.modules import with_modules
     from reconciler.reconcile import RunOptions, gather_facts
 
+    every_node = args.facts_dir is not None or args.all
+    if not every_node and args.role is not None:
+        raise ReconcilerError("--role goes with --facts-dir or --all")
+    if every_node and args.facts_file is not None:
+        raise ReconcilerError("--facts is for this host's facts, not with --facts-dir or --all")
     values = _settings(args)
     repo = _repo(values)
     snapshot = _snapshot(repo, values)
@@ -504,6 +542,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             _say(f"  {problem}", file=sys.stderr)
         return EXIT_ERROR
+    if every_node:
+        return _validate_nodes(args, values, snapshot)
     options = RunOptions(repo=repo, facts_file=args.facts_file, facts_dirs=values["facts_dirs"])
     this_node, facts = gather_facts(options, _warn)
     problems = validate_repo(snapshot, facts, this_node)
@@ -527,8 +567,95 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review_facts(args: argparse.Namespace) -> dict[str, Any]:
+    """Every node's facts: from --facts-dir, or as the nodes published them to the store of
+    --config's coordination section."""
+    if args.facts_dir is not None:
+        from reconciler.review import load_facts_dir
+
+        return load_facts_dir(args.facts_dir)
+    from reconciler.apps.facts import fleet_facts
+
+    if args.config is None:
+        raise ReconcilerError("--all reads the coordination store: give --config FILE")
+    found = fleet_facts(_settings(args)["coordination"], _warn)
+    if not found:
+        raise ReconcilerError(
+            f"no node has published its facts to the coordination store of {args.config}"
+        )
+    return dict(found)
+
+
+def _validate_nodes(args: argparse.Namespace, values: dict[str, Any], snapshot: Any) -> int:
+    """validate --facts-dir or --all: the repo's files, then every node's catalog compiled
+    with that node's facts."""
+    from reconciler.model.catalog import repo_warnings, validate_files
+    from reconciler.review.fleet import validate_fleet
+    from reconciler.review.withheld import withheld_line
+
+    facts = _review_facts(args)
+    problems = validate_files(snapshot)
+    for warning in repo_warnings(snapshot):
+        _warn(warning)
+    checked = validate_fleet(
+        snapshot,
+        facts,
+        Path(values["state_dir"]),
+        nodes=list(args.node),
+        role=args.role,
+        timeout=values["timeout"],
+    )
+    if args.role is not None and not checked.nodes:
+        raise ReconcilerError(f"no node has role {args.role!r}")
+    if not args.node and args.role is None:
+        from reconciler.model.repo import names_of
+
+        unused = sorted(set(names_of(snapshot, "role")) - {c.role for c in checked.nodes})
+        if unused:  # no facts to compile them with; their files were checked all the same
+            _warn(f"no node has role(s) {', '.join(unused)}: not compiled")
+    if problems:
+        _err(f"{snapshot.description}: {len(problems)} problem(s):")
+        for problem in problems:
+            _say(f"  {problem}", file=sys.stderr)
+    failed = checked.failed()
+    if failed:
+        _err(f"{len(failed)} of {len(checked.nodes)} node(s) fail to compile with their facts:")
+        shown = {str(p) for p in problems}
+        groups: dict[tuple[str | None, tuple[Any, ...], tuple[str, ...]], list[str]] = {}
+        for check in failed:
+            groups.setdefault((check.role, check.problems, check.withheld), []).append(check.node)
+        for (role, found, withheld), names in groups.items():
+            label = "node" if len(names) == 1 else f"{len(names)} nodes"
+            _say(f"  {label} {', '.join(names)} ({f'role {role}' if role else 'no role'}):",
+                 file=sys.stderr)  # fmt: skip
+            if withheld:
+                _say(f"    {withheld_line(withheld)}", file=sys.stderr)
+            new = [p for p in found if str(p) not in shown]
+            for problem in new:
+                _say(f"    {problem}", file=sys.stderr)
+            if len(new) < len(found):
+                _say(f"    and {len(found) - len(new)} problem(s) listed above", file=sys.stderr)
+    placeheld: dict[tuple[str, ...], list[str]] = {}
+    for check in checked.nodes:
+        if check.withheld and not check.failed:
+            placeheld.setdefault(check.withheld, []).append(check.node)
+    for withheld, names in placeheld.items():
+        label = "node" if len(names) == 1 else f"{len(names)} nodes"
+        _say(f"{label} {', '.join(names)}: {withheld_line(withheld)}")
+    roles = Counter(c.role or "(none)" for c in checked.nodes if not c.failed)
+    compiled = ", ".join(f"{n} of role {r}" for r, n in sorted(roles.items()))
+    _say(
+        f"{sum(roles.values())} of {len(checked.nodes)} node(s) compile with their facts"
+        + (f" ({compiled})" if compiled else "")
+        + f"; {checked.compiles} distinct catalog(s) compiled"
+    )
+    if problems or failed:
+        return EXIT_ERROR
+    _say(f"{snapshot.description}: valid ({snapshot.revision or 'working tree'})")
+    return 0
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
-    from reconciler.review import load_facts_dir
     from reconciler.review.fleet import Request, diff_fleet
     from reconciler.review.render import to_json, to_markdown, to_text
 
@@ -536,7 +663,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         repo=str(args.repo),
         before=args.before,
         after=args.after,
-        facts=load_facts_dir(args.facts_dir),
+        facts=_review_facts(args),
         nodes=list(args.node),
         role=args.role,
         state_dir=args.state_dir,

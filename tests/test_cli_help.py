@@ -28,6 +28,8 @@ DIFFERENT_MEANING = {
     ("diff", "--repo"),  # a git repository only
     ("diff", "--state-dir"),  # only mirrors: of a remote repo and of modules
     ("diff", "--role"),  # the nodes of a role at either revision
+    ("diff", "--config"),  # only its coordination store, for every node's facts
+    ("validate", "--all"),  # compile every node with the facts it published
 }
 HIDDEN = {("demo", "--exit-after")}  # for tests
 

@@ -410,6 +410,7 @@ def fleet_published(config: CoordinationConfig, warn: Warn = _ignore) -> dict[st
 
 
 def fleet_facts(config: CoordinationConfig, warn: Warn = _ignore) -> dict[str, dict[str, Any]]:
-    """Every node's published facts (node -> facts, as ``reconciler facts`` prints them on
-    that node, less what was withheld or dropped), for compiling its catalog elsewhere."""
-    return {node: found.facts for node, found in fleet_published(config, warn).items()}
+    """Every node's published facts document (node -> facts as ``reconciler facts`` prints
+    them on that node, less what was withheld or dropped, and under ``META_KEY`` which), for
+    compiling its catalog elsewhere: a review puts placeholders in the facts left out."""
+    return {node: found.document() for node, found in fleet_published(config, warn).items()}

@@ -1234,6 +1234,7 @@ class EtcdStore:
             error = message["error"]
             raise _StreamEnded(str(error.get("message") if isinstance(error, dict) else error))
         result = message.get("result") or {}
+        _check_refused(result)
         if result.get("canceled") or result.get("compact_revision"):
             self._revision_seen.pop(source, None)  # history is gone: watch from now on
             return None
@@ -1537,6 +1538,7 @@ class EtcdStore:
             error = message["error"]
             raise _StreamEnded(str(error.get("message") if isinstance(error, dict) else error))
         result = message.get("result") or {}
+        _check_refused(result)
         if result.get("canceled") or result.get("compact_revision"):
             self._seen = None  # history from the last read is gone: read again
             self._woke_for = None
@@ -1562,6 +1564,19 @@ class EtcdStore:
             return None
         self._woke_for = frozenset(causes)
         return True
+
+
+def _check_refused(result: dict[str, Any]) -> None:
+    """Raise StoreError when etcd cancelled a watch for a reason other than compaction.
+
+    A user whose permissions do not cover a watched range (for ``wait``, the exports records
+    and the pushed revision, or every key under ``/reconciler/``) has its watch cancelled as
+    it is created: that is no change
+    to read again, which would wake the caller at once, over and over, but a refusal."""
+    if result.get("canceled") and not result.get("compact_revision"):
+        reason = str(result.get("cancel_reason") or "")
+        if reason:
+            raise StoreError(f"etcd refused the watch: {reason}")
 
 
 # The areas of the store that belong to one app: /reconciler/<area>/<app>/...

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -415,8 +415,16 @@ class Compiler:
         return self.compile_role(node, classification.role, classification.where, facts)
 
     def compile_role(
-        self, node: str, role: str, where: Location, facts: Mapping[str, Any]
+        self,
+        node: str,
+        role: str,
+        where: Location,
+        facts: Mapping[str, Any],
+        sensitive: Sequence[str] = (),
     ) -> Catalog:
+        """The node's catalog with ``role``. ``sensitive``: values known to be sensitive
+        besides the catalog's own (a review's placeholders for facts a node withheld): a
+        resource holding one is sensitive, and each is shown only as its digest."""
         named, problems = repomod.read_role(self.snapshot, role, where)
         profiles, found = self.included(named)
         problems += found
@@ -476,6 +484,7 @@ class Compiler:
             [
                 *(leaf for p in resolved for leaf in sensitive_values(p, catalog.params[p.name])),
                 *self.keyring.revealed,  # a token's plaintext inside a longer value too
+                *sensitive,
             ]
         )
         build = Build()
@@ -1782,6 +1791,44 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
     Each file is checked on its own first (settings, nodes.yaml, every role, profile, data file
     and app, used or not), so that a problem in one file hides none in another; then every
     role is compiled with these facts, which finds what only values show."""
+    problems, compiler, roles = _check_files(snapshot)
+    for role in roles:
+        try:
+            compiler.compile_role(node, role, Location(f"roles/{role}.yaml"), facts)
+        except ModelError as exc:
+            problems += exc.problems
+    for name in app_names(snapshot):
+        try:
+            app, _ = read_app(snapshot, name)  # check_apps reports what is wrong with it
+        except ModelError:
+            continue
+        for component in app.components:
+            problems += declaration_problems(component.resources, app.file, compiler.types())
+    problems += compiler.check_apps(node, facts)
+    return tidy(problems)
+
+
+def validate_files(snapshot: Snapshot) -> list[Problem]:
+    """Every problem of a revision's files, each checked on its own, without compiling
+    anything: what ``validate_repo`` finds before it compiles, for when each node is compiled
+    with its own facts instead."""
+    problems, compiler, _ = _check_files(snapshot)
+    try:
+        compiler.apps()
+    except ModelError as exc:  # what check_apps reports without compiling
+        problems += exc.problems
+    for name in app_names(snapshot):
+        try:
+            app, _ = read_app(snapshot, name)
+        except ModelError:
+            continue
+        for component in app.components:
+            problems += declaration_problems(component.resources, app.file, compiler.types())
+    return tidy(problems)
+
+
+def _check_files(snapshot: Snapshot) -> tuple[list[Problem], Compiler, list[str]]:
+    """The problems of each file on its own, the compiler that read them, and the roles."""
     problems: list[Problem] = []
     try:
         settings = repomod.load_settings(snapshot)
@@ -1839,20 +1886,7 @@ def validate_repo(snapshot: Snapshot, facts: Mapping[str, Any], node: str) -> li
             path, without_app_sections(content), profiles, compiler.profile_names()
         )
         problems += compiler.app_data_problems(path, content)
-    for role in roles:
-        try:
-            compiler.compile_role(node, role, Location(f"roles/{role}.yaml"), facts)
-        except ModelError as exc:
-            problems += exc.problems
-    for name in app_names(snapshot):
-        try:
-            app, _ = read_app(snapshot, name)  # check_apps reports what is wrong with it
-        except ModelError:
-            continue
-        for component in app.components:
-            problems += declaration_problems(component.resources, app.file, compiler.types())
-    problems += compiler.check_apps(node, facts)
-    return tidy(problems)
+    return problems, compiler, list(roles)
 
 
 def repo_warnings(snapshot: Snapshot) -> list[str]:

@@ -1,13 +1,16 @@
-"""``diff_fleet``: what a change of the control repo would change on every node.
+"""``diff_fleet``: what a change of the control repo would change on every node; and
+``validate_fleet``: whether every node's catalog compiles, each with its own facts.
 
 Each node's catalog is compiled at both revisions with that node's facts, read from git objects
 (never checked out), the repo's modules at their pins. A catalog is compiled once per distinct
 input (``inputs.Reads.key``: the revision, the role, the facts the revision may read, the node's
 name when it may read it), in worker processes, one per core; the comparison runs here.
+``validate_fleet`` compiles one revision the same way (a commit, or a working tree).
 
 Values encrypted in data are not decrypted: a review runs without any node's keys. They are
 compared as written, as digests, and a change to one is marked as such: a value encrypted again
-differs though its plaintext may not.
+differs though its plaintext may not. Facts a node withheld from what it published are compiled
+as placeholders (``withheld``), and each node says which.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from reconciler.review.view import (
     scrubbed,
     view_of,
 )
-from reconciler.source import GitSnapshot, Snapshot, open_snapshot
+from reconciler.review.withheld import review_facts
+from reconciler.source import DirectorySnapshot, GitSnapshot, Snapshot, open_snapshot
 
 NodeStatus = Literal["unchanged", "changed", "failed"]
 Direction = Literal["upgrade", "downgrade", "change", "new", "removed"]
@@ -78,6 +82,7 @@ class NodeDiff:
     apps: list[tuple[str, str | None, str | None]] = field(default_factory=list)
     problems_before: tuple[Problem, ...] = ()
     problems_after: tuple[Problem, ...] = ()
+    withheld: tuple[str, ...] = ()  # facts the node left out, compiled as placeholders
 
     @property
     def status(self) -> NodeStatus:
@@ -143,10 +148,24 @@ class FleetDiff:
 
 @dataclass(frozen=True)
 class _Source:
-    git_dir: Path
+    """A revision as a worker opens it again: a commit of ``git_dir``, or a working tree."""
+
+    git_dir: Path | None
     commit: str
     branch: str | None
     description: str
+    work_tree: Path | None = None
+
+
+def _source_of(snapshot: Snapshot) -> _Source:
+    control = snapshot.control if isinstance(snapshot, ModularSnapshot) else snapshot
+    if isinstance(control, GitSnapshot):
+        return _Source(control.git_dir, control.revision or "", control.branch, control.description)
+    if isinstance(control, DirectorySnapshot):
+        return _Source(
+            None, control.revision or "", control.branch, control.description, control.root
+        )
+    raise ReconcilerError(f"{snapshot.description}: not a commit nor a working tree")
 
 
 @dataclass(frozen=True)
@@ -157,6 +176,7 @@ class _Task:
     where: Location
     facts: Mapping[str, Any]
     problems: tuple[Problem, ...] = ()  # it cannot be classified: why
+    sensitive: tuple[str, ...] = ()  # placeholders for withheld facts
 
 
 # One compiler per revision in each worker (or the problems that stop it), set by _start.
@@ -196,6 +216,12 @@ class _Remembered:
 
 
 def _open(source: _Source, state_dir: Path, timeout: float) -> Snapshot:
+    snapshot: GitSnapshot | DirectorySnapshot
+    if source.work_tree is not None:
+        snapshot = DirectorySnapshot(source.work_tree)
+        snapshot.description = source.description
+        return with_modules(snapshot, state_dir, timeout)
+    assert source.git_dir is not None
     snapshot = GitSnapshot(
         source.git_dir, source.commit, source.branch, source.description, timeout
     )
@@ -237,7 +263,9 @@ def _compile(task: _Task) -> CatalogView:
     if isinstance(compiler, list):
         return failed_view(task.role, compiler)
     try:
-        return view_of(compiler.compile_role(task.node, task.role, task.where, task.facts))
+        return view_of(
+            compiler.compile_role(task.node, task.role, task.where, task.facts, task.sensitive)
+        )
     except ModelError as exc:
         return failed_view(task.role, exc.problems)
     except Exception as exc:  # a bug must not hide the other nodes' results
@@ -307,10 +335,10 @@ def diff_fleet(request: Request) -> FleetDiff:
             for ref in (request.before, request.after)
         ]
         try:
-            sources = [
-                _Source(s.git_dir, s.revision or "", s.branch, s.description) for s in opened
-            ]
-            tasks, plan = _plan(request, names, opened, state_dir)
+            sources = [_source_of(s) for s in opened]
+            tasks, plan, withheld = _plan(
+                request.facts, names, request.role, opened, state_dir, request.timeout
+            )
         finally:
             for snapshot in opened:
                 snapshot.close()
@@ -335,7 +363,7 @@ def diff_fleet(request: Request) -> FleetDiff:
                 key_before, key_after = plan[node]
                 nodes.append(
                     _node_diff(node, views[key_before], views[key_after], labels, compared,
-                               (key_before, key_after))
+                               (key_before, key_after), withheld[node])
                 )  # fmt: skip
                 for used in plan[node]:
                     uses[used] -= 1
@@ -359,9 +387,10 @@ def _node_diff(
     labels: tuple[str, str],
     compared: dict[tuple[str, str], list[ResourceChange]],
     pair: tuple[str, str],
+    withheld: tuple[str, ...] = (),
 ) -> NodeDiff:
     """One node's changes; nodes with the same pair of catalogs share one comparison."""
-    diff = NodeDiff(node, before.role, after.role)
+    diff = NodeDiff(node, before.role, after.role, withheld=withheld)
     diff.problems_before, diff.problems_after = before.problems, after.problems
     if not before.failed and not after.failed:
         if pair not in compared:
@@ -376,18 +405,26 @@ def _node_diff(
 
 
 def _plan(
-    request: Request, names: list[str], opened: list[GitSnapshot], state_dir: Path
-) -> tuple[dict[str, _Task], dict[str, tuple[str, str]]]:
-    """The distinct compiles (key -> task) and each node's keys at both revisions. A node
-    that cannot be classified at a revision gets a task that fails with why."""
+    all_facts: Mapping[str, Mapping[str, Any]],
+    names: list[str],
+    only_role: str | None,
+    opened: Sequence[Snapshot],
+    state_dir: Path,
+    timeout: float,
+) -> tuple[dict[str, _Task], dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """The distinct compiles (key -> task), each node's keys, one per revision (of
+    ``opened``), and the facts each node withheld (compiled as placeholders). A node that
+    cannot be classified at a revision gets a task that fails with why; one without
+    ``only_role`` at any revision is left out."""
     tasks: dict[str, _Task] = {}
-    plan: dict[str, tuple[str, str]] = {}
+    plan: dict[str, tuple[str, ...]] = {}
+    given = {node: review_facts(node, all_facts[node]) for node in names}
     snapshots: list[Snapshot] = []
     reads: list[Reads] = []
     modulars: list[Snapshot] = []
     for snapshot in opened:
         try:
-            modular = with_modules(snapshot, state_dir, request.timeout)
+            modular = with_modules(snapshot, state_dir, timeout)
         except ModelError:
             modular = snapshot  # the workers report it for every node
         modulars.append(modular)
@@ -395,7 +432,7 @@ def _plan(
         reads.append(reads_of(snapshots[-1]))
     try:
         for node in names:
-            facts = request.facts[node]
+            facts, sensitive = given[node].facts, given[node].placeholders
             keys: list[str] = []
             roles: list[str | None] = []
             for index, current in enumerate(snapshots):
@@ -412,19 +449,20 @@ def _plan(
                     continue
                 # the nodes.yaml entry too: an error about the role names it
                 key = reads[index].key(f"{index}:{where}", role, node, facts, current)
-                tasks.setdefault(key, _Task(index, node, role, where, facts))
+                tasks.setdefault(key, _Task(index, node, role, where, facts, (), sensitive))
                 keys.append(key)
                 roles.append(role)
-            if request.role is not None and request.role not in roles:
+            if only_role is not None and only_role not in roles:
                 continue
-            plan[node] = (keys[0], keys[1])
+            plan[node] = tuple(keys)
     finally:
-        for modular in modulars:
-            if isinstance(modular, ModularSnapshot):
+        for modular, snapshot in zip(modulars, opened, strict=True):
+            if isinstance(modular, ModularSnapshot) and modular is not snapshot:  # opened here
                 for module in modular.modules.values():
                     module.close()
     used = {key for pair in plan.values() for key in pair}
-    return {k: t for k, t in tasks.items() if k in used}, plan
+    withheld = {node: given[node].withheld for node in plan}
+    return {k: t for k, t in tasks.items() if k in used}, plan, withheld
 
 
 def _app_changes(
@@ -456,7 +494,7 @@ def direction(before: str | None, after: str | None) -> Direction:
 def _rollouts(
     nodes: list[NodeDiff],
     deployed: Mapping[str, Sequence[DeploymentView]],
-    plan: Mapping[str, tuple[str, str]],
+    plan: Mapping[str, tuple[str, ...]],
 ) -> list[ComponentRollout]:
     """Each component that changes version somewhere, its nodes, in the order of its app."""
     definitions: dict[str, tuple[tuple[str, ...], int]] = {}
@@ -489,3 +527,65 @@ def _rollouts(
         rollout.step = step(name)
         rollout.moves.sort(key=lambda m: m.node)
     return sorted(rollouts.values(), key=lambda r: (r.app, r.step, r.component))
+
+
+# -- every node at one revision: validate ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeCheck:
+    """One node's catalog compiled with its own facts: its role and size, or why it fails."""
+
+    node: str
+    role: str | None  # None: nodes.yaml gives it no role
+    resources: int
+    problems: tuple[Problem, ...] = ()
+    withheld: tuple[str, ...] = ()  # facts the node left out, compiled as placeholders
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.problems)
+
+
+@dataclass
+class FleetCheck:
+    nodes: list[NodeCheck]
+    compiles: int  # distinct catalogs compiled
+
+    def failed(self) -> list[NodeCheck]:
+        return [n for n in self.nodes if n.failed]
+
+
+def validate_fleet(
+    snapshot: Snapshot,
+    facts: Mapping[str, Mapping[str, Any]],
+    state_dir: Path,
+    *,
+    nodes: Sequence[str] = (),
+    role: str | None = None,
+    timeout: float = 60.0,
+    workers: int | None = None,
+) -> FleetCheck:
+    """Compile the catalog of every node of ``facts`` (or of ``nodes``; with ``role``, only
+    the nodes nodes.yaml gives it) at ``snapshot``, each with its own facts, classified by the
+    revision's nodes.yaml: once per distinct input, in worker processes, as ``diff_fleet``.
+
+    ``snapshot`` is a commit or a working tree, with its modules or not; the workers open it
+    again (and its modules, from the mirrors in ``state_dir``)."""
+    unknown = sorted(set(nodes) - set(facts))
+    if unknown:
+        raise ReconcilerError(f"no facts for node(s) {', '.join(unknown)}")
+    names = sorted(set(nodes or facts))
+    source = _source_of(snapshot)
+    tasks, plan, withheld = _plan(facts, names, role, [snapshot], state_dir, timeout)
+    found: dict[str, tuple[str | None, int, tuple[Problem, ...]]] = {}
+    for key, view in _compiled(
+        list(tasks), tasks, [source], state_dir, timeout, workers or os.cpu_count() or 1
+    ):
+        found[key] = (view.role, len(view.resources), view.problems)
+    checks = [
+        NodeCheck(node, *found[plan[node][0]], withheld=withheld[node])
+        for node in names
+        if node in plan
+    ]
+    return FleetCheck(checks, len(tasks))

@@ -15,7 +15,8 @@ JSON schema ``reconciler.diff/v1``::
                                                "to": str | null, "diff": str (optional),
                                                "encrypted": bool}]}],
                 "apps": [{"component": "app/component", "from": str | null, "to": str | null}],
-                "errors": {"from": [problem], "to": [problem]}}],
+                "errors": {"from": [problem], "to": [problem]},
+                "withheld_facts": [str]}],
      "rollouts": [{"app", "component": str, "step": int, "requires": [str],
                    "max_parallel": int,
                    "nodes": [{"node", "from", "to", "direction"}]}],
@@ -24,6 +25,7 @@ JSON schema ``reconciler.diff/v1``::
     problem: {"message": str, "file": str | null, "line": int | null, "key": str | null}
 
 Nodes whose catalog is the same at both revisions are only counted (``summary.unchanged``).
+``withheld_facts``: the facts the node left out of what it published, compiled as placeholders.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 from reconciler.errors import Problem
 from reconciler.review.fleet import ComponentRollout, FleetDiff, NodeDiff
 from reconciler.review.view import AttributeChange, ResourceChange
+from reconciler.review.withheld import withheld_line
 
 SCHEMA = "reconciler.diff/v1"
 # A pull-request comment holds at most 65536 characters (GitHub); past this, node details are
@@ -97,6 +100,7 @@ def _node(node: NodeDiff) -> dict[str, Any]:
             "from": [_problem(p) for p in node.problems_before],
             "to": [_problem(p) for p in node.problems_after],
         },
+        "withheld_facts": list(node.withheld),
     }
 
 
@@ -167,6 +171,8 @@ def node_body(node: NodeDiff, diff: FleetDiff, flat: bool = False) -> list[str]:
     """What changes on one node, one line per resource and attribute (its name left out, so
     that nodes with the same changes share one body)."""
     lines: list[str] = []
+    if node.withheld:
+        lines.append(withheld_line(node.withheld))
     if node.problems_after:
         lines.append(f"! does not compile at {diff.after.ref}:")
         lines += _problem_lines(node.problems_after)

@@ -327,7 +327,8 @@ class Mirror:
         self, url: str, directory: Path, timeout: float, max_bytes: int = MAX_MIRROR_BYTES
     ) -> None:
         self.url = check_url(url)
-        self.directory = directory
+        # absolute: git runs in "/", and a relative --state-dir means the caller's directory
+        self.directory = Path(os.path.abspath(directory))
         self.git_dir = directory / "mirror.git"
         self.timeout = timeout
         self.max_bytes = max_bytes

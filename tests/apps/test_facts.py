@@ -29,7 +29,7 @@ from reconciler.apps.facts import (
 from reconciler.apps.store import MAX_RECORD, CoordinationConfig, EtcdStore, LocalStore, Store
 from tests.apps.conftest import EtcdServer, StoreFactory
 from tests.apps.test_rollout_local import Fleet
-from tests.conftest import wait_for, write_tree
+from tests.conftest import commit_all, wait_for, write_tree
 from tests.daemon.conftest import Daemon, GitServer
 
 CANARY = "canary-db-secret-4711"  # a fact a sensitive parameter is set from
@@ -174,7 +174,8 @@ def test_facts_all_writes_each_nodes_facts_as_reconciler_facts_prints_them(
     # The same, for a library user (what `reconciler diff --config` compiles with).
     facts = fleet_facts(fleet.coordination_config())
     assert sorted(facts) == ["db-1", "web-1"]
-    assert facts["web-1"] == web and facts["db-1"]["node"] == "db-1"
+    # with what was left out, under the same key: a review puts placeholders there
+    assert facts["web-1"] == {**web, META_KEY: meta} and facts["db-1"]["node"] == "db-1"
 
     done = fleet.cli("facts", "--all", "--config", str(fleet.config("web-1")), "--out", str(out))
     assert done.returncode == 1 and "not a new or empty directory" in done.stderr
@@ -201,6 +202,78 @@ def test_facts_all_without_out_prints_a_yaml_stream_or_json(fleet: FactsFleet) -
         assert done.returncode == 1 and says in done.stderr, (wrong, done.stderr)
 
 
+REGION = """\
+    resources:
+      - file: /etc/region
+        content: "WORD {{ facts.site.region }}\\n"
+    """
+DB_IN_EU = """\
+    profiles: [base]
+    assert:
+      - that: "facts.site.region == 'eu-west'"
+        message: "databases stay in eu-west, not {{ facts.site.region }}"
+    """
+
+
+def test_diff_and_validate_compile_each_node_with_the_facts_it_published(
+    fleet: FactsFleet,
+) -> None:
+    """`diff --config` and `validate --all --config` read every node's facts from the store the
+    nodes published them to: web-1 in eu-west, db-1 in us-east."""
+    repo, config = str(fleet.repo), str(fleet.config("web-1"))
+    done = fleet.cli("validate", "--repo", repo, "--all", "--config", config)
+    assert done.returncode == 1
+    assert "no node has published its facts to the coordination store of" in done.stderr
+    write_tree(
+        fleet.repo,
+        {"roles/db.yaml": "profiles: [base]\n", "profiles/base.yaml": REGION.replace("WORD", "in")},
+    )
+    fleet.set_facts("web-1", site("eu-west"))
+    fleet.set_facts("db-1", site("us-east"))
+    ok(fleet.apply("web-1"))
+    ok(fleet.apply("db-1"))
+    commit_all(fleet.repo, "base")
+    write_tree(
+        fleet.repo,
+        {"roles/db.yaml": DB_IN_EU, "profiles/base.yaml": REGION.replace("WORD", "region")},
+    )
+    head = commit_all(fleet.repo, "change")
+
+    diff = ("diff", "--repo", repo, "--from", "HEAD~1", "--to", "HEAD", "--config", config)
+    done = fleet.cli(*diff, "--format", "json")
+    assert done.returncode == 4, done.stderr
+    nodes = {n["node"]: n for n in json.loads(done.stdout)["nodes"]}
+    assert sorted(nodes) == ["db-1", "web-1"]
+    (change,) = nodes["web-1"]["resources"]
+    assert (change["id"], change["attributes"][0]["from"], change["attributes"][0]["to"]) == (
+        "file:/etc/region",
+        "in eu-west\n",
+        "region eu-west\n",
+    )
+    assert nodes["db-1"]["status"] == "failed"
+    assert nodes["db-1"]["errors"]["to"] == [
+        {
+            "message": "assertion failed: databases stay in eu-west, not us-east",
+            "file": "roles/db.yaml",
+            "line": 3,
+            "key": "assert",
+        }
+    ]
+
+    done = fleet.cli("validate", "--repo", repo, "--all", "--config", config)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "reconciler: 1 of 2 node(s) fail to compile with their facts:",
+        "  node db-1 (role db):",
+        "    roles/db.yaml:3, key 'assert': assertion failed: databases stay in eu-west, not "
+        "us-east",
+    ]
+    assert done.stdout.startswith("1 of 2 node(s) compile with their facts (1 of role base)")
+    done = fleet.cli("validate", "--repo", repo, "--all", "--config", config, "--role", "base")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith(f"{repo}: valid ({head})\n")
+
+
 def test_sensitive_facts_never_leave_the_node(fleet: FactsFleet, tmp_path: Path) -> None:
     fleet.set_facts("db-primary", site())
     ok(fleet.apply("db-primary"))
@@ -225,6 +298,49 @@ def test_sensitive_facts_never_leave_the_node(fleet: FactsFleet, tmp_path: Path)
     printed = fleet.cli("facts", "--all", "--config", str(fleet.config("db-primary")))
     assert CANARY not in printed.stdout and PIECE not in printed.stdout
     assert "- site.db_password" in printed.stdout  # named under _reconciler.withheld
+
+
+def test_a_review_compiles_with_placeholders_for_the_withheld_facts(
+    fleet: FactsFleet, tmp_path: Path
+) -> None:
+    """db-primary withheld site.db_password and site.token, which its catalog reads: `diff` and
+    `validate` compile it with placeholders (from the store, or from `facts --all --out`),
+    name them, and never show them but as digests."""
+    fleet.set_facts("db-primary", site())
+    ok(fleet.apply("db-primary"))
+    commit_all(fleet.repo, "base")
+    write_tree(
+        fleet.repo, {"profiles/base.yaml": FILES["profiles/base.yaml"] + "    mode: '0600'\n"}
+    )
+    commit_all(fleet.repo, "change")
+    repo, config = str(fleet.repo), str(fleet.config("db-primary"))
+    out = tmp_path / "review-facts"
+    exported = fleet.cli("facts", "--all", "--config", config, "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    note = "compiled with withheld facts: site.db_password, site.token"
+    for given in (["--config", config], ["--facts-dir", str(out)]):
+        done = fleet.cli("diff", "--repo", repo, "--from", "HEAD~1", "--to", "HEAD", *given)
+        assert done.returncode == 2, done.stderr
+        # db.conf reads both placeholders at both revisions: no change; the region file's mode
+        assert done.stdout.splitlines()[2:6] == [
+            "node db-primary: role db",
+            f"  {note}",
+            "  ~ file:/etc/region   (profiles/base.yaml:4)",
+            "      mode: 0600",
+        ], done.stdout
+        shown = fleet.cli(
+            "diff", "--repo", repo, "--from", "HEAD~1", "--to", "HEAD", *given, "--format", "json"
+        ).stdout
+        assert json.loads(shown)["nodes"][0]["withheld_facts"] == [
+            "site.db_password",
+            "site.token",
+        ]
+        validate = ["validate", "--repo", repo, "--state-dir", str(tmp_path / "review-state")]
+        checked = fleet.cli(*validate, *(["--all", *given] if "--config" in given else given))
+        assert checked.returncode == 0, checked.stderr
+        assert f"node db-primary: {note}" in checked.stdout.splitlines()
+        for text in (done.stdout, shown, checked.stdout, checked.stderr):
+            assert CANARY not in text and PIECE not in text and "<withheld" not in text
 
 
 def test_facts_are_bounded_the_largest_dropped_first(fleet: FactsFleet) -> None:

@@ -332,7 +332,10 @@ def check_schema(document: dict[str, Any]) -> None:
     }  # fmt: skip
     assert all(isinstance(v, int) for v in document["summary"].values())
     for node in document["nodes"]:
-        assert set(node) == {"node", "status", "role", "resources", "apps", "errors"}
+        assert set(node) == {
+            "node", "status", "role", "resources", "apps", "errors", "withheld_facts"
+        }  # fmt: skip
+        assert all(isinstance(p, str) for p in node["withheld_facts"])
         assert node["status"] in ("changed", "failed")
         assert set(node["role"]) == {"from", "to"}
         for resource in node["resources"]:

@@ -350,3 +350,25 @@ def test_a_module_template_is_judged_sensitive_by_its_own_text(
     assert "--- /etc/greeting" in done.stdout
     assert "--- /etc/secret" not in done.stdout
     assert "changeme" not in done.stdout
+
+
+def test_a_relative_state_dir_is_the_callers_directory(server: GitServer, tmp_path: Path) -> None:
+    """`--state-dir .state` (as a CI job gives it): the module's mirror is made there, relative
+    to where reconciler runs, and read from there."""
+    import os
+    import subprocess
+    import sys
+
+    new_bare(server)
+    repo = control(tmp_path, module_url(server), serve_module(server, tmp_path, APACHE))
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", "validate", f"--repo={repo}",
+         "--state-dir", ".state"],
+        cwd=workspace, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (workspace / ".state/modules/apache/mirror.git").is_dir()
+    assert not Path("/.state").exists()
