@@ -8,8 +8,8 @@ collect what a producer exports) and --clients simulated nodes: threads of this 
 with its own EtcdStore (the daemon's own store code), doing what a daemon does: a run every
 --interval (splayed) that publishes its exports, a watch of the pushed revision, and, on a
 new app version, the rollout's calls in the rollout's order (note the version; read states,
-failures and versions; take a slot or publish `waiting` and watch the whole store; publish
-`deploying`, `healthy`; free the slot). A simulated run lasts --run-seconds, a deploy
+failures and versions; take a slot or publish `waiting` and watch its app's keys, the exports
+and the pushed revision; publish `deploying`, `healthy`; free the slot). A simulated run lasts --run-seconds, a deploy
 --deploy-seconds (wall time, not CPU: what a real run costs is not simulated, only its timing).
 
 Every daemon polls once an hour: only a push through the store can make it fetch sooner. About
@@ -54,7 +54,7 @@ from run import git
 
 from reconciler.apps.order import Peers
 from reconciler.apps.rollout import SLOTS
-from reconciler.apps.store import ComponentState, EtcdStore, StoreError, source_key
+from reconciler.apps.store import ComponentState, EtcdStore, StoreError, Watched, source_key
 from reconciler.model import exports as exportsmod
 
 SECRET = b"bench-secret"
@@ -304,10 +304,18 @@ class SimNode(threading.Thread):
                 if self.wanted != self.deployed:
                     if self.deploy_step():
                         continue
-                    # Waiting: the daemon watches the whole store, and runs again on a change.
-                    if self.store.wait(STORE_WAIT):
+                    # Waiting: the daemon watches its app's keys, the exports records and the
+                    # pushed revision, runs again on a change of the first two, and reads the
+                    # pushed revision when that changed (or the wait ran out).
+                    watched = Watched(
+                        apps=frozenset({APP}), exports=True, revision=self.fleet.source
+                    )
+                    woke = self.store.wait(STORE_WAIT, watched)
+                    causes = self.store.woke_for if woke else None
+                    if woke and (causes is None or causes & {"apps", "exports"}):
                         self.fleet.stop.wait(self.args.run_seconds)
-                    self.follow(self.store.pushed_revision(self.fleet.source))
+                    if causes is None or "revision" in causes:
+                        self.follow(self.store.pushed_revision(self.fleet.source))
                     continue
                 pushed = self.store.watch_revision(self.fleet.source, PUSH_WAIT)
                 if pushed:

@@ -75,6 +75,9 @@ class CoordinationConfig:
 STATES = ("deploying", "healthy", "failed", "waiting", "rolledback")
 POLL_INTERVAL = 0.1  # seconds between two looks of LocalStore.wait
 ETCD_TIMEOUT = 5.0  # seconds for each HTTP call to etcd
+# Bytes of a watch request etcd's JSON gateway reads before it answers (its decoder's first
+# read); create_requests past them may be dropped.
+WATCH_BODY = 512
 ROOT = "/reconciler/"
 # What a node publishes about itself, one record of each kind, on a lease: its exported values,
 # its last run's summary, its facts. Bounded in bytes, written and read.
@@ -89,6 +92,30 @@ QUIET_KINDS: frozenset[RecordKind] = frozenset({"summary", "facts"})
 # A pushed revision is a commit id; anything else under its key is no revision (and ignored).
 REVISION = re.compile(r"[0-9a-f]{7,64}")
 MAX_REVISION_RECORD = 256  # bytes of a pushed revision's file or key, read
+
+
+# What woke a ``wait``: a change of an app's keys (states, slots, kept failures, versions), of an
+# exports record, of the pushed revision, or of anything else in the store.
+Cause = Literal["apps", "exports", "revision", "other"]
+
+
+@dataclass(frozen=True)
+class Watched:
+    """The part of the store a ``wait`` wakes for.
+
+    ``everything``: the whole store, but the ``QUIET_KINDS``. Otherwise the states, slots, kept
+    failures and versions of each of ``apps``; every node's exports record when ``exports``;
+    the pushed revision of ``revision`` (a ``source_key``). A store may wake for more (a wake
+    may be spurious), never for less.
+    """
+
+    apps: frozenset[str] = frozenset()
+    exports: bool = False
+    revision: str | None = None
+    everything: bool = False
+
+
+EVERYTHING = Watched(everything=True)
 
 
 def source_key(url: str, branch: str | None) -> str:
@@ -194,8 +221,22 @@ class Store(Protocol):
     def records(self, kind: RecordKind) -> dict[str, bytes]:
         """Every node's live record of ``kind``: node -> the JSON document it published."""
 
-    def wait(self, timeout: float) -> bool:
-        """Block until anything in the store changes (True) or ``timeout`` seconds (False)."""
+    def wait(self, timeout: float, watched: Watched = EVERYTHING) -> bool:
+        """Block until what ``watched`` names changes (True) or ``timeout`` seconds (False).
+        Afterwards ``woke_for`` says what changed, when the store knows."""
+
+    @property
+    def woke_for(self) -> frozenset[Cause] | None:
+        """What the last ``wait`` saw change (empty after a timeout); None when the store cannot
+        tell (read everything that matters)."""
+
+    def position(self) -> object:
+        """Where the next ``wait`` would count from (the last read; the store as it is now
+        before any read), for ``rewind``; None when the store cannot say."""
+
+    def rewind(self, position: object) -> None:
+        """Make the next ``wait`` count from no later than ``position`` (one taken before a
+        decision): reads made since, which move the count on, then skip no change."""
 
     def close(self) -> None:
         """Let go of connections; a ``wait`` blocked in another thread returns False."""
@@ -229,7 +270,9 @@ class Store(Protocol):
         it is no revision), or None at ``timeout`` or after ``interrupt``."""
 
     def interrupt(self) -> None:
-        """End a ``watch_revision`` under way in another thread (or the next one) with None."""
+        """End a ``watch_revision`` under way in another thread (or the next one) with None,
+        or a ``wait`` of etcd with False (so that the caller waits again for something
+        else)."""
 
 
 def open_store(config: CoordinationConfig) -> Store:
@@ -335,6 +378,7 @@ class LocalStore:
         self.path = Path(path)
         self.poll_interval = poll_interval
         self._seen: bytes | None = None  # the generation at the last read
+        self._floor: bytes | None = None  # where the next wait counts from, set by rewind
         # This process's own changes, generation before -> after: not news to its own wait.
         self._own: dict[bytes, bytes] = {}
         self._closed = threading.Event()
@@ -427,11 +471,15 @@ class LocalStore:
     def publish_record(self, kind: RecordKind, node: str, record: bytes, ttl: float) -> None:
         _check_record(kind, record, ttl)
         directory = self.path / kind
-        body = json.dumps({"expires": time.time() + ttl, "record": record.decode()}).encode()
+        path = directory / f"{_part(node, 'node')}.json"
+        now = time.time()
+        body = json.dumps({"expires": now + ttl, "record": record.decode()}).encode()
         with self._os_errors(f"publish {kind}"):
+            # The same record, still live: only its expiry moves, which is no change for wait.
+            renewed = self._read_record(path, kind, now) == record
             directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(directory / f"{_part(node, 'node')}.json", body)
-            if kind not in QUIET_KINDS:
+            atomic_write(path, body)
+            if kind not in QUIET_KINDS and not renewed:
                 with self._locked():
                     self._bump()
 
@@ -452,26 +500,52 @@ class LocalStore:
         with self._os_errors(f"read {kind}"):
             self._seen = self._generation()
             for entry in self._entries(self.path / kind):
-                try:
-                    if entry.stat().st_size > 2 * MAX_RECORD[kind]:
-                        continue  # bounded: not written by a reconciler
-                    data = json.loads(entry.read_bytes())
-                    expires, record = data["expires"], data["record"]
-                    if not isinstance(expires, int | float) or not isinstance(record, str):
-                        continue
-                except FileNotFoundError:
-                    continue
-                except (ValueError, KeyError, TypeError):
-                    continue  # not a record file
-                if expires > now:
-                    node = urllib.parse.unquote(entry.name[: -len(".json")])
-                    found[node] = record.encode()
+                record = self._read_record(entry, kind, now)
+                if record is not None:
+                    found[urllib.parse.unquote(entry.name[: -len(".json")])] = record
         return found
 
-    def wait(self, timeout: float) -> bool:
+    @staticmethod
+    def _read_record(path: Path, kind: RecordKind, now: float) -> bytes | None:
+        """The live record in one file; None when there is none (absent, expired, not one)."""
+        try:
+            if path.stat().st_size > 2 * MAX_RECORD[kind]:
+                return None  # bounded: not written by a reconciler
+            data = json.loads(path.read_bytes())
+            expires, record = data["expires"], data["record"]
+            if not isinstance(expires, int | float) or not isinstance(record, str):
+                return None
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return None  # not a record file
+        return record.encode() if expires > now else None
+
+    @property
+    def woke_for(self) -> frozenset[Cause] | None:
+        return None  # one generation counts every change: what changed is not known
+
+    def position(self) -> object:
+        if self._seen is not None:
+            return self._seen
+        try:
+            return self._generation()  # before any read: a change from now on is news
+        except OSError:
+            return None
+
+    def rewind(self, position: object) -> None:
+        if isinstance(position, bytes):
+            self._floor = position
+
+    def wait(self, timeout: float, watched: Watched = EVERYTHING) -> bool:
+        # Every change wakes every wait here (the files have one generation counter); a wait
+        # for part of the store takes the rest as spurious wake-ups.
         deadline = time.monotonic() + timeout
         with self._os_errors("wait"):
-            base = self._seen if self._seen is not None else self._generation()
+            floor, self._floor = self._floor, None
+            base = floor if floor is not None else self._seen
+            if base is None:
+                base = self._generation()
             expiry = self._next_expiry(time.time())
             while not self._closed.is_set():
                 current = self._generation()
@@ -818,6 +892,10 @@ class EtcdStore:
         # Per source: the store revision at the last read of its pushed revision, or of the
         # last event of its key a watch reported.
         self._revision_seen: dict[str, int] = {}
+        self._woke_for: frozenset[Cause] | None = frozenset()
+        self._floor: int | None = None  # where the next wait counts from, set by rewind
+        # The ranges a wait under way watches, when its watch covers more (the whole store).
+        self._within: list[tuple[str, str | None]] | None = None
 
     # -- the contract
 
@@ -945,8 +1023,20 @@ class EtcdStore:
     def publish_record(self, kind: RecordKind, node: str, record: bytes, ttl: float) -> None:
         _check_record(kind, record, ttl)
         key = self._record_key(kind, node)
-        old = [kv.get("lease") for kv in self._range(key, whole=True) if kv.get("lease")]
-        granted = self._call("lease/grant", {"TTL": max(1, math.ceil(ttl))})
+        there = self._range(key, whole=True)
+        seconds = max(1, math.ceil(ttl))
+        for kv in there:
+            # The same record on a lease of the same length: renew the lease, write nothing, so
+            # that no watcher wakes. A lease etcd no longer knows, or granted for another ttl,
+            # takes the write below.
+            if (
+                kv.get("lease")
+                and base64.b64decode(kv.get("value", "")) == record
+                and self._keepalive(str(kv["lease"])) == seconds
+            ):
+                return
+        old = [kv.get("lease") for kv in there if kv.get("lease")]
+        granted = self._call("lease/grant", {"TTL": seconds})
         lease = str(granted["ID"])
         try:
             self._change(
@@ -976,14 +1066,45 @@ class EtcdStore:
                 found[urllib.parse.unquote(node)] = raw
         return found
 
-    def wait(self, timeout: float) -> bool:
+    @property
+    def woke_for(self) -> frozenset[Cause] | None:
+        return self._woke_for
+
+    def position(self) -> object:
+        if self._seen is not None:
+            return self._seen
+        # Before any read (a daemon's first run): the store's revision now, so that a change
+        # made between the run's reads and the watch that follows is news to that watch.
+        try:
+            answer = self._call("kv/range", {"key": _b64(ROOT), "keys_only": True, "limit": 1})
+        except StoreError:
+            return None
+        return int(answer["header"]["revision"])
+
+    def rewind(self, position: object) -> None:
+        if isinstance(position, int) and (self._floor is None or position < self._floor):
+            self._floor = position
+
+    def wait(self, timeout: float, watched: Watched = EVERYTHING) -> bool:
         import http.client
 
         deadline = time.monotonic() + timeout
-        request: dict[str, Any] = {"key": _b64(ROOT), "range_end": _b64(_prefix_end(ROOT))}
-        if self._seen is not None:
-            request["start_revision"] = self._seen + 1
-        body = json.dumps({"create_request": request}).encode()
+        self._woke_for = frozenset()
+        ranges = self._watched_ranges(watched)
+        if not ranges:
+            self._closed.wait(max(0.0, timeout))  # nothing to watch
+            return False
+        # One stream for all: etcd's watch takes a create_request per range on one connection.
+        # Through the JSON gateway only the first WATCH_BODY bytes of the request are sure to
+        # be read (the rest is dropped once the first answer is sent): ranges that do not fit
+        # are watched as the whole store, and events outside them are not news.
+        floor, self._floor = self._floor, None
+        since = self._seen if floor is None or self._seen is None else min(floor, self._seen)
+        body = self._watch_body(ranges, since)
+        self._within = None
+        if len(body) > WATCH_BODY:
+            self._within = ranges
+            body = self._watch_body([(ROOT, _prefix_end(ROOT))], since)
         if self.username is not None and self._token is None:
             self._authenticate()
         errors: list[str] = []
@@ -992,9 +1113,9 @@ class EtcdStore:
                 return False
             url = self.endpoints[index]
             try:
-                return self._watch(index, body, deadline, self._changed) is not None
+                return self._watch(index, body, deadline, self._changed, True) is not None
             except (OSError, http.client.HTTPException, ValueError, _StreamEnded) as exc:
-                if self._closed.is_set():
+                if self._closed.is_set() or self._take_interrupt():
                     return False
                 if isinstance(exc, TimeoutError) and time.monotonic() >= deadline:
                     return False  # the wait ran out while the watch was being set up
@@ -1002,6 +1123,43 @@ class EtcdStore:
                 if time.monotonic() >= deadline:
                     break
         raise StoreError(f"etcd cannot be watched: {'; '.join(errors)}")
+
+    def _watch_body(self, ranges: list[tuple[str, str | None]], since: int | None) -> bytes:
+        """A watch request's body: one create_request per range, from after ``since`` on."""
+        requests = []
+        for key, end in ranges:
+            request: dict[str, Any] = {"key": _b64(key)}
+            if end is not None:
+                request["range_end"] = _b64(end)
+            if since is not None:
+                request["start_revision"] = since + 1
+            requests.append(json.dumps({"create_request": request}, separators=(",", ":")))
+        return "\n".join(requests).encode()
+
+    def _watched_ranges(self, watched: Watched) -> list[tuple[str, str | None]]:
+        """The key ranges (key, range_end; None: that one key) a wait for ``watched`` holds."""
+        if watched.everything:
+            return [(ROOT, _prefix_end(ROOT))]
+        prefixes = [
+            f"{ROOT}{area}/{_part(app, 'app')}/"
+            for app in sorted(watched.apps)
+            for area in APP_AREAS
+        ]
+        if watched.exports:
+            prefixes.append(f"{ROOT}exports/")
+        ranges: list[tuple[str, str | None]] = [(p, _prefix_end(p)) for p in prefixes]
+        if watched.revision is not None:
+            ranges.append((self._revision_key(watched.revision), None))
+        return ranges
+
+    def _within_ranges(self, key: bytes) -> bool:
+        """Whether a key a watch reported is one the wait under way was asked for."""
+        if self._within is None:
+            return True  # etcd sends only those
+        text = key.decode(errors="replace")
+        return any(
+            text == start if end is None else start <= text < end for start, end in self._within
+        )
 
     def close(self) -> None:
         self._closed.set()
@@ -1074,8 +1232,7 @@ class EtcdStore:
 
     def interrupt(self) -> None:
         self._interrupted.set()
-        if self._watching_revision:
-            self._end_watch()
+        self._end_watch()  # a watch of the pushed revision, or a wait
 
     def _take_interrupt(self) -> bool:
         if self._interrupted.is_set():
@@ -1224,11 +1381,11 @@ class EtcdStore:
         kvs: list[dict[str, Any]] = answer.get("kvs", [])
         return kvs
 
-    def _keepalive(self, lease: str) -> bool:
-        """Renew a lease; False when it is gone already."""
+    def _keepalive(self, lease: str) -> int:
+        """Renew a lease: the seconds it now has left (its granted TTL); 0 when it is gone."""
         answer = self._call("lease/keepalive", {"ID": lease})
         result = answer.get("result", answer)
-        return int(result.get("TTL", 0)) > 0
+        return max(0, int(result.get("TTL", 0)))
 
     def _revoke(self, lease: str, deletes: bool = False) -> None:
         """Revoke a lease; ``deletes``: a key is attached, so the revoke is a change."""
@@ -1408,28 +1565,37 @@ class EtcdStore:
         _check_refused(result)
         if result.get("canceled") or result.get("compact_revision"):
             self._seen = None  # history from the last read is gone: read again
+            self._woke_for = None
             return True
         events = result.get("events") or []
         if not events:
             return None
         revisions = {int(e.get("kv", {}).get("mod_revision", 0)) for e in events}
         self._seen = max(revisions) or None
-        news = {
-            int(e.get("kv", {}).get("mod_revision", 0))
-            for e in events
-            if not _quiet(e.get("kv", {}).get("key", ""))
-        }
-        if not news:
-            return None  # only records nobody waits for
+        news: dict[int, set[Cause]] = {}
+        for event in events:
+            key = base64.b64decode(event.get("kv", {}).get("key", ""))
+            cause = _cause(key)
+            if cause is None or not self._within_ranges(key):
+                continue  # a record nobody waits for, or a key the wait does not watch
+            revision = int(event.get("kv", {}).get("mod_revision", 0))
+            news.setdefault(revision, set()).add(cause)
         with self._writing:  # a change of our own under way is answered first
-            return None if news <= self._own else True
+            causes = {
+                c for revision, found in news.items() if revision not in self._own for c in found
+            }
+        if not causes:
+            return None
+        self._woke_for = frozenset(causes)
+        return True
 
 
 def _check_refused(result: dict[str, Any]) -> None:
     """Raise StoreError when etcd cancelled a watch for a reason other than compaction.
 
-    A user whose permissions do not cover the whole watched range (every key under
-    ``/reconciler/`` for ``wait``) has its watch cancelled as it is created: that is no change
+    A user whose permissions do not cover a watched range (for ``wait``, the exports records
+    and the pushed revision, or every key under ``/reconciler/``) has its watch cancelled as
+    it is created: that is no change
     to read again, which would wake the caller at once, over and over, but a refusal."""
     if result.get("canceled") and not result.get("compact_revision"):
         reason = str(result.get("cancel_reason") or "")
@@ -1437,10 +1603,22 @@ def _check_refused(result: dict[str, Any]) -> None:
             raise StoreError(f"etcd refused the watch: {reason}")
 
 
-def _quiet(key: str) -> bool:
-    """Whether an etcd key (base64, as a watch gives it) is a record of the ``QUIET_KINDS``."""
-    raw = base64.b64decode(key)
-    return any(raw.startswith(f"{ROOT}{kind}/".encode()) for kind in QUIET_KINDS)
+# The areas of the store that belong to one app: /reconciler/<area>/<app>/...
+APP_AREAS = ("apps", "slots", "failures", "versions")
+
+
+def _cause(key: bytes) -> Cause | None:
+    """What a change of an etcd key is news of; None for a record of the ``QUIET_KINDS``."""
+    area = key[len(ROOT) :].split(b"/", 1)[0].decode(errors="replace")
+    if area in QUIET_KINDS:
+        return None
+    if area in APP_AREAS:
+        return "apps"
+    if area == "exports":
+        return "exports"
+    if area == "revisions":
+        return "revision"
+    return "other"
 
 
 _T = TypeVar("_T")

@@ -133,6 +133,8 @@ class Agent:
         # change in the store to what they give is a change of the catalog.
         self._collected: tuple[frozenset[str], str] | None = None
         self._watching_store = threading.Event()  # apps waiting, or something collected
+        self._waiting_apps: frozenset[str] = frozenset()  # the apps of the waiting components
+        self._waiting_for: Any = None  # what the store watch under way watches (a Watched)
         # Pushed revisions: the one last known in the store (pushed here, or seen there), when
         # the last poll a push asked for was made, and whether a poll put off is due.
         self._pushed: str | None = None
@@ -539,9 +541,23 @@ class Agent:
             if not self._watching_store.is_set():
                 self._watching_store.set()
                 if self._store is not None:
-                    self._store.interrupt()  # from the pushed revision alone to the whole store
+                    self._store.interrupt()  # from the pushed revision alone to the store
+            elif self._store is not None and self._watched() != self._waiting_for:
+                self._store.interrupt()  # the wait under way watches other apps' keys
         else:
             self._watching_store.clear()
+
+    def _watched(self) -> Any:
+        """What of the store the watch wakes for: the keys of the apps whose components wait,
+        the exports records (what the last compile collected, or the values a waiting component
+        consumes), and the pushed revision."""
+        from reconciler.apps.store import Watched
+
+        return Watched(
+            apps=self._waiting_apps if self._apps_waiting.is_set() else frozenset(),
+            exports=True,
+            revision=self._source_key() if self.config.coordination.push else None,
+        )
 
     def _collected_changed(self, store: Any) -> bool:
         """Whether what the last compile collected reads differently in the store now."""
@@ -557,8 +573,9 @@ class Agent:
         """While a component waits, run again as soon as the store changes (its requirement
         turned healthy, a slot was freed), instead of at the next interval; and when what the
         last compile collected changes (a node joined, left or changed its exports). With
-        ``coordination.push``, poll when another node pushes a revision: one watch covers both,
-        the whole store while something above needs it, else the pushed revision's key alone."""
+        ``coordination.push``, poll when another node pushes a revision: one watch covers all,
+        of the waiting apps' keys, the exports records and the pushed revision while something
+        above needs it (``_watched``), else of the pushed revision's key alone."""
         from reconciler.apps.store import StoreError
 
         known: tuple[Any, str] | None = None  # the store and source whose revision was read
@@ -585,12 +602,22 @@ class Agent:
                 elif not wide:
                     pushed = store.watch_revision(self._source_key(), PUSH_WAIT)
                 else:
-                    changed = store.wait(STORE_WAIT)
+                    self._waiting_for = self._watched()
+                    changed = store.wait(STORE_WAIT, self._waiting_for)
+                    # What changed, when the store says (after a timeout: nothing it saw); a
+                    # read in a run meanwhile may have moved the wait past a change, so the
+                    # timeout reads what it covers anyway.
+                    woke = store.woke_for if changed else None
+                    read = True  # the exports were read here: the wait moved past what it saw
                     if not changed and self._collected is not None:
                         changed = self._collected_changed(store)  # a record that ran out
+                    elif changed and woke is not None and not woke & {"apps", "exports"}:
+                        changed, read = False, False  # only the pushed revision: read below
                     elif changed and not self._apps_waiting.is_set():
                         changed = self._collected_changed(store)
-                    if push:
+                    else:
+                        read = False
+                    if push and (woke is None or "revision" in woke or read):
                         # Read last: the next wait counts from here, so no push falls between
                         # (a read in a run meanwhile may skip one: the timeout's read finds it).
                         pushed = store.pushed_revision(self._source_key())
@@ -645,12 +672,14 @@ class Agent:
         self._running.set()
         if self.watcher is not None:
             self.watcher.hold()  # events wait until _update_watch judges them
-        outcome = reconcile(
-            self._options(noop=not enforcing),
-            warn=self._warn,
-            pinned=pinned,
-            cache=self._compiled,
-        )
+        options = self._options(noop=not enforcing)
+        # Where the store watch counts from once this run has decided (its reads move it on):
+        # a change made while the run read and wrote is then still news.
+        store = self._store
+        mark = store.position() if store is not None else None
+        outcome = reconcile(options, warn=self._warn, pinned=pinned, cache=self._compiled)
+        if store is not None and mark is not None:
+            store.rewind(mark)
         report, catalog = outcome.report, outcome.catalog
         if outcome.revision is not None:
             log = self.log.bind(revision=outcome.revision)
@@ -688,7 +717,9 @@ class Agent:
             **{k: v for k, v in summary.items()},
         )
         self.state.last_report = report.to_dict()
-        if any(a["state"] == "waiting" for a in report.apps):
+        # The apps whose components wait: their keys are what the store watch wakes for.
+        self._waiting_apps = frozenset(a["app"] for a in report.apps if a["state"] == "waiting")
+        if self._waiting_apps:
             self._apps_waiting.set()
         else:
             self._apps_waiting.clear()

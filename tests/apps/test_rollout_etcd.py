@@ -79,13 +79,13 @@ class Fleet:
         self.store = EtcdStore([etcd.url])
         self.nodes: dict[str, Node] = {}
 
-    def push(self, version: str, api_check: str = "sleep 0.5") -> None:
+    def push(self, version: str, api_check: str = "sleep 0.5", base: str = "") -> None:
         app = APP.format(version=version, log=self.log, api_check=api_check)
         self.git.push(
             {
                 "nodes.yaml": "default: node\n",
                 "roles/node.yaml": "profiles: [base]\n",
-                "profiles/base.yaml": "resources:\n  - directory: /srv/shop\n",
+                "profiles/base.yaml": "resources:\n  - directory: /srv/shop\n" + base,
                 "apps/shop.yaml": app,
             },
             f"shop {version}",
@@ -167,6 +167,31 @@ def test_a_bump_rolls_out_db_then_api_one_node_at_a_time_then_lb(fleet: Fleet) -
         "lb-1 exporting lb healthy",
     )
     assert "<code>shop/api</code>" in fleet.nodes["api-1"].get("/")[1].decode()
+
+
+POOL = """\
+  - file: /srv/shop/pool
+    content: "{{ collect('member') | length }} members\\n"
+"""
+
+
+def test_a_node_that_collects_and_then_waits_is_woken_by_its_app(fleet: Fleet) -> None:
+    """Nodes whose catalogs collect watch the exports records; once their component waits for
+    a slot, their watch covers the app's keys as well, so a freed slot brings them in at
+    once: not after the store watch's 30 s timeout, nor the 10 minute interval."""
+    nodes = ("db-1", "api-1", "api-2")
+    fleet.push("1.0", base=POOL)
+    fleet.start(*nodes)
+    wait_for(lambda: fleet.at("api", "healthy", "1.0", 2), 90, "api healthy at 1.0")
+    assert (fleet.nodes["api-1"].root / "srv/shop/pool").read_text() == "0 members\n"
+    fleet.push("2.0", api_check="sleep 2", base=POOL)
+    # One api node deploys (2 s of health check), the other waits for its slot: woken by the
+    # slot's release, it deploys within seconds. 20 s is below the 30 s of a store wait.
+    wait_for(lambda: fleet.at("api", "healthy", "2.0", 2), 20, "both api nodes at 2.0")
+    log = fleet.health_log("2.0")
+    assert [what for what, _ in log] == ["start", "end", "start", "end"]
+    waited = next(n for n in ("api-1", "api-2") if n != log[0][1])
+    assert "coordination store changed; checking waiting components" in fleet.nodes[waited].logs()
 
 
 def test_a_failing_health_check_halts_the_rollout(fleet: Fleet) -> None:

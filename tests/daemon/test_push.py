@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from reconciler.apps.store import EtcdStore, LocalStore, Store, source_key
+from reconciler.apps.store import ComponentState, EtcdStore, LocalStore, Store, source_key
 from tests.apps.conftest import EtcdServer
 from tests.conftest import need, wait_for
 from tests.daemon.conftest import REPO, Daemon, GitServer
@@ -95,7 +96,8 @@ def test_a_webhook_to_one_daemon_brings_every_daemon_to_the_new_revision(
         for d in others:
             assert d.metric("reconciler_pushed_revisions_total", action="poll") >= 1
             assert "another node pushed a revision; polling now" in d.logs()
-            assert d.get("/status")[1].count(sha.encode()) >= 1
+            # the file is written before the run ends and /status says so
+            wait_for(lambda d=d: sha.encode() in d.get("/status")[1], 30, "the run in /status")
 
 
 def test_a_bogus_revision_in_the_store_costs_one_poll_and_changes_nothing(
@@ -167,6 +169,47 @@ resources:
         wait_for(lambda: motd(d) == "version 4\n", timeout=60, what="the pushed revision")
         assert "another node pushed a revision; polling now" in d.logs()
     store.close()
+
+
+def test_a_collecting_daemon_is_not_woken_by_the_rest_of_the_fleet(
+    tmp_path: Path, server: GitServer, etcd: EtcdServer
+) -> None:
+    """A daemon whose catalog collects watches the exports records and the pushed revision:
+    the states, run summaries and facts other nodes write, and their unchanged exports
+    published again, cost it no request."""
+    section = f"coordination:\n  backend: etcd\n  endpoints: [{etcd.url}]\n"
+    store = EtcdStore([etcd.url], timeout=2.0)
+    collecting = """\
+resources:
+  - file: /etc/pool
+    content: "{{ collect('member') | length }} members\\n"
+"""
+    server.push({"profiles/app.yaml": collecting})
+    member = b'{"components":[],"exports":{"member":{}},"node":"web-1","produces":{},"role":"web",'
+    member += b'"sensitive":{}}'
+    with fleet(tmp_path, server, section, 1) as (d,):
+        store.publish_record("exports", "web-1", member, ttl=600)
+        pool = d.root / "etc/pool"
+        wait_for(lambda: pool.read_text() == "1 members\n", timeout=60, what="web-1 in the pool")
+        wait_for(lambda: "collected exports changed; checking" in d.logs(), what="the watch's wake")
+        before = {op: d.metric("reconciler_store_requests_total", op=op) for op in OPS}
+        for n in range(20):
+            store.publish("shop", "api", ComponentState(f"api-{n}", "1", "healthy", "x", 1.0))
+            store.publish_record("summary", f"api-{n}", b"{}", ttl=600)
+            store.publish_record("facts", f"api-{n}", b"{}", ttl=600)
+            store.publish_record("exports", "web-1", member, ttl=600)  # the same: renewed
+            time.sleep(0.05)  # a wake (with the watch opened again) would fall between
+        after = {op: d.metric("reconciler_store_requests_total", op=op) for op in OPS}
+        # At most one wait that ran out (STORE_WAIT) fell in the window: one watch opened
+        # again and its reads of the exports and the pushed revision.
+        assert after["watch"] - before["watch"] <= 1
+        assert after["range"] - before["range"] <= 2
+        assert after["put"] == before["put"] and after["txn"] == before["txn"]
+        assert pool.read_text() == "1 members\n"
+    store.close()
+
+
+OPS = ("watch", "range", "put", "txn")
 
 
 def test_without_push_a_daemon_neither_writes_nor_follows_the_key(
