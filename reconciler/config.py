@@ -209,6 +209,7 @@ def parse_config(text: bytes | str, name: str) -> Config:
         max_connections=r.get(web, "max_connections", "count", 32, "http."),
     )
     hook = r.section(raw, "webhook", {"secret_file"})
+    state_dir = r.get(raw, "state_dir", "path", d.state_dir)
     coord = r.section(
         raw,
         "coordination",
@@ -219,7 +220,9 @@ def parse_config(text: bytes | str, name: str) -> Config:
     )
     coordination = CoordinationConfig(
         backend=r.get(coord, "backend", "str", "local", "coordination.", choices=("local", "etcd")),
-        path=r.get(coord, "path", "path", d.coordination.path, "coordination."),
+        # Beside the node's other state unless set: a configuration with its own state_dir
+        # and no coordination section shares nothing with another one.
+        path=r.get(coord, "path", "path", state_dir / "coordination", "coordination."),
         endpoints=r.get(coord, "endpoints", "strs", d.coordination.endpoints, "coordination."),
         lease=r.get(coord, "lease", "duration", d.coordination.lease, "coordination."),
         exports_ttl=r.get(
@@ -265,7 +268,7 @@ def parse_config(text: bytes | str, name: str) -> Config:
     config = Config(
         node=r.get(raw, "node", "str", None),
         root=r.get(raw, "root", "path", d.root),
-        state_dir=r.get(raw, "state_dir", "path", d.state_dir),
+        state_dir=state_dir,
         facts_dirs=r.get(raw, "facts_dirs", "paths", d.facts_dirs),
         source=source,
         reconcile=reconcile,

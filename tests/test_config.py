@@ -52,6 +52,18 @@ class TestConfig:
         assert "c:2, key 'coordination.facts_ttl': must be more than zero" in str(err.value)
         assert "c:3, key 'coordination.publish_facts': must be true or false" in str(err.value)
 
+    def test_the_local_store_is_beside_the_state_unless_set(self, tmp_path: Path) -> None:
+        from reconciler.apps.store import ComponentState, open_store
+
+        config = parse_config(f"state_dir: {tmp_path / 'state'}\n", "c")
+        assert config.coordination.path == tmp_path / "state" / "coordination"
+        store = open_store(config.coordination)
+        store.publish("shop", "db", ComponentState("db-1", "1.0", "healthy", "abc", 1.0))
+        assert (tmp_path / "state/coordination/apps/shop/db/db-1.json").is_file()
+        chosen = parse_config(f"coordination: {{path: {tmp_path / 'shared'}}}\n", "c")
+        assert chosen.coordination.path == tmp_path / "shared"
+        assert load_config(EXAMPLE).coordination.path == Path("/var/lib/reconciler/coordination")
+
     def test_max_file_size_takes_units(self) -> None:
         assert parse_config("reconcile: {max_file_size: 1GiB}\n", "c").reconcile.max_file_size == (
             1024**3
