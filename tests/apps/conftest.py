@@ -97,8 +97,8 @@ class EtcdServer:
         self.start()
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+def running_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A real etcd on 127.0.0.1 for one test, its data under ``tmp_path``; stopped after."""
     need("etcd")
     base = tmp_path / "etcd"
     base.mkdir()
@@ -108,6 +108,11 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    yield from running_etcd(tmp_path)
 
 
 StoreFactory = Callable[[], Store]

@@ -13,22 +13,14 @@ from pathlib import Path
 import pytest
 
 from reconciler.apps.store import ComponentState, EtcdStore, LocalStore, Store, source_key
-from tests.apps.conftest import EtcdServer
+from tests.apps.conftest import EtcdServer, running_etcd
 from tests.conftest import need, wait_for
 from tests.daemon.conftest import REPO, Daemon, GitServer
 
 
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    need("etcd")
-    base = tmp_path / "etcd"
-    base.mkdir()
-    server = EtcdServer(base)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running_etcd(tmp_path)
 
 
 @pytest.fixture(params=["local", "etcd"])
