@@ -74,9 +74,10 @@ def rss_mb(pid: int) -> float:
 
 def start_daemon(
     base: Path, files: int, poll: float, interval: float
-) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """The daemon on a generated repo of ``files`` files under ``base``, once it is ready; its
-    process, HTTP port and state directory."""
+) -> tuple[subprocess.Popen[bytes], int, Path, float]:
+    """The daemon on a generated repo of ``files`` files under ``base`` (``base/repo``,
+    ``base/root``), once it is ready; its process, HTTP port, state directory and the seconds
+    from its start to its first revision applied."""
     repo = base / "repo"
     if not repo.exists():
         generate_git_repo(repo, files, "bench")
@@ -104,11 +105,11 @@ def start_daemon(
             return False
 
     try:
-        until(ready, 300)
+        first = until(ready, 300)
     except BaseException:
         proc.kill()
         raise
-    return proc, port, state
+    return proc, port, state, first
 
 
 def warm_check(
@@ -117,7 +118,7 @@ def warm_check(
     """The daemon at ``files`` files, nothing drifting, a check every ``interval`` seconds (and
     a poll every 60 s): (median seconds of a check that compiled nothing, CPU % of one core
     over ``window`` seconds, how many such checks ran)."""
-    proc, _, state = start_daemon(base, files, 60.0, interval)
+    proc, _, state, _ = start_daemon(base, files, 60.0, interval)
     try:
         time.sleep(2)
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
@@ -150,33 +151,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="reconciler-bench-daemon-") as tmp:
         base = Path(tmp)
-        repo = base / "repo"
-        generate_git_repo(repo, args.files, "bench")
-        root = base / "root"
-        (root / "srv").mkdir(parents=True)
-        (base / "secret").write_bytes(SECRET)
-        port = free_port()
-        config = base / "config.yaml"
-        config.write_text(
-            f"node: bench\nroot: {root}\nstate_dir: {base / 'state'}\nfacts_dirs: []\n"
-            f"source: {{url: {repo}, branch: production, poll_interval: {args.poll}s}}\n"
-            f"reconcile: {{interval: 1h, splay: 0s, watch: true}}\n"
-            f"listen: 127.0.0.1:{port}\nwebhook: {{secret_file: {base / 'secret'}}}\n"
-            "log: {format: json, level: warning}\n"
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "daemon", "--config", str(config)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        repo, root = base / "repo", base / "root"
+        proc, port, _, first = start_daemon(base, args.files, args.poll, 3600.0)
         try:
-
-            def ready() -> bool:
-                try:
-                    return get(port, "/readyz") == b"ready\n"
-                except OSError:
-                    return False
-
-            first = until(ready, 120)
             print(
                 f"daemon, {args.files}-file catalog, poll every {args.poll:g}s, {os.cpu_count()} cores"
             )
