@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -433,6 +434,16 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key, None)
         if value is not None:
             values[key] = value
+    coordination = values["coordination"]
+    if (
+        coordination is not None
+        and getattr(args, "state_dir", None) is not None
+        and coordination.path == Path(config.state_dir) / "coordination"
+    ):
+        # the local store beside the state, by default: the state directory given here
+        values["coordination"] = dataclasses.replace(
+            coordination, path=Path(values["state_dir"]) / "coordination"
+        )
     if getattr(args, "noop", False):
         values["noop"] = True
     if getattr(args, "allow_rewind", False):

@@ -308,3 +308,22 @@ def test_a_version_of_thousands_of_digits_in_the_store_is_ordered_not_fatal(
     assert fleet.version("api-1", "api") == "1.0"
     assert semver_key(huge) is not None and semver_key("1.0") > semver_key(huge)  # type: ignore[operator]
     assert semver_key("0.\u0663") is None  # ARABIC-INDIC THREE: not a semantic version
+
+
+def test_the_store_is_beside_the_state_directory_the_command_line_gives(tmp_path: Path) -> None:
+    """A configuration with no coordination section keeps the local store in the state
+    directory: the one `--state-dir` names when it is given (never the default one)."""
+    repo = control_repo(tmp_path / "repo", "1.0")
+    config = tmp_path / "db-1.yaml"
+    config.write_text(f"node: db-1\nroot: {seed_root(tmp_path / 'root')}\nfacts_dirs: []\n")
+    state = tmp_path / "state"
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", "apply", "--config", str(config)]
+        + ["--repo", str(repo), "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    stored = LocalStore(state / "coordination").states("shop", "db")
+    assert stored["db-1"].state == "healthy"
