@@ -317,9 +317,9 @@ def test_the_store_is_beside_the_state_directory_the_command_line_gives(tmp_path
     config = tmp_path / "db-1.yaml"
     config.write_text(f"node: db-1\nroot: {seed_root(tmp_path / 'root')}\nfacts_dirs: []\n")
     state = tmp_path / "state"
+    argv = ["apply", "--config", str(config), "--repo", str(repo), "--state-dir", str(state)]
     done = subprocess.run(
-        [sys.executable, "-m", "reconciler.cli", "apply", "--config", str(config)]
-        + ["--repo", str(repo), "--state-dir", str(state)],
+        [sys.executable, "-m", "reconciler.cli", *argv],
         capture_output=True,
         text=True,
         timeout=120,
