@@ -13,19 +13,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.reconcile import RunOptions, run
-from tests.conftest import seed_root, wait_for, write_tree
-
-
-def repo_with(tmp_path: Path, resources: list[str]) -> Path:
-    profile = "resources:\n" + "".join(f"  {line}\n" for line in resources)
-    return write_tree(
-        tmp_path / "repo",
-        {
-            "nodes.yaml": "default: r\n",
-            "roles/r.yaml": "profiles: [p]\n",
-            "profiles/p.yaml": profile,
-        },
-    )
+from tests.conftest import seed_root, wait_for
+from tests.engine.test_run import repo_with
 
 
 @pytest.fixture
