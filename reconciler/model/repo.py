@@ -553,6 +553,17 @@ def interpolate_level(level: str, node: str, role: str, facts: Mapping[str, Any]
     return None if missing else path
 
 
+def _data_file(snapshot: Snapshot, path: str, problems: list[Problem]) -> LocMap | None:
+    """A data file's mapping; None when it is absent or wrong (its problems added)."""
+    if not snapshot.exists(path):
+        return None
+    try:
+        return expect_map(read_yaml(snapshot, path), Location(path), "a data file")
+    except ModelError as exc:
+        problems += exc.problems
+        return None
+
+
 def load_data(
     snapshot: Snapshot, settings: Settings, node: str, role: str, facts: Mapping[str, Any]
 ) -> Data:
@@ -567,23 +578,14 @@ def load_data(
             data.skipped.append((level, f"{rel!r} is not a plain relative path"))
             continue
         path = f"data/{rel}"
-        if not snapshot.exists(path):
-            continue
-        try:
-            content = expect_map(read_yaml(snapshot, path), Location(path), "a data file")
-        except ModelError as exc:
-            problems += exc.problems
-            continue
-        data.levels.append((level, path, content))
+        content = _data_file(snapshot, path, problems)
+        if content is not None:
+            data.levels.append((level, path, content))
     for module in module_names(snapshot):
         # a module's data: the lowest level, for its own profiles only
         path = f"modules/{module}/data/common.yaml"
-        if not snapshot.exists(path):
-            continue
-        try:
-            content = expect_map(read_yaml(snapshot, path), Location(path), "a data file")
-        except ModelError as exc:
-            problems += exc.problems
+        content = _data_file(snapshot, path, problems)
+        if content is None:
             continue
         own = LocMap.empty(content.line)
         for key, value in content.items():
